@@ -1,0 +1,174 @@
+"""Audio input: decode anything soundfile reads, mix to mono, resample to 16 kHz (soxr), float32.
+
+Every failure (empty, truncated, not audio, silent, NaN, too short) raises :class:`AudioError`,
+whose message names the source and the reason, so a corpus scan can list it and go on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 16_000
+#: Shortest clip the network accepts (its CNN pools time by 16; 0.25 s gives >= 1 step).
+MIN_SECONDS = 0.25
+#: Peak amplitude below which a clip counts as digital silence.
+SILENCE_PEAK = 1e-4
+
+Source = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+
+
+class AudioError(ValueError):
+    """An input that cannot be used as audio; the message names the file and the reason."""
+
+    def __init__(self, source: object, reason: str) -> None:
+        self.source = _name(source)
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of one audio file."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def _name(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes>"
+    return getattr(source, "name", None) or "<stream>"
+
+
+def _open(source: Source) -> sf.SoundFile:
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise AudioError(source, "empty input (0 bytes)")
+        source = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if not p.exists():
+            raise AudioError(source, "no such file")
+        if p.is_dir():
+            raise AudioError(source, "is a folder, not an audio file")
+        if p.stat().st_size == 0:
+            raise AudioError(source, "empty file (0 bytes)")
+    try:
+        return sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(source, f"not readable as audio ({_short(e)})") from None
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return msg[:160]
+
+
+def info(source: Source) -> AudioInfo:
+    """Read the header only (cheap): rate, channels, frames."""
+    with _open(source) as f:
+        return AudioInfo(int(f.samplerate), int(f.channels), int(f.frames))
+
+
+def check(source: Source, min_seconds: float = MIN_SECONDS) -> AudioInfo:
+    """Decode the whole file at its native rate and validate it (for corpus scans); return its info."""
+    with _open(source) as f:
+        try:
+            x = f.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(source, f"truncated or corrupt audio ({_short(e)})") from None
+        meta = AudioInfo(int(f.samplerate), int(f.channels), int(f.frames))
+    if meta.frames > 0 and x.shape[0] < meta.frames:
+        raise AudioError(source, f"truncated: header says {meta.frames} frames, read {x.shape[0]}")
+    validate(to_mono(x), source, min_seconds, meta.sample_rate)
+    return AudioInfo(meta.sample_rate, meta.channels, x.shape[0])
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a mono float32 signal with soxr (HQ)."""
+    if sr_in == sr_out:
+        return x.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """Average channels of a (frames, channels) array; pass 1-D through."""
+    return x.mean(axis=1) if x.ndim == 2 else x
+
+
+def validate(x: np.ndarray, source: object = "<array>", min_seconds: float = MIN_SECONDS, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Check a decoded 16 kHz mono signal; raise AudioError for NaN, silence or too short."""
+    if x.size == 0:
+        raise AudioError(source, "no audio samples")
+    if not np.all(np.isfinite(x)):
+        raise AudioError(source, "contains NaN or infinite samples")
+    if x.size < int(min_seconds * sr):
+        raise AudioError(source, f"too short ({x.size / sr:.3f} s < minimum {min_seconds} s)")
+    if float(np.max(np.abs(x))) < SILENCE_PEAK:
+        raise AudioError(source, "silent (peak amplitude below 1e-4)")
+    return x
+
+
+def load(
+    source: Source,
+    sr: int = SAMPLE_RATE,
+    min_seconds: float = MIN_SECONDS,
+    start: float = 0.0,
+    duration: float | None = None,
+) -> np.ndarray:
+    """Decode `source` (path, bytes or file object) to a validated mono float32 array at `sr`.
+
+    `start`/`duration` (seconds) read only part of the file, for streaming long recordings.
+    """
+    with _open(source) as f:
+        native = int(f.samplerate)
+        try:
+            if start:
+                f.seek(int(start * native))
+            n = -1 if duration is None else int(round(duration * native))
+            x = f.read(frames=n, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(source, f"truncated or corrupt audio ({_short(e)})") from None
+        declared = f.frames
+    if duration is None and start == 0 and declared > 0 and x.shape[0] < declared:
+        raise AudioError(source, f"truncated: header says {declared} frames, read {x.shape[0]}")
+    y = resample(to_mono(x), native, sr)
+    return validate(y, source, min_seconds, sr)
+
+
+def from_array(x: np.ndarray, sample_rate: int, sr: int = SAMPLE_RATE, min_seconds: float = MIN_SECONDS) -> np.ndarray:
+    """Validate and convert a caller's array (samples[, channels]) to mono float32 at `sr`."""
+    a = np.asarray(x)
+    if a.ndim == 2 and a.shape[0] < a.shape[1] and a.shape[0] <= 8:
+        a = a.T  # (channels, samples) → (samples, channels)
+    if a.ndim not in (1, 2):
+        raise AudioError("<array>", f"expected a 1-D or 2-D array, got shape {a.shape}")
+    if np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    y = resample(to_mono(a.astype(np.float32, copy=False)), int(sample_rate), sr)
+    return validate(y, "<array>", min_seconds, sr)
+
+
+def write_wav(path: str | os.PathLike, x: np.ndarray, sr: int = SAMPLE_RATE, subtype: str = "PCM_16") -> None:
+    """Write a WAV atomically (temp file + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    sf.write(str(tmp), x, sr, subtype=subtype, format="WAV")
+    os.replace(tmp, p)

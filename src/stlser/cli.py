@@ -1,0 +1,275 @@
+"""`stlser` command line: argument parsing only; every command calls one library function.
+
+Imports are lazy so `stlser --help` and light commands start fast (Lightning costs ~5 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cfg_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="experiment YAML (configs/*.yaml or a path)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.max_epochs=5 (repeatable)")
+
+
+def _load_cfg(args: argparse.Namespace):
+    from stlser import config
+
+    return config.load(args.config, args.overrides)
+
+
+# ---------------------------------------------------------------------------- data commands
+def cmd_manifest(a: argparse.Namespace) -> int:
+    from stlser import corpora
+
+    df, skipped = corpora.build_manifest(a.corpus, a.root, labels=a.labels, speaker_regex=a.speaker_regex)
+    out = corpora.write_manifest(df, skipped, a.output)
+    print(corpora.summarize(df, skipped))
+    print(f"manifest: {out}")
+    return 0
+
+
+def cmd_splits(a: argparse.Namespace) -> int:
+    from stlser import corpora, splits
+
+    df = corpora.read_manifest(a.manifest)
+    folds = splits.make_folds(df, a.protocol, seed=a.seed, k=a.k, val_speakers=a.val_speakers)
+    splits.check_folds(folds, df)
+    splits.save(folds, a.output)
+    print(splits.summarize(folds, df))
+    print(f"splits: {a.output}")
+    return 0
+
+
+def cmd_features(a: argparse.Namespace) -> int:
+    from stlser import corpora, features
+
+    cfg = _load_cfg(a)
+    df = corpora.read_manifest(a.manifest)
+    stats = features.fill_cache(df, cfg.features, a.cache_dir or cfg.cache_dir, workers=a.workers)
+    print(features.format_stats(stats))
+    return 0
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from stlser import synth
+
+    path = synth.generate(a.output, speakers=a.speakers, per_class=a.per_class, seed=a.seed)
+    print(f"synthetic corpus written; manifest: {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------- experiment commands
+def cmd_train(a: argparse.Namespace) -> int:
+    from stlser import experiments
+
+    out = experiments.train(_load_cfg(a), a.output, resume=a.resume, fold=a.fold)
+    print(f"run: {out}")
+    return 0
+
+
+def cmd_crossval(a: argparse.Namespace) -> int:
+    from stlser import experiments
+
+    out = experiments.crossval(_load_cfg(a), a.output, resume=a.resume)
+    print(f"report: {Path(out) / 'report.md'}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from stlser import experiments
+
+    out = experiments.evaluate(a.checkpoint, a.manifest, a.output)
+    print(f"report: {Path(out) / 'report.md'}")
+    return 0
+
+
+def cmd_baseline(a: argparse.Namespace) -> int:
+    from stlser import experiments
+
+    out = experiments.baseline(_load_cfg(a), a.output)
+    print(f"report: {Path(out) / 'report.md'}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from stlser import experiments
+
+    experiments.demo(a.output)
+    return 0
+
+
+# ------------------------------------------------------------------------ analysis commands
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from stlser import analysis
+
+    out = analysis.sweep(_load_cfg(a), a.param, [v for v in a.values.split(",") if v], a.output)
+    print(f"sweep: {out}")
+    return 0
+
+
+def cmd_analyze(a: argparse.Namespace) -> int:
+    from stlser import analysis
+
+    if a.what == "embeddings":
+        out = analysis.embeddings(a.run, a.output)
+    else:
+        out = analysis.curves(a.run, a.output)
+    print(f"figure: {out}")
+    return 0
+
+
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from stlser import analysis
+
+    out = analysis.reproduce(a.corpus, a.root, a.output, seeds=a.seeds, overrides=a.overrides)
+    print(f"report: {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- deployment commands
+def cmd_predict(a: argparse.Namespace) -> int:
+    from stlser import inference
+
+    return inference.predict_cli(a.model, a.inputs, output=a.output, segments=a.segments)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from stlser import export
+
+    out = export.export_onnx(a.model, a.output)
+    print(f"onnx: {out}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from stlser.service import serve
+
+    serve(a.model, host=a.host, port=a.port, max_mb=a.max_mb, max_seconds=a.max_seconds)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stlser", description="Speech emotion recognition with stacked transformer layers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("manifest", help="scan a corpus in its release layout → manifest CSV")
+    s.add_argument("--corpus", required=True)
+    s.add_argument("--root", required=True)
+    s.add_argument("--labels", default="native", choices=["native", "4class"])
+    s.add_argument("--speaker-regex", default=None, help="folder/csv readers: regex with a group for the speaker")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_manifest)
+
+    s = sub.add_parser("splits", help="folds of an evaluation protocol → splits.json")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--protocol", default="loso", choices=["loso", "loso-session", "group-kfold", "paper"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--val-speakers", type=int, default=1)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_splits)
+
+    s = sub.add_parser("features", help="fill the feature cache for a manifest; print throughput")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--cache-dir", default=None)
+    s.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
+    _cfg_args(s)
+    s.set_defaults(func=cmd_features)
+
+    s = sub.add_parser("synth", help="speak the built-in synthetic 4-class corpus (demos/tests only)")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--speakers", type=int, default=8)
+    s.add_argument("--per-class", type=int, default=40)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("train", help="train one fold of the configured protocol")
+    _cfg_args(s)
+    s.add_argument("-o", "--output", default=None)
+    s.add_argument("--fold", type=int, default=0)
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("crossval", help="train and test every fold; write report.json/md")
+    _cfg_args(s)
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(func=cmd_crossval)
+
+    s = sub.add_parser("evaluate", help="score a checkpoint on a manifest")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("-o", "--output", default=None)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("baseline", help="eGeMAPS functionals + linear SVM on the same folds")
+    _cfg_args(s)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_baseline)
+
+    s = sub.add_parser("demo", help="synthesize → crossval → report on the built-in corpus")
+    s.add_argument("-o", "--output", default="runs/demo")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("sweep", help="crossval for each value of one config key")
+    _cfg_args(s)
+    s.add_argument("--param", required=True)
+    s.add_argument("--values", required=True)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("analyze", help="figures from a finished run")
+    s.add_argument("what", choices=["embeddings", "curves"])
+    s.add_argument("--run", required=True)
+    s.add_argument("-o", "--output", default=None)
+    s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("reproduce", help="the paper's ablation on a corpus, paper protocol and speaker-independent")
+    s.add_argument("--corpus", required=True)
+    s.add_argument("--root", required=True)
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--seeds", default="0,1,2")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("predict", help="emotion of audio files or folders")
+    s.add_argument("--model", required=True, help="checkpoint (.ckpt/.pt) or exported .onnx")
+    s.add_argument("inputs", nargs="+")
+    s.add_argument("--segments", action="store_true", help="long audio: one prediction per speech segment")
+    s.add_argument("-o", "--output", default=None, help="out.csv or out.jsonl (default: table on stdout)")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="ONNX graph: 16 kHz waveform → probabilities")
+    s.add_argument("--model", required=True)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="HTTP service and web page")
+    s.add_argument("--model", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-mb", type=float, default=20.0)
+    s.add_argument("--max-seconds", type=float, default=600.0)
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"stlser {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
