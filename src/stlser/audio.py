@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -32,6 +33,13 @@ class AudioError(ValueError):
         self.reason = reason
         super().__init__(f"{self.source}: {reason}")
 
+    def __reduce__(self):  # keep (source, reason) across process pools (pickle uses .args)
+        return (_rebuild_error, (self.source, self.reason))
+
+
+def _rebuild_error(source: str, reason: str) -> AudioError:
+    return AudioError(source, reason)
+
 
 @dataclass(frozen=True)
 class AudioInfo:
@@ -55,10 +63,14 @@ def _name(source: object) -> str:
 
 
 def _open(source: Source) -> sf.SoundFile:
+    """Open `source` with libsndfile after the cheap checks (exists, not a folder, not empty,
+    WAV not truncated); every failure becomes an AudioError naming the source."""
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise AudioError(source, "empty input (0 bytes)")
+        name = source
         source = io.BytesIO(bytes(source))
+        _check_riff(source, name)
     elif isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if not p.exists():
@@ -67,10 +79,78 @@ def _open(source: Source) -> sf.SoundFile:
             raise AudioError(source, "is a folder, not an audio file")
         if p.stat().st_size == 0:
             raise AudioError(source, "empty file (0 bytes)")
+        try:
+            with open(p, "rb") as fh:
+                _check_riff(fh, source)
+        except PermissionError:
+            raise AudioError(source, "permission denied") from None
+    else:
+        _check_riff(source, source)
     try:
         return sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(source, f"not readable as audio ({_short(e)})") from None
+
+
+#: Sizes a streaming writer leaves in the header when it does not know the final length.
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+def riff_truncation(fh: BinaryIO) -> str | None:
+    """Return why a RIFF/RF64 WAV stream is truncated, or None (also for any other format).
+
+    libsndfile silently reads the frames that are present when a WAV is cut short, so a file cut
+    in half would pass as a shorter clip. The `data` chunk's declared size (from ds64 for RF64)
+    is compared with the bytes that follow it. Unknown sizes (0 or 0xFFFFFFFF, written by
+    streaming recorders) are accepted. The stream position is restored.
+    """
+    try:
+        if not fh.seekable():
+            return None
+        base = fh.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+    try:
+        end = fh.seek(0, os.SEEK_END)
+        fh.seek(base)
+        head = fh.read(12)
+        if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX", b"RF64"):
+            return None
+        order = ">" if head[:4] == b"RIFX" else "<"
+        pos, ds64_data = base + 12, None
+        for _ in range(10_000):  # chunk walk; a sane WAV has a handful of chunks
+            fh.seek(pos)
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None  # no data chunk: let libsndfile report what is wrong
+            cid, (size,) = chunk[:4], struct.unpack(order + "I", chunk[4:])
+            if cid == b"ds64":
+                body = fh.read(16)
+                if len(body) == 16:
+                    (ds64_data,) = struct.unpack("<Q", body[8:16])
+            elif cid == b"data":
+                declared = size
+                if head[:4] == b"RF64" and size == 0xFFFFFFFF and ds64_data is not None:
+                    declared = ds64_data
+                if declared in _UNKNOWN_SIZES:
+                    return None
+                held = end - (pos + 8)
+                if held < declared:
+                    return (
+                        f"truncated: header declares {declared} bytes of audio data, "
+                        f"the file holds {max(held, 0)}"
+                    )
+                return None
+            pos += 8 + size + (size & 1)
+        return None
+    finally:
+        fh.seek(base)
+
+
+def _check_riff(fh: BinaryIO, source: object) -> None:
+    reason = riff_truncation(fh)
+    if reason:
+        raise AudioError(source, reason)
 
 
 def _short(e: Exception) -> str:
@@ -159,8 +239,13 @@ def from_array(x: np.ndarray, sample_rate: int, sr: int = SAMPLE_RATE, min_secon
         a = a.T  # (channels, samples) → (samples, channels)
     if a.ndim not in (1, 2):
         raise AudioError("<array>", f"expected a 1-D or 2-D array, got shape {a.shape}")
-    if np.issubdtype(a.dtype, np.integer):
-        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    if np.issubdtype(a.dtype, np.unsignedinteger):  # offset binary, e.g. 8-bit PCM
+        half = float(np.iinfo(a.dtype).max // 2 + 1)
+        a = (a.astype(np.float64) - half) / half
+    elif np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.float64) / float(np.iinfo(a.dtype).max + 1)
+    elif a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.floating):
+        raise AudioError("<array>", f"unsupported sample type {a.dtype}")
     y = resample(to_mono(a.astype(np.float32, copy=False)), int(sample_rate), sr)
     return validate(y, "<array>", min_seconds, sr)
 

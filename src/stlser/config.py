@@ -79,7 +79,7 @@ class FeatureConfig:
 
 @dataclass
 class ModelConfig:
-    channels: list[int] = field(default_factory=lambda: [16, 32, 32, 64, 64, 64])
+    channels: list[int] = field(default_factory=lambda: [16, 32, 48, 72, 96, 128])
     pool_time: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1, 1])
     pool_freq: list[int] = field(default_factory=lambda: [2, 2, 2, 1, 1, 1])
     kernel: int = 3

@@ -1,0 +1,302 @@
+"""Corpus readers and the manifest: one CSV row per usable utterance.
+
+Each corpus is read in its own release layout, untouched, from a folder the user names.
+:func:`build_manifest` lists the utterances with the corpus's reader (:data:`READERS`), decodes
+and validates every file (unreadable ones are listed in ``skipped``, the scan goes on),
+compares complete releases with their published counts (a mismatch is printed and kept in the
+summary, never hidden) and returns a DataFrame with the columns of :data:`COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from stlser import audio
+from stlser.utils import atomic_path
+
+from . import casia, cremad, emodb, folder, iemocap, ravdess, savee, synthetic, table, tess
+from .base import (
+    CANONICAL,
+    FOUR_CLASS,
+    FOUR_LABELS,
+    CorpusError,
+    Entry,
+    Reader,
+    canonical,
+)
+
+__all__ = [
+    "CANONICAL",
+    "COLUMNS",
+    "FOUR_CLASS",
+    "FOUR_LABELS",
+    "READERS",
+    "CorpusError",
+    "Entry",
+    "Reader",
+    "build_manifest",
+    "canonical",
+    "read_manifest",
+    "summarize",
+    "write_manifest",
+]
+
+#: Manifest columns, in order (``text`` is added when the corpus provides transcripts).
+COLUMNS = ["utt_id", "path", "label", "speaker", "session", "gender", "duration", "corpus"]
+LABEL_SETS = ("native", "4class")
+#: Above this many files the audio check shows a progress bar (stderr).
+PROGRESS_MIN = 200
+
+
+def _reader(mod, check: bool = True) -> Reader:
+    return Reader(mod.NAME, mod.scan, mod.LAYOUT, getattr(mod, "check", None) if check else None)
+
+
+#: Registry: corpus name → reader.
+READERS: dict[str, Reader] = {
+    r.name: r
+    for r in (
+        _reader(iemocap),
+        _reader(emodb),
+        _reader(ravdess),
+        _reader(cremad),
+        _reader(tess),
+        _reader(savee),
+        _reader(casia),
+        _reader(folder),
+        _reader(table),
+        _reader(synthetic),
+    )
+}
+#: Readers that take a speaker regex (the others know their speakers from the layout).
+REGEX_READERS = ("folder", "csv")
+
+
+def _check_one(path: Path) -> tuple[float | None, str]:
+    try:
+        return audio.check(path).duration, ""
+    except audio.AudioError as e:
+        return None, e.reason
+    except OSError as e:  # permissions, vanished files
+        return None, f"cannot read ({e.strerror or e})"
+
+
+def _check_audio(
+    paths: Sequence[Path], desc: str, workers: int | None
+) -> list[tuple[float | None, str]]:
+    """Decode and validate every file in a thread pool (soundfile releases the GIL)."""
+    from tqdm.auto import tqdm
+
+    n_workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    with (
+        ThreadPoolExecutor(max_workers=n_workers) as pool,
+        tqdm(
+            total=len(paths),
+            desc=desc,
+            unit="file",
+            file=sys.stderr,
+            disable=len(paths) <= PROGRESS_MIN,
+        ) as bar,
+    ):
+        out = []
+        for res in pool.map(_check_one, paths):
+            out.append(res)
+            bar.update(1)
+    return out
+
+
+def _frame(entries: Iterable[Entry], corpus: str) -> pd.DataFrame:
+    rows = [
+        {
+            "utt_id": e.utt_id,
+            "path": str(e.path),
+            "label": e.label,
+            "speaker": e.speaker,
+            "session": e.session,
+            "gender": e.gender,
+            "corpus": corpus,
+            "text": e.text,
+        }
+        for e in entries
+    ]
+    return pd.DataFrame(rows, columns=["utt_id", "path", "label", "speaker", "session", "gender", "corpus", "text"])
+
+
+def build_manifest(
+    corpus: str,
+    root: str | os.PathLike,
+    labels: str = "native",
+    speaker_regex: str | None = None,
+    workers: int | None = None,
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Scan `corpus` at `root` → (manifest DataFrame, skipped [(path, reason)]).
+
+    `labels="4class"` keeps neutral/happy/sad/angry (IEMOCAP excited → happy) and drops the
+    rest. Raises :class:`CorpusError` when the folder does not have the corpus's layout.
+    Count-check warnings are printed to stderr and kept in ``df.attrs["warnings"]``.
+    """
+    if corpus not in READERS:
+        raise CorpusError(f"unknown corpus {corpus!r}; known: {', '.join(READERS)}")
+    if labels not in LABEL_SETS:
+        raise CorpusError(f"labels must be one of {LABEL_SETS}, got {labels!r}")
+    if speaker_regex and corpus not in REGEX_READERS:
+        raise CorpusError(
+            f"a speaker regex applies only to the {'/'.join(REGEX_READERS)} readers; "
+            f"{corpus} takes its speakers from the layout"
+        )
+    reader = READERS[corpus]
+    base = Path(root).expanduser().absolute()
+    if not base.exists():
+        raise CorpusError(f"{corpus}: corpus root {base} does not exist")
+    if corpus != "csv" and not base.is_dir():
+        raise CorpusError(f"{corpus}: corpus root {base} is not a folder; expected {reader.layout}")
+
+    entries = reader(base, speaker_regex)
+    seen: dict[str, Path] = {}
+    for e in entries:
+        if e.utt_id in seen:
+            raise CorpusError(
+                f"{corpus}: two files give the utterance id {e.utt_id!r}: {seen[e.utt_id]} and "
+                f"{e.path} (does the folder hold two copies of the corpus?)"
+            )
+        seen[e.utt_id] = e.path
+
+    native = _frame(entries, corpus)
+    if labels == "4class":
+        keep = native[native["label"].isin(FOUR_CLASS)].copy()
+        keep["label"] = keep["label"].map(FOUR_CLASS)
+        if keep.empty:
+            raise CorpusError(
+                f"{corpus}: none of the {len(native)} utterances under {base} has a four-class "
+                f"label ({'/'.join(FOUR_LABELS)}); labels found: {', '.join(sorted(set(native['label'])))}"
+            )
+    else:
+        keep = native.copy()
+
+    results = _check_audio([Path(p) for p in keep["path"]], f"checking {corpus} audio", workers)
+    keep["duration"] = [None if d is None else round(d, 4) for d, _ in results]
+    skipped = [(p, r) for p, (d, r) in zip(keep["path"], results, strict=True) if d is None]
+    df = keep[keep["duration"].notna()].copy()
+    df["duration"] = df["duration"].astype(float)
+
+    warnings: list[str] = []
+    verified = ""
+    if reader.check is not None:
+        bad = {p for p, _ in skipped}
+        present = native[~native["path"].isin(bad)].reset_index(drop=True)
+        warnings, note = reader.check(present)
+        if note and not warnings:
+            verified = note
+        if warnings and skipped:
+            warnings.append(f"{corpus}: ({len(skipped)} file(s) were skipped as unreadable)")
+    for w in warnings:
+        print(f"stlser: warning: {w}", file=sys.stderr)
+
+    cols = COLUMNS + (["text"] if (df["text"] != "").any() else [])
+    df = df[cols].sort_values("utt_id", kind="stable").reset_index(drop=True)
+    df.attrs = {"corpus": corpus, "labels": labels, "warnings": warnings, "verified": verified}
+    return df, sorted(skipped)
+
+
+def write_manifest(df: pd.DataFrame, skipped: Iterable[tuple[str, str]], out: str | os.PathLike) -> Path:
+    """Write the manifest CSV atomically and ``skipped.csv`` (path,reason) beside it.
+
+    `out` may be a folder (→ ``<out>/manifest.csv``).
+    """
+    p = Path(out)
+    if p.is_dir():
+        p = p / "manifest.csv"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(p) as tmp:
+        df.to_csv(tmp, index=False)
+    skip = pd.DataFrame(list(skipped), columns=["path", "reason"])
+    with atomic_path(p.parent / "skipped.csv") as tmp:
+        skip.to_csv(tmp, index=False)
+    return p
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest CSV: text columns as str ('' when missing), duration as float.
+
+    Relative paths (a hand-written manifest) resolve from the manifest's folder.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"manifest not found: {p}")
+    df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    missing = {"utt_id", "path", "label"} - set(df.columns)
+    if missing:
+        raise CorpusError(f"manifest {p} lacks column(s): {', '.join(sorted(missing))}")
+    for col in ("speaker", "session", "gender", "corpus"):
+        if col not in df.columns:
+            df[col] = ""
+    if "duration" in df.columns:
+        df["duration"] = pd.to_numeric(df["duration"].replace("", None), errors="coerce")
+    else:
+        df["duration"] = float("nan")
+    base = p.parent.absolute()
+    df["path"] = [q if os.path.isabs(q) else str(base / q) for q in df["path"]]
+    dup = df["utt_id"][df["utt_id"].duplicated()]
+    if len(dup):
+        raise CorpusError(f"manifest {p}: utt_id not unique (e.g. {dup.iloc[0]!r})")
+    return df
+
+
+def _table(rows: list[list[str]], right: Sequence[bool]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def summarize(df: pd.DataFrame, skipped: Sequence[tuple[str, str]] = ()) -> str:
+    """Human-readable summary: totals, hours, counts per label and speaker, skipped, checks."""
+    skipped = list(skipped)
+    corpus = df.attrs.get("corpus") or (df["corpus"].iloc[0] if len(df) else "manifest")
+    hours = float(df["duration"].sum()) / 3600 if "duration" in df else float("nan")
+    n_spk = df["speaker"].replace("", pd.NA).nunique()
+    lines = [
+        f"{corpus} ({df.attrs.get('labels', 'labels as given')}): {len(df):,} utterances, "
+        f"{hours:.2f} h, {df['label'].nunique()} labels, {n_spk} speakers, {len(skipped)} skipped"
+    ]
+    if len(df) and "duration" in df:
+        lines.append(
+            f"duration: min {df['duration'].min():.2f} s, median {df['duration'].median():.2f} s, "
+            f"max {df['duration'].max():.2f} s"
+        )
+    labels = sorted(df["label"].unique())
+    counts = df["label"].value_counts()
+    lines.append("labels: " + ", ".join(f"{lab} {counts[lab]:,}" for lab in labels))
+    if n_spk:
+        tab = pd.crosstab(df["speaker"], df["label"]).reindex(columns=labels, fill_value=0)
+        gender = df.groupby("speaker")["gender"].first()
+        if len(tab) <= 30:
+            rows = [["speaker", "gender", *labels, "total"]]
+            for spk, r in tab.iterrows():
+                rows.append([str(spk), gender.get(spk, "") or "-", *map(str, r.tolist()), str(r.sum())])
+            rows.append(["all", "", *map(str, tab.sum().tolist()), str(int(tab.values.sum()))])
+            lines.append(_table(rows, [False, False] + [True] * (len(labels) + 1)))
+        else:
+            per = tab.sum(axis=1)
+            lines.append(
+                f"per speaker: min {per.min()}, median {int(per.median())}, max {per.max()} utterances"
+            )
+    if (df["session"] != "").any():
+        sess = df["session"].value_counts().sort_index()
+        lines.append("sessions: " + ", ".join(f"{s} {n:,}" for s, n in sess.items()))
+    if skipped:
+        lines.append(f"skipped {len(skipped)} unreadable file(s) (see skipped.csv), e.g.:")
+        lines += [f"  {p}: {r}" for p, r in skipped[:5]]
+    if df.attrs.get("verified"):
+        lines.append(f"count check: OK ({df.attrs['verified']})")
+    for w in df.attrs.get("warnings", []):
+        lines.append(f"WARNING count check: {w}")
+    return "\n".join(lines)

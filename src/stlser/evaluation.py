@@ -1,0 +1,520 @@
+"""Metrics registry, bootstrap confidence intervals and run reports.
+
+Every number in a report is computed here from a predictions table, so the network, the
+eGeMAPS baseline and `stlser evaluate` are scored by exactly the same code:
+
+* ``wa`` — weighted accuracy: the share of utterances classified correctly.
+* ``ua`` — unweighted accuracy: the mean per-class recall over the classes *present in
+  y_true* (a class with no test utterance has no recall and is left out, not counted as 0).
+* ``macro_f1`` — the mean per-class F1 over the classes present in y_true or y_pred (a class
+  that is predicted but never true scores F1 = 0; one absent from both is left out).
+
+All three are functions of the confusion matrix, which is what lets :func:`bootstrap_ci`
+score 1,000 resamples at once with numpy instead of looping in Python.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stlser.utils import atomic_path, write_json, write_text
+
+MetricFn = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], float]
+
+#: name → fn(y_true, y_pred, labels) -> float. Extend with :func:`register_metric`.
+METRICS: dict[str, MetricFn] = {}
+
+#: Vectorised forms of the built-in metrics: fn(conf[..., K, K]) -> float[...].
+_FROM_CONFUSION: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+REPORT_KEYS = (
+    "wa",
+    "ua",
+    "macro_f1",
+    "ua_ci95",
+    "wa_ci95",
+    "folds",
+    "confusion",
+    "labels",
+    "n_params",
+    "seconds",
+)
+FOLD_KEYS = ("fold", "test_speakers", "n", "wa", "ua", "macro_f1", "best_epoch")
+
+
+def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
+    """Decorator: add ``fn(y_true, y_pred, labels) -> float`` to :data:`METRICS` under `name`."""
+
+    def deco(fn: MetricFn) -> MetricFn:
+        METRICS[name] = fn
+        return fn
+
+    return deco
+
+
+# ------------------------------------------------------------------------------- encoding
+def _encode(
+    y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map labels to 0..K-1 codes; any value not in `labels` is an error (a typo, not a class)."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    if len(index) != len(labels):
+        raise ValueError(f"labels contain duplicates: {list(labels)}")
+    t, p = list(y_true), list(y_pred)
+    if len(t) != len(p):
+        raise ValueError(f"y_true has {len(t)} items but y_pred has {len(p)}")
+    if not t:
+        raise ValueError("no utterances to score")
+    try:
+        tc = np.fromiter((index[v] for v in t), dtype=np.int64, count=len(t))
+        pc = np.fromiter((index[v] for v in p), dtype=np.int64, count=len(p))
+    except KeyError as e:
+        raise ValueError(f"value {e.args[0]!r} is not one of labels {list(labels)}") from None
+    return tc, pc
+
+
+def _confusion_codes(tc: np.ndarray, pc: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(tc * k + pc, minlength=k * k).reshape(k, k)
+
+
+def confusion(
+    y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any]
+) -> list[list[int]]:
+    """Confusion matrix as nested lists: rows = true label, columns = predicted, in `labels` order."""
+    tc, pc = _encode(y_true, y_pred, labels)
+    return _confusion_codes(tc, pc, len(labels)).tolist()
+
+
+# ------------------------------------------------------------- metrics from confusion matrices
+def _wa_conf(c: np.ndarray) -> np.ndarray:
+    return np.trace(c, axis1=-2, axis2=-1) / c.sum(axis=(-2, -1))
+
+
+def _ua_conf(c: np.ndarray) -> np.ndarray:
+    support = c.sum(axis=-1)
+    diag = np.diagonal(c, axis1=-2, axis2=-1)
+    present = support > 0
+    recall = np.where(present, diag / np.maximum(support, 1), 0.0)
+    return recall.sum(axis=-1) / present.sum(axis=-1)
+
+
+def _per_class(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """precision, recall, f1, support per class (0 where undefined)."""
+    diag = np.diagonal(c, axis1=-2, axis2=-1).astype(float)
+    support = c.sum(axis=-1)
+    predicted = c.sum(axis=-2)
+    precision = np.where(predicted > 0, diag / np.maximum(predicted, 1), 0.0)
+    recall = np.where(support > 0, diag / np.maximum(support, 1), 0.0)
+    denom = support + predicted
+    f1 = np.where(denom > 0, 2 * diag / np.maximum(denom, 1), 0.0)
+    return precision, recall, f1, support
+
+
+def _f1_conf(c: np.ndarray) -> np.ndarray:
+    _, _, f1, support = _per_class(c)
+    involved = (support + c.sum(axis=-2)) > 0
+    return (f1 * involved).sum(axis=-1) / involved.sum(axis=-1)
+
+
+def _builtin(name: str, from_conf: Callable[[np.ndarray], np.ndarray], doc: str) -> None:
+    def fn(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any]) -> float:
+        tc, pc = _encode(y_true, y_pred, labels)
+        return float(from_conf(_confusion_codes(tc, pc, len(labels))))
+
+    fn.__name__ = name
+    fn.__doc__ = doc
+    METRICS[name] = fn
+    _FROM_CONFUSION[name] = from_conf
+
+
+_builtin("wa", _wa_conf, "Weighted accuracy: correct / all utterances.")
+_builtin(
+    "ua",
+    _ua_conf,
+    "Unweighted accuracy: mean per-class recall over the classes present in y_true "
+    "(absent classes are skipped, not scored 0).",
+)
+_builtin(
+    "macro_f1",
+    _f1_conf,
+    "Macro F1: mean per-class F1 over classes present in y_true or y_pred.",
+)
+
+
+def compute(
+    y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any]
+) -> dict[str, float]:
+    """Every registered metric → its value."""
+    return {name: float(fn(y_true, y_pred, labels)) for name, fn in METRICS.items()}
+
+
+def per_class(
+    y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any]
+) -> dict[str, dict[str, float]]:
+    """label → {precision, recall, f1, support}; 0 where undefined (e.g. never predicted)."""
+    tc, pc = _encode(y_true, y_pred, labels)
+    p, r, f, s = _per_class(_confusion_codes(tc, pc, len(labels)))
+    return {
+        str(lab): {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, lab in enumerate(labels)
+    }
+
+
+# ------------------------------------------------------------------------------- bootstrap
+def bootstrap_ci(
+    y_true: Sequence[Any],
+    y_pred: Sequence[Any],
+    labels: Sequence[Any],
+    metric: str = "ua",
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval of `metric`, resampling utterances with replacement.
+
+    Built-in metrics are scored on all resamples at once from batched confusion matrices
+    (chunked so memory stays bounded); a metric added with :func:`register_metric` falls back
+    to a Python loop. Deterministic for a given seed.
+    """
+    if metric not in METRICS:
+        raise KeyError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    tc, pc = _encode(y_true, y_pred, labels)
+    n, k = len(tc), len(labels)
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot, dtype=float)
+    if metric in _FROM_CONFUSION:
+        pair = tc * k + pc
+        chunk = max(1, min(n_boot, 4_000_000 // n))  # ≤ ~32 MB of indices at a time
+        for start in range(0, n_boot, chunk):
+            b = min(chunk, n_boot - start)
+            idx = rng.integers(0, n, size=(b, n))
+            codes = pair[idx] + (np.arange(b) * (k * k))[:, None]
+            conf = np.bincount(codes.ravel(), minlength=b * k * k).reshape(b, k, k)
+            values[start : start + b] = _FROM_CONFUSION[metric](conf)
+    else:
+        fn = METRICS[metric]
+        lab = np.asarray(list(labels), dtype=object)
+        for i in range(n_boot):
+            idx = rng.integers(0, n, size=n)
+            values[i] = fn(list(lab[tc[idx]]), list(lab[pc[idx]]), labels)
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------------- reports
+def _fold_stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single fold) across folds."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    predictions: Any,
+    labels: list[str],
+    folds: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score a run and write ``report.json``, ``report.md`` and ``confusion.png`` into `run_dir`.
+
+    `predictions` is a pandas DataFrame with columns ``utt_id, fold, speaker, label, pred``
+    (optionally ``prob_<label>``). Pooled metrics and their 95 % bootstrap intervals use every
+    row; per-fold metrics use the rows whose ``fold`` equals the fold's name. `folds` gives one
+    dict per fold (``fold``, ``test_speakers``, ``best_epoch``, plus anything else worth
+    keeping, e.g. ``val_ua``); every fold must have predictions and vice versa. `extra` (e.g.
+    n_params, seconds, system, config, protocol, speaker_independent) is merged in last.
+    Returns the report dict.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    extra = dict(extra or {})
+    labels = [str(x) for x in labels]
+    missing = [
+        c for c in ("utt_id", "fold", "speaker", "label", "pred") if c not in predictions.columns
+    ]
+    if missing:
+        raise ValueError(f"predictions lack columns {missing}")
+    if len(predictions) == 0:
+        raise ValueError("predictions are empty")
+    y_true = predictions["label"].astype(str).tolist()
+    y_pred = predictions["pred"].astype(str).tolist()
+    fold_col = predictions["fold"].astype(str)
+
+    names = [str(f["fold"]) for f in folds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate fold names in folds: {names}")
+    unknown = sorted(set(fold_col) - set(names))
+    if unknown:
+        raise ValueError(f"predictions name folds not in `folds`: {unknown}")
+
+    fold_entries: list[dict[str, Any]] = []
+    for f in folds:
+        name = str(f["fold"])
+        mask = (fold_col == name).to_numpy()
+        if not mask.any():
+            raise ValueError(f"fold {name!r} has no predictions")
+        ft = [y for y, m in zip(y_true, mask, strict=True) if m]
+        fp = [y for y, m in zip(y_pred, mask, strict=True) if m]
+        m = compute(ft, fp, labels)
+        entry = {
+            "fold": name,
+            "test_speakers": [str(s) for s in f.get("test_speakers", [])],
+            "n": int(mask.sum()),
+            "wa": m["wa"],
+            "ua": m["ua"],
+            "macro_f1": m["macro_f1"],
+            "best_epoch": f.get("best_epoch"),
+        }
+        entry.update({k: v for k, v in f.items() if k not in entry})
+        fold_entries.append(entry)
+
+    pooled = compute(y_true, y_pred, labels)
+    report: dict[str, Any] = {
+        **pooled,
+        "ua_ci95": list(bootstrap_ci(y_true, y_pred, labels, "ua")),
+        "wa_ci95": list(bootstrap_ci(y_true, y_pred, labels, "wa")),
+        "macro_f1_ci95": list(bootstrap_ci(y_true, y_pred, labels, "macro_f1")),
+        "n": len(y_true),
+        "folds": fold_entries,
+        "confusion": confusion(y_true, y_pred, labels),
+        "per_class": per_class(y_true, y_pred, labels),
+        "labels": labels,
+        "n_params": None,
+        "seconds": None,
+    }
+    for key in ("ua", "wa", "macro_f1"):
+        mean, std = _fold_stats([e[key] for e in fold_entries])
+        report[f"{key}_fold_mean"], report[f"{key}_fold_std"] = mean, std
+    if "speaker_independent" not in extra:
+        flags = [f.get("speaker_independent") for f in folds]
+        if flags and all(isinstance(x, bool) for x in flags):
+            report["speaker_independent"] = all(flags)
+    report.update(extra)
+    validate_report(report)
+
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", render_markdown(report))
+    plot_confusion(
+        report["confusion"], labels, run_dir / "confusion.png", title=str(report.get("system", ""))
+    )
+    return report
+
+
+def validate_report(d: dict[str, Any]) -> dict[str, Any]:
+    """Check a report dict's schema; raise ValueError listing every problem, else return `d`."""
+    problems: list[str] = []
+
+    def is_num(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    def is_rate(x: Any) -> bool:
+        return is_num(x) and 0.0 <= x <= 1.0
+
+    if not isinstance(d, dict):
+        raise ValueError("report is not a dict")
+    for key in REPORT_KEYS:
+        if key not in d:
+            problems.append(f"missing key {key!r}")
+    for key in ("wa", "ua", "macro_f1"):
+        if key in d and not is_rate(d[key]):
+            problems.append(f"{key} must be a number in [0, 1], got {d[key]!r}")
+    for key in ("ua_ci95", "wa_ci95"):
+        ci = d.get(key)
+        if key in d and not (
+            isinstance(ci, (list, tuple))
+            and len(ci) == 2
+            and all(is_rate(v) for v in ci)
+            and ci[0] <= ci[1]
+        ):
+            problems.append(f"{key} must be [lo, hi] with 0 <= lo <= hi <= 1, got {ci!r}")
+    labels = d.get("labels")
+    if "labels" in d and not (
+        isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
+    ):
+        problems.append("labels must be a non-empty list of strings")
+        labels = None
+    conf = d.get("confusion")
+    if "confusion" in d:
+        k = len(labels) if labels else None
+        ok = isinstance(conf, list) and all(isinstance(r, list) for r in conf)
+        ok = ok and (k is None or (len(conf) == k and all(len(r) == k for r in conf)))
+        ok = ok and all(is_int(v) and v >= 0 for r in conf for v in r)
+        if not ok:
+            problems.append("confusion must be a K×K list of non-negative ints (K = len(labels))")
+        elif "n" in d and sum(map(sum, conf)) != d["n"]:
+            problems.append(f"confusion sums to {sum(map(sum, conf))} but n = {d['n']}")
+    folds = d.get("folds")
+    if "folds" in d:
+        if not (isinstance(folds, list) and folds):
+            problems.append("folds must be a non-empty list")
+        else:
+            for i, f in enumerate(folds):
+                if not isinstance(f, dict):
+                    problems.append(f"folds[{i}] is not a dict")
+                    continue
+                for key in FOLD_KEYS:
+                    if key not in f:
+                        problems.append(f"folds[{i}] missing {key!r}")
+                for key in ("wa", "ua", "macro_f1"):
+                    if key in f and not is_rate(f[key]):
+                        problems.append(f"folds[{i}].{key} must be in [0, 1], got {f[key]!r}")
+                if "n" in f and not (is_int(f["n"]) and f["n"] > 0):
+                    problems.append(f"folds[{i}].n must be a positive int")
+                if "test_speakers" in f and not isinstance(f["test_speakers"], list):
+                    problems.append(f"folds[{i}].test_speakers must be a list")
+                be = f.get("best_epoch")
+                if be is not None and not is_int(be):
+                    problems.append(f"folds[{i}].best_epoch must be an int or null")
+    if d.get("n_params") is not None and not (is_int(d["n_params"]) and d["n_params"] >= 0):
+        problems.append("n_params must be a non-negative int or null")
+    if d.get("seconds") is not None and not (is_num(d["seconds"]) and d["seconds"] >= 0):
+        problems.append("seconds must be a non-negative number or null")
+    if problems:
+        raise ValueError("invalid report: " + "; ".join(problems))
+    return d
+
+
+# ------------------------------------------------------------------------------- rendering
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "–" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """The human-readable report: headline, per-fold, per-class and confusion tables."""
+    labels = r["labels"]
+    title = r.get("system") or r.get("name") or "run"
+    lines = [f"# Report: {title}", ""]
+    facts = []
+    for key in ("config", "name", "corpus", "protocol"):
+        if r.get(key) not in (None, ""):
+            facts.append(f"{key}: `{r[key]}`")
+    facts.append(f"utterances: {r.get('n', sum(map(sum, r['confusion'])))}")
+    facts.append(f"folds: {len(r['folds'])}")
+    if r.get("n_params") is not None:
+        facts.append(f"parameters: {r['n_params']:,}")
+    if r.get("seconds") is not None:
+        facts.append(f"wall time: {r['seconds']:.1f} s")
+    lines += [" · ".join(facts), ""]
+    si = r.get("speaker_independent")
+    if si is True:
+        lines.append(
+            "**Protocol is speaker-independent**: no test speaker is seen in training or validation."
+        )
+    elif si is False:
+        lines.append(
+            "**Protocol is NOT speaker-independent**: test speakers also occur in training "
+            "(speaker-dependent; numbers are optimistic)."
+        )
+    else:
+        lines.append("Speaker independence of the protocol: not stated.")
+    lines += ["", "## Pooled over all folds (95 % bootstrap CI over utterances)", ""]
+    lines += ["| metric | % | 95 % CI | fold mean ± std |", "|---|---:|---:|---:|"]
+    for key, name in (
+        ("wa", "WA (accuracy)"),
+        ("ua", "UA (mean recall)"),
+        ("macro_f1", "macro-F1"),
+    ):
+        mean, std = r.get(f"{key}_fold_mean"), r.get(f"{key}_fold_std")
+        fm = "–" if mean is None else f"{100 * mean:.1f} ± {100 * (std or 0):.1f}"
+        lines.append(f"| {name} | {_pct(r[key])} | {_ci(r.get(f'{key}_ci95'))} | {fm} |")
+
+    lines += ["", "## Per fold", ""]
+    extra_cols = [c for c in ("val_ua", "C", "class_weight") if any(c in f for f in r["folds"])]
+    head = ["fold", "test speakers", "n", "WA %", "UA %", "macro-F1 %", "best epoch", *extra_cols]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for f in r["folds"]:
+        row = [
+            str(f["fold"]),
+            ", ".join(map(str, f["test_speakers"])) or "–",
+            str(f["n"]),
+            _pct(f["wa"]),
+            _pct(f["ua"]),
+            _pct(f["macro_f1"]),
+            "–" if f.get("best_epoch") is None else str(f["best_epoch"]),
+        ]
+        for c in extra_cols:
+            v = f.get(c)
+            row.append("–" if v is None else (_pct(v) if c == "val_ua" else str(v)))
+        lines.append("| " + " | ".join(row) + " |")
+
+    if r.get("per_class"):
+        lines += ["", "## Per class (pooled)", ""]
+        lines += [
+            "| class | precision % | recall % | F1 % | support |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for lab in labels:
+            pc = r["per_class"][lab]
+            lines.append(
+                f"| {lab} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |"
+            )
+
+    lines += ["", "## Confusion matrix (rows = true, columns = predicted)", ""]
+    lines += ["| true \\ pred | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for lab, row in zip(labels, r["confusion"], strict=True):
+        lines.append(f"| **{lab}** | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "![confusion matrix](confusion.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_confusion(
+    conf: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Row-normalised confusion heatmap with counts annotated, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = np.asarray(conf, dtype=float)
+    rows = c.sum(axis=1, keepdims=True)
+    norm = np.divide(c, rows, out=np.zeros_like(c), where=rows > 0)
+    k = len(labels)
+    size = max(4.0, 0.7 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    try:
+        im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(k), labels=list(labels), rotation=45, ha="right")
+        ax.set_yticks(range(k), labels=list(labels))
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    f"{int(c[i, j])}\n{100 * norm[i, j]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+        ax.set_title(("Confusion (row-normalised)" + (f": {title}" if title else "")), fontsize=10)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return Path(path)

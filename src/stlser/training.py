@@ -1,0 +1,350 @@
+"""Training one fold with Lightning: data batching, the LightningModule, callbacks, artefacts.
+
+Importing this module imports Lightning (~5 s): callers import it lazily.
+
+Determinism: every epoch reseeds torch/numpy from (seed, epoch) and the batch order is a
+function of (seed, epoch) only, so a run resumed from `last.ckpt` continues exactly as the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import Tensor
+
+from stlser import __version__
+from stlser.config import ExperimentConfig, ModelConfig
+from stlser.evaluation import METRICS
+from stlser.model import STLSER, count_parameters
+from stlser.utils import atomic_path, write_json
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+
+ARTEFACT_FORMAT = "stlser-model/1"
+
+
+# ----------------------------------------------------------------------------------- data
+def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-pad [T,F] arrays into [B,Tmax,F] with lengths and labels."""
+    lengths = torch.tensor([x.shape[0] for x, _ in items], dtype=torch.long)
+    feats = torch.zeros(len(items), int(lengths.max()), items[0][0].shape[1])
+    for i, (x, _) in enumerate(items):
+        feats[i, : x.shape[0]] = torch.from_numpy(x)
+    labels = torch.tensor([y for _, y in items], dtype=torch.long)
+    return feats, lengths, labels
+
+
+def make_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool) -> list[list[int]]:
+    """Batch indices. With `bucket`, utterances of similar length share a batch (less padding):
+    shuffle, cut into pools of 20 batches, sort each pool by length, then shuffle the batches."""
+    idx = np.arange(len(lengths))
+    rng = np.random.default_rng(seed)
+    if shuffle:
+        rng.shuffle(idx)
+    if bucket:
+        pool = batch_size * 20
+        ln = np.asarray(lengths)
+        idx = np.concatenate([c[np.argsort(ln[c], kind="stable")] for c in np.array_split(idx, max(1, math.ceil(len(idx) / pool)))])
+    batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+    if shuffle and bucket:
+        order = rng.permutation(len(batches))
+        batches = [batches[i] for i in order]
+    return batches
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """A batch sampler whose order depends only on (seed, epoch): resumable and reproducible."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.shuffle, self.bucket, self.epoch = shuffle, bucket, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(make_batches(self.lengths, self.batch_size, self.seed * 1000 + self.epoch, self.shuffle, self.bucket))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, feats: list[np.ndarray], labels: list[int]):
+        self.feats, self.labels = feats, labels
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.feats[i], self.labels[i]
+
+
+def loader(feats: list[np.ndarray], labels: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool):
+    sampler = EpochBatches([len(x) for x in feats], batch_size, seed, shuffle, bucket)
+    return torch.utils.data.DataLoader(ListDataset(feats, labels), batch_sampler=sampler, collate_fn=collate)
+
+
+# --------------------------------------------------------------------------- augmentation
+def spec_augment(x: Tensor, lengths: Tensor, gen: torch.Generator, n_freq: int = 2, f_max: int = 6,
+                 n_time: int = 2, t_frac: float = 0.1) -> Tensor:
+    """SpecAugment (Park et al. 2019) frequency and time masks, set to 0 (the normalised mean)."""
+    x = x.clone()
+    b, t, f = x.shape
+    for i in range(b):
+        for _ in range(n_freq):
+            w = int(torch.randint(0, f_max + 1, (1,), generator=gen))
+            f0 = int(torch.randint(0, max(1, f - w), (1,), generator=gen))
+            x[i, :, f0 : f0 + w] = 0
+        li = int(lengths[i])
+        for _ in range(n_time):
+            w = int(torch.randint(0, max(1, int(li * t_frac)) + 1, (1,), generator=gen))
+            t0 = int(torch.randint(0, max(1, li - w), (1,), generator=gen))
+            x[i, t0 : t0 + w] = 0
+    return x
+
+
+# ------------------------------------------------------------------------------- module
+class SERModule(L.LightningModule):
+    """The network plus its loss, optimiser and validation metrics."""
+
+    def __init__(self, model_cfg: dict, n_features: int, labels: list[str], train_cfg: dict,
+                 class_weights: list[float] | None = None, gain_scale: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.labels = labels
+        self.tc = train_cfg
+        self.model = STLSER(ModelConfig(**model_cfg), n_features, len(labels))
+        w = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weight", w if w is not None else torch.ones(len(labels)), persistent=False)
+        self.use_weights = w is not None
+        self.gain_scale = gain_scale
+        self.seed = seed
+        self._val: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._train_correct = self._train_seen = 0
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        return self.model(feats, lengths)
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(logits, target, weight=self.class_weight if self.use_weights else None)
+
+    def on_train_epoch_start(self) -> None:
+        s = self.seed * 1000 + self.current_epoch
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        self._gen = torch.Generator().manual_seed(s)
+        self._train_correct = self._train_seen = 0
+
+    def training_step(self, batch, _):
+        feats, lengths, y = batch
+        if self.tc["gain_db"]:
+            g = (torch.rand(feats.shape[0], 1, 1, generator=self._gen) * 2 - 1) * self.tc["gain_db"]
+            feats = feats + g * self.gain_scale * (feats != 0)
+        if self.tc["specaugment"]:
+            feats = spec_augment(feats, lengths, self._gen)
+        if self.tc["mixup"] > 0:
+            lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=self._gen))).beta(self.tc["mixup"], self.tc["mixup"]))
+            perm = torch.randperm(feats.shape[0], generator=self._gen)
+            logits = self(lam * feats + (1 - lam) * feats[perm], torch.maximum(lengths, lengths[perm]))
+            loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
+        else:
+            logits = self(feats, lengths)
+            loss = self._loss(logits, y)
+        self._train_correct += int((logits.argmax(-1) == y).sum())
+        self._train_seen += len(y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_seen:
+            self.log("train_acc", self._train_correct / self._train_seen, prog_bar=False)
+
+    def validation_step(self, batch, _):
+        feats, lengths, y = batch
+        logits = self(feats, lengths)
+        self._val.append((logits.detach(), y, F.cross_entropy(logits, y, reduction="sum").detach()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        logits = torch.cat([v[0] for v in self._val])
+        y = torch.cat([v[1] for v in self._val]).numpy()
+        loss = float(sum(v[2] for v in self._val)) / len(y)
+        pred = logits.argmax(-1).numpy()
+        idx = list(range(len(self.labels)))
+        self.log("val_loss", loss, prog_bar=False)
+        self.log("val_acc", float(METRICS["wa"](y, pred, idx)), prog_bar=True)
+        self.log("val_ua", float(METRICS["ua"](y, pred, idx)), prog_bar=True)
+        self._val.clear()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.tc["lr"], weight_decay=self.tc["weight_decay"])
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by the test hook that kills a run mid-way."""
+
+
+class _FailAt(Callback):
+    """Test hook: raise after epoch `n` (simulates a killed run)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.n:
+            raise SimulatedCrash(f"simulated crash after epoch {self.n}")
+
+
+class _SetSamplerEpoch(Callback):
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        trainer.train_dataloader.batch_sampler.set_epoch(trainer.current_epoch)
+
+
+# ----------------------------------------------------------------------------- predict
+@torch.no_grad()
+def predict(model: STLSER, feats: list[np.ndarray], batch_size: int = 32, embeddings: bool = False) -> dict[str, np.ndarray]:
+    """Probabilities (and optionally z0/zL) for a list of [T,F] arrays, in input order."""
+    model.eval()
+    order = np.argsort([len(x) for x in feats], kind="stable")
+    probs = np.zeros((len(feats), model.classifier.out_features), np.float32)
+    d = model.classifier.in_features
+    z0, zl = np.zeros((len(feats), d), np.float32), np.zeros((len(feats), d), np.float32)
+    for i in range(0, len(order), batch_size):
+        ids = order[i : i + batch_size]
+        x, lengths, _ = collate([(feats[j], 0) for j in ids])
+        e = model.embed(x, lengths)
+        probs[ids] = torch.softmax(model.classifier(e["zL"]), -1).numpy()
+        z0[ids], zl[ids] = e["z0"].numpy(), e["zL"].numpy()
+    out = {"probs": probs}
+    if embeddings:
+        out.update(z0=z0, zL=zl)
+    return out
+
+
+# ------------------------------------------------------------------------------ artefact
+def save_artefact(path: str | Path, model: STLSER, cfg: ExperimentConfig, n_features: int, labels: list[str],
+                  normalizer: dict, meta: dict) -> Path:
+    """Write `model.pt`: everything needed to rebuild waveform → probabilities (docs/design.md)."""
+    art = {
+        "format": ARTEFACT_FORMAT,
+        "labels": list(labels),
+        "model_config": asdict(cfg.model),
+        "feature_config": asdict(cfg.features),
+        "n_features": n_features,
+        "normalizer": {k: (np.asarray(v, np.float32) if k != "mode" else v) for k, v in normalizer.items()},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": {**meta, "stlser_version": __version__},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(art, tmp)
+    return Path(path)
+
+
+def load_artefact(path: str | Path) -> tuple[STLSER, dict]:
+    """Rebuild the network from `model.pt`; returns (model in eval mode, the artefact dict)."""
+    art = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(art, dict) or art.get("format") != ARTEFACT_FORMAT:
+        raise ValueError(f"{path}: not an stlser model artefact (expected format {ARTEFACT_FORMAT})")
+    model = STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))
+    model.load_state_dict(art["state_dict"])
+    return model.eval(), art
+
+
+# --------------------------------------------------------------------------------- fold
+@dataclass
+class FoldData:
+    """Normalised features of one fold, by part, with integer labels."""
+
+    train: tuple[list[np.ndarray], list[int]]
+    val: tuple[list[np.ndarray], list[int]]
+    test: tuple[list[np.ndarray], list[int]]
+    test_ids: list[str]
+    labels: list[str]
+    n_features: int
+    normalizer: dict
+    gain_scale: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train_fold(cfg: ExperimentConfig, data: FoldData, out_dir: str | Path, resume: bool = False,
+               fail_at_epoch: int | None = None) -> dict[str, Any]:
+    """Train on data.train with early stopping on data.val, reload the best checkpoint, score
+    data.test. Writes checkpoints, CSV/TensorBoard logs, `model.pt`, `fold.json` in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tc = cfg.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    t0 = time.time()
+    labels = data.labels
+    ytr = np.asarray(data.train[1])
+    weights = None
+    if tc.class_weights:
+        counts = np.bincount(ytr, minlength=len(labels)).astype(float)
+        weights = (len(ytr) / (len(labels) * np.maximum(counts, 1))).tolist()
+    module = SERModule(asdict(cfg.model), data.n_features, labels, asdict(tc), weights, data.gain_scale, cfg.seed)
+    n_params = count_parameters(module.model)
+    train_dl = loader(*data.train, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
+    val_dl = loader(*data.val, tc.batch_size, cfg.seed, shuffle=False, bucket=False)
+    mode = "min" if tc.monitor == "val_loss" else "max"
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=tc.monitor, mode=mode,
+                           save_top_k=1, save_last=True, enable_version_counter=False)
+    callbacks: list[Callback] = [ckpt, EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.patience),
+                                 _SetSamplerEpoch()]
+    if tc.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_dl) // 4)))
+    if fail_at_epoch:
+        callbacks.append(_FailAt(fail_at_epoch))
+    trainer = L.Trainer(
+        max_epochs=tc.max_epochs, min_epochs=tc.min_epochs, accelerator=tc.accelerator, devices=tc.devices,
+        precision=tc.precision, deterministic=tc.deterministic, callbacks=callbacks,
+        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tb", version="")],
+        enable_progress_bar=tc.progress, enable_model_summary=False, log_every_n_steps=tc.log_every_n_steps,
+        num_sanity_val_steps=0,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training interrupted; run again with --resume to continue")
+    best_path = ckpt.best_model_path or str(last)
+    state = torch.load(best_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    best_epoch = int(state.get("epoch", -1)) + 1  # 1-based epoch whose weights were kept
+    best_score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
+    model = module.model.eval()
+    res = predict(model, data.test[0], embeddings=True)
+    np.savez(out / "embeddings.npz", utt_id=np.asarray(data.test_ids), label=np.asarray(data.test[1]),
+             z0=res["z0"], zL=res["zL"])
+    meta = {"seed": cfg.seed, "best_epoch": best_epoch, tc.monitor: best_score, **data.extra}
+    save_artefact(out / "model.pt", model, cfg, data.n_features, labels, data.normalizer, meta)
+    result = {
+        "best_epoch": best_epoch, "epochs_run": int(trainer.current_epoch), "best_" + tc.monitor: best_score,
+        "n_params": n_params, "seconds": round(time.time() - t0, 2),
+        "train_utterances": len(data.train[0]), "utt_per_second": None, **data.extra,
+    }
+    result["utt_per_second"] = round(len(data.train[0]) * result["epochs_run"] / max(result["seconds"], 1e-9), 1)
+    write_json(out / "fold.json", result)
+    result["probs"] = res["probs"]
+    return result
+
+
+def default_threads() -> int:
+    return int(os.environ.get("STLSER_THREADS", "0")) or torch.get_num_threads()
