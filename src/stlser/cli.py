@@ -12,8 +12,14 @@ from pathlib import Path
 
 def _cfg_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="experiment YAML (configs/*.yaml or a path)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.max_epochs=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.max_epochs=5 (repeatable)",
+    )
 
 
 def _load_cfg(args: argparse.Namespace):
@@ -26,7 +32,9 @@ def _load_cfg(args: argparse.Namespace):
 def cmd_manifest(a: argparse.Namespace) -> int:
     from stlser import corpora
 
-    df, skipped = corpora.build_manifest(a.corpus, a.root, labels=a.labels, speaker_regex=a.speaker_regex)
+    df, skipped = corpora.build_manifest(
+        a.corpus, a.root, labels=a.labels, speaker_regex=a.speaker_regex
+    )
     out = corpora.write_manifest(df, skipped, a.output)
     print(corpora.summarize(df, skipped))
     print(f"manifest: {out}")
@@ -154,20 +162,28 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stlser", description="Speech emotion recognition with stacked transformer layers.")
+    p = argparse.ArgumentParser(
+        prog="stlser", description="Speech emotion recognition with stacked transformer layers."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("manifest", help="scan a corpus in its release layout → manifest CSV")
     s.add_argument("--corpus", required=True)
     s.add_argument("--root", required=True)
     s.add_argument("--labels", default="native", choices=["native", "4class"])
-    s.add_argument("--speaker-regex", default=None, help="folder/csv readers: regex with a group for the speaker")
+    s.add_argument(
+        "--speaker-regex",
+        default=None,
+        help="folder/csv readers: regex with a group for the speaker",
+    )
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_manifest)
 
     s = sub.add_parser("splits", help="folds of an evaluation protocol → splits.json")
     s.add_argument("--manifest", required=True)
-    s.add_argument("--protocol", default="loso", choices=["loso", "loso-session", "group-kfold", "paper"])
+    s.add_argument(
+        "--protocol", default="loso", choices=["loso", "loso-session", "group-kfold", "paper"]
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--val-speakers", type=int, default=1)
@@ -181,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     _cfg_args(s)
     s.set_defaults(func=cmd_features)
 
-    s = sub.add_parser("synth", help="speak the built-in synthetic 4-class corpus (demos/tests only)")
+    s = sub.add_parser(
+        "synth", help="speak the built-in synthetic 4-class corpus (demos/tests only)"
+    )
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--speakers", type=int, default=8)
     s.add_argument("--per-class", type=int, default=40)
@@ -229,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=cmd_analyze)
 
-    s = sub.add_parser("reproduce", help="the paper's ablation on a corpus, paper protocol and speaker-independent")
+    s = sub.add_parser(
+        "reproduce", help="the paper's ablation on a corpus, paper protocol and speaker-independent"
+    )
     s.add_argument("--corpus", required=True)
     s.add_argument("--root", required=True)
     s.add_argument("-o", "--output", required=True)
@@ -240,8 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="emotion of audio files or folders")
     s.add_argument("--model", required=True, help="checkpoint (.ckpt/.pt) or exported .onnx")
     s.add_argument("inputs", nargs="+")
-    s.add_argument("--segments", action="store_true", help="long audio: one prediction per speech segment")
-    s.add_argument("-o", "--output", default=None, help="out.csv or out.jsonl (default: table on stdout)")
+    s.add_argument(
+        "--segments", action="store_true", help="long audio: one prediction per speech segment"
+    )
+    s.add_argument(
+        "-o", "--output", default=None, help="out.csv or out.jsonl (default: table on stdout)"
+    )
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="ONNX graph: 16 kHz waveform → probabilities")

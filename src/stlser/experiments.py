@@ -46,8 +46,16 @@ def prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[pd.DataFrame, list, l
         if skipped:
             _log(f"{len(skipped)} unreadable files skipped (see {run_dir / 'skipped.csv'})")
     s = cfg.split
-    folds = splits.make_folds(df, s.protocol, seed=cfg.seed, k=s.k, val_speakers=s.val_speakers,
-                              val_fraction=s.val_fraction, test_fraction=s.test_fraction, seeds=s.seeds)
+    folds = splits.make_folds(
+        df,
+        s.protocol,
+        seed=cfg.seed,
+        k=s.k,
+        val_speakers=s.val_speakers,
+        val_fraction=s.val_fraction,
+        test_fraction=s.test_fraction,
+        seeds=s.seeds,
+    )
     splits.check_folds(folds, df)
     splits.save(folds, run_dir / "splits.json")
     labels = sorted(df["label"].unique().tolist())
@@ -63,7 +71,9 @@ def _write_run_header(cfg: ExperimentConfig, run_dir: Path) -> None:
     write_json(run_dir / "environment.json", env)
 
 
-def fold_data(cfg: ExperimentConfig, df: pd.DataFrame, feats: dict[str, np.ndarray], fold, labels: list[str]):
+def fold_data(
+    cfg: ExperimentConfig, df: pd.DataFrame, feats: dict[str, np.ndarray], fold, labels: list[str]
+):
     """Normalise features with statistics fitted on the fold's training part; build FoldData."""
     from stlser import features
     from stlser.training import FoldData
@@ -78,22 +88,45 @@ def fold_data(cfg: ExperimentConfig, df: pd.DataFrame, feats: dict[str, np.ndarr
 
     state = norm.state()
     std = np.asarray(state.get("std", [1.0]), np.float32)
-    gain_scale = float(np.mean(math.log(10) / 10 / np.maximum(std, 1e-5))) if fc.kind == "logmel" else 0.0
+    gain_scale = (
+        float(np.mean(math.log(10) / 10 / np.maximum(std, 1e-5))) if fc.kind == "logmel" else 0.0
+    )
     n_features = next(iter(feats.values())).shape[1]
-    return FoldData(part(fold.train), part(fold.val), part(fold.test), list(fold.test), labels, n_features,
-                    state, gain_scale, {"fold": fold.name, "test_speakers": list(fold.test_speakers)})
+    return FoldData(
+        part(fold.train),
+        part(fold.val),
+        part(fold.test),
+        list(fold.test),
+        labels,
+        n_features,
+        state,
+        gain_scale,
+        {"fold": fold.name, "test_speakers": list(fold.test_speakers)},
+    )
 
 
 def _fold_predictions(df: pd.DataFrame, fold, labels: list[str], probs: np.ndarray) -> pd.DataFrame:
     sub = df.set_index("utt_id").loc[list(fold.test)]
-    p = pd.DataFrame({"utt_id": list(fold.test), "fold": fold.name, "speaker": sub["speaker"].astype(str).values,
-                      "label": sub["label"].values, "pred": [labels[i] for i in probs.argmax(1)]})
+    p = pd.DataFrame(
+        {
+            "utt_id": list(fold.test),
+            "fold": fold.name,
+            "speaker": sub["speaker"].astype(str).values,
+            "label": sub["label"].values,
+            "pred": [labels[i] for i in probs.argmax(1)],
+        }
+    )
     for j, name in enumerate(labels):
         p[f"prob_{name}"] = probs[:, j].round(6)
     return p
 
 
-def crossval(cfg: ExperimentConfig, out: str | Path | None, resume: bool = False, fail_at_epoch: int | None = None) -> Path:
+def crossval(
+    cfg: ExperimentConfig,
+    out: str | Path | None,
+    resume: bool = False,
+    fail_at_epoch: int | None = None,
+) -> Path:
     """Train and test every fold of the configured protocol; write the pooled report."""
     from stlser import evaluation, features
     from stlser.training import train_fold
@@ -103,8 +136,10 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None, resume: bool = False
     _write_run_header(cfg, run)
     df, folds, labels = prepare(cfg, run)
     selected = [f for i, f in enumerate(folds) if cfg.split.folds is None or i in cfg.split.folds]
-    _log(f"{cfg.name}: {len(df)} utterances, {len(labels)} classes, protocol {cfg.split.protocol}, "
-         f"{len(selected)} folds → {run}")
+    _log(
+        f"{cfg.name}: {len(df)} utterances, {len(labels)} classes, protocol {cfg.split.protocol}, "
+        f"{len(selected)} folds → {run}"
+    )
     feats = features.load_features(df, cfg.features.resolved(), cfg.cache_dir)
     preds, fold_infos, n_params, speed = [], [], 0, []
     for i, fold in enumerate(selected):
@@ -117,7 +152,9 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None, resume: bool = False
             p = pd.read_csv(fdir / "predictions.csv", dtype={"speaker": str})
             _log(f"fold {i + 1}/{len(selected)} ({fold.name}) already done, reused")
         else:
-            _log(f"fold {i + 1}/{len(selected)}: test {','.join(map(str, fold.test_speakers)) or fold.name}")
+            _log(
+                f"fold {i + 1}/{len(selected)}: test {','.join(map(str, fold.test_speakers)) or fold.name}"
+            )
             data = fold_data(cfg, df, feats, fold, labels)
             info = train_fold(cfg, data, fdir, resume=resume, fail_at_epoch=fail_at_epoch)
             p = _fold_predictions(df, fold, labels, info.pop("probs"))
@@ -128,25 +165,44 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None, resume: bool = False
         preds.append(p)
         n_params = info["n_params"]
         speed.append(info.get("utt_per_second") or 0)
-        fold_infos.append({"fold": fold.name, "test_speakers": list(fold.test_speakers),
-                           "best_epoch": info["best_epoch"], "epochs_run": info.get("epochs_run"),
-                           "seconds": info.get("seconds")})
+        fold_infos.append(
+            {
+                "fold": fold.name,
+                "test_speakers": list(fold.test_speakers),
+                "best_epoch": info["best_epoch"],
+                "epochs_run": info.get("epochs_run"),
+                "seconds": info.get("seconds"),
+            }
+        )
     allp = pd.concat(preds, ignore_index=True)
-    extra = {"system": SYSTEM, "config": cfg.name, "corpus": cfg.data.corpus, "protocol": cfg.split.protocol,
-             "speaker_independent": cfg.split.protocol != "paper", "n_params": n_params,
-             "seconds": round(time.time() - t0, 1), "train_utt_per_second": round(float(np.mean(speed)), 1),
-             "stl_layers": cfg.model.stl_layers, "aggregation": cfg.model.aggregation, "stl_over": cfg.model.stl_over}
+    extra = {
+        "system": SYSTEM,
+        "config": cfg.name,
+        "corpus": cfg.data.corpus,
+        "protocol": cfg.split.protocol,
+        "speaker_independent": cfg.split.protocol != "paper",
+        "n_params": n_params,
+        "seconds": round(time.time() - t0, 1),
+        "train_utt_per_second": round(float(np.mean(speed)), 1),
+        "stl_layers": cfg.model.stl_layers,
+        "aggregation": cfg.model.aggregation,
+        "stl_over": cfg.model.stl_over,
+    }
     from stlser.utils import atomic_path
 
     with atomic_path(run / "predictions.csv") as tmp:
         allp.to_csv(tmp, index=False)
     rep = evaluation.write_report(run, allp, labels, fold_infos, extra)
-    _log(f"UA {100 * rep['ua']:.2f} %  WA {100 * rep['wa']:.2f} %  macro-F1 {100 * rep['macro_f1']:.2f} %  "
-         f"({extra['seconds']:.0f} s)")
+    _log(
+        f"UA {100 * rep['ua']:.2f} %  WA {100 * rep['wa']:.2f} %  macro-F1 {100 * rep['macro_f1']:.2f} %  "
+        f"({extra['seconds']:.0f} s)"
+    )
     return run
 
 
-def train(cfg: ExperimentConfig, out: str | Path | None, resume: bool = False, fold: int = 0) -> Path:
+def train(
+    cfg: ExperimentConfig, out: str | Path | None, resume: bool = False, fold: int = 0
+) -> Path:
     """Train (and test) one fold of the configured protocol."""
     cfg.split.folds = [fold]
     return crossval(cfg, out, resume=resume)
@@ -163,7 +219,9 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | Non
     labels = art["labels"]
     unknown = sorted(set(df["label"]) - set(labels))
     if unknown:
-        raise ValueError(f"manifest has labels the model does not know: {unknown}; model labels: {labels}")
+        raise ValueError(
+            f"manifest has labels the model does not know: {unknown}; model labels: {labels}"
+        )
     fc = FeatureConfig(**art["feature_config"])
     feats = features.load_features(df, fc.resolved(), ".cache/stlser")
     norm = features.Normalizer.from_state(art["normalizer"])
@@ -175,15 +233,37 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | Non
     probs = predict(model, [normed[u] for u in ids])["probs"]
     run = Path(out) if out else Path(checkpoint).parent / "evaluate"
     run.mkdir(parents=True, exist_ok=True)
-    p = pd.DataFrame({"utt_id": ids, "fold": "evaluate", "speaker": df["speaker"].astype(str),
-                      "label": df["label"], "pred": [labels[i] for i in probs.argmax(1)]})
+    p = pd.DataFrame(
+        {
+            "utt_id": ids,
+            "fold": "evaluate",
+            "speaker": df["speaker"].astype(str),
+            "label": df["label"],
+            "pred": [labels[i] for i in probs.argmax(1)],
+        }
+    )
     for j, name in enumerate(labels):
         p[f"prob_{name}"] = probs[:, j].round(6)
     p.to_csv(run / "predictions.csv", index=False)
-    evaluation.write_report(run, p, labels, [{"fold": "evaluate", "test_speakers": sorted(df["speaker"].astype(str).unique()),
-                                               "best_epoch": art["meta"].get("best_epoch")}],
-                            {"system": SYSTEM, "checkpoint": str(checkpoint), "manifest": str(manifest),
-                             "n_params": sum(v.numel() for v in model.parameters()), "seconds": 0.0})
+    evaluation.write_report(
+        run,
+        p,
+        labels,
+        [
+            {
+                "fold": "evaluate",
+                "test_speakers": sorted(df["speaker"].astype(str).unique()),
+                "best_epoch": art["meta"].get("best_epoch"),
+            }
+        ],
+        {
+            "system": SYSTEM,
+            "checkpoint": str(checkpoint),
+            "manifest": str(manifest),
+            "n_params": sum(v.numel() for v in model.parameters()),
+            "seconds": 0.0,
+        },
+    )
     return run
 
 
@@ -210,8 +290,10 @@ def demo(out: str | Path = "runs/demo") -> Path:
     import json
 
     rep = json.loads((run / "report.json").read_text())
-    print(f"\nDemo finished: UA {100 * rep['ua']:.1f} %, WA {100 * rep['wa']:.1f} % on the synthetic corpus "
-          f"({rep['protocol']}, speaker-independent).")
+    print(
+        f"\nDemo finished: UA {100 * rep['ua']:.1f} %, WA {100 * rep['wa']:.1f} % on the synthetic corpus "
+        f"({rep['protocol']}, speaker-independent)."
+    )
     print(f"Report: {run / 'report.md'}\nModel of fold 0: {run / 'fold_00' / 'model.pt'}")
     return run
 

@@ -22,13 +22,20 @@ Choices where the paper is silent (see docs/model.md):
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stlser.config import ModelConfig
+from stlser import __version__
+from stlser.config import ExperimentConfig, ModelConfig
+from stlser.utils import atomic_path
 
 AGGREGATIONS = ("conv1d", "last", "attention", "mean")
+ARTEFACT_FORMAT = "stlser-model/1"
 
 
 def time_mask(lengths: Tensor, t: int) -> Tensor:
@@ -100,7 +107,9 @@ class SelfAttention(nn.Module):
         b = x.shape[0]
         q, k, v = self.qkv(x).reshape(b, -1, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.p if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.p if self.training else 0.0
+        )
         return self.out(y.transpose(1, 2).reshape(b, -1, self.h * self.dh))
 
 
@@ -142,7 +151,9 @@ class Aggregator(nn.Module):
             return masked_mean(h, mask)
         if self.kind == "last":  # forward state at the last valid step, backward state at step 0
             d = h.shape[-1] // 2
-            last = torch.gather(h[..., :d], 1, (lengths - 1).clamp_min(0)[:, None, None].expand(-1, 1, d))
+            last = torch.gather(
+                h[..., :d], 1, (lengths - 1).clamp_min(0)[:, None, None].expand(-1, 1, d)
+            )
             return torch.cat([last[:, 0], h[:, 0, d:]], dim=-1)
         s = self.score(torch.tanh(self.proj(h))).squeeze(-1)
         s = s.masked_fill(~mask, torch.finfo(s.dtype).min)
@@ -174,7 +185,8 @@ class STLSER(nn.Module):
         self.lstm = BiLSTM(c_in * f, cfg.d_lstm)
         self.aggregate = Aggregator(cfg.aggregation, d, cfg.agg_kernel)
         self.stl = nn.ModuleList(
-            TransformerLayer(d, cfg.stl_heads, cfg.stl_ff, cfg.stl_dropout) for _ in range(cfg.stl_layers)
+            TransformerLayer(d, cfg.stl_heads, cfg.stl_ff, cfg.stl_dropout)
+            for _ in range(cfg.stl_layers)
         )
         self.classifier = nn.Linear(d, n_classes)
 
@@ -213,8 +225,53 @@ def count_parameters(model: nn.Module) -> int:
 
 def parameter_table(model: STLSER) -> dict[str, int]:
     """Parameters per part, for the docs and `stlser train` start-up print."""
-    parts = {"cnn": model.blocks, "bilstm": model.lstm, "aggregation": model.aggregate, "stl": model.stl,
-             "classifier": model.classifier}
+    parts = {
+        "cnn": model.blocks,
+        "bilstm": model.lstm,
+        "aggregation": model.aggregate,
+        "stl": model.stl,
+        "classifier": model.classifier,
+    }
     table = {k: count_parameters(v) for k, v in parts.items()}
     table["total"] = count_parameters(model)
     return table
+
+
+# ------------------------------------------------------------------ artefact (model.pt)
+def save_artefact(
+    path: str | Path,
+    model: STLSER,
+    cfg: ExperimentConfig,
+    n_features: int,
+    labels: list[str],
+    normalizer: dict,
+    meta: dict,
+) -> Path:
+    """Write `model.pt`: everything needed to rebuild waveform → probabilities (docs/design.md)."""
+    art = {
+        "format": ARTEFACT_FORMAT,
+        "labels": list(labels),
+        "model_config": asdict(cfg.model),
+        "feature_config": asdict(cfg.features),
+        "n_features": n_features,
+        "normalizer": {
+            k: (np.asarray(v, np.float32) if k != "mode" else v) for k, v in normalizer.items()
+        },
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": {**meta, "stlser_version": __version__},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(art, tmp)
+    return Path(path)
+
+
+def load_artefact(path: str | Path) -> tuple[STLSER, dict]:
+    """Rebuild the network from `model.pt`; returns (model in eval mode, the artefact dict)."""
+    art = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(art, dict) or art.get("format") != ARTEFACT_FORMAT:
+        raise ValueError(
+            f"{path}: not an stlser model artefact (expected format {ARTEFACT_FORMAT})"
+        )
+    model = STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))
+    model.load_state_dict(art["state_dict"])
+    return model.eval(), art

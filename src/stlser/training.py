@@ -25,17 +25,14 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
-from stlser import __version__
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
-from stlser.model import STLSER, count_parameters
-from stlser.utils import atomic_path, write_json
+from stlser.model import STLSER, count_parameters, load_artefact, save_artefact  # noqa: F401 (re-export)
+from stlser.utils import write_json
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
 warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
-
-ARTEFACT_FORMAT = "stlser-model/1"
 
 
 # ----------------------------------------------------------------------------------- data
@@ -49,7 +46,9 @@ def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor
     return feats, lengths, labels
 
 
-def make_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool) -> list[list[int]]:
+def make_batches(
+    lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool
+) -> list[list[int]]:
     """Batch indices. With `bucket`, utterances of similar length share a batch (less padding):
     shuffle, cut into pools of 20 batches, sort each pool by length, then shuffle the batches."""
     idx = np.arange(len(lengths))
@@ -59,7 +58,12 @@ def make_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool, 
     if bucket:
         pool = batch_size * 20
         ln = np.asarray(lengths)
-        idx = np.concatenate([c[np.argsort(ln[c], kind="stable")] for c in np.array_split(idx, max(1, math.ceil(len(idx) / pool)))])
+        idx = np.concatenate(
+            [
+                c[np.argsort(ln[c], kind="stable")]
+                for c in np.array_split(idx, max(1, math.ceil(len(idx) / pool)))
+            ]
+        )
     batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
     if shuffle and bucket:
         order = rng.permutation(len(batches))
@@ -78,7 +82,15 @@ class EpochBatches(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        return iter(make_batches(self.lengths, self.batch_size, self.seed * 1000 + self.epoch, self.shuffle, self.bucket))
+        return iter(
+            make_batches(
+                self.lengths,
+                self.batch_size,
+                self.seed * 1000 + self.epoch,
+                self.shuffle,
+                self.bucket,
+            )
+        )
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
@@ -95,14 +107,30 @@ class ListDataset(torch.utils.data.Dataset):
         return self.feats[i], self.labels[i]
 
 
-def loader(feats: list[np.ndarray], labels: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool):
+def loader(
+    feats: list[np.ndarray],
+    labels: list[int],
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    bucket: bool,
+):
     sampler = EpochBatches([len(x) for x in feats], batch_size, seed, shuffle, bucket)
-    return torch.utils.data.DataLoader(ListDataset(feats, labels), batch_sampler=sampler, collate_fn=collate)
+    return torch.utils.data.DataLoader(
+        ListDataset(feats, labels), batch_sampler=sampler, collate_fn=collate
+    )
 
 
 # --------------------------------------------------------------------------- augmentation
-def spec_augment(x: Tensor, lengths: Tensor, gen: torch.Generator, n_freq: int = 2, f_max: int = 6,
-                 n_time: int = 2, t_frac: float = 0.1) -> Tensor:
+def spec_augment(
+    x: Tensor,
+    lengths: Tensor,
+    gen: torch.Generator,
+    n_freq: int = 2,
+    f_max: int = 6,
+    n_time: int = 2,
+    t_frac: float = 0.1,
+) -> Tensor:
     """SpecAugment (Park et al. 2019) frequency and time masks, set to 0 (the normalised mean)."""
     x = x.clone()
     b, t, f = x.shape
@@ -123,15 +151,25 @@ def spec_augment(x: Tensor, lengths: Tensor, gen: torch.Generator, n_freq: int =
 class SERModule(L.LightningModule):
     """The network plus its loss, optimiser and validation metrics."""
 
-    def __init__(self, model_cfg: dict, n_features: int, labels: list[str], train_cfg: dict,
-                 class_weights: list[float] | None = None, gain_scale: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        model_cfg: dict,
+        n_features: int,
+        labels: list[str],
+        train_cfg: dict,
+        class_weights: list[float] | None = None,
+        gain_scale: float = 0.0,
+        seed: int = 0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.labels = labels
         self.tc = train_cfg
         self.model = STLSER(ModelConfig(**model_cfg), n_features, len(labels))
         w = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-        self.register_buffer("class_weight", w if w is not None else torch.ones(len(labels)), persistent=False)
+        self.register_buffer(
+            "class_weight", w if w is not None else torch.ones(len(labels)), persistent=False
+        )
         self.use_weights = w is not None
         self.gain_scale = gain_scale
         self.seed = seed
@@ -142,7 +180,9 @@ class SERModule(L.LightningModule):
         return self.model(feats, lengths)
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(logits, target, weight=self.class_weight if self.use_weights else None)
+        return F.cross_entropy(
+            logits, target, weight=self.class_weight if self.use_weights else None
+        )
 
     def on_train_epoch_start(self) -> None:
         s = self.seed * 1000 + self.current_epoch
@@ -159,9 +199,15 @@ class SERModule(L.LightningModule):
         if self.tc["specaugment"]:
             feats = spec_augment(feats, lengths, self._gen)
         if self.tc["mixup"] > 0:
-            lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=self._gen))).beta(self.tc["mixup"], self.tc["mixup"]))
+            lam = float(
+                np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=self._gen))).beta(
+                    self.tc["mixup"], self.tc["mixup"]
+                )
+            )
             perm = torch.randperm(feats.shape[0], generator=self._gen)
-            logits = self(lam * feats + (1 - lam) * feats[perm], torch.maximum(lengths, lengths[perm]))
+            logits = self(
+                lam * feats + (1 - lam) * feats[perm], torch.maximum(lengths, lengths[perm])
+            )
             loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
         else:
             logits = self(feats, lengths)
@@ -194,7 +240,9 @@ class SERModule(L.LightningModule):
         self._val.clear()
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.tc["lr"], weight_decay=self.tc["weight_decay"])
+        return torch.optim.Adam(
+            self.parameters(), lr=self.tc["lr"], weight_decay=self.tc["weight_decay"]
+        )
 
 
 class SimulatedCrash(RuntimeError):
@@ -219,7 +267,9 @@ class _SetSamplerEpoch(Callback):
 
 # ----------------------------------------------------------------------------- predict
 @torch.no_grad()
-def predict(model: STLSER, feats: list[np.ndarray], batch_size: int = 32, embeddings: bool = False) -> dict[str, np.ndarray]:
+def predict(
+    model: STLSER, feats: list[np.ndarray], batch_size: int = 32, embeddings: bool = False
+) -> dict[str, np.ndarray]:
     """Probabilities (and optionally z0/zL) for a list of [T,F] arrays, in input order."""
     model.eval()
     order = np.argsort([len(x) for x in feats], kind="stable")
@@ -238,35 +288,6 @@ def predict(model: STLSER, feats: list[np.ndarray], batch_size: int = 32, embedd
     return out
 
 
-# ------------------------------------------------------------------------------ artefact
-def save_artefact(path: str | Path, model: STLSER, cfg: ExperimentConfig, n_features: int, labels: list[str],
-                  normalizer: dict, meta: dict) -> Path:
-    """Write `model.pt`: everything needed to rebuild waveform → probabilities (docs/design.md)."""
-    art = {
-        "format": ARTEFACT_FORMAT,
-        "labels": list(labels),
-        "model_config": asdict(cfg.model),
-        "feature_config": asdict(cfg.features),
-        "n_features": n_features,
-        "normalizer": {k: (np.asarray(v, np.float32) if k != "mode" else v) for k, v in normalizer.items()},
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": {**meta, "stlser_version": __version__},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(art, tmp)
-    return Path(path)
-
-
-def load_artefact(path: str | Path) -> tuple[STLSER, dict]:
-    """Rebuild the network from `model.pt`; returns (model in eval mode, the artefact dict)."""
-    art = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(art, dict) or art.get("format") != ARTEFACT_FORMAT:
-        raise ValueError(f"{path}: not an stlser model artefact (expected format {ARTEFACT_FORMAT})")
-    model = STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))
-    model.load_state_dict(art["state_dict"])
-    return model.eval(), art
-
-
 # --------------------------------------------------------------------------------- fold
 @dataclass
 class FoldData:
@@ -283,8 +304,13 @@ class FoldData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def train_fold(cfg: ExperimentConfig, data: FoldData, out_dir: str | Path, resume: bool = False,
-               fail_at_epoch: int | None = None) -> dict[str, Any]:
+def train_fold(
+    cfg: ExperimentConfig,
+    data: FoldData,
+    out_dir: str | Path,
+    resume: bool = False,
+    fail_at_epoch: int | None = None,
+) -> dict[str, Any]:
     """Train on data.train with early stopping on data.val, reload the best checkpoint, score
     data.test. Writes checkpoints, CSV/TensorBoard logs, `model.pt`, `fold.json` in out_dir."""
     out = Path(out_dir)
@@ -300,24 +326,46 @@ def train_fold(cfg: ExperimentConfig, data: FoldData, out_dir: str | Path, resum
     if tc.class_weights:
         counts = np.bincount(ytr, minlength=len(labels)).astype(float)
         weights = (len(ytr) / (len(labels) * np.maximum(counts, 1))).tolist()
-    module = SERModule(asdict(cfg.model), data.n_features, labels, asdict(tc), weights, data.gain_scale, cfg.seed)
+    module = SERModule(
+        asdict(cfg.model), data.n_features, labels, asdict(tc), weights, data.gain_scale, cfg.seed
+    )
     n_params = count_parameters(module.model)
     train_dl = loader(*data.train, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
     val_dl = loader(*data.val, tc.batch_size, cfg.seed, shuffle=False, bucket=False)
     mode = "min" if tc.monitor == "val_loss" else "max"
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=tc.monitor, mode=mode,
-                           save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks: list[Callback] = [ckpt, EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.patience),
-                                 _SetSamplerEpoch()]
+    ckpt = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=tc.monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [
+        ckpt,
+        EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.patience),
+        _SetSamplerEpoch(),
+    ]
     if tc.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_dl) // 4)))
     if fail_at_epoch:
         callbacks.append(_FailAt(fail_at_epoch))
     trainer = L.Trainer(
-        max_epochs=tc.max_epochs, min_epochs=tc.min_epochs, accelerator=tc.accelerator, devices=tc.devices,
-        precision=tc.precision, deterministic=tc.deterministic, callbacks=callbacks,
-        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tb", version="")],
-        enable_progress_bar=tc.progress, enable_model_summary=False, log_every_n_steps=tc.log_every_n_steps,
+        max_epochs=tc.max_epochs,
+        min_epochs=tc.min_epochs,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        precision=tc.precision,
+        deterministic=tc.deterministic,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(out, name="logs", version=""),
+            TensorBoardLogger(out, name="tb", version=""),
+        ],
+        enable_progress_bar=tc.progress,
+        enable_model_summary=False,
+        log_every_n_steps=tc.log_every_n_steps,
         num_sanity_val_steps=0,
     )
     last = out / "checkpoints" / "last.ckpt"
@@ -331,16 +379,28 @@ def train_fold(cfg: ExperimentConfig, data: FoldData, out_dir: str | Path, resum
     best_score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
     model = module.model.eval()
     res = predict(model, data.test[0], embeddings=True)
-    np.savez(out / "embeddings.npz", utt_id=np.asarray(data.test_ids), label=np.asarray(data.test[1]),
-             z0=res["z0"], zL=res["zL"])
+    np.savez(
+        out / "embeddings.npz",
+        utt_id=np.asarray(data.test_ids),
+        label=np.asarray(data.test[1]),
+        z0=res["z0"],
+        zL=res["zL"],
+    )
     meta = {"seed": cfg.seed, "best_epoch": best_epoch, tc.monitor: best_score, **data.extra}
     save_artefact(out / "model.pt", model, cfg, data.n_features, labels, data.normalizer, meta)
     result = {
-        "best_epoch": best_epoch, "epochs_run": int(trainer.current_epoch), "best_" + tc.monitor: best_score,
-        "n_params": n_params, "seconds": round(time.time() - t0, 2),
-        "train_utterances": len(data.train[0]), "utt_per_second": None, **data.extra,
+        "best_epoch": best_epoch,
+        "epochs_run": int(trainer.current_epoch),
+        "best_" + tc.monitor: best_score,
+        "n_params": n_params,
+        "seconds": round(time.time() - t0, 2),
+        "train_utterances": len(data.train[0]),
+        "utt_per_second": None,
+        **data.extra,
     }
-    result["utt_per_second"] = round(len(data.train[0]) * result["epochs_run"] / max(result["seconds"], 1e-9), 1)
+    result["utt_per_second"] = round(
+        len(data.train[0]) * result["epochs_run"] / max(result["seconds"], 1e-9), 1
+    )
     write_json(out / "fold.json", result)
     result["probs"] = res["probs"]
     return result

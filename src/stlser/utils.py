@@ -8,8 +8,9 @@ import os
 import platform
 import random
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,16 @@ def environment() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
-    for pkg in ("stlser", "torch", "lightning", "numpy", "scikit-learn", "librosa", "onnxruntime", "opensmile"):
+    for pkg in (
+        "stlser",
+        "torch",
+        "lightning",
+        "numpy",
+        "scikit-learn",
+        "librosa",
+        "onnxruntime",
+        "opensmile",
+    ):
         try:
             env[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
