@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny synthetic corpus spoken once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> Path:
+    """4 speakers x 4 classes x 6 utterances of the built-in synthetic corpus."""
+    from stlser import synth
+
+    out = tmp_path_factory.mktemp("synth")
+    synth.generate(out, speakers=4, per_class=6, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_corpora() -> Path:
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} not present (real-corpus checks run in CI)")
+    return SHARED
