@@ -45,7 +45,17 @@ def cmd_splits(a: argparse.Namespace) -> int:
     from stlser import corpora, splits
 
     df = corpora.read_manifest(a.manifest)
-    folds = splits.make_folds(df, a.protocol, seed=a.seed, k=a.k, val_speakers=a.val_speakers)
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
+    folds = splits.make_folds(
+        df,
+        a.protocol,
+        seed=a.seed,
+        k=a.k,
+        val_speakers=a.val_speakers,
+        val_fraction=a.val_fraction,
+        test_fraction=a.test_fraction,
+        seeds=seeds,
+    )
     splits.check_folds(folds, df)
     splits.save(folds, a.output)
     print(splits.summarize(folds, df))
@@ -187,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--val-speakers", type=int, default=1)
+    s.add_argument("--val-fraction", type=float, default=0.1, help="paper protocol: validation share")
+    s.add_argument("--test-fraction", type=float, default=0.2, help="paper protocol: test share")
+    s.add_argument("--seeds", default=None, help="paper protocol: comma-separated seeds, one fold each")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_splits)
 

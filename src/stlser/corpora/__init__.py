@@ -125,7 +125,9 @@ def _frame(entries: Iterable[Entry], corpus: str) -> pd.DataFrame:
         }
         for e in entries
     ]
-    return pd.DataFrame(rows, columns=["utt_id", "path", "label", "speaker", "session", "gender", "corpus", "text"])
+    return pd.DataFrame(
+        rows, columns=["utt_id", "path", "label", "speaker", "session", "gender", "corpus", "text"]
+    )
 
 
 def build_manifest(
@@ -174,7 +176,8 @@ def build_manifest(
         if keep.empty:
             raise CorpusError(
                 f"{corpus}: none of the {len(native)} utterances under {base} has a four-class "
-                f"label ({'/'.join(FOUR_LABELS)}); labels found: {', '.join(sorted(set(native['label'])))}"
+                f"label ({'/'.join(FOUR_LABELS)}); labels found: "
+                f"{', '.join(sorted(set(native['label'])))}"
             )
     else:
         keep = native.copy()
@@ -204,13 +207,15 @@ def build_manifest(
     return df, sorted(skipped)
 
 
-def write_manifest(df: pd.DataFrame, skipped: Iterable[tuple[str, str]], out: str | os.PathLike) -> Path:
+def write_manifest(
+    df: pd.DataFrame, skipped: Iterable[tuple[str, str]], out: str | os.PathLike
+) -> Path:
     """Write the manifest CSV atomically and ``skipped.csv`` (path,reason) beside it.
 
-    `out` may be a folder (→ ``<out>/manifest.csv``).
+    `out` may be a folder (an existing one, or a path without suffix) → ``<out>/manifest.csv``.
     """
     p = Path(out)
-    if p.is_dir():
+    if p.is_dir() or not p.suffix:
         p = p / "manifest.csv"
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(p) as tmp:
@@ -252,7 +257,9 @@ def _table(rows: list[list[str]], right: Sequence[bool]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for r in rows:
-        cells = [c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=True)]
+        cells = [
+            c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=True)
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -281,13 +288,16 @@ def summarize(df: pd.DataFrame, skipped: Sequence[tuple[str, str]] = ()) -> str:
         if len(tab) <= 30:
             rows = [["speaker", "gender", *labels, "total"]]
             for spk, r in tab.iterrows():
-                rows.append([str(spk), gender.get(spk, "") or "-", *map(str, r.tolist()), str(r.sum())])
+                rows.append(
+                    [str(spk), gender.get(spk, "") or "-", *map(str, r.tolist()), str(r.sum())]
+                )
             rows.append(["all", "", *map(str, tab.sum().tolist()), str(int(tab.values.sum()))])
             lines.append(_table(rows, [False, False] + [True] * (len(labels) + 1)))
         else:
             per = tab.sum(axis=1)
             lines.append(
-                f"per speaker: min {per.min()}, median {int(per.median())}, max {per.max()} utterances"
+                f"per speaker: min {per.min()}, median {int(per.median())}, "
+                f"max {per.max()} utterances"
             )
     if (df["session"] != "").any():
         sess = df["session"].value_counts().sort_index()

@@ -142,7 +142,9 @@ def list_files(folder: Path, pattern: str = "*.wav", recursive: bool = False) ->
 
 def list_audio(folder: Path) -> list[Path]:
     """Visible audio files anywhere under `folder`, sorted."""
-    return [p for p in list_files(folder, "*", recursive=True) if p.suffix.lower() in AUDIO_SUFFIXES]
+    return [
+        p for p in list_files(folder, "*", recursive=True) if p.suffix.lower() in AUDIO_SUFFIXES
+    ]
 
 
 def no_audio(name: str, root: Path, layout: str) -> CorpusError:
@@ -174,5 +176,7 @@ def speaker_from_regex(regex: str, rel: str, path: Path) -> str:
     """First group (or whole match) of `regex` searched in the relative path `rel`."""
     m = re.search(regex, rel)
     if not m:
-        raise CorpusError(f"speaker regex {regex!r} does not match the file {path} (tested {rel!r})")
+        raise CorpusError(
+            f"speaker regex {regex!r} does not match the file {path} (tested {rel!r})"
+        )
     return m.group(1) if m.groups() else m.group(0)

@@ -1,4 +1,7 @@
-"""CASIA Chinese emotional speech (public 1,200-file subset): ``<root>/<speaker>/<emotion>/<NNN>.wav``."""
+"""CASIA Chinese emotional speech, public 1,200-file subset.
+
+Layout: ``<root>/<speaker>/<emotion>/<NNN>.wav``.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
 
 
 def check(df: pd.DataFrame) -> tuple[list[str], str | None]:
-    """Compare with the public subset (4 speakers x 6 emotions x 50 = 1,200) if it looks complete."""
+    """Compare with the public subset (4 speakers x 6 emotions x 50 = 1,200) if complete."""
     if not SPEAKERS <= set(df["speaker"]):
         return [], None
     cells = df.groupby(["speaker", "label"]).size()

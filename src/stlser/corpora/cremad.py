@@ -11,7 +11,9 @@ import pandas as pd
 from .base import CorpusError, Entry, count_check, list_files, no_audio, unknown_code
 
 NAME = "cremad"
-LAYOUT = "<root>/AudioWAV/<actor>_<sentence>_<emotion>_<level>.wav, e.g. AudioWAV/1001_DFA_ANG_XX.wav"
+LAYOUT = (
+    "<root>/AudioWAV/<actor>_<sentence>_<emotion>_<level>.wav, e.g. AudioWAV/1001_DFA_ANG_XX.wav"
+)
 EMOTIONS = {
     "ANG": "angry",
     "DIS": "disgust",
@@ -70,8 +72,15 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
         if emo.upper() not in EMOTIONS:
             raise unknown_code(NAME, p, emo, EMOTIONS)
         out.append(
-            Entry(p.stem, p, EMOTIONS[emo.upper()], actor, "", sex.get(actor, ""),
-                  SENTENCES.get(sentence, ""))
+            Entry(
+                p.stem,
+                p,
+                EMOTIONS[emo.upper()],
+                actor,
+                "",
+                sex.get(actor, ""),
+                SENTENCES.get(sentence, ""),
+            )
         )
     return out
 
@@ -80,4 +89,6 @@ def check(df: pd.DataFrame) -> tuple[list[str], str | None]:
     """Compare with the release total (7,442) when all 91 actors are present."""
     if df["speaker"].nunique() < N_ACTORS:
         return [], None
-    return count_check(NAME, "clips", {"total": len(df)}, {"total": TOTAL}), "7,442 clips of 91 actors"
+    return count_check(
+        NAME, "clips", {"total": len(df)}, {"total": TOTAL}
+    ), "7,442 clips of 91 actors"

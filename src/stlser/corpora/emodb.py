@@ -39,8 +39,15 @@ TEXTS = {
     "b10": "Die wird auf dem Platz sein, wo wir sie immer hinlegen.",
 }
 #: Published counts of the release (per native letter, via canonical name).
-COUNTS = {"angry": 127, "boredom": 81, "disgust": 46, "fear": 69, "happy": 71, "sad": 62,
-          "neutral": 79}
+COUNTS = {
+    "angry": 127,
+    "boredom": 81,
+    "disgust": 46,
+    "fear": 69,
+    "happy": 71,
+    "sad": 62,
+    "neutral": 79,
+}
 FOUR_CLASS_TOTAL = 339
 _NAME_RE = re.compile(r"^(\d\d)([a-z]\d\d)([A-Za-z])([a-z])$")
 
@@ -55,19 +62,28 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
     for p in files:
         m = _NAME_RE.match(p.stem)
         if not m:
-            raise CorpusError(f"{NAME}: file name {p.name!r} in {p.parent} does not follow {LAYOUT}")
+            raise CorpusError(
+                f"{NAME}: file name {p.name!r} in {p.parent} does not follow {LAYOUT}"
+            )
         spk, text, letter, _ = m.groups()
         if letter not in LETTERS:
             raise unknown_code(NAME, p, letter, LETTERS)
         out.append(
-            Entry(p.stem, p, LETTERS[letter], spk, "", "M" if spk in MALE else "F",
-                  TEXTS.get(text, ""))
+            Entry(
+                p.stem,
+                p,
+                LETTERS[letter],
+                spk,
+                "",
+                "M" if spk in MALE else "F",
+                TEXTS.get(text, ""),
+            )
         )
     return out
 
 
 def check(df: pd.DataFrame) -> tuple[list[str], str | None]:
-    """Compare with the release (535 files, per-letter counts, 339 four-class) if all speakers are present."""
+    """Compare with the release (535, per-letter counts, 339 four-class) if all speakers exist."""
     if not SPEAKERS <= set(df["speaker"]):
         return [], None
     counts = df["label"].value_counts().to_dict()

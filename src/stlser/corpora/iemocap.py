@@ -38,8 +38,13 @@ DROPPED = {"xxx"}  # no consensus among annotators
 #: The standard four-class set (exc merged into happy) of the full release.
 FOUR_TOTAL = 5531
 FOUR_PER_CLASS = {"neutral": 1708, "happy": 1636, "angry": 1103, "sad": 1084}
-FOUR_PER_SESSION = {"Session1": 1085, "Session2": 1023, "Session3": 1151, "Session4": 1031,
-                    "Session5": 1241}
+FOUR_PER_SESSION = {
+    "Session1": 1085,
+    "Session2": 1023,
+    "Session3": 1151,
+    "Session4": 1031,
+    "Session5": 1241,
+}
 FOUR_PER_KIND = {"scripted": 2588, "improvised": 2943}
 _LINE_RE = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\t(\S+)\t(\S+)\t\[")
 _UTT_RE = re.compile(r"^Ses(\d\d)[FM]_.+_([FM])\d+$")
@@ -50,8 +55,11 @@ _TRANS_RE = re.compile(r"^(\S+)\s+\[[\d.]+-[\d.]+\]:\s?(.*)$")
 def _sessions(root: Path) -> list[tuple[str, Path]]:
     for base in (root, root / "IEMOCAP_full_release"):
         if base.is_dir():
-            found = [(f"Session{int(m.group(1))}", p) for p in sorted(base.iterdir())
-                     if p.is_dir() and (m := _SESSION_RE.match(p.name))]
+            found = [
+                (f"Session{int(m.group(1))}", p)
+                for p in sorted(base.iterdir())
+                if p.is_dir() and (m := _SESSION_RE.match(p.name))
+            ]
             if found:
                 return found
     return []
@@ -87,7 +95,9 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
     reports it as skipped."""
     sessions = _sessions(root)
     if not sessions:
-        raise CorpusError(f"{NAME}: no Session<n> folders under {root}; expected the layout {LAYOUT}")
+        raise CorpusError(
+            f"{NAME}: no Session<n> folders under {root}; expected the layout {LAYOUT}"
+        )
     out = []
     for session, sdir in sessions:
         evals = list_files(sdir / "dialog" / "EmoEvaluation", "*.txt")
@@ -101,10 +111,14 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
                     raise unknown_code(NAME, ev, code, CODES)
                 m = _UTT_RE.match(utt)
                 if not m:
-                    raise CorpusError(f"{NAME}: utterance name {utt!r} in {ev} is not <dialog>_<F|M><NNN>")
+                    raise CorpusError(
+                        f"{NAME}: utterance name {utt!r} in {ev} is not <dialog>_<F|M><NNN>"
+                    )
                 wav = sdir / "sentences" / "wav" / dialog / f"{utt}.wav"
                 speaker = f"Ses{m.group(1)}{m.group(2)}"
-                out.append(Entry(utt, wav, CODES[code], speaker, session, m.group(2), texts.get(utt, "")))
+                out.append(
+                    Entry(utt, wav, CODES[code], speaker, session, m.group(2), texts.get(utt, ""))
+                )
     if not out:
         raise CorpusError(
             f"{NAME}: no labelled utterances found under {root}; expected the layout {LAYOUT}"
@@ -121,6 +135,11 @@ def check(df: pd.DataFrame) -> tuple[list[str], str | None]:
     kind = four["utt_id"].map(lambda u: "scripted" if "_script" in u else "improvised")
     warn = count_check(NAME, "four-class utterances", {"total": len(four)}, {"total": FOUR_TOTAL})
     warn += count_check(NAME, "four-class", label4.value_counts().to_dict(), FOUR_PER_CLASS)
-    warn += count_check(NAME, "four-class", four["session"].value_counts().to_dict(), FOUR_PER_SESSION)
+    warn += count_check(
+        NAME, "four-class", four["session"].value_counts().to_dict(), FOUR_PER_SESSION
+    )
     warn += count_check(NAME, "four-class", kind.value_counts().to_dict(), FOUR_PER_KIND)
-    return warn, "four-class subset = 5,531 (neutral 1,708, happy+excited 1,636, angry 1,103, sad 1,084)"
+    return (
+        warn,
+        "four-class subset = 5,531 (neutral 1,708, happy+excited 1,636, angry 1,103, sad 1,084)",
+    )

@@ -48,10 +48,20 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
             if emo not in EMOTIONS:
                 raise unknown_code(NAME, p, emo, EMOTIONS)
             if channel not in ("01", "02"):
-                raise CorpusError(f"{NAME}: unknown vocal channel {channel!r} in {p} (01 speech, 02 song)")
+                raise CorpusError(
+                    f"{NAME}: unknown vocal channel {channel!r} in {p} (01 speech, 02 song)"
+                )
             gender = "M" if int(actor) % 2 else "F"
             out.append(
-                Entry(p.stem, p, EMOTIONS[emo], f"Actor_{actor}", "", gender, STATEMENTS.get(statement, ""))
+                Entry(
+                    p.stem,
+                    p,
+                    EMOTIONS[emo],
+                    f"Actor_{actor}",
+                    "",
+                    gender,
+                    STATEMENTS.get(statement, ""),
+                )
             )
     if not out:
         raise no_audio(NAME, root, LAYOUT)

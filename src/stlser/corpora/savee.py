@@ -26,8 +26,15 @@ CODES = {
 }
 SPEAKERS = ("DC", "JE", "JK", "KL")
 #: Per speaker: 30 neutral, 15 of each other emotion → 120; 480 in all.
-PER_SPEAKER = {"neutral": 30, "angry": 15, "disgust": 15, "fear": 15, "happy": 15, "sad": 15,
-               "surprise": 15}
+PER_SPEAKER = {
+    "neutral": 30,
+    "angry": 15,
+    "disgust": 15,
+    "fear": 15,
+    "happy": 15,
+    "sad": 15,
+    "surprise": 15,
+}
 _SPK = "|".join(SPEAKERS)
 _FLAT_RE = re.compile(rf"^({_SPK})_([a-z]+?)(\d+)$", re.IGNORECASE)
 _CODE_RE = re.compile(r"^([a-z]+?)(\d+)$", re.IGNORECASE)
@@ -52,7 +59,9 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
         elif p.parent.name.upper() in SPEAKERS:
             m = _CODE_RE.match(p.stem)
             if not m:
-                raise CorpusError(f"{NAME}: file name {p.name!r} in {p.parent} does not follow {LAYOUT}")
+                raise CorpusError(
+                    f"{NAME}: file name {p.name!r} in {p.parent} does not follow {LAYOUT}"
+                )
             spk, (code, num) = p.parent.name, m.groups()
         else:
             continue  # not part of the corpus layout
@@ -67,7 +76,9 @@ def check(df: pd.DataFrame) -> tuple[list[str], str | None]:
     """Compare with the release (4 x 120 = 480) when all four speakers are present."""
     if not set(SPEAKERS) <= set(df["speaker"]):
         return [], None
-    cells = {f"{s}/{lab}": int(n) for (s, lab), n in df.groupby(["speaker", "label"]).size().items()}
+    cells = {
+        f"{s}/{lab}": int(n) for (s, lab), n in df.groupby(["speaker", "label"]).size().items()
+    }
     expected = {f"{s}/{lab}": n for s in SPEAKERS for lab, n in PER_SPEAKER.items()}
     warn = count_check(NAME, "files", {"total": len(df)}, {"total": 480})
     warn += count_check(NAME, "speaker/emotion", cells, expected)

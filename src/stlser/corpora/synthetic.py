@@ -1,5 +1,8 @@
-"""The built-in synthetic corpus (stlser.synth): ``<root>/wav/<speaker>/<label>/<speaker>_<label>_<NNN>.wav``,
-genders in an optional ``<root>/speakers.csv`` (speaker,gender)."""
+"""The built-in synthetic corpus written by :mod:`stlser.synth`.
+
+Layout ``<root>/wav/<speaker>/<label>/<speaker>_<label>_<NNN>.wav``; genders in an optional
+``<root>/speakers.csv`` (speaker,gender), else empty.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from pathlib import Path
 from .base import FOUR_LABELS, CorpusError, Entry, list_files, no_audio, unknown_code
 
 NAME = "synth"
-LAYOUT = "<root>/wav/<speaker>/<label>/<speaker>_<label>_<NNN>.wav, e.g. wav/spk00/happy/spk00_happy_003.wav"
+LAYOUT = (
+    "<root>/wav/<speaker>/<label>/<speaker>_<label>_<NNN>.wav, "
+    "e.g. wav/spk00/happy/spk00_happy_003.wav"
+)
 _FILE_RE = re.compile(r"^(.+)_([a-z]+)_(\d+)$")
 
 

@@ -22,7 +22,9 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
         rows = list(reader)
     missing = {"path", "label"} - set(cols)
     if missing:
-        raise CorpusError(f"{NAME}: {root} lacks column(s) {', '.join(sorted(missing))}; expected {LAYOUT}")
+        raise CorpusError(
+            f"{NAME}: {root} lacks column(s) {', '.join(sorted(missing))}; expected {LAYOUT}"
+        )
     if not rows:
         raise CorpusError(f"{NAME}: {root} has a header but no rows")
     base = root.parent
@@ -36,7 +38,18 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
         speaker = r.get("speaker", "")
         if not speaker and speaker_regex:
             speaker = speaker_from_regex(speaker_regex, rel.as_posix(), path)
-        uid = r.get("utt_id") or utt_id_for(Path(*[p for p in rel.parts if p not in ("/", "..", ".")]))
-        out.append(Entry(uid, path.resolve(), lenient_label(r["label"]), speaker,
-                         r.get("session", ""), r.get("gender", ""), r.get("text", "")))
+        uid = r.get("utt_id") or utt_id_for(
+            Path(*[p for p in rel.parts if p not in ("/", "..", ".")])
+        )
+        out.append(
+            Entry(
+                uid,
+                path.resolve(),
+                lenient_label(r["label"]),
+                speaker,
+                r.get("session", ""),
+                r.get("gender", ""),
+                r.get("text", ""),
+            )
+        )
     return out

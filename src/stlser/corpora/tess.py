@@ -15,9 +15,21 @@ import pandas as pd
 from .base import Entry, canonical, count_check, list_files, no_audio, unknown_code
 
 NAME = "tess"
-LAYOUT = "<root>/[...]/<OAF|YAF>_<emotion>/<OAF|YAF>_<word>_<emotion>.wav, e.g. OAF_Fear/OAF_back_fear.wav"
-EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "pleasant_surprise",
-            "pleasant_surprised", "ps", "sad")
+LAYOUT = (
+    "<root>/[...]/<OAF|YAF>_<emotion>/<OAF|YAF>_<word>_<emotion>.wav, "
+    "e.g. OAF_Fear/OAF_back_fear.wav"
+)
+EMOTIONS = (
+    "angry",
+    "disgust",
+    "fear",
+    "happy",
+    "neutral",
+    "pleasant_surprise",
+    "pleasant_surprised",
+    "ps",
+    "sad",
+)
 _EMO = "|".join(sorted(EMOTIONS, key=len, reverse=True))
 _FILE_RE = re.compile(rf"^(oaf|yaf)_(.+)_({_EMO})$", re.IGNORECASE)
 _DIR_RE = re.compile(rf"^(oaf|yaf)_({_EMO})$", re.IGNORECASE)
@@ -49,10 +61,12 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
 
 
 def check(df: pd.DataFrame) -> tuple[list[str], str | None]:
-    """Compare with the release (2 speakers x 7 emotions x 200 = 2,800) when both speakers are present."""
+    """Compare with the release (2 speakers x 7 emotions x 200 = 2,800) if both speakers exist."""
     if set(df["speaker"]) != {"OAF", "YAF"}:
         return [], None
-    cells = {f"{s}/{lab}": int(n) for (s, lab), n in df.groupby(["speaker", "label"]).size().items()}
+    cells = {
+        f"{s}/{lab}": int(n) for (s, lab), n in df.groupby(["speaker", "label"]).size().items()
+    }
     labels = ("angry", "disgust", "fear", "happy", "neutral", "surprise", "sad")
     expected = {f"{s}/{lab}": 200 for s in ("OAF", "YAF") for lab in labels}
     warn = count_check(NAME, "files", {"total": len(df)}, {"total": TOTAL})
