@@ -245,14 +245,13 @@ def make_noise(rng: np.random.Generator, n: int, colour: str) -> np.ndarray:
 
 
 def _ssml(sentence: str, exclaim: bool, emphasis_word: int | None) -> str:
-    words = sentence.split()
+    """The SSML that eSpeak speaks: optional <emphasis> on one word, optional "!" tune."""
+    words = [escape(w) for w in sentence.split()]
     if emphasis_word is not None:
-        words[emphasis_word] = f"<emphasis>{escape(words[emphasis_word])}</emphasis>"
-        body = " ".join(w if i == emphasis_word else escape(w) for i, w in enumerate(words))
-    else:
-        body = escape(sentence)
+        words[emphasis_word] = f"<emphasis>{words[emphasis_word]}</emphasis>"
+    body = " ".join(words)
     if exclaim:
-        body = re.sub(r"[.]\s*$", "!", body)
+        body = re.sub(r"\.$", "!", body)
     return f"<speak>{body}</speak>"
 
 
@@ -285,7 +284,7 @@ def _speak_speaker(job: _Job) -> list[dict[str, str]]:
             sentence = job.sentences[order[i % len(order)]]
             rate = st.rate * spk_rate * np.exp(r.normal(0, JITTER["rate"]))
             pitch = st.pitch + spk_pitch + r.normal(0, JITTER["pitch"])
-            rng_ = st.range + spk_range + r.normal(0, JITTER["range"])
+            prange = st.range + spk_range + r.normal(0, JITTER["range"])
             volume = st.volume * np.exp(r.normal(0, JITTER["volume"]))
             tilt = st.tilt + r.normal(0, JITTER["tilt"])
             exclaim = bool(r.random() < st.exclaim)
@@ -302,11 +301,11 @@ def _speak_speaker(job: _Job) -> list[dict[str, str]]:
             x = eng.speak(_ssml(sentence, exclaim, emph_word), job.voice,
                           rate=int(np.clip(round(rate), 80, 450)),
                           pitch=int(np.clip(round(pitch), 0, 100)),
-                          range=int(np.clip(round(rng_), 0, 100)),
+                          range=int(np.clip(round(prange), 0, 100)),
                           volume=int(np.clip(round(volume), 10, 200)), seed=engine_seed)
             x = _trim(x)
             x = resample(x, eng.sample_rate, SAMPLE_RATE)
-            x = apply_tilt(x, SAMPLE_RATE, tilt) * (0.5 * spk_gain)
+            x = apply_tilt(x, SAMPLE_RATE, tilt) * (0.35 * spk_gain)
             x = _finish(x, lead, trail, snr, colour, noise_seed)
             utt = f"{job.speaker}_{label}_{i:03d}"
             path = Path(job.out) / "wav" / job.speaker / label / f"{utt}.wav"
@@ -436,7 +435,7 @@ def generate(out: str | os.PathLike, speakers: int = 8, per_class: int = 40, see
 
 def _remove_stale(out_dir: Path, keep: set[str]) -> None:
     """Delete WAVs of an earlier, larger run in the same folder (only files named like ours)."""
-    pattern = re.compile(r"spk\d+_(%s)_\d+\.wav" % "|".join(LABELS))
+    pattern = re.compile(r"spk\d+_(" + "|".join(LABELS) + r")_\d+\.wav")
     for p in (out_dir / "wav").glob("spk*/*/*.wav"):
         if pattern.fullmatch(p.name) and str(p) not in keep:
             p.unlink()
