@@ -72,6 +72,12 @@ def test_resume_reproduces_uninterrupted_run(synth_corpus, tmp_path):
     b = pd.read_csv(resumed / "predictions.csv")
     probs = [c for c in a.columns if c.startswith("prob_")]
     np.testing.assert_allclose(a[probs].to_numpy(), b[probs].to_numpy(), atol=1e-5)
+    hist = pd.read_csv(resumed / "fold_00" / "logs" / "metrics.csv")
+    full_hist = pd.read_csv(full / "fold_00" / "logs" / "metrics.csv")
+    assert sorted(hist["epoch"].unique()) == sorted(full_hist["epoch"].unique()) == [0, 1, 2, 3]
+    np.testing.assert_allclose(
+        hist.groupby("epoch")["val_acc"].max(), full_hist.groupby("epoch")["val_acc"].max()
+    )
     ra, rb = (json.loads((r / "report.json").read_text()) for r in (full, resumed))
     assert ra["ua"] == rb["ua"] and ra["folds"][0]["best_epoch"] == rb["folds"][0]["best_epoch"]
 

@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -22,7 +22,7 @@ MIN_SECONDS = 0.25
 #: Peak amplitude below which a clip counts as digital silence.
 SILENCE_PEAK = 1e-4
 
-Source = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+Source = str | os.PathLike | bytes | bytearray | BinaryIO
 
 
 class AudioError(ValueError):
@@ -192,7 +192,12 @@ def to_mono(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=1) if x.ndim == 2 else x
 
 
-def validate(x: np.ndarray, source: object = "<array>", min_seconds: float = MIN_SECONDS, sr: int = SAMPLE_RATE) -> np.ndarray:
+def validate(
+    x: np.ndarray,
+    source: object = "<array>",
+    min_seconds: float = MIN_SECONDS,
+    sr: int = SAMPLE_RATE,
+) -> np.ndarray:
     """Check a decoded 16 kHz mono signal; raise AudioError for NaN, silence or too short."""
     if x.size == 0:
         raise AudioError(source, "no audio samples")
@@ -232,7 +237,9 @@ def load(
     return validate(y, source, min_seconds, sr)
 
 
-def from_array(x: np.ndarray, sample_rate: int, sr: int = SAMPLE_RATE, min_seconds: float = MIN_SECONDS) -> np.ndarray:
+def from_array(
+    x: np.ndarray, sample_rate: int, sr: int = SAMPLE_RATE, min_seconds: float = MIN_SECONDS
+) -> np.ndarray:
     """Validate and convert a caller's array (samples[, channels]) to mono float32 at `sr`."""
     a = np.asarray(x)
     if a.ndim == 2 and a.shape[0] < a.shape[1] and a.shape[0] <= 8:
@@ -250,7 +257,9 @@ def from_array(x: np.ndarray, sample_rate: int, sr: int = SAMPLE_RATE, min_secon
     return validate(y, "<array>", min_seconds, sr)
 
 
-def write_wav(path: str | os.PathLike, x: np.ndarray, sr: int = SAMPLE_RATE, subtype: str = "PCM_16") -> None:
+def write_wav(
+    path: str | os.PathLike, x: np.ndarray, sr: int = SAMPLE_RATE, subtype: str = "PCM_16"
+) -> None:
     """Write a WAV atomically (temp file + rename)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

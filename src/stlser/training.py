@@ -13,12 +13,14 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
@@ -28,7 +30,7 @@ from torch import Tensor
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
 from stlser.model import STLSER, count_parameters, load_artefact, save_artefact  # noqa: F401 (re-export)
-from stlser.utils import write_json
+from stlser.utils import atomic_path, write_json
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -77,11 +79,16 @@ class EpochBatches(torch.utils.data.Sampler):
     def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.shuffle, self.bucket, self.epoch = shuffle, bucket, 0
+        #: Reads the epoch when an iterator is made. Lightning creates (and prefetches from) the
+        #: first iterator before it calls set_epoch, so on resume set_epoch alone comes too late.
+        self.epoch_source: Callable[[], int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
+        if self.epoch_source is not None:
+            self.epoch = int(self.epoch_source())
         return iter(
             make_batches(
                 self.lengths,
@@ -185,11 +192,15 @@ class SERModule(L.LightningModule):
         )
 
     def on_train_epoch_start(self) -> None:
-        s = self.seed * 1000 + self.current_epoch
+        self._train_correct = self._train_seen = 0
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # All randomness of a step (dropout, augmentation) is a function of (seed, epoch, batch):
+        # a run resumed from a checkpoint replays exactly what the uninterrupted run did.
+        s = (self.seed * 1_000_003 + self.current_epoch * 10_007 + batch_idx) % 2**63
         torch.manual_seed(s)
         np.random.seed(s % 2**32)
         self._gen = torch.Generator().manual_seed(s)
-        self._train_correct = self._train_seen = 0
 
     def training_step(self, batch, _):
         feats, lengths, y = batch
@@ -258,11 +269,6 @@ class _FailAt(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch + 1 >= self.n:
             raise SimulatedCrash(f"simulated crash after epoch {self.n}")
-
-
-class _SetSamplerEpoch(Callback):
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        trainer.train_dataloader.batch_sampler.set_epoch(trainer.current_epoch)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -339,13 +345,16 @@ def train_fold(
         monitor=tc.monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
         enable_version_counter=False,
+    )
+    # Lightning's save_last only writes when the best improves; resuming needs every epoch.
+    latest = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
     )
     callbacks: list[Callback] = [
         ckpt,
+        latest,
         EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.patience),
-        _SetSamplerEpoch(),
     ]
     if tc.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_dl) // 4)))
@@ -368,8 +377,18 @@ def train_fold(
         log_every_n_steps=tc.log_every_n_steps,
         num_sanity_val_steps=0,
     )
+    train_dl.batch_sampler.epoch_source = lambda: trainer.fit_loop.epoch_progress.current.processed
     last = out / "checkpoints" / "last.ckpt"
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
+    resuming = resume and last.exists()
+    history = out / "logs" / "metrics.csv"
+    before = pd.read_csv(history) if resuming and history.exists() else None
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
+    if before is not None:  # the CSV logger starts a fresh file on resume: keep the earlier epochs
+        after = pd.read_csv(history) if history.exists() else before.iloc[:0]
+        first = after["epoch"].min() if len(after) else np.inf
+        merged = pd.concat([before[before["epoch"] < first], after], ignore_index=True)
+        with atomic_path(history) as tmp:
+            merged.to_csv(tmp, index=False)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted; run again with --resume to continue")
     best_path = ckpt.best_model_path or str(last)

@@ -1,0 +1,299 @@
+"""FastAPI app: emotion probabilities for an uploaded clip, segments for long audio, a web page.
+
+The body is read from memory with a hard size limit (the read stops as soon as the limit is
+passed), the audio header is checked for duration before any decoding, and the content is judged
+only by decoding it (never by file name or content type). Nothing the client sends becomes a
+server path and no file is written: uploads are parsed and decoded in memory. Every error is JSON
+``{"error": "<plain message>"}`` with a 4xx status (5xx only for a bug in the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from stlser import __version__
+from stlser import audio as audio_mod
+
+log = logging.getLogger("stlser.service")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: The multipart field that must hold the audio.
+FIELD = "file"
+#: Bytes allowed on top of the audio limit for multipart boundaries and part headers.
+MULTIPART_SLACK = 16 * 1024
+#: Inferences run at once; more requests wait (bounds memory and CPU on a small machine).
+MAX_CONCURRENT = 2
+
+#: Headers added to every response (no sniffing, no framing, page assets from this origin only).
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; media-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    ),
+}
+
+
+class ApiError(Exception):
+    """An error for the client: HTTP status and a plain message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _plain(reason: str) -> str:
+    """An AudioError reason without libsndfile's "Error opening <_io.BytesIO object at 0x…>: "."""
+    return re.sub(r"Error opening <[^>]*>: ?", "", reason).strip()
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    return "invalid request: " + ("; ".join(parts) or "validation failed")
+
+
+def _load_recognizer(model: Any) -> Any:
+    """A path loads a `stlser.inference.Recognizer`; anything else is taken as a recognizer."""
+    if isinstance(model, (str, Path)):
+        from stlser.inference import Recognizer
+
+        return Recognizer.load(model)
+    for attr in ("labels", "predict", "segments"):
+        if not hasattr(model, attr):
+            raise TypeError(f"model must be a path or a recognizer; {type(model).__name__} has no {attr!r}")
+    return model
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the request body into memory, stopping (413) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ApiError(413, f"upload too large: {int(declared)} bytes > limit {limit} bytes")
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+    buf = bytearray()
+    try:
+        async for chunk in request.stream():
+            buf.extend(chunk)
+            if len(buf) > limit:
+                raise ApiError(413, f"upload too large: more than the limit of {limit} bytes")
+    except ClientDisconnect:
+        raise ApiError(400, "the client disconnected before the upload was complete") from None
+    return bytes(buf)
+
+
+def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, bytes], list[str]]:
+    """Parse a multipart/form-data body in memory → ({field name: data}, names in order)."""
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "multipart upload without a boundary")
+    parts: dict[str, bytes] = {}
+    names: list[str] = []
+    state: dict[str, Any] = {"hname": b"", "hval": b"", "disp": None, "data": bytearray()}
+
+    def on_part_begin() -> None:
+        state.update(disp=None, data=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["hname"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["hval"] += data[start:end]
+
+    def on_header_end() -> None:
+        if state["hname"].lower() == b"content-disposition":
+            state["disp"] = state["hval"]
+        state.update(hname=b"", hval=b"")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state["data"].extend(data[start:end])
+
+    def on_part_end() -> None:
+        _, opts = parse_options_header(state["disp"] or b"")
+        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        names.append(name)
+        parts.setdefault(name, bytes(state["data"]))
+
+    callbacks = {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except FormParserError:
+        raise ApiError(400, "malformed multipart upload") from None
+    return parts, names
+
+
+async def _audio_from_request(request: Request, max_bytes: int) -> bytes:
+    """The uploaded audio bytes: multipart field `file`, or the raw body for any other type."""
+    ctype = request.headers.get("content-type", "")
+    multipart = ctype.lower().startswith("multipart/form-data")
+    body = await _read_body(request, max_bytes + (MULTIPART_SLACK if multipart else 0))
+    if not body:
+        raise ApiError(400, f"empty request: send audio as the raw body or as multipart field '{FIELD}'")
+    if not multipart:
+        return body
+    parts, names = _parse_multipart(body, ctype)
+    if FIELD not in parts:
+        got = ", ".join(repr(n) for n in names) or "none"
+        raise ApiError(400, f"multipart upload must put the audio in the field '{FIELD}' (got: {got})")
+    data = parts[FIELD]
+    if not data:
+        raise ApiError(400, f"the '{FIELD}' field is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise ApiError(413, f"upload too large: {len(data)} bytes > limit {max_bytes} bytes")
+    return data
+
+
+def _check_header(data: bytes, max_seconds: float) -> float:
+    """Read the audio header (no full decode); reject unreadable or too long audio; → seconds."""
+    try:
+        meta = audio_mod.info(data)
+    except audio_mod.AudioError as e:
+        raise ApiError(422, _plain(e.reason)) from None
+    if meta.sample_rate <= 0 or meta.frames <= 0:
+        raise ApiError(422, "no audio samples (the header declares 0 frames)")
+    if meta.duration > max_seconds:
+        raise ApiError(413, f"audio too long: {meta.duration:.1f} s > limit {max_seconds:g} s")
+    return meta.duration
+
+
+def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> FastAPI:
+    """Build the service around a model artefact path (loaded once, here) or a recognizer object.
+
+    `max_mb` bounds the upload size, `max_seconds` the audio duration (read from the header).
+    """
+    if max_mb <= 0 or max_seconds <= 0:
+        raise ValueError("max_mb and max_seconds must be positive")
+    rec = _load_recognizer(model)
+    max_bytes = int(max_mb * 1024 * 1024)
+    labels = [str(x) for x in rec.labels]
+    slots = asyncio.Semaphore(MAX_CONCURRENT)
+
+    app = FastAPI(title="stlser", version=__version__,
+                  description="Speech emotion recognition (CNN-BiLSTM-STL)",
+                  docs_url=None, redoc_url=None)  # those pages load a CDN
+    app.state.recognizer = rec
+    app.state.max_bytes = max_bytes
+    app.state.max_seconds = float(max_seconds)
+
+    # ------------------------------------------------------------------ errors → {"error"}
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            msg = "not found"
+        elif exc.status_code == 405:
+            msg = "method not allowed"
+        return _error(exc.status_code, msg, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error: %s", exc)
+        return _error(500, "internal server error")
+
+    @app.middleware("http")
+    async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    async def _infer(fn: Any, data: bytes) -> Any:
+        async with slots:
+            try:
+                return await run_in_threadpool(fn, data)
+            except audio_mod.AudioError as e:
+                raise ApiError(422, _plain(e.reason)) from None
+
+    # ---------------------------------------------------------------------------- routes
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness plus what the page needs: labels, version and the limits."""
+        return {"status": "ok", "version": __version__, "labels": labels,
+                "sample_rate": int(getattr(rec, "sample_rate", audio_mod.SAMPLE_RATE)),
+                "max_mb": float(max_mb), "max_seconds": float(max_seconds)}
+
+    @app.get("/labels")
+    async def get_labels() -> dict[str, Any]:
+        return {"labels": labels}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        """One clip → label and class probabilities (multipart field `file` or raw body)."""
+        data = await _audio_from_request(request, max_bytes)
+        duration = _check_header(data, max_seconds)
+        pred = await _infer(rec.predict, data)
+        out = dict(pred.to_dict())
+        out.setdefault("duration", duration)
+        return out
+
+    @app.post("/segments")
+    async def segments(
+        request: Request,
+        max_window: float = Query(6.0, gt=0.5, le=60.0, description="longest segment, seconds"),
+    ) -> dict[str, Any]:
+        """Long audio → a list of segments with start, end, label and probabilities."""
+        data = await _audio_from_request(request, max_bytes)
+        duration = _check_header(data, max_seconds)
+        segs = await _infer(functools.partial(rec.segments, max_window=max_window), data)
+        return {"duration": duration, "labels": labels, "segments": [s.to_dict() for s in segs]}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, max_mb: float = 20.0,
+          max_seconds: float = 600.0) -> None:
+    """Load the model once and run the service with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(model, max_mb=max_mb, max_seconds=max_seconds)
+    print(f"stlser service: http://{host}:{port}/  (labels: {', '.join(app.state.recognizer.labels)})")
+    uvicorn.run(app, host=host, port=port, log_level="info")
