@@ -89,3 +89,17 @@ def test_seeded_runs_are_identical(synth_corpus, tmp_path):
     b = experiments.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "b")
     pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
     pd.testing.assert_frame_equal(pa, pb)
+
+
+def test_evaluate_checkpoint_matches_crossval_predictions(synth_corpus, tmp_path):
+    from stlser import experiments
+
+    run = experiments.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "r")
+    out = experiments.evaluate(
+        run / "fold_00" / "model.pt", run / "manifest.csv", tmp_path / "ev", cache_dir=str(tmp_path / "cache")
+    )
+    ev = pd.read_csv(out / "predictions.csv").set_index("utt_id")
+    cv = pd.read_csv(run / "predictions.csv").set_index("utt_id")
+    probs = [c for c in cv.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(ev.loc[cv.index, probs].to_numpy(), cv[probs].to_numpy(), atol=1e-5)
+    assert json.loads((out / "report.json").read_text())["labels"] == ["angry", "happy", "neutral", "sad"]

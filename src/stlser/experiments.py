@@ -208,7 +208,12 @@ def train(
     return crossval(cfg, out, resume=resume)
 
 
-def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | None = None) -> Path:
+def evaluate(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    out: str | Path | None = None,
+    cache_dir: str = ".cache/stlser",
+) -> Path:
     """Score a `model.pt` artefact on every utterance of a manifest (labels must be known to it)."""
     from stlser import corpora, evaluation, features
     from stlser.config import FeatureConfig
@@ -223,12 +228,11 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | Non
             f"manifest has labels the model does not know: {unknown}; model labels: {labels}"
         )
     fc = FeatureConfig(**art["feature_config"])
-    feats = features.load_features(df, fc.resolved(), ".cache/stlser")
-    norm = features.Normalizer.from_state(art["normalizer"])
-    if norm.mode == "speaker":  # the model was trained on per-speaker statistics: apply the same
-        normed, _ = features.normalize_all(feats, df, "speaker", [])
-    else:
-        normed = {u: norm.transform(x) for u, x in feats.items()}
+    feats = features.load_features(df, fc.resolved(), cache_dir)
+    fitted = features.Normalizer.from_state(art["normalizer"])
+    # The training-time mode with the model's own global statistics; in speaker mode each
+    # speaker of the manifest is standardised by its own (label-free) statistics, as in training.
+    normed, _ = features.normalize_all(feats, df, fitted.mode, [], fitted=fitted)
     ids = df["utt_id"].tolist()
     probs = predict(model, [normed[u] for u in ids])["probs"]
     run = Path(out) if out else Path(checkpoint).parent / "evaluate"
