@@ -125,7 +125,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     from stlser import analysis
 
-    out = analysis.sweep(_load_cfg(a), a.param, [v for v in a.values.split(",") if v], a.output)
+    out = analysis.sweep(_load_cfg(a), a.param, a.values, a.output)
     print(f"sweep: {out}")
     return 0
 

@@ -161,7 +161,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ValueError(f"--set expects key=value, got {item!r}")
     key, value = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string; users mean a number
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
