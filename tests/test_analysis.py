@@ -134,7 +134,11 @@ def test_reproduce_report(synth_corpus, cache, tmp_path):
     assert report == tmp_path / "r" / "report.md"
     text = report.read_text()
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert set(s["cells"]) == {"paper_stl0", "paper_stl5", "loso_stl0", "loso_stl5"}
+    assert set(s["cells"]) == {"paper_stl0", "paper_stl5", "loso_stl0", "loso_stl5", "loso_baseline"}
+    assert "eGeMAPS + linear SVM (same folds)" in report.read_text()
+    base = json.loads((tmp_path / "r" / "loso_baseline" / "report.json").read_text())
+    stl = json.loads((tmp_path / "r" / "loso_stl5" / "report.json").read_text())
+    assert [f["test_speakers"] for f in base["folds"]] == [f["test_speakers"] for f in stl["folds"]]
     cells = s["cells"]
     assert cells["paper_stl5"]["n_params"] - cells["paper_stl0"]["n_params"] == 5 * PER_LAYER
     assert cells["paper_stl0"]["speaker_independent"] is False

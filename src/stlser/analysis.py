@@ -696,8 +696,20 @@ def reproduce(
         _log(f"reproduce: {name} → {run}")
         experiments.crossval(cfg, run, resume=True)
 
-    summary_cells = {name: _cell_summary(out / name, out) for name in cells}
     protocols = list(dict.fromkeys(cfg.split.protocol for cfg in cells.values()))
+    # The classic eGeMAPS + linear-SVM baseline on exactly the speaker-independent folds.
+    from stlser.baseline import run_baseline
+
+    baselines = {}
+    for protocol in protocols:
+        if protocol == "paper":
+            continue
+        name = f"{protocol}_baseline"
+        if not (out / name / "report.json").exists():
+            _log(f"reproduce: {name} → {out / name}")
+            run_baseline(cells[f"{protocol}_stl5"], out / name)
+        baselines[name] = out / name
+    summary_cells = {name: _cell_summary(out / name, out) for name in [*cells, *baselines]}
     gains, embeds, figures = {}, {}, {}
     for protocol in protocols:
         c0, c5 = summary_cells[f"{protocol}_stl0"], summary_cells[f"{protocol}_stl5"]
@@ -796,6 +808,15 @@ def render_reproduce(s: dict[str, Any], protocols: list[str]) -> str:
                 f"{_pm(c['wa_mean'], c['wa_std'])} | {_pm(c['ua_mean'], c['ua_std'])} | "
                 f"{_ci(c['wa'], c['wa_ci95'])} | {_ci(c['ua'], c['ua_ci95'])} | "
                 f"{_pct(c['macro_f1'])} | {bests} | {(c['seconds'] or 0) / 60:.1f} |"
+            )
+        if f"{protocol}_baseline" in cells:
+            c = cells[f"{protocol}_baseline"]
+            lines.append(
+                f"| {protocol} (speaker-independent) | eGeMAPS + linear SVM (same folds) | "
+                f"{c['n_params'] or 0:,} | {c['n_folds']} | "
+                f"{_pm(c['wa_mean'], c['wa_std'])} | {_pm(c['ua_mean'], c['ua_std'])} | "
+                f"{_ci(c['wa'], c['wa_ci95'])} | {_ci(c['ua'], c['ua_ci95'])} | "
+                f"{_pct(c['macro_f1'])} | – | {(c['seconds'] or 0) / 60:.1f} |"
             )
     c_any = cells[f"{protocols[0]}_stl0"]
     lines += [

@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("predict", help="emotion of audio files or folders")
-    s.add_argument("--model", required=True, help="checkpoint (.ckpt/.pt) or exported .onnx")
+    s.add_argument("--model", required=True, help="model.pt, a run or crossval folder, or an exported .onnx")
     s.add_argument("inputs", nargs="+")
     s.add_argument(
         "--segments", action="store_true", help="long audio: one prediction per speech segment"

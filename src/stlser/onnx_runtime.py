@@ -1,0 +1,68 @@
+"""Torch-free runtime for an exported model: numpy + onnxruntime (+ soundfile/soxr for decoding).
+
+    from stlser.onnx_runtime import OnnxRecognizer
+    rec = OnnxRecognizer("model.onnx")
+    rec.predict("clip.wav").label
+
+`OnnxRecognizer` has the methods of `stlser.inference.Recognizer` (predict, predict_batch,
+segments, stream), all from `stlser.segmenting`. Importing this module never imports torch
+(checked by tests/test_export.py), so a deployment needs only
+``numpy onnxruntime soundfile soxr`` and the stlser package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stlser.segmenting import SAMPLE_RATE, BaseRecognizer, Prediction, Segment
+
+__all__ = ["OnnxRecognizer", "Prediction", "Segment", "read_metadata"]
+
+
+def read_metadata(session: Any) -> dict[str, str]:
+    """The string metadata `stlser.export.export_onnx` stored in the graph."""
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+class OnnxRecognizer(BaseRecognizer):
+    """Emotion recognition with an exported `.onnx` graph (wave, lengths → probs).
+
+    `threads` sets onnxruntime's intra-op threads (None: its default, one per core).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"ONNX model {p} not found")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+        self.meta: dict[str, Any] = read_metadata(self.session)
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ["wave", "lengths"] or "labels" not in self.meta:
+            raise ValueError(
+                f"{p}: not an stlser export (inputs {names}, metadata {sorted(self.meta)})"
+            )
+        self.labels = [str(x) for x in json.loads(self.meta["labels"])]
+        self.sample_rate = int(self.meta.get("sample_rate", SAMPLE_RATE))
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError(
+                f"{p}: graph expects {self.sample_rate} Hz; this runtime feeds {SAMPLE_RATE} Hz"
+            )
+        self.meta["source"] = str(p)
+
+    def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        (probs,) = self.session.run(["probs"], {"wave": wave, "lengths": lengths})
+        return probs
+
+    def __repr__(self) -> str:
+        return f"OnnxRecognizer(labels={self.labels}, source={self.meta.get('source')!r})"
