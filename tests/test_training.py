@@ -24,28 +24,55 @@ FAST = [
 def _cfg(corpus, tmp_path, extra=()):
     return config.load(
         None,
-        [f"data.root={corpus}", "data.corpus=synth", f"cache_dir={tmp_path / 'cache'}", *FAST, *extra],
+        [
+            f"data.root={corpus}",
+            "data.corpus=synth",
+            f"cache_dir={tmp_path / 'cache'}",
+            *FAST,
+            *extra,
+        ],
     )
 
 
 def test_loss_decreases_and_report_schema(synth_corpus, tmp_path):
     from stlser import evaluation, experiments
 
-    run = experiments.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=6"]), tmp_path / "run")
+    run = experiments.crossval(
+        _cfg(synth_corpus, tmp_path, ["train.max_epochs=6"]), tmp_path / "run"
+    )
     log = pd.read_csv(run / "fold_00" / "logs" / "metrics.csv")
     train_loss = log["train_loss"].dropna().to_numpy()
     assert len(train_loss) == 6
     assert train_loss[-1] < train_loss[0] * 0.9
     rep = json.loads((run / "report.json").read_text())
     evaluation.validate_report(rep)
-    for key in ("wa", "ua", "macro_f1", "ua_ci95", "folds", "confusion", "labels", "n_params", "seconds"):
+    for key in (
+        "wa",
+        "ua",
+        "macro_f1",
+        "ua_ci95",
+        "folds",
+        "confusion",
+        "labels",
+        "n_params",
+        "seconds",
+    ):
         assert key in rep
     assert rep["n_params"] == 468_612
     assert rep["labels"] == ["angry", "happy", "neutral", "sad"]
     lo, hi = rep["ua_ci95"]
     assert lo <= rep["ua"] <= hi
-    for name in ("config.yaml", "environment.json", "predictions.csv", "report.md", "confusion.png",
-                 "splits.json", "manifest.csv", "fold_00/model.pt", "fold_00/embeddings.npz"):
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "predictions.csv",
+        "report.md",
+        "confusion.png",
+        "splits.json",
+        "manifest.csv",
+        "fold_00/model.pt",
+        "fold_00/embeddings.npz",
+    ):
         assert (run / name).exists(), name
     preds = pd.read_csv(run / "predictions.csv")
     test_spk = set(rep["folds"][0]["test_speakers"])
@@ -96,10 +123,58 @@ def test_evaluate_checkpoint_matches_crossval_predictions(synth_corpus, tmp_path
 
     run = experiments.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "r")
     out = experiments.evaluate(
-        run / "fold_00" / "model.pt", run / "manifest.csv", tmp_path / "ev", cache_dir=str(tmp_path / "cache")
+        run / "fold_00" / "model.pt",
+        run / "manifest.csv",
+        tmp_path / "ev",
+        cache_dir=str(tmp_path / "cache"),
     )
     ev = pd.read_csv(out / "predictions.csv").set_index("utt_id")
     cv = pd.read_csv(run / "predictions.csv").set_index("utt_id")
     probs = [c for c in cv.columns if c.startswith("prob_")]
     np.testing.assert_allclose(ev.loc[cv.index, probs].to_numpy(), cv[probs].to_numpy(), atol=1e-5)
-    assert json.loads((out / "report.json").read_text())["labels"] == ["angry", "happy", "neutral", "sad"]
+    assert json.loads((out / "report.json").read_text())["labels"] == [
+        "angry",
+        "happy",
+        "neutral",
+        "sad",
+    ]
+
+
+@pytest.mark.corpus
+def test_emodb_one_fold_learns(shared_corpora, tmp_path):
+    """Real-corpus smoke check: one LOSO fold of EmoDB, a few epochs, clearly above chance."""
+    from stlser import experiments
+
+    cfg = config.load(
+        "emodb_loso.yaml",
+        [
+            f"data.root={shared_corpora / 'emodb'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "split.folds=[0]",
+            "train.max_epochs=6",
+            "train.progress=false",
+        ],
+    )
+    run = experiments.crossval(cfg, tmp_path / "run")
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["folds"][0]["test_speakers"] == ["03"]
+    assert rep["folds"][0]["n"] == 49
+    assert rep["ua"] > 2 / 7  # chance is 1/7
+
+
+def test_every_training_option_runs(synth_corpus, tmp_path):
+    """SpecAugment, mixup, tempo and gain perturbation, class weights, UA monitor: one short run."""
+    from stlser import experiments
+
+    opts = [
+        "train.max_epochs=2",
+        "train.specaugment=true",
+        "train.mixup=0.4",
+        "train.time_stretch=0.15",
+        "train.gain_db=6",
+        "train.class_weights=true",
+        "train.monitor=val_ua",
+    ]
+    run = experiments.crossval(_cfg(synth_corpus, tmp_path, opts), tmp_path / "opts")
+    log = pd.read_csv(run / "fold_00" / "logs" / "metrics.csv")
+    assert np.isfinite(log["train_loss"].dropna()).all() and len(log["val_ua"].dropna()) == 2

@@ -107,6 +107,7 @@ class TrainConfig:
     specaugment: bool = False
     mixup: float = 0.0  # alpha; 0 = off
     gain_db: float = 0.0  # ± random gain on log-mel (dB); 0 = off
+    time_stretch: float = 0.0  # tempo perturbation: stretch each batch's time axis by 1 ± this
     precision: str = "32-true"  # 32-true | bf16-mixed
     bucket: bool = True  # batch utterances of similar length to cut padding
     num_threads: int = 0  # 0 = torch default

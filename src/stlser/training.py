@@ -207,6 +207,15 @@ class SERModule(L.LightningModule):
         if self.tc["gain_db"]:
             g = (torch.rand(feats.shape[0], 1, 1, generator=self._gen) * 2 - 1) * self.tc["gain_db"]
             feats = feats + g * self.gain_scale * (feats != 0)
+        if self.tc.get("time_stretch"):
+            r = 1.0 + (float(torch.rand(1, generator=self._gen)) * 2 - 1) * self.tc["time_stretch"]
+            t_old = feats.shape[1]
+            t_new = max(1, round(t_old * r))
+            feats = F.interpolate(
+                feats.transpose(1, 2), size=t_new, mode="linear", align_corners=False
+            )
+            feats = feats.transpose(1, 2)
+            lengths = (lengths.float() * t_new / t_old).round().long().clamp(1, t_new)
         if self.tc["specaugment"]:
             feats = spec_augment(feats, lengths, self._gen)
         if self.tc["mixup"] > 0:
