@@ -507,3 +507,10 @@ def test_cli_refuses_too_long_files_without_segments(model_path, clips, tmp_path
     lines = out.read_text().splitlines()
     assert len(lines) == 3 and lines[1].startswith(str(clips[1]))  # input order kept
     assert "use --segments" in lines[2] and lines[2].startswith(str(clips[2]))
+
+
+def test_cli_table_mixes_relative_and_absolute_paths(model_path, folder, capsys, monkeypatch):
+    monkeypatch.chdir(folder)
+    assert main(["predict", "--model", str(model_path), "ok0.wav", str(folder / "ok1.wav")]) == 0
+    table = capsys.readouterr().out
+    assert "ok0.wav" in table and "ok1.wav" in table

@@ -240,7 +240,8 @@ def _write_rows(rows: list[dict[str, Any]], out: Path, labels: list[str], segmen
 def _table(rows: list[dict[str, Any]], segments: bool) -> str:
     """Compact human-readable table for stdout."""
     names = [str(r["path"]) for r in rows]
-    common = os.path.commonpath(names) if len(set(names)) > 1 else ""
+    absolute = {os.path.isabs(n) for n in names}
+    common = os.path.commonpath(names) if len(set(names)) > 1 and len(absolute) == 1 else ""
     if common and not Path(common).is_dir():
         common = str(Path(common).parent)
     shown = [os.path.relpath(n, common) if common else n for n in names]
