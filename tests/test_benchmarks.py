@@ -1,0 +1,178 @@
+"""Smoke tests of the benchmark scripts (benchmarks/): each runs its quick mode with tiny sizes
+and must produce its markdown tables with the expected columns. Times are never asserted."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_features  # noqa: E402
+import bench_inference  # noqa: E402
+import bench_scaling  # noqa: E402
+import bench_training  # noqa: E402
+import benchlib  # noqa: E402
+import run_all  # noqa: E402
+
+SEP = re.compile(r"^\|(---\|)+$")
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Run torch on one thread here and in child processes: on a busy 2-core machine, two
+    OpenMP threads make these tiny steps many times slower (benchmarks/README.md)."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tables(md: str) -> dict[tuple[str, ...], list[list[str]]]:
+    """Every markdown table in `md`: header tuple → data rows (cells stripped)."""
+    lines = md.splitlines()
+    out: dict[tuple[str, ...], list[list[str]]] = {}
+    for i in range(len(lines) - 1):
+        if lines[i].startswith("|") and SEP.match(lines[i + 1]):
+            head = tuple(c.strip() for c in lines[i].strip("|").split("|"))
+            rows = []
+            for ln in lines[i + 2 :]:
+                if not ln.startswith("|"):
+                    break
+                rows.append([c.strip() for c in ln.strip("|").split("|")])
+            assert all(len(r) == len(head) for r in rows), f"ragged table under {head}"
+            out[head] = rows
+    return out
+
+
+def rows_of(md: str, first_columns: tuple[str, ...]) -> list[list[str]]:
+    found = [h for h in tables(md) if h[: len(first_columns)] == first_columns]
+    assert found, f"no table starting with {first_columns} in:\n{md}"
+    return tables(md)[found[0]]
+
+
+def test_helpers():
+    assert benchlib.fmt(1234.4) == "1,234"  # no decimals from 100 up
+    assert benchlib.fmt(0.0012345) == "0.00123"
+    assert benchlib.fmt(None) == "-"
+    md = benchlib.md_table(["a", "b|c"], [[1, "x|y"]])
+    assert md.splitlines() == ["| a | b\\|c |", "|---|---|", "| 1 | x\\|y |"]
+    assert benchlib.sizes({"quick": {"n": 1}, "full": {"n": 9}}, True, {}) == {"n": 1}
+    with pytest.raises(TypeError, match="unknown size"):
+        benchlib.sizes({"quick": {"n": 1}, "full": {"n": 9}}, False, {"m": 2})
+    s = benchlib.emodb_like_seconds(2000)
+    assert s.min() >= 1.2 and s.max() <= 9.0 and 2.5 < s.mean() < 3.1
+
+
+def test_features_quick(monkeypatch, tmp_path):
+    monkeypatch.setenv("STLSER_CORPORA", str(tmp_path))  # no EmoDB there → synthetic fallback
+    md = bench_features.main(quick=True, reps=1, synth_speakers=1, synth_per_class=1)
+    assert md.startswith("## Feature extraction")
+    assert "synthetic corpus" in md
+    rows = rows_of(md, ("method", "workers", "feature cache", "min s", "median s"))
+    assert [(r[1], r[2]) for r in rows] == [
+        ("1", "cold"),
+        ("2", "cold"),
+        ("1", "cached"),
+        ("2", "cached"),
+        ("1", "cold"),
+        ("1", "none"),
+    ]
+    assert rows[-1][0].startswith("authors' recipe")
+
+
+def test_training_quick():
+    md = bench_training.main(
+        quick=True,
+        batch=2,
+        steps=1,
+        warmup=0,
+        epoch_utts=4,
+        matmul_n=64,
+        matmul_reps=1,
+        profile_steps=1,
+    )
+    rows = rows_of(md, ("variant", "min s/step", "median s/step", "utt/s (median)"))
+    names = [r[0] for r in rows]
+    assert names[:3] == ["baseline (fp32, contiguous)", "channels_last", "bf16 autocast"]
+    assert names[3].startswith("torch.compile") and "skipped" in rows[3][-1]
+    assert [r[0] for r in rows_of(md, ("bucketing", "batches", "padding share"))] == ["off", "on"]
+    assert rows_of(md, ("operation kind", "share of self CPU time"))
+    assert "Self CPU time total" in md  # the torch.profiler table
+
+
+def test_inference_quick():
+    md = bench_inference.main(
+        quick=True, requests=2, batches=1, streams=2, warmup=1, cli_files=2, onnx=False
+    )
+    rows = rows_of(md, ("runtime", "streams", "min ms", "p50 ms", "p99 ms", "RTF (p50)"))
+    assert [r[:2] for r in rows[:2]] == [
+        ["torch eager (`Recognizer`)", "1 (sequential)"],
+        ["torch eager (`Recognizer`)", "2 (one batch)"],
+    ]
+    assert any(r[0].startswith("ONNX") and r[-1] == "skipped" for r in rows)
+    cli = rows_of(md, ("model", "workers", "start-up s (1 file)"))
+    assert cli[0][0] == "model.pt" and cli[0][3] != "-"  # the CLI ran and was timed
+
+
+def test_scaling_quick():
+    md = bench_scaling.main(
+        quick=True,
+        base_files=2,
+        copies=[1, 2],
+        feature_reps=1,
+        train_reps=1,
+        minutes=[0.05, 0.1],
+        segment_reps=1,
+        batch=2,
+        isolate=False,
+    )
+    feat = rows_of(md, ("data", "files", "audio min"))
+    assert [r[:2] for r in feat] == [["1×", "2"], ["2×", "4"]]
+    train = rows_of(md, ("data", "utterances"))
+    assert [r[:2] for r in train] == [["1×", "2"], ["2×", "4"]]
+    seg = rows_of(md, ("audio min", "segments"))
+    assert len(seg) == 2 and all(int(r[1]) >= 1 for r in seg)  # the bursts were found
+
+
+def test_run_isolated(tmp_path):
+    wav = benchlib.write_speech_folder(tmp_path / "w", [1.0], seed=0)
+    df = benchlib.folder_manifest(wav, [1.0])
+    df.to_csv(tmp_path / "m.csv", index=False)
+    res = benchlib.run_isolated(
+        "bench_scaling",
+        "features_child",
+        {"manifest": str(tmp_path / "m.csv"), "reps": 1, "cache_root": str(tmp_path / "c")},
+        timeout=120,
+    )
+    assert len(res["times"]) == 1 and res["rss_before_mb"] > 50  # torch is imported
+    assert res["peak_rss_mb"] >= 0.99 * res["rss_before_mb"]
+    with pytest.raises(RuntimeError, match="no_such_function"):
+        benchlib.run_isolated("bench_scaling", "no_such_function", {}, timeout=60)
+
+
+def test_run_all_writes_report(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fake_ok.py").write_text(
+        "def main(quick):\n    return '## Fake\\n\\n| a | b |\\n|---|---|\\n| 1 | 2 |\\n'\n"
+    )
+    (tmp_path / "fake_bad.py").write_text("def main(quick):\n    raise ValueError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(run_all, "SCRIPTS", {"ok": "fake_ok", "bad": "fake_bad"})
+    out = tmp_path / "report.md"
+    code = run_all.main(["--quick", "--only", "ok,bad", "--out", str(out)])
+    text = out.read_text()
+    assert code == 1  # one section failed
+    assert text.startswith("# stlser benchmarks") and "--only ok,bad" in text
+    assert rows_of(text, ("fact", "value"))[0][0] == "CPU"
+    assert rows_of(text, ("a", "b")) == [["1", "2"]]
+    assert "## bad: FAILED" in text and "ValueError: boom" in text
+    assert capsys.readouterr().out.strip() == text.strip()
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        run_all.main(["--only", "nope"])
