@@ -36,6 +36,7 @@ SCRIPTS = {
     "training": "bench_training",
     "inference": "bench_inference",
     "scaling": "bench_scaling",
+    "service": "bench_service",
 }
 DEFAULT_OUT = bl.REPO_ROOT / "docs" / "benchmarks.md"
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(BENCH))
 import bench_features  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_scaling  # noqa: E402
+import bench_service  # noqa: E402
 import bench_training  # noqa: E402
 import benchlib  # noqa: E402
 import run_all  # noqa: E402
@@ -140,6 +141,14 @@ def test_scaling_quick():
     assert [r[:2] for r in train] == [["1×", "2"], ["2×", "4"]]
     seg = rows_of(md, ("audio min", "segments"))
     assert len(seg) == 2 and all(int(r[1]) >= 1 for r in seg)  # the bursts were found
+
+
+def test_service_quick():
+    md = bench_service.main(quick=True, requests=4, concurrency=[2])
+    assert "| model | client threads | requests | errors | requests/s | p50 ms | p99 ms |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| torch"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == ["2", "4", "0"]  # 4 requests from 2 threads, none failed
 
 
 def test_run_isolated(tmp_path):

@@ -1,0 +1,173 @@
+"""Service throughput: requests/s and latency p50/p99 of `POST /predict` under a bounded load.
+
+The service (`stlser serve`, uvicorn) runs in a child process on 127.0.0.1 and a free port;
+this process sends a fixed number of requests (a 3 s WAV each) from `concurrency` client
+threads, then stops. Traffic never leaves the loopback interface, and the load is bounded in
+count and time. Both the torch model (`model.pt`) and its ONNX export are served.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as bl  # noqa: E402
+
+SIZES = {
+    "quick": {
+        "requests": 12,
+        "concurrency": [1, 4],
+        "clip_s": 1.0,
+        "onnx": False,
+        "deadline_s": 120,
+    },
+    "full": {
+        "requests": 200,
+        "concurrency": [1, 4, 16],
+        "clip_s": 3.0,
+        "onnx": True,
+        "deadline_s": 300,
+    },
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wav_bytes(seconds: float) -> bytes:
+    import soundfile as sf
+
+    x = bl.speechlike(seconds, np.random.default_rng(0), lead=0.0)
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    import httpx
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError("service did not become ready")
+
+
+def load_test(
+    url: str, body: bytes, requests: int, concurrency: int, deadline_s: float
+) -> dict[str, Any]:
+    """Send `requests` POST /predict from `concurrency` threads; stop early at the deadline."""
+    import httpx
+
+    t_end = time.time() + deadline_s
+    lat: list[float] = []
+    errors = 0
+
+    def worker(n: int) -> None:
+        nonlocal errors
+        with httpx.Client(base_url=url, timeout=30.0) as c:
+            for _ in range(n):
+                if time.time() > t_end:
+                    return
+                t0 = time.perf_counter()
+                r = c.post("/predict", content=body, headers={"content-type": "audio/wav"})
+                lat.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors += 1
+
+    per = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as ex:
+        list(ex.map(worker, per))
+    wall = time.perf_counter() - t0
+    s = bl.stats(lat) if lat else {"median": float("nan"), "p99": float("nan"), "n": 0}
+    return {
+        "n": len(lat),
+        "errors": errors,
+        "rps": len(lat) / wall,
+        "p50": s["median"],
+        "p99": s["p99"],
+    }
+
+
+def main(quick: bool = False, **overrides: Any) -> str:
+    """Run the service benchmark; return its markdown section."""
+    z = bl.sizes(SIZES, quick, overrides)
+    load = bl.load_text()
+    body = _wav_bytes(z["clip_s"])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stlser-bench-svc-") as td:
+        tmp = Path(td)
+        models = {"torch (`model.pt`)": bl.make_artefact(tmp / "model.pt")}
+        if z["onnx"]:
+            from stlser.export import export_onnx
+
+            models["ONNX Runtime"] = export_onnx(models["torch (`model.pt`)"], tmp / "model.onnx")
+        for name, path in models.items():
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "stlser.cli",
+                "serve",
+                "--model",
+                str(path),
+                "--port",
+                str(port),
+            ]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                _wait_ready(url, proc)
+                load_test(url, body, 2, 1, 30)  # warm-up
+                for conc in z["concurrency"]:
+                    r = load_test(url, body, z["requests"], conc, z["deadline_s"])
+                    rows.append(
+                        [
+                            name,
+                            conc,
+                            r["n"],
+                            r["errors"],
+                            bl.fmt(r["rps"]),
+                            bl.ms(r["p50"]),
+                            bl.ms(r["p99"]),
+                        ]
+                    )
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    table = bl.md_table(
+        ["model", "client threads", "requests", "errors", "requests/s", "p50 ms", "p99 ms"], rows
+    )
+    intro = (
+        f"`stlser serve` (uvicorn, one worker process) on 127.0.0.1; `POST /predict` with a "
+        f"{z['clip_s']:g} s 16-bit WAV as the raw body; {z['requests']} requests per row from "
+        f"concurrent client threads in this process (bounded in count and by a {z['deadline_s']} s "
+        f"deadline). Load average at start: {load}."
+    )
+    return bl.section("Service throughput", intro, table, quick)
+
+
+if __name__ == "__main__":
+    print(main(quick="--quick" in sys.argv))
