@@ -17,10 +17,8 @@ Rows, all in one run on the same files (OS page cache warm for every method):
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +180,7 @@ Load average at start: {load}.
 
 
 def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    print(bl.facts_table() + "\n\n" + main(a.quick))
-    print(f"({time.perf_counter() - t0:.0f} s)")
+    bl.cli(main, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ of `predict(x, sample_rate=16000)` (input checks, padding, front end, network, s
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -311,12 +310,7 @@ start-up ({z["cli_reps"]} repetition(s)). "without start-up" = (files − 1) / (
 
 
 def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    print(bl.facts_table() + "\n\n" + main(a.quick))
-    print(f"({time.perf_counter() - t0:.0f} s)")
+    bl.cli(main, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ that peak minus the resident size just before the work (after imports and setup)
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -309,12 +308,7 @@ pauses, written block by block with soundfile; energy VAD, windows of at most 6 
 
 
 def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    print(bl.facts_table() + "\n\n" + main(a.quick))
-    print(f"({time.perf_counter() - t0:.0f} s)")
+    bl.cli(main, __doc__, argv)
 
 
 if __name__ == "__main__":

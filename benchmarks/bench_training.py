@@ -10,7 +10,6 @@ features whose lengths follow EmoDB's (1.2-9 s, mean 2.8 s, 100 frames per secon
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import time
@@ -397,12 +396,7 @@ Top operators by self CPU time (baseline step):
 
 
 def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    print(bl.facts_table() + "\n\n" + main(a.quick))
-    print(f"({time.perf_counter() - t0:.0f} s)")
+    bl.cli(main, __doc__, argv)
 
 
 if __name__ == "__main__":

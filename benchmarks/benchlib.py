@@ -389,3 +389,15 @@ def sizes(table: dict[str, dict[str, Any]], quick: bool, overrides: dict[str, An
 
 def nice_cmdline() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def cli(main: Callable[..., str], doc: str | None, argv: list[str] | None = None) -> None:
+    """Command line of one benchmark script: `--quick`, then facts + its section + wall time."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    print(facts_table() + "\n\n" + main(a.quick))
+    print(f"({time.perf_counter() - t0:.0f} s)")

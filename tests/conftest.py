@@ -27,3 +27,15 @@ def shared_corpora() -> Path:
     if not SHARED.exists():
         pytest.skip(f"{SHARED} not present (real-corpus checks run in CI)")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine OpenMP threads spinning against other
+    processes make small forward passes 10x slower. Restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

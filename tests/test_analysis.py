@@ -134,7 +134,13 @@ def test_reproduce_report(synth_corpus, cache, tmp_path):
     assert report == tmp_path / "r" / "report.md"
     text = report.read_text()
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert set(s["cells"]) == {"paper_stl0", "paper_stl5", "loso_stl0", "loso_stl5", "loso_baseline"}
+    assert set(s["cells"]) == {
+        "paper_stl0",
+        "paper_stl5",
+        "loso_stl0",
+        "loso_stl5",
+        "loso_baseline",
+    }
     assert "eGeMAPS + linear SVM (same folds)" in report.read_text()
     base = json.loads((tmp_path / "r" / "loso_baseline" / "report.json").read_text())
     stl = json.loads((tmp_path / "r" / "loso_stl5" / "report.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +10,10 @@ import pandas as pd
 import pytest
 
 from stlser import baseline, config, evaluation
+from stlser.splits import Fold
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
 SPEAKERS = ["s1", "s2", "s3", "s4"]
-
-
-@dataclass
-class Fold:
-    """Stand-in with the attributes of stlser.splits.Fold (utt_id lists)."""
-
-    name: str
-    train: list[str]
-    val: list[str]
-    test: list[str]
-    test_speakers: list[str]
-    val_speakers: list[str] = field(default_factory=list)
-    seed: int = 0
-    speaker_independent: bool = True
 
 
 def synthetic(per_class: int = 20, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -60,6 +46,8 @@ def loso(df: pd.DataFrame) -> list[Fold]:
                 df.utt_id[df.speaker == s].tolist(),
                 [s],
                 [v],
+                seed=0,
+                speaker_independent=True,
             )
         )
     return folds

@@ -41,7 +41,11 @@ def make_artefact(path: Path) -> Path:
 
     torch.manual_seed(0)
     model = STLSER(ModelConfig(), 40, len(LABELS))
-    norm = {"mode": "global", "mean": np.full(40, -5, np.float32), "std": np.full(40, 2, np.float32)}
+    norm = {
+        "mode": "global",
+        "mean": np.full(40, -5, np.float32),
+        "std": np.full(40, 2, np.float32),
+    }
     return save_artefact(path, model, ExperimentConfig(), 40, LABELS, norm, {})
 
 
@@ -57,7 +61,7 @@ def long_clip(sr: int = 16_000, total: float = 20.0) -> np.ndarray:
     t0, k = 0.5, 0
     while t0 + 2.0 <= total:
         seg = tone(2.0, sr, freq=150.0 + 40 * k)
-        x[int(t0 * sr):int(t0 * sr) + seg.size] = seg
+        x[int(t0 * sr) : int(t0 * sr) + seg.size] = seg
         t0, k = t0 + 3.5, k + 1
     return x
 
@@ -66,8 +70,12 @@ def long_clip(sr: int = 16_000, total: float = 20.0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("browser_audio")
-    out = {"clip": d / "clip.wav", "long": d / "long.wav", "mic": d / "mic.wav",
-           "bad": d / "bad.wav"}
+    out = {
+        "clip": d / "clip.wav",
+        "long": d / "long.wav",
+        "mic": d / "mic.wav",
+        "bad": d / "bad.wav",
+    }
     sf.write(out["clip"], tone(1.5, 16_000), 16_000, subtype="PCM_16")
     sf.write(out["long"], long_clip(), 16_000, subtype="PCM_16")
     sf.write(out["mic"], tone(3.0, 48_000, freq=180.0), 48_000, subtype="PCM_16")
@@ -109,10 +117,18 @@ def browser(files):
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("playwright not installed: pip install playwright")
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={files['mic']}"]
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={files['mic']}",
+    ]
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
         yield b
@@ -140,7 +156,8 @@ def read_bars(page) -> list[tuple[str, float, float, bool]]:
     rows = page.eval_on_selector_all(
         "#bars .bar",
         "els => els.map(e => [e.dataset.label, parseFloat(e.dataset.prob),"
-        " parseFloat(e.querySelector('.bar-value').textContent), e.classList.contains('top')])")
+        " parseFloat(e.querySelector('.bar-value').textContent), e.classList.contains('top')])",
+    )
     return [(str(a), float(b), float(c), bool(d)) for a, b, c, d in rows]
 
 
@@ -171,8 +188,9 @@ def test_upload_shows_probability_bars(page, files):
         assert pct == pytest.approx(100 * prob, abs=0.051)
     # widths follow the probabilities
     widths = page.eval_on_selector_all("#bars .bar-fill", "els => els.map(e => e.style.width)")
-    assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * b[1] for b in bars],
-                                                                     abs=0.01)
+    assert [float(w.rstrip("%")) for w in widths] == pytest.approx(
+        [100 * b[1] for b in bars], abs=0.01
+    )
     assert page.is_hidden("#timeline-card")  # 1.5 s clip: no timeline unless asked
 
 
@@ -185,7 +203,8 @@ def test_long_audio_shows_timeline(page, files):
     page.wait_for_selector("#timeline .segment", timeout=30_000)
     check_bars(page)
     shown = page.eval_on_selector_all(
-        "#timeline .segment", "els => els.map(e => [e.dataset.label, e.style.backgroundColor])")
+        "#timeline .segment", "els => els.map(e => [e.dataset.label, e.style.backgroundColor])"
+    )
     assert [s[0] for s in shown] == [s["label"] for s in segs]
     colour = {}
     for label, bg in shown:  # one colour per label

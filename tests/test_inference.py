@@ -57,13 +57,8 @@ def noise(seconds: float, amp: float, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP threads spinning against other
-    processes make these small forward passes 10x slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

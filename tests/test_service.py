@@ -39,7 +39,11 @@ def make_artefact(path: Path) -> Path:
 
     torch.manual_seed(0)
     model = STLSER(ModelConfig(), 40, len(LABELS))
-    norm = {"mode": "global", "mean": np.full(40, -5, np.float32), "std": np.full(40, 2, np.float32)}
+    norm = {
+        "mode": "global",
+        "mean": np.full(40, -5, np.float32),
+        "std": np.full(40, 2, np.float32),
+    }
     return save_artefact(path, model, ExperimentConfig(), 40, LABELS, norm, {})
 
 
@@ -61,11 +65,12 @@ def wav_bytes(x: np.ndarray, sr: int = SR, fmt: str = "WAV", subtype: str = "PCM
 def bursts(total: float = 20.0, sr: int = SR) -> np.ndarray:
     """~20 s: 2 s bursts of tone separated by 1.5 s of near silence."""
     x = np.zeros(int(total * sr), np.float32) + 1e-3 * np.random.default_rng(1).standard_normal(
-        int(total * sr)).astype(np.float32)
+        int(total * sr)
+    ).astype(np.float32)
     t0, k = 0.5, 0
     while t0 + 2.0 <= total:
         seg = tone(2.0, sr, freq=150.0 + 40 * k, seed=k)
-        x[int(t0 * sr):int(t0 * sr) + seg.size] += seg
+        x[int(t0 * sr) : int(t0 * sr) + seg.size] += seg
         t0 += 3.5
         k += 1
     return x
@@ -184,8 +189,9 @@ def test_segments_long_audio(client):
 
 def test_segments_raw_body_and_window(client):
     x = bursts(20.0)
-    r = client.post("/segments?max_window=2.5", content=wav_bytes(x),
-                    headers={"content-type": "audio/wav"})
+    r = client.post(
+        "/segments?max_window=2.5", content=wav_bytes(x), headers={"content-type": "audio/wav"}
+    )
     assert r.status_code == 200, r.text
     assert all(s["end"] - s["start"] <= 2.5 + 1e-3 for s in r.json()["segments"])
 
@@ -193,12 +199,22 @@ def test_segments_raw_body_and_window(client):
 def test_page_and_static(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    for el in ('id="file"', 'id="predict"', 'id="record"', 'id="stop"', 'id="bars"',
-               'id="timeline"', 'id="error"'):
+    for el in (
+        'id="file"',
+        'id="predict"',
+        'id="record"',
+        'id="stop"',
+        'id="bars"',
+        'id="timeline"',
+        'id="error"',
+    ):
         assert el in r.text
     assert "http://" not in r.text and "https://" not in r.text  # nothing from outside
-    for name, ctype in [("app.js", "javascript"), ("style.css", "text/css"),
-                        ("recorder-worklet.js", "javascript")]:
+    for name, ctype in [
+        ("app.js", "javascript"),
+        ("style.css", "text/css"),
+        ("recorder-worklet.js", "javascript"),
+    ]:
         s = client.get(f"/static/{name}")
         assert s.status_code == 200 and ctype in s.headers["content-type"]
         assert "http://" not in s.text and "https://" not in s.text
@@ -208,20 +224,27 @@ def test_page_and_static(client):
 
 # ---------------------------------------------------------------------------- error paths
 def test_empty_body(client):
-    assert_error(client.post("/predict", content=b"", headers={"content-type": "audio/wav"}),
-                 400, "empty")
+    assert_error(
+        client.post("/predict", content=b"", headers={"content-type": "audio/wav"}), 400, "empty"
+    )
     assert_error(client.post("/segments"), 400, "empty")
     assert_error(client.post("/predict", files={"file": ("a.wav", b"")}), 400, "empty")
 
 
 def test_not_audio(client):
     text = b"this is a text file pretending to be a wav\n" * 20
-    err = assert_error(client.post("/predict", files={"file": ("clip.wav", text, "audio/wav")}),
-                       422, "not readable as audio")
+    err = assert_error(
+        client.post("/predict", files={"file": ("clip.wav", text, "audio/wav")}),
+        422,
+        "not readable as audio",
+    )
     assert "clip.wav" not in err  # client names are not echoed back as server paths
     assert "BytesIO" not in err and "0x" not in err  # no Python internals in messages
-    assert_error(client.post("/segments", content=text, headers={"content-type": "audio/wav"}),
-                 422, "not readable as audio")
+    assert_error(
+        client.post("/segments", content=text, headers={"content-type": "audio/wav"}),
+        422,
+        "not readable as audio",
+    )
 
 
 def test_truncated_silent_and_too_short(client, clip):
@@ -238,7 +261,7 @@ def test_oversize(model_path, clip):
         assert_error(small.post("/predict", content=clip), 413, "too large")
         assert_error(small.post("/predict", files={"file": ("a.wav", clip)}), 413, "too large")
         # chunked upload without Content-Length: the streamed read stops at the limit
-        chunks = (clip[i:i + 4096] for i in range(0, len(clip), 4096))
+        chunks = (clip[i : i + 4096] for i in range(0, len(clip), 4096))
         assert_error(small.post("/segments", content=chunks), 413, "too large")
         # a small clip still passes
         ok = small.post("/predict", content=wav_bytes(tone(0.3)))
@@ -261,7 +284,12 @@ def test_read_body_stops_at_limit():
     assert e.value.status == 413
     assert sent["n"] == 6  # 6 kB read of the 1 MB offered
 
-    declared = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"999999")]}
+    declared = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-length", b"999999")],
+    }
     sent["n"] = 0
     with pytest.raises(ApiError):
         asyncio.run(_read_body(Request(declared, receive), limit=5000))
@@ -278,13 +306,17 @@ def test_too_long(model_path):
 def test_wrong_field_name(client, clip):
     err = assert_error(client.post("/predict", files={"audio": ("a.wav", clip)}), 400, "'file'")
     assert "'audio'" in err
-    assert_error(client.post("/segments", data={"x": "1"}, files={"upload": ("a.wav", clip)}),
-                 400, "'file'")
+    assert_error(
+        client.post("/segments", data={"x": "1"}, files={"upload": ("a.wav", clip)}), 400, "'file'"
+    )
 
 
 def test_malformed_multipart(client):
-    r = client.post("/predict", content=b"--zzz\r\nnot a header line\r\n\r\n",
-                    headers={"content-type": "multipart/form-data; boundary=zzz"})
+    r = client.post(
+        "/predict",
+        content=b"--zzz\r\nnot a header line\r\n\r\n",
+        headers={"content-type": "multipart/form-data; boundary=zzz"},
+    )
     assert r.status_code == 400 and set(r.json()) == {"error"}
     r = client.post("/predict", content=b"abc", headers={"content-type": "multipart/form-data"})
     assert_error(r, 400, "boundary")
@@ -365,6 +397,10 @@ def test_create_app_rejects_bad_model(tmp_path):
 
 def test_error_bodies_are_json_only(client):
     """Errors never leak FastAPI's default {"detail": ...} shape."""
-    for resp in (client.get("/nope"), client.get("/predict"), client.post("/predict"),
-                 client.post("/segments?max_window=-1", content=b"x")):
+    for resp in (
+        client.get("/nope"),
+        client.get("/predict"),
+        client.post("/predict"),
+        client.post("/segments?max_window=-1", content=b"x"),
+    ):
         assert "detail" not in json.loads(resp.text)

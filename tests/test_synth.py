@@ -19,8 +19,10 @@ def _rows(manifest: Path) -> list[dict[str, str]]:
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.wav"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.wav"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +76,10 @@ def test_same_text_across_classes(synth_corpus: Path) -> None:
     """Within a speaker every class speaks the same sentences, so text cannot give the label."""
     rows = _rows(synth_corpus / "manifest.csv")
     for s in {r["speaker"] for r in rows}:
-        texts = {lab: sorted(r["text"] for r in rows if r["speaker"] == s and r["label"] == lab)
-                 for lab in synth.LABELS}
+        texts = {
+            lab: sorted(r["text"] for r in rows if r["speaker"] == s and r["label"] == lab)
+            for lab in synth.LABELS
+        }
         assert all(t == texts["neutral"] for t in texts.values())
         assert set(texts["neutral"]) <= set(synth.load_sentences())
 
@@ -117,11 +121,16 @@ def test_prosody_differs_by_class(synth_corpus: Path) -> None:
     for s in sorted({r["speaker"] for r in rows}):
         stats = {}
         for lab in ("sad", "angry"):
-            xs = [sf.read(r["path"], dtype="float32")[0]
-                  for r in rows if r["speaker"] == s and r["label"] == lab]
-            stats[lab] = (np.mean([_speech_level_db(x) for x in xs]),
-                          np.mean([_median_f0(x) for x in xs]),
-                          np.mean([x.size for x in xs]))
+            xs = [
+                sf.read(r["path"], dtype="float32")[0]
+                for r in rows
+                if r["speaker"] == s and r["label"] == lab
+            ]
+            stats[lab] = (
+                np.mean([_speech_level_db(x) for x in xs]),
+                np.mean([_median_f0(x) for x in xs]),
+                np.mean([x.size for x in xs]),
+            )
         (sad_db, sad_f0, sad_n), (ang_db, ang_f0, ang_n) = stats["sad"], stats["angry"]
         assert ang_db > sad_db + 2.0, (s, ang_db, sad_db)
         assert ang_f0 > sad_f0 * 1.2, (s, ang_f0, sad_f0)
