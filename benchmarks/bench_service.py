@@ -170,4 +170,4 @@ def main(quick: bool = False, **overrides: Any) -> str:
 
 
 if __name__ == "__main__":
-    print(main(quick="--quick" in sys.argv))
+    bl.cli(main, __doc__)
