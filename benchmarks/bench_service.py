@@ -118,9 +118,21 @@ def main(quick: bool = False, **overrides: Any) -> str:
         tmp = Path(td)
         models = {"torch (`model.pt`)": bl.make_artefact(tmp / "model.pt")}
         if z["onnx"]:
-            from stlser.export import export_onnx
-
-            models["ONNX Runtime"] = export_onnx(models["torch (`model.pt`)"], tmp / "model.onnx")
+            # Export as a user would, in a fresh process (`stlser export`): the exporter's
+            # tracing state must not depend on what this benchmark process ran before.
+            onnx_path = tmp / "model.onnx"
+            cmd = [
+                sys.executable,
+                "-m",
+                "stlser.cli",
+                "export",
+                "--model",
+                str(models["torch (`model.pt`)"]),
+            ]
+            subprocess.run(
+                [*cmd, "-o", str(onnx_path)], check=True, capture_output=True, timeout=600
+            )
+            models["ONNX Runtime"] = onnx_path
         for name, path in models.items():
             port = _free_port()
             url = f"http://127.0.0.1:{port}"

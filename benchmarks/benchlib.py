@@ -65,11 +65,32 @@ def _version(pkg: str) -> str:
         return "-"
 
 
+def cpu_busy_share(seconds: float = 0.5) -> float | None:
+    """Share of all cores busy during `seconds` while this process sleeps (/proc/stat)."""
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = f[3] + (f[4] if len(f) > 4 else 0)
+        return sum(f), idle
+
+    a = sample()
+    time.sleep(seconds)
+    b = sample()
+    if a is None or b is None or b[0] == a[0]:
+        return None
+    return 1.0 - (b[1] - a[1]) / (b[0] - a[0])
+
+
 def load_text() -> str:
     """1/5/15-minute load averages and what they mean on this many cores."""
     la = os.getloadavg()
-    cores = os.cpu_count() or 1
-    busy = f" (BUSY: {BUSY_NOTE})" if la[0] > 0.5 * cores else ""
+    # The load average lags and counts this suite's own threads; what matters is whether other
+    # processes use the CPU now, while this one is idle between measurements.
+    used = cpu_busy_share()
+    busy = f" (BUSY: {BUSY_NOTE})" if used is not None and used > 0.25 else ""
     return f"{la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f}{busy}"
 
 

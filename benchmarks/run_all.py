@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    la, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if la > 0.5 * cores:
-        print(f"warning: load average {la:.1f} on {cores} cores: {bl.BUSY_NOTE}.", file=sys.stderr)
+    used = bl.cpu_busy_share()
+    if used is not None and used > 0.25:
+        print(f"warning: {100 * used:.0f} % of the CPU is busy: {bl.BUSY_NOTE}.", file=sys.stderr)
     report, ok = run(a.quick, names, sys.argv[1:] if argv is None else argv)
     if a.out:
         out = Path(a.out)
