@@ -197,9 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--val-speakers", type=int, default=1)
-    s.add_argument("--val-fraction", type=float, default=0.1, help="paper protocol: validation share")
+    s.add_argument(
+        "--val-fraction", type=float, default=0.1, help="paper protocol: validation share"
+    )
     s.add_argument("--test-fraction", type=float, default=0.2, help="paper protocol: test share")
-    s.add_argument("--seeds", default=None, help="paper protocol: comma-separated seeds, one fold each")
+    s.add_argument(
+        "--seeds", default=None, help="paper protocol: comma-separated seeds, one fold each"
+    )
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_splits)
 
@@ -271,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("predict", help="emotion of audio files or folders")
-    s.add_argument("--model", required=True, help="model.pt, a run or crossval folder, or an exported .onnx")
+    s.add_argument(
+        "--model", required=True, help="model.pt, a run or crossval folder, or an exported .onnx"
+    )
     s.add_argument("inputs", nargs="+")
     s.add_argument(
         "--segments", action="store_true", help="long audio: one prediction per speech segment"

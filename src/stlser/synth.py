@@ -40,8 +40,17 @@ from stlser.utils import write_text
 
 #: Class labels, in manifest order.
 LABELS: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
-MANIFEST_COLUMNS = ("utt_id", "path", "label", "speaker", "session", "gender", "duration",
-                    "corpus", "text")
+MANIFEST_COLUMNS = (
+    "utt_id",
+    "path",
+    "label",
+    "speaker",
+    "session",
+    "gender",
+    "duration",
+    "corpus",
+    "text",
+)
 CORPUS = "synth"
 MIN_SECONDS = 0.5
 SENTENCES_FILE = Path(__file__).with_name("synth_sentences.txt")
@@ -73,7 +82,9 @@ class Style:
 #: intensity; sadness slightly slower, slightly lower pitch, slightly narrower range, lower
 #: intensity. Voice quality (tense anger, lax sadness) after Burkhardt & Sendlmeier (2000).
 STYLES: dict[str, Style] = {
-    "neutral": Style(rate=170, pitch=45, range=45, volume=100, exclaim=0.05, emphasis=0.05, tilt=0.0),
+    "neutral": Style(
+        rate=170, pitch=45, range=45, volume=100, exclaim=0.05, emphasis=0.05, tilt=0.0
+    ),
     "happy": Style(rate=188, pitch=66, range=78, volume=118, exclaim=0.50, emphasis=0.15, tilt=0.5),
     "sad": Style(rate=142, pitch=34, range=28, volume=78, exclaim=0.0, emphasis=0.0, tilt=-1.5),
     "angry": Style(rate=195, pitch=70, range=70, volume=140, exclaim=0.60, emphasis=0.60, tilt=2.0),
@@ -87,10 +98,30 @@ SNR_DB = (15.0, 35.0)
 SILENCE_S = (0.05, 0.35)
 
 #: Voice variants (language + eSpeak voice variant from voices/!v), alternating male/female.
-MALE_VOICES = ("en+m1", "en-us+m3", "en-gb-scotland+m4", "en-029+m6", "en-us+m2",
-               "en-gb-x-rp+m7", "en+m8", "en-us+m5", "en+Lee", "en-us+Denis")
-FEMALE_VOICES = ("en-us+f1", "en+f2", "en-gb-x-rp+f3", "en+f4", "en-gb-scotland+f5",
-                 "en-us+belinda", "en+steph", "en-us+Annie", "en-029+f2", "en-us+linda")
+MALE_VOICES = (
+    "en+m1",
+    "en-us+m3",
+    "en-gb-scotland+m4",
+    "en-029+m6",
+    "en-us+m2",
+    "en-gb-x-rp+m7",
+    "en+m8",
+    "en-us+m5",
+    "en+Lee",
+    "en-us+Denis",
+)
+FEMALE_VOICES = (
+    "en-us+f1",
+    "en+f2",
+    "en-gb-x-rp+f3",
+    "en+f4",
+    "en-gb-scotland+f5",
+    "en-us+belinda",
+    "en+steph",
+    "en-us+Annie",
+    "en-029+f2",
+    "en-us+linda",
+)
 
 
 def speaker_table(speakers: int) -> list[tuple[str, str, str]]:
@@ -118,8 +149,9 @@ _INITIALIZE_DONT_EXIT = 0x8000
 _CHARS_UTF8 = 0x01
 _SSML = 0x10
 _POS_CHARACTER = 1
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                             ctypes.c_void_p)
+_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
 
 
 def espeak_paths() -> tuple[Path, Path]:
@@ -127,8 +159,10 @@ def espeak_paths() -> tuple[Path, Path]:
     try:
         import espeakng_loader
     except ImportError as e:
-        raise RuntimeError("eSpeak NG is not available: the Python package 'espeakng-loader' "
-                           f"is not installed ({e}); pip install espeakng-loader") from None
+        raise RuntimeError(
+            "eSpeak NG is not available: the Python package 'espeakng-loader' "
+            f"is not installed ({e}); pip install espeakng-loader"
+        ) from None
     lib = Path(espeakng_loader.get_library_path())
     if not lib.is_file():
         raise RuntimeError(f"eSpeak NG library not found at {lib} (broken espeakng-loader install)")
@@ -159,11 +193,20 @@ class Engine:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         lib.espeak_Synth.restype = ctypes.c_int
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data).encode(),
-                                     _INITIALIZE_DONT_EXIT)
+        rate = lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data).encode(), _INITIALIZE_DONT_EXIT
+        )
         if rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed (code {rate}) with data folder {data}")
         self.lib, self.sample_rate = lib, int(rate)
@@ -185,8 +228,9 @@ class Engine:
                 raise RuntimeError(f"eSpeak NG has no voice {name!r} (error {err})")
             self._voice = name
 
-    def speak(self, ssml: str, voice: str, *, rate: int, pitch: int, range: int, volume: int,
-              seed: int) -> np.ndarray:
+    def speak(
+        self, ssml: str, voice: str, *, rate: int, pitch: int, range: int, volume: int, seed: int
+    ) -> np.ndarray:
         """Speak an SSML document; return float32 samples in [-1, 1] at `self.sample_rate`."""
         self.set_voice(voice)
         self.lib.espeak_ng_SetRandSeed(seed)
@@ -196,8 +240,9 @@ class Engine:
                 raise RuntimeError(f"espeak_SetParameter({name}={value}) failed (error {err})")
         self._chunks = []
         text = ssml.encode("utf-8")
-        err = self.lib.espeak_Synth(text, len(text) + 1, 0, _POS_CHARACTER, 0,
-                                    _CHARS_UTF8 | _SSML, None, None)
+        err = self.lib.espeak_Synth(
+            text, len(text) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _SSML, None, None
+        )
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed (error {err}) for {ssml!r}")
         if not self._chunks:
@@ -298,11 +343,15 @@ def _speak_speaker(job: _Job) -> list[dict[str, str]]:
             engine_seed = int(r.integers(1, 2**31 - 1))
             noise_seed = int(r.integers(0, 2**63 - 1))
 
-            x = eng.speak(_ssml(sentence, exclaim, emph_word), job.voice,
-                          rate=int(np.clip(round(rate), 80, 450)),
-                          pitch=int(np.clip(round(pitch), 0, 100)),
-                          range=int(np.clip(round(prange), 0, 100)),
-                          volume=int(np.clip(round(volume), 10, 200)), seed=engine_seed)
+            x = eng.speak(
+                _ssml(sentence, exclaim, emph_word),
+                job.voice,
+                rate=int(np.clip(round(rate), 80, 450)),
+                pitch=int(np.clip(round(pitch), 0, 100)),
+                range=int(np.clip(round(prange), 0, 100)),
+                volume=int(np.clip(round(volume), 10, 200)),
+                seed=engine_seed,
+            )
             x = _trim(x)
             x = resample(x, eng.sample_rate, SAMPLE_RATE)
             x = apply_tilt(x, SAMPLE_RATE, tilt) * (0.35 * spk_gain)
@@ -310,10 +359,19 @@ def _speak_speaker(job: _Job) -> list[dict[str, str]]:
             utt = f"{job.speaker}_{label}_{i:03d}"
             path = Path(job.out) / "wav" / job.speaker / label / f"{utt}.wav"
             write_wav(path, x, SAMPLE_RATE, subtype="PCM_16")
-            rows.append({"utt_id": utt, "path": str(path), "label": label, "speaker": job.speaker,
-                         "session": "", "gender": job.gender,
-                         "duration": f"{x.size / SAMPLE_RATE:.4f}", "corpus": CORPUS,
-                         "text": sentence})
+            rows.append(
+                {
+                    "utt_id": utt,
+                    "path": str(path),
+                    "label": label,
+                    "speaker": job.speaker,
+                    "session": "",
+                    "gender": job.gender,
+                    "duration": f"{x.size / SAMPLE_RATE:.4f}",
+                    "corpus": CORPUS,
+                    "text": sentence,
+                }
+            )
             if _PROGRESS is not None:
                 _PROGRESS.put(1)
     return rows
@@ -322,11 +380,12 @@ def _speak_speaker(job: _Job) -> list[dict[str, str]]:
 def _trim(x: np.ndarray, thresh: float = 1e-3) -> np.ndarray:
     """Drop eSpeak's own leading/trailing silence so that ours is the only one."""
     idx = np.flatnonzero(np.abs(x) > thresh)
-    return x[idx[0]: idx[-1] + 1] if idx.size else x
+    return x[idx[0] : idx[-1] + 1] if idx.size else x
 
 
-def _finish(x: np.ndarray, lead: float, trail: float, snr_db: float, colour: str,
-            noise_seed: int) -> np.ndarray:
+def _finish(
+    x: np.ndarray, lead: float, trail: float, snr_db: float, colour: str, noise_seed: int
+) -> np.ndarray:
     """Pad silence (to ≥ MIN_SECONDS), add noise at `snr_db` re speech power, avoid clipping."""
     power = float(np.mean(x**2)) + 1e-12
     n_lead, n_trail = int(lead * SAMPLE_RATE), int(trail * SAMPLE_RATE)
@@ -385,8 +444,14 @@ See docs/synthetic_corpus.md in the stlser source for the prosody rules and thei
 """
 
 
-def generate(out: str | os.PathLike, speakers: int = 8, per_class: int = 40, seed: int = 0,
-             progress: bool = True, workers: int | None = None) -> Path:
+def generate(
+    out: str | os.PathLike,
+    speakers: int = 8,
+    per_class: int = 40,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
     """Write the synthetic corpus under `out`; return the path of its manifest.csv.
 
     `per_class` is utterances per class per speaker; `workers` defaults to the CPU count.
@@ -401,8 +466,10 @@ def generate(out: str | os.PathLike, speakers: int = 8, per_class: int = 40, see
     out_dir.mkdir(parents=True, exist_ok=True)
     sentences = tuple(load_sentences())
     table = speaker_table(speakers)
-    jobs = [_Job(str(out_dir), seed, k, spk, voice, gender, per_class, sentences)
-            for k, (spk, gender, voice) in enumerate(table)]
+    jobs = [
+        _Job(str(out_dir), seed, k, spk, voice, gender, per_class, sentences)
+        for k, (spk, gender, voice) in enumerate(table)
+    ]
     total = speakers * len(LABELS) * per_class
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
 
@@ -411,9 +478,16 @@ def generate(out: str | os.PathLike, speakers: int = 8, per_class: int = 40, see
     ctx = mp.get_context("spawn")
     ticks = ctx.Queue()
     rows: list[dict[str, str]] = []
-    with tqdm(total=total, desc="synth", unit="utt", disable=not progress) as bar, \
-            ProcessPoolExecutor(n_workers, mp_context=ctx, max_tasks_per_child=1,
-                                initializer=_init_worker, initargs=(ticks,)) as pool:
+    with (
+        tqdm(total=total, desc="synth", unit="utt", disable=not progress) as bar,
+        ProcessPoolExecutor(
+            n_workers,
+            mp_context=ctx,
+            max_tasks_per_child=1,
+            initializer=_init_worker,
+            initargs=(ticks,),
+        ) as pool,
+    ):
         pending = {pool.submit(_speak_speaker, job) for job in jobs}
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -426,8 +500,12 @@ def generate(out: str | os.PathLike, speakers: int = 8, per_class: int = 40, see
     rows.sort(key=lambda r: r["utt_id"])
     _remove_stale(out_dir, {r["path"] for r in rows})
     write_text(out_dir / "speakers.csv", _csv(table, ("speaker", "gender", "voice")))
-    write_text(out_dir / "README.txt", _README.format(
-        speakers=speakers, per_class=per_class, seed=seed, labels=", ".join(LABELS), n=len(rows)))
+    write_text(
+        out_dir / "README.txt",
+        _README.format(
+            speakers=speakers, per_class=per_class, seed=seed, labels=", ".join(LABELS), n=len(rows)
+        ),
+    )
     manifest = out_dir / "manifest.csv"
     write_text(manifest, _csv(rows, MANIFEST_COLUMNS))
     return manifest

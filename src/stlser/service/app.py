@@ -84,7 +84,9 @@ def _load_recognizer(model: Any) -> Any:
         return Recognizer.load(model)
     for attr in ("labels", "predict", "segments"):
         if not hasattr(model, attr):
-            raise TypeError(f"model must be a path or a recognizer; {type(model).__name__} has no {attr!r}")
+            raise TypeError(
+                f"model must be a path or a recognizer; {type(model).__name__} has no {attr!r}"
+            )
     return model
 
 
@@ -94,7 +96,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise ApiError(413, f"upload too large: {int(declared)} bytes > limit {limit} bytes")
+                raise ApiError(
+                    413, f"upload too large: {int(declared)} bytes > limit {limit} bytes"
+                )
         except ValueError:
             raise ApiError(400, "invalid Content-Length header") from None
     buf = bytearray()
@@ -145,8 +149,11 @@ def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, bytes], 
         parts.setdefault(name, bytes(state["data"]))
 
     callbacks = {
-        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
-        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_part_begin": on_part_begin,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
         "on_header_end": on_header_end,
     }
     try:
@@ -164,13 +171,17 @@ async def _audio_from_request(request: Request, max_bytes: int) -> bytes:
     multipart = ctype.lower().startswith("multipart/form-data")
     body = await _read_body(request, max_bytes + (MULTIPART_SLACK if multipart else 0))
     if not body:
-        raise ApiError(400, f"empty request: send audio as the raw body or as multipart field '{FIELD}'")
+        raise ApiError(
+            400, f"empty request: send audio as the raw body or as multipart field '{FIELD}'"
+        )
     if not multipart:
         return body
     parts, names = _parse_multipart(body, ctype)
     if FIELD not in parts:
         got = ", ".join(repr(n) for n in names) or "none"
-        raise ApiError(400, f"multipart upload must put the audio in the field '{FIELD}' (got: {got})")
+        raise ApiError(
+            400, f"multipart upload must put the audio in the field '{FIELD}' (got: {got})"
+        )
     data = parts[FIELD]
     if not data:
         raise ApiError(400, f"the '{FIELD}' field is empty (0 bytes)")
@@ -204,9 +215,13 @@ def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> 
     labels = [str(x) for x in rec.labels]
     slots = asyncio.Semaphore(MAX_CONCURRENT)
 
-    app = FastAPI(title="stlser", version=__version__,
-                  description="Speech emotion recognition (CNN-BiLSTM-STL)",
-                  docs_url=None, redoc_url=None)  # those pages load a CDN
+    app = FastAPI(
+        title="stlser",
+        version=__version__,
+        description="Speech emotion recognition (CNN-BiLSTM-STL)",
+        docs_url=None,
+        redoc_url=None,
+    )  # those pages load a CDN
     app.state.recognizer = rec
     app.state.max_bytes = max_bytes
     app.state.max_seconds = float(max_seconds)
@@ -252,9 +267,14 @@ def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness plus what the page needs: labels, version and the limits."""
-        return {"status": "ok", "version": __version__, "labels": labels,
-                "sample_rate": int(getattr(rec, "sample_rate", audio_mod.SAMPLE_RATE)),
-                "max_mb": float(max_mb), "max_seconds": float(max_seconds)}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "labels": labels,
+            "sample_rate": int(getattr(rec, "sample_rate", audio_mod.SAMPLE_RATE)),
+            "max_mb": float(max_mb),
+            "max_seconds": float(max_seconds),
+        }
 
     @app.get("/labels")
     async def get_labels() -> dict[str, Any]:
@@ -289,11 +309,18 @@ def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> 
     return app
 
 
-def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, max_mb: float = 20.0,
-          max_seconds: float = 600.0) -> None:
+def serve(
+    model: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_mb: float = 20.0,
+    max_seconds: float = 600.0,
+) -> None:
     """Load the model once and run the service with uvicorn until interrupted."""
     import uvicorn
 
     app = create_app(model, max_mb=max_mb, max_seconds=max_seconds)
-    print(f"stlser service: http://{host}:{port}/  (labels: {', '.join(app.state.recognizer.labels)})")
+    print(
+        f"stlser service: http://{host}:{port}/  (labels: {', '.join(app.state.recognizer.labels)})"
+    )
     uvicorn.run(app, host=host, port=port, log_level="info")
