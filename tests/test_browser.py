@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import random_artefact
+
 pytestmark = pytest.mark.browser
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -33,20 +35,7 @@ def _unavailable(reason: str) -> None:
 
 
 def make_artefact(path: Path) -> Path:
-    import torch
-
-    from stlser.config import ExperimentConfig, ModelConfig
-    from stlser.model import STLSER
-    from stlser.training import save_artefact
-
-    torch.manual_seed(0)
-    model = STLSER(ModelConfig(), 40, len(LABELS))
-    norm = {
-        "mode": "global",
-        "mean": np.full(40, -5, np.float32),
-        "std": np.full(40, 2, np.float32),
-    }
-    return save_artefact(path, model, ExperimentConfig(), 40, LABELS, norm, {})
+    return random_artefact(path, LABELS)
 
 
 def tone(seconds: float, sr: int, freq: float = 200.0) -> np.ndarray:

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import random_artefact
+
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -30,21 +32,7 @@ SR = 16_000
 
 # ---------------------------------------------------------------------------- fixtures
 def make_artefact(path: Path) -> Path:
-    """A `model.pt` with random (seeded) weights and the 4 demo labels."""
-    import torch
-
-    from stlser.config import ExperimentConfig, ModelConfig
-    from stlser.model import STLSER
-    from stlser.training import save_artefact
-
-    torch.manual_seed(0)
-    model = STLSER(ModelConfig(), 40, len(LABELS))
-    norm = {
-        "mode": "global",
-        "mean": np.full(40, -5, np.float32),
-        "std": np.full(40, 2, np.float32),
-    }
-    return save_artefact(path, model, ExperimentConfig(), 40, LABELS, norm, {})
+    return random_artefact(path, LABELS)
 
 
 def tone(seconds: float, sr: int = SR, freq: float = 220.0, seed: int = 0) -> np.ndarray:
