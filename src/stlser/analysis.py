@@ -30,7 +30,7 @@ import yaml
 
 from stlser import config as config_mod
 from stlser.config import ExperimentConfig
-from stlser.utils import atomic_path, environment, write_json, write_text
+from stlser.utils import atomic_path, environment, write_csv, write_json, write_text
 
 #: What the paper reports (Wang et al., ICASSP 2021), on IEMOCAP 4-class, random 7/1/2 split.
 #: The paper gives the 5-layer WA only as a relative improvement (about 20 % over prior work);
@@ -333,8 +333,7 @@ def curves(run: str | Path, out: str | Path | None = None) -> Path:
             best[fdir.name] = json.loads(info.read_text()).get("best_epoch")
     long = pd.concat(tables, names=["fold"]).reset_index()
     long["best_epoch"] = long["fold"].map(best)
-    with atomic_path(out.with_suffix(".csv")) as tmp:
-        long.to_csv(tmp, index=False)
+    write_csv(out.with_suffix(".csv"), long)
 
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -481,8 +480,7 @@ def sweep(
             }
         )
         table = pd.DataFrame(rows)
-        with atomic_path(out / "sweep.csv") as tmp:
-            table.to_csv(tmp, index=False)
+        write_csv(out / "sweep.csv", table)
     _plot_sweep(param, parsed, pd.DataFrame(rows), out / "sweep.png")
     return out / "sweep.csv"
 

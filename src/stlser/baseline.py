@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from stlser.utils import environment, write_json, write_text
+from stlser.utils import write_csv
 
 SYSTEM = "egemaps+linear-svm"
 N_FUNCTIONALS = 88
@@ -298,16 +298,7 @@ def make_folds(df: Any, cfg: Any) -> list[Any]:
     """The config's folds, with the same call the experiment code makes."""
     from stlser import splits
 
-    return splits.make_folds(
-        df,
-        cfg.split.protocol,
-        seed=cfg.seed,
-        k=cfg.split.k,
-        val_speakers=cfg.split.val_speakers,
-        val_fraction=cfg.split.val_fraction,
-        test_fraction=cfg.split.test_fraction,
-        seeds=cfg.split.seeds,
-    )
+    return splits.from_config(df, cfg.split, cfg.seed)
 
 
 def load_data(cfg: Any, run_dir: str | os.PathLike) -> tuple[Any, list[Any]]:
@@ -338,7 +329,6 @@ def run_baseline(
     `out=None` → runs/<name>-baseline. `selection`: see :func:`cross_validate`.
     Returns the report dict.
     """
-    from stlser import config as config_mod
     from stlser import evaluation
 
     t0 = time.perf_counter()
@@ -353,8 +343,9 @@ def run_baseline(
     if cfg.split.folds is not None:
         folds = [folds[i] for i in cfg.split.folds]
     labels = sorted(df["label"].astype(str).unique())
-    write_text(out / "config.yaml", config_mod.dump(cfg))
-    write_json(out / "environment.json", environment())
+    from stlser.experiments import write_run_header
+
+    write_run_header(cfg, out)
 
     t_feat = time.perf_counter()
     if functionals is None:
@@ -364,7 +355,7 @@ def run_baseline(
     preds, fold_dicts, info = cross_validate(
         functionals, df, folds, normalize=cfg.features.normalize, labels=labels, selection=selection
     )
-    write_text(out / "predictions.csv", preds.to_csv(index=False))
+    write_csv(out / "predictions.csv", preds)
     normalize_note = info["normalize_applied"]
     if cfg.features.normalize == "utterance":
         normalize_note = "none (utterance normalisation is undefined for functionals)"

@@ -43,20 +43,18 @@ def cmd_manifest(a: argparse.Namespace) -> int:
 
 def cmd_splits(a: argparse.Namespace) -> int:
     from stlser import corpora, splits
+    from stlser.config import SplitConfig
 
     df = corpora.read_manifest(a.manifest)
-    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
-    folds = splits.make_folds(
-        df,
-        a.protocol,
-        seed=a.seed,
+    split = SplitConfig(
+        protocol=a.protocol,
         k=a.k,
         val_speakers=a.val_speakers,
         val_fraction=a.val_fraction,
         test_fraction=a.test_fraction,
-        seeds=seeds,
+        seeds=[int(x) for x in a.seeds.split(",")] if a.seeds else [a.seed],
     )
-    splits.check_folds(folds, df)
+    folds = splits.from_config(df, split, a.seed)
     splits.save(folds, a.output)
     print(splits.summarize(folds, df))
     print(f"splits: {a.output}")

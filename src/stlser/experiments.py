@@ -7,6 +7,7 @@ Every run directory holds `config.yaml` (resolved), `environment.json`, `manifes
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -18,7 +19,7 @@ import pandas as pd
 
 from stlser import config as config_mod
 from stlser.config import ExperimentConfig
-from stlser.utils import environment, write_json, write_text
+from stlser.utils import environment, write_csv, write_json, write_text
 
 SYSTEM = "cnn-bilstm-stl"
 
@@ -45,24 +46,14 @@ def prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[pd.DataFrame, list, l
         corpora.write_manifest(df, skipped, run_dir / "manifest.csv")
         if skipped:
             _log(f"{len(skipped)} unreadable files skipped (see {run_dir / 'skipped.csv'})")
-    s = cfg.split
-    folds = splits.make_folds(
-        df,
-        s.protocol,
-        seed=cfg.seed,
-        k=s.k,
-        val_speakers=s.val_speakers,
-        val_fraction=s.val_fraction,
-        test_fraction=s.test_fraction,
-        seeds=s.seeds,
-    )
-    splits.check_folds(folds, df)
+    folds = splits.from_config(df, cfg.split, cfg.seed)
     splits.save(folds, run_dir / "splits.json")
     labels = sorted(df["label"].unique().tolist())
     return df, folds, labels
 
 
-def _write_run_header(cfg: ExperimentConfig, run_dir: Path) -> None:
+def write_run_header(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Resolved config.yaml and environment.json (versions, threads, seed, argv) of a run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config_mod.dump(cfg))
     env = environment()
@@ -105,12 +96,15 @@ def fold_data(
     )
 
 
-def _fold_predictions(df: pd.DataFrame, fold, labels: list[str], probs: np.ndarray) -> pd.DataFrame:
-    sub = df.set_index("utt_id").loc[list(fold.test)]
+def predictions_table(
+    df: pd.DataFrame, ids: list[str], fold: str, labels: list[str], probs: np.ndarray
+) -> pd.DataFrame:
+    """The predictions.csv rows of utterances `ids` (in order): truth, prediction, probabilities."""
+    sub = df.set_index("utt_id").loc[ids]
     p = pd.DataFrame(
         {
-            "utt_id": list(fold.test),
-            "fold": fold.name,
+            "utt_id": ids,
+            "fold": fold,
             "speaker": sub["speaker"].astype(str).values,
             "label": sub["label"].values,
             "pred": [labels[i] for i in probs.argmax(1)],
@@ -133,7 +127,7 @@ def crossval(
 
     run = resolve_output(cfg, out)
     t0 = time.time()
-    _write_run_header(cfg, run)
+    write_run_header(cfg, run)
     df, folds, labels = prepare(cfg, run)
     selected = [f for i, f in enumerate(folds) if cfg.split.folds is None or i in cfg.split.folds]
     _log(
@@ -146,8 +140,6 @@ def crossval(
         fdir = run / f"fold_{i:02d}"
         done = fdir / "fold.json"
         if resume and done.exists() and (fdir / "predictions.csv").exists():
-            import json
-
             info = json.loads(done.read_text())
             p = pd.read_csv(fdir / "predictions.csv", dtype={"speaker": str})
             _log(f"fold {i + 1}/{len(selected)} ({fold.name}) already done, reused")
@@ -157,11 +149,8 @@ def crossval(
             )
             data = fold_data(cfg, df, feats, fold, labels)
             info = train_fold(cfg, data, fdir, resume=resume, fail_at_epoch=fail_at_epoch)
-            p = _fold_predictions(df, fold, labels, info.pop("probs"))
-            from stlser.utils import atomic_path
-
-            with atomic_path(fdir / "predictions.csv") as tmp:
-                p.to_csv(tmp, index=False)
+            p = predictions_table(df, list(fold.test), fold.name, labels, info.pop("probs"))
+            write_csv(fdir / "predictions.csv", p)
         preds.append(p)
         n_params = info["n_params"]
         speed.append(info.get("utt_per_second") or 0)
@@ -188,10 +177,7 @@ def crossval(
         "aggregation": cfg.model.aggregation,
         "stl_over": cfg.model.stl_over,
     }
-    from stlser.utils import atomic_path
-
-    with atomic_path(run / "predictions.csv") as tmp:
-        allp.to_csv(tmp, index=False)
+    write_csv(run / "predictions.csv", allp)
     rep = evaluation.write_report(run, allp, labels, fold_infos, extra)
     _log(
         f"UA {100 * rep['ua']:.2f} %  WA {100 * rep['wa']:.2f} %  macro-F1 {100 * rep['macro_f1']:.2f} %  "
@@ -237,18 +223,8 @@ def evaluate(
     probs = predict(model, [normed[u] for u in ids])["probs"]
     run = Path(out) if out else Path(checkpoint).parent / "evaluate"
     run.mkdir(parents=True, exist_ok=True)
-    p = pd.DataFrame(
-        {
-            "utt_id": ids,
-            "fold": "evaluate",
-            "speaker": df["speaker"].astype(str),
-            "label": df["label"],
-            "pred": [labels[i] for i in probs.argmax(1)],
-        }
-    )
-    for j, name in enumerate(labels):
-        p[f"prob_{name}"] = probs[:, j].round(6)
-    p.to_csv(run / "predictions.csv", index=False)
+    p = predictions_table(df, ids, "evaluate", labels, probs)
+    write_csv(run / "predictions.csv", p)
     evaluation.write_report(
         run,
         p,
@@ -291,8 +267,6 @@ def demo(out: str | Path = "runs/demo") -> Path:
         synth.generate(corpus, speakers=6, per_class=20, seed=cfg.seed)
     cfg.data.root = str(corpus)
     run = crossval(cfg, out / "run")
-    import json
-
     rep = json.loads((run / "report.json").read_text())
     print(
         f"\nDemo finished: UA {100 * rep['ua']:.1f} %, WA {100 * rep['wa']:.1f} % on the synthetic corpus "

@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -256,6 +257,23 @@ def make_folds(
         _speaker_fold(df, f"fold{i}", g, seed, i, val_speakers, protocol)
         for i, g in enumerate(_balanced_groups(df, k, seed))
     ]
+
+
+def from_config(df: pd.DataFrame, split: Any, seed: int) -> list[Fold]:
+    """The folds a `config.SplitConfig` describes, checked for leaks (the one place configs
+    become folds: experiments, the baseline and `stlser splits` all call this)."""
+    folds = make_folds(
+        df,
+        split.protocol,
+        seed=seed,
+        k=split.k,
+        val_speakers=split.val_speakers,
+        val_fraction=split.val_fraction,
+        test_fraction=split.test_fraction,
+        seeds=split.seeds,
+    )
+    check_folds(folds, df)
+    return folds
 
 
 def check_folds(folds: Sequence[Fold], df: pd.DataFrame) -> None:

@@ -10,7 +10,6 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -30,11 +29,10 @@ from torch import Tensor
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
 from stlser.model import STLSER, count_parameters, load_artefact, save_artefact  # noqa: F401 (re-export)
-from stlser.utils import atomic_path, write_json
+from stlser.utils import write_csv, write_json
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
-warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -396,8 +394,7 @@ def train_fold(
         after = pd.read_csv(history) if history.exists() else before.iloc[:0]
         first = after["epoch"].min() if len(after) else np.inf
         merged = pd.concat([before[before["epoch"] < first], after], ignore_index=True)
-        with atomic_path(history) as tmp:
-            merged.to_csv(tmp, index=False)
+        write_csv(history, merged)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted; run again with --resume to continue")
     best_path = ckpt.best_model_path or str(last)
@@ -423,7 +420,6 @@ def train_fold(
         "n_params": n_params,
         "seconds": round(time.time() - t0, 2),
         "train_utterances": len(data.train[0]),
-        "utt_per_second": None,
         **data.extra,
     }
     result["utt_per_second"] = round(
@@ -432,7 +428,3 @@ def train_fold(
     write_json(out / "fold.json", result)
     result["probs"] = res["probs"]
     return result
-
-
-def default_threads() -> int:
-    return int(os.environ.get("STLSER_THREADS", "0")) or torch.get_num_threads()

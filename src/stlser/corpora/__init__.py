@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from stlser import audio
-from stlser.utils import atomic_path
+from stlser.utils import write_csv
 
 from . import casia, cremad, emodb, folder, iemocap, ravdess, savee, synthetic, table, tess
 from .base import (
@@ -218,11 +218,9 @@ def write_manifest(
     if p.is_dir() or not p.suffix:
         p = p / "manifest.csv"
     p.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(p) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv(p, df)
     skip = pd.DataFrame(list(skipped), columns=["path", "reason"])
-    with atomic_path(p.parent / "skipped.csv") as tmp:
-        skip.to_csv(tmp, index=False)
+    write_csv(p.parent / "skipped.csv", skip)
     return p
 
 
