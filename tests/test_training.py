@@ -178,3 +178,76 @@ def test_every_training_option_runs(synth_corpus, tmp_path):
     run = experiments.crossval(_cfg(synth_corpus, tmp_path, opts), tmp_path / "opts")
     log = pd.read_csv(run / "fold_00" / "logs" / "metrics.csv")
     assert np.isfinite(log["train_loss"].dropna()).all() and len(log["val_ua"].dropna()) == 2
+
+
+def test_ensemble_in_parallel_equals_sequential(synth_corpus, tmp_path):
+    """Two models per fold trained in two processes give exactly what one process gives, and
+    the fold's probabilities are the mean of its members'."""
+    from stlser import evaluation, experiments
+
+    extra = ["train.max_epochs=2", "train.ensemble=2", "split.folds=[0,1]", "train.num_threads=1"]
+    seq = experiments.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "seq")
+    par = experiments.crossval(
+        _cfg(synth_corpus, tmp_path, [*extra, "train.jobs=2"]), tmp_path / "par"
+    )
+    a, b = pd.read_csv(seq / "predictions.csv"), pd.read_csv(par / "predictions.csv")
+    prob_cols = [c for c in a.columns if c.startswith("prob_")]
+    pd.testing.assert_frame_equal(a, b)
+    for run in (seq, par):
+        rep = json.loads((run / "report.json").read_text())
+        evaluation.validate_report(rep)
+        assert rep["ensemble"] == 2
+        for f, fold in enumerate(rep["folds"]):
+            fdir = run / f"fold_{f:02d}"
+            m0, m1 = np.load(fdir / "probs.npy"), np.load(fdir / "member_01" / "probs.npy")
+            assert not np.allclose(m0, m1)  # different seeds and validation speakers
+            assert [m["seed"] for m in fold["members"]] == [0, 1]
+            got = pd.read_csv(fdir / "predictions.csv")[prob_cols].to_numpy()
+            np.testing.assert_allclose(got, (m0 + m1) / 2, atol=2e-6)
+    # resume reuses every finished member: nothing is retrained, the report is unchanged
+    again = experiments.crossval(
+        _cfg(synth_corpus, tmp_path, [*extra, "train.jobs=2"]), tmp_path / "par", resume=True
+    )
+    pd.testing.assert_frame_equal(a, pd.read_csv(again / "predictions.csv"))
+
+
+def test_refit_trains_on_train_and_val_and_resumes_exactly(synth_corpus, tmp_path):
+    """The refit stage retrains on train + val for the best epoch count; a crash inside it
+    resumes without re-entering stage 1 and ends where the uninterrupted run ends."""
+    from stlser import experiments
+    from stlser.training import SimulatedCrash
+
+    extra = ["train.max_epochs=3", "train.refit=true", "train.monitor=val_loss"]
+    full = experiments.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "full")
+    fold = json.loads((full / "fold_00" / "fold.json").read_text())
+    refit_log = pd.read_csv(full / "fold_00" / "refit" / "logs" / "metrics.csv")
+    assert fold["refit"] and sorted(refit_log["epoch"].dropna().unique()) == list(
+        range(fold["best_epoch"])
+    )
+    assert "val_loss" not in refit_log.columns  # no validation in the refit stage
+    splits_ = json.loads((full / "splits.json").read_text())
+    f0 = splits_[0] if isinstance(splits_, list) else splits_["folds"][0]
+    assert fold["train_utterances"] == len(f0["train"]) + len(f0["val"])
+
+    with pytest.raises(SimulatedCrash):
+        experiments.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "cut", fail_at_epoch=1)
+    assert (tmp_path / "cut" / "fold_00" / "stage1.json").exists()
+    resumed = experiments.crossval(
+        _cfg(synth_corpus, tmp_path, extra), tmp_path / "cut", resume=True
+    )
+    a, b = pd.read_csv(full / "predictions.csv"), pd.read_csv(resumed / "predictions.csv")
+    probs = [c for c in a.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(a[probs].to_numpy(), b[probs].to_numpy(), atol=1e-5)
+
+
+def test_freq_warp_moves_energy_and_keeps_padding():
+    import torch
+
+    from stlser.training import freq_warp
+
+    x = torch.zeros(3, 4, 40)
+    x[:, :2, 10] = 1.0  # a peak in band 10 on the first two (valid) frames; frames 2-3 padding
+    y = freq_warp(x, torch.tensor([1.0, 1.2, 0.8]))
+    torch.testing.assert_close(y[0], x[0])  # alpha 1 is the identity
+    assert int(y[1, 0].argmax()) == 12 and int(y[2, 0].argmax()) == 8  # 10·1.2, 10·0.8
+    assert (y[:, 2:] == 0).all()  # padded frames stay zero

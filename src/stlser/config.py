@@ -104,13 +104,19 @@ class TrainConfig:
     patience: int = 8
     monitor: str = "val_acc"  # val_acc | val_ua | val_loss
     class_weights: bool = False
+    refit: bool = False  # after early stopping, retrain on train + val for the best epoch count
     specaugment: bool = False
     mixup: float = 0.0  # alpha; 0 = off
     gain_db: float = 0.0  # ± random gain on log-mel (dB); 0 = off
     time_stretch: float = 0.0  # tempo perturbation: stretch each batch's time axis by 1 ± this
+    freq_warp: float = 0.0  # VTLP-style warp of each utterance's mel axis by 1 ± this
     precision: str = "32-true"  # 32-true | bf16-mixed
     bucket: bool = True  # batch utterances of similar length to cut padding
-    num_threads: int = 0  # 0 = torch default
+    num_threads: int = 0  # 0 = torch default (per process; see jobs)
+    jobs: int = 1  # folds (and ensemble members) trained at once, each in its own process
+    ensemble: int = (
+        1  # models per fold, each with its own seed and validation speakers; probabilities averaged
+    )
     deterministic: bool = True
     accelerator: str = "cpu"
     devices: int = 1

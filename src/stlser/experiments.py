@@ -115,54 +115,189 @@ def predictions_table(
     return p
 
 
+def _member_dir(fdir: Path, k: int) -> Path:
+    """Member 0 of a fold lives in fold_XX/ itself (the layout without an ensemble)."""
+    return fdir if k == 0 else fdir / f"member_{k:02d}"
+
+
+def member_folds(cfg: ExperimentConfig, df: pd.DataFrame, folds: list) -> list[list]:
+    """Folds for each ensemble member: member k draws its validation speakers (and its model
+    seed) from seed + k; the test part of every fold stays the same."""
+    from stlser import splits
+
+    out = [folds]
+    for k in range(1, max(1, cfg.train.ensemble)):
+        fk = splits.from_config(df, cfg.split, cfg.seed + k)
+        same = len(fk) == len(folds) and all(
+            a.test == b.test for a, b in zip(fk, folds, strict=True)
+        )
+        out.append(fk if same else folds)  # e.g. the paper protocol: same split, new model seed
+    return out
+
+
+def _finished_probs(mdir: Path, labels: list[str]) -> np.ndarray | None:
+    """Test probabilities of a finished member, or None. Runs made before ensembles existed
+    kept them only in fold_XX/predictions.csv."""
+    if not (mdir / "fold.json").exists():
+        return None
+    if (mdir / "probs.npy").exists():
+        return np.load(mdir / "probs.npy")
+    if (mdir / "predictions.csv").exists() and not (mdir.name.startswith("member_")):
+        p = pd.read_csv(mdir / "predictions.csv", dtype={"speaker": str})
+        return p[[f"prob_{name}" for name in labels]].to_numpy(np.float32)
+    return None
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_unit_worker(df: pd.DataFrame, feats: dict[str, np.ndarray], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update(df=df, feats=feats)
+
+
+def _train_unit(
+    cfg: ExperimentConfig,
+    fold,
+    labels: list[str],
+    mdir: Path,
+    resume: bool,
+    fail_at_epoch: int | None,
+    df: pd.DataFrame | None = None,
+    feats: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Train one (fold, member) and return its fold info with the test probabilities."""
+    from stlser.training import train_fold
+
+    df = _WORKER["df"] if df is None else df
+    feats = _WORKER["feats"] if feats is None else feats
+    data = fold_data(cfg, df, feats, fold, labels)
+    info = train_fold(cfg, data, mdir, resume=resume, fail_at_epoch=fail_at_epoch)
+    info["val_speakers"] = list(fold.val_speakers)
+    return info
+
+
 def crossval(
     cfg: ExperimentConfig,
     out: str | Path | None,
     resume: bool = False,
     fail_at_epoch: int | None = None,
 ) -> Path:
-    """Train and test every fold of the configured protocol; write the pooled report."""
+    """Train and test every fold of the configured protocol; write the pooled report.
+
+    With `train.ensemble` K > 1 each fold trains K models (own seed, own validation speakers)
+    and its test probabilities are their mean. With `train.jobs` J > 1 the (fold, member)
+    units run in J processes at once; results do not depend on J.
+    """
+    import dataclasses
+
     from stlser import evaluation, features
-    from stlser.training import train_fold
 
     run = resolve_output(cfg, out)
     t0 = time.time()
     write_run_header(cfg, run)
     df, folds, labels = prepare(cfg, run)
-    selected = [f for i, f in enumerate(folds) if cfg.split.folds is None or i in cfg.split.folds]
+    chosen = [i for i in range(len(folds)) if cfg.split.folds is None or i in cfg.split.folds]
+    n_members = max(1, cfg.train.ensemble)
+    by_member = member_folds(cfg, df, folds)
     _log(
         f"{cfg.name}: {len(df)} utterances, {len(labels)} classes, protocol {cfg.split.protocol}, "
-        f"{len(selected)} folds → {run}"
+        f"{len(chosen)} folds" + (f" × {n_members} models" if n_members > 1 else "") + f" → {run}"
     )
     feats = features.load_features(df, cfg.features.resolved(), cfg.cache_dir)
-    preds, fold_infos, n_params, speed = [], [], 0, []
-    for i, fold in enumerate(selected):
-        fdir = run / f"fold_{i:02d}"
-        done = fdir / "fold.json"
-        if resume and done.exists() and (fdir / "predictions.csv").exists():
-            info = json.loads(done.read_text())
-            p = pd.read_csv(fdir / "predictions.csv", dtype={"speaker": str})
-            _log(f"fold {i + 1}/{len(selected)} ({fold.name}) already done, reused")
-        else:
-            _log(
-                f"fold {i + 1}/{len(selected)}: test {','.join(map(str, fold.test_speakers)) or fold.name}"
-            )
-            data = fold_data(cfg, df, feats, fold, labels)
-            info = train_fold(cfg, data, fdir, resume=resume, fail_at_epoch=fail_at_epoch)
-            p = predictions_table(df, list(fold.test), fold.name, labels, info.pop("probs"))
-            write_csv(fdir / "predictions.csv", p)
-        preds.append(p)
-        n_params = info["n_params"]
-        speed.append(info.get("utt_per_second") or 0)
-        fold_infos.append(
-            {
-                "fold": fold.name,
-                "test_speakers": list(fold.test_speakers),
-                "best_epoch": info["best_epoch"],
-                "epochs_run": info.get("epochs_run"),
-                "seconds": info.get("seconds"),
-            }
+
+    # Work units: (position, member). A finished member (fold.json + probs.npy) is reused.
+    results: dict[tuple[int, int], dict[str, Any]] = {}
+    todo: list[tuple[int, int]] = []
+    for pos in range(len(chosen)):
+        fdir = run / f"fold_{pos:02d}"
+        for k in range(n_members):
+            mdir = _member_dir(fdir, k)
+            probs = _finished_probs(mdir, labels) if resume else None
+            if probs is not None:
+                info = json.loads((mdir / "fold.json").read_text())
+                info["probs"] = probs
+                results[(pos, k)] = info
+                _log(f"fold {pos + 1}/{len(chosen)} member {k} already done, reused")
+            else:
+                todo.append((pos, k))
+
+    def unit_args(pos: int, k: int):
+        c = cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
+        mdir = _member_dir(run / f"fold_{pos:02d}", k)
+        return c, by_member[k][chosen[pos]], labels, mdir, resume, fail_at_epoch
+
+    def finish(pos: int, k: int, info: dict[str, Any]) -> None:
+        mdir = _member_dir(run / f"fold_{pos:02d}", k)
+        from stlser.utils import save_npy
+
+        save_npy(mdir / "probs.npy", np.asarray(info["probs"], np.float32))
+        results[(pos, k)] = info
+        fold = folds[chosen[pos]]
+        _log(
+            f"fold {pos + 1}/{len(chosen)} (test {','.join(map(str, fold.test_speakers)) or fold.name})"
+            + (f" member {k}" if n_members > 1 else "")
+            + f": best epoch {info['best_epoch']}, {info['seconds']:.0f} s"
         )
+
+    jobs = max(1, min(cfg.train.jobs, len(todo)))
+    if jobs == 1:
+        for pos, k in todo:
+            finish(pos, k, _train_unit(*unit_args(pos, k), df=df, feats=feats))
+    else:
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = cfg.train.num_threads or max(1, (cores or 1) // jobs)
+        quiet = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
+        _log(f"training {len(todo)} models in {jobs} processes, {threads} torch thread(s) each")
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(
+            jobs, mp_context=ctx, initializer=_init_unit_worker, initargs=(df, feats, threads)
+        ) as pool:
+            pending = {}
+            for pos, k in todo:
+                c, *rest = unit_args(pos, k)
+                c = dataclasses.replace(c, train=quiet.train)
+                pending[pool.submit(_train_unit, c, *rest)] = (pos, k)
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    pos, k = pending.pop(fut)
+                    finish(pos, k, fut.result())
+
+    preds, fold_infos, n_params, speed = [], [], 0, []
+    for pos, i in enumerate(chosen):
+        fold = folds[i]
+        members = [results[(pos, k)] for k in range(n_members)]
+        probs = np.mean([np.asarray(m["probs"]) for m in members], axis=0)
+        p = predictions_table(df, list(fold.test), fold.name, labels, probs)
+        write_csv(run / f"fold_{pos:02d}" / "predictions.csv", p)
+        preds.append(p)
+        n_params = members[0]["n_params"]
+        speed.extend(m.get("utt_per_second") or 0 for m in members)
+        info = {
+            "fold": fold.name,
+            "test_speakers": list(fold.test_speakers),
+            "best_epoch": members[0]["best_epoch"],
+            "epochs_run": members[0].get("epochs_run"),
+            "seconds": round(sum(m.get("seconds") or 0 for m in members), 2),
+        }
+        if n_members > 1:
+            info["members"] = [
+                {
+                    "seed": cfg.seed + k,
+                    "val_speakers": m.get("val_speakers"),
+                    "best_epoch": m["best_epoch"],
+                    "epochs_run": m.get("epochs_run"),
+                }
+                for k, m in enumerate(members)
+            ]
+        fold_infos.append(info)
     allp = pd.concat(preds, ignore_index=True)
     extra = {
         "system": SYSTEM,
@@ -171,8 +306,10 @@ def crossval(
         "protocol": cfg.split.protocol,
         "speaker_independent": cfg.split.protocol != "paper",
         "n_params": n_params,
+        "ensemble": n_members,
+        "jobs": jobs,
         "seconds": round(time.time() - t0, 1),
-        "train_utt_per_second": round(float(np.mean(speed)), 1),
+        "train_utt_per_second": round(float(np.mean(speed)), 1) if speed else 0.0,
         "stl_layers": cfg.model.stl_layers,
         "aggregation": cfg.model.aggregation,
         "stl_over": cfg.model.stl_over,

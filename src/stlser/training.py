@@ -9,6 +9,7 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -152,6 +153,19 @@ def spec_augment(
     return x
 
 
+def freq_warp(x: Tensor, alpha: Tensor) -> Tensor:
+    """Vocal-tract-length-style warp of the frequency axis of x[B,T,F] (Jaitly & Hinton 2013):
+    band f of utterance i takes the value at f / alpha[i] (linear interpolation, top band
+    repeated). alpha > 1 moves energy up, as a shorter vocal tract would; padding stays 0."""
+    b, t, f = x.shape
+    pos = (torch.arange(f, dtype=x.dtype)[None, :] / alpha[:, None]).clamp(0, f - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=f - 1)
+    w = (pos - lo.to(x.dtype))[:, None, :]
+    lo, hi = lo[:, None, :].expand(b, t, f), hi[:, None, :].expand(b, t, f)
+    return x.gather(2, lo) * (1 - w) + x.gather(2, hi) * w
+
+
 # ------------------------------------------------------------------------------- module
 class SERModule(L.LightningModule):
     """The network plus its loss, optimiser and validation metrics."""
@@ -214,6 +228,12 @@ class SERModule(L.LightningModule):
             )
             feats = feats.transpose(1, 2)
             lengths = (lengths.float() * t_new / t_old).round().long().clamp(1, t_new)
+        if self.tc.get("freq_warp"):
+            a = (
+                1.0
+                + (torch.rand(feats.shape[0], generator=self._gen) * 2 - 1) * self.tc["freq_warp"]
+            )
+            feats = freq_warp(feats, a)
         if self.tc["specaugment"]:
             feats = spec_augment(feats, lengths, self._gen)
         if self.tc["mixup"] > 0:
@@ -317,59 +337,34 @@ class FoldData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def train_fold(
+def _class_weights(y: list[int], n: int) -> list[float]:
+    counts = np.bincount(np.asarray(y), minlength=n).astype(float)
+    return (len(y) / (n * np.maximum(counts, 1))).tolist()
+
+
+def _fit(
     cfg: ExperimentConfig,
-    data: FoldData,
-    out_dir: str | Path,
-    resume: bool = False,
-    fail_at_epoch: int | None = None,
-) -> dict[str, Any]:
-    """Train on data.train with early stopping on data.val, reload the best checkpoint, score
-    data.test. Writes checkpoints, CSV/TensorBoard logs, `model.pt`, `fold.json` in out_dir."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    module: SERModule,
+    train_dl,
+    val_dl,
+    out: Path,
+    max_epochs: int,
+    resume: bool,
+    extra_callbacks: list[Callback],
+) -> tuple[L.Trainer, Path]:
+    """One Lightning fit with per-epoch `last.ckpt` (for --resume) and CSV/TensorBoard logs in
+    `out`; without `val_dl` there is no validation loop (the refit stage)."""
     tc = cfg.train
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    t0 = time.time()
-    labels = data.labels
-    ytr = np.asarray(data.train[1])
-    weights = None
-    if tc.class_weights:
-        counts = np.bincount(ytr, minlength=len(labels)).astype(float)
-        weights = (len(ytr) / (len(labels) * np.maximum(counts, 1))).tolist()
-    module = SERModule(
-        asdict(cfg.model), data.n_features, labels, asdict(tc), weights, data.gain_scale, cfg.seed
-    )
-    n_params = count_parameters(module.model)
-    train_dl = loader(*data.train, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
-    val_dl = loader(*data.val, tc.batch_size, cfg.seed, shuffle=False, bucket=False)
-    mode = "min" if tc.monitor == "val_loss" else "max"
-    ckpt = ModelCheckpoint(
-        dirpath=out / "checkpoints",
-        filename="best",
-        monitor=tc.monitor,
-        mode=mode,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
     # Lightning's save_last only writes when the best improves; resuming needs every epoch.
     latest = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
     )
-    callbacks: list[Callback] = [
-        ckpt,
-        latest,
-        EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.patience),
-    ]
+    callbacks: list[Callback] = [*extra_callbacks, latest]
     if tc.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_dl) // 4)))
-    if fail_at_epoch:
-        callbacks.append(_FailAt(fail_at_epoch))
     trainer = L.Trainer(
-        max_epochs=tc.max_epochs,
-        min_epochs=tc.min_epochs,
+        max_epochs=max_epochs,
+        min_epochs=min(tc.min_epochs, max_epochs),
         accelerator=tc.accelerator,
         devices=tc.devices,
         precision=tc.precision,
@@ -383,6 +378,7 @@ def train_fold(
         enable_model_summary=False,
         log_every_n_steps=tc.log_every_n_steps,
         num_sanity_val_steps=0,
+        limit_val_batches=None if val_dl is not None else 0,
     )
     train_dl.batch_sampler.epoch_source = lambda: trainer.fit_loop.epoch_progress.current.processed
     last = out / "checkpoints" / "last.ckpt"
@@ -397,11 +393,94 @@ def train_fold(
         write_csv(history, merged)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted; run again with --resume to continue")
-    best_path = ckpt.best_model_path or str(last)
-    state = torch.load(best_path, map_location="cpu", weights_only=False)
+    return trainer, last
+
+
+def train_fold(
+    cfg: ExperimentConfig,
+    data: FoldData,
+    out_dir: str | Path,
+    resume: bool = False,
+    fail_at_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train on data.train with early stopping on data.val, reload the best checkpoint, score
+    data.test. Writes checkpoints, CSV/TensorBoard logs, `model.pt`, `fold.json` in out_dir.
+
+    With `train.refit`, a second model (same seed) is then trained from scratch on train + val
+    for as many epochs as the first one's best epoch, in `out_dir/refit/`, and that model is the
+    one tested and saved — as the baseline refits its SVM on train + val."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tc = cfg.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    t0 = time.time()
+    labels = data.labels
+    n_lab = len(labels)
+
+    def module_for(y: list[int]) -> SERModule:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        weights = _class_weights(y, n_lab) if tc.class_weights else None
+        return SERModule(
+            asdict(cfg.model),
+            data.n_features,
+            labels,
+            asdict(tc),
+            weights,
+            data.gain_scale,
+            cfg.seed,
+        )
+
+    # Stage 1: early stopping on the validation speakers. A finished stage 1 is recorded in
+    # stage1.json, so --resume never re-enters it once the refit stage has begun.
+    stage1 = out / "stage1.json"
+    module = module_for(data.train[1])
+    n_params = count_parameters(module.model)
+    if resume and stage1.exists():
+        s1 = json.loads(stage1.read_text())
+    else:
+        train_dl = loader(*data.train, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
+        val_dl = loader(*data.val, tc.batch_size, cfg.seed, shuffle=False, bucket=False)
+        mode = "min" if tc.monitor == "val_loss" else "max"
+        ckpt = ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            filename="best",
+            monitor=tc.monitor,
+            mode=mode,
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+        cbs: list[Callback] = [
+            ckpt,
+            EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.patience),
+        ]
+        if fail_at_epoch and not tc.refit:
+            cbs.append(_FailAt(fail_at_epoch))
+        trainer, last = _fit(cfg, module, train_dl, val_dl, out, tc.max_epochs, resume, cbs)
+        best_path = ckpt.best_model_path or str(last)
+        state = torch.load(best_path, map_location="cpu", weights_only=False)
+        s1 = {
+            "best_path": str(best_path),
+            "best_epoch": int(state.get("epoch", -1)) + 1,  # 1-based epoch whose weights were kept
+            "best_score": float(ckpt.best_model_score)
+            if ckpt.best_model_score is not None
+            else float("nan"),
+            "epochs_run": int(trainer.current_epoch),
+        }
+        write_json(stage1, s1)
+    best_epoch, best_score = s1["best_epoch"], s1["best_score"]
+    epochs_run = s1["epochs_run"]
+    if tc.refit:
+        both = (data.train[0] + data.val[0], data.train[1] + data.val[1])
+        module = module_for(both[1])
+        dl = loader(*both, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
+        cbs = [_FailAt(fail_at_epoch)] if fail_at_epoch else []
+        _, last = _fit(cfg, module, dl, None, out / "refit", max(1, best_epoch), resume, cbs)
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        epochs_run += max(1, best_epoch)
+    else:
+        state = torch.load(s1["best_path"], map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
-    best_epoch = int(state.get("epoch", -1)) + 1  # 1-based epoch whose weights were kept
-    best_score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
     model = module.model.eval()
     res = predict(model, data.test[0], embeddings=True)
     np.savez(
@@ -412,19 +491,23 @@ def train_fold(
         zL=res["zL"],
     )
     meta = {"seed": cfg.seed, "best_epoch": best_epoch, tc.monitor: best_score, **data.extra}
+    if tc.refit:
+        meta["refit_on"] = "train+val"
     save_artefact(out / "model.pt", model, cfg, data.n_features, labels, data.normalizer, meta)
+    seen = len(data.train[0]) * s1["epochs_run"]
+    if tc.refit:
+        seen += (len(data.train[0]) + len(data.val[0])) * max(1, best_epoch)
     result = {
         "best_epoch": best_epoch,
-        "epochs_run": int(trainer.current_epoch),
+        "epochs_run": epochs_run,
         "best_" + tc.monitor: best_score,
+        "refit": bool(tc.refit),
         "n_params": n_params,
         "seconds": round(time.time() - t0, 2),
-        "train_utterances": len(data.train[0]),
+        "train_utterances": len(data.train[0]) + (len(data.val[0]) if tc.refit else 0),
         **data.extra,
     }
-    result["utt_per_second"] = round(
-        len(data.train[0]) * result["epochs_run"] / max(result["seconds"], 1e-9), 1
-    )
+    result["utt_per_second"] = round(seen / max(result["seconds"], 1e-9), 1)
     write_json(out / "fold.json", result)
     result["probs"] = res["probs"]
     return result
