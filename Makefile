@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench corpus-checks clean
+.PHONY: demo test lint bench bench-accuracy corpus-checks clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# The accuracy goals (network vs eGeMAPS + SVM, LOSO on EmoDB and CASIA): about an hour.
+bench-accuracy: $(STAMP)
+	$(BIN)/python benchmarks/bench_accuracy.py --out docs/results/accuracy.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -185,3 +185,50 @@ def test_run_all_writes_report(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == text.strip()
     with pytest.raises(SystemExit, match="unknown benchmark"):
         run_all.main(["--only", "nope"])
+
+
+def test_bench_accuracy_runs_network_and_baseline_side_by_side(tmp_path):
+    """The accuracy benchmark on a miniature EmoDB tree (4 speakers, every emotion twice):
+    one table row per system, the gap to the baseline and the goal verdict filled in."""
+    import numpy as np
+    import soundfile as sf
+
+    import bench_accuracy
+
+    rng = np.random.default_rng(0)
+    wav = tmp_path / "corpora" / "emodb" / "wav"
+    wav.mkdir(parents=True)
+    for spk in ("03", "08", "09", "10"):
+        for code in "WLEAFTN":
+            for text in ("a01", "b02"):
+                x = benchlib.speechlike(float(rng.uniform(0.6, 1.0)), rng)
+                sf.write(str(wav / f"{spk}{text}{code}a.wav"), x, benchlib.SR, subtype="PCM_16")
+    md = bench_accuracy.main(
+        [
+            "--root",
+            str(tmp_path / "corpora"),
+            "--corpora",
+            "emodb",
+            "--systems",
+            "stl0,baseline",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--set",
+            "train.max_epochs=1",
+            "--set",
+            "train.progress=false",
+            "--set",
+            "split.val_speakers=1",
+            "--set",
+            f"cache_dir={tmp_path / 'cache'}",
+            "--out",
+            str(tmp_path / "acc.md"),
+        ]
+    )
+    found = tables(md)
+    key = next(k for k in found if "UA − baseline" in k)
+    rows = found[key]
+    assert [r[1] for r in rows] == ["network, no STL", "eGeMAPS + linear SVM"]
+    assert re.fullmatch(r"[+-]\d+\.\d", rows[0][key.index("UA − baseline")])
+    assert rows[0][key.index("goal (≥ +5)")] in ("met", "**missed**")
+    assert (tmp_path / "acc.md").read_text().strip() == md.strip()
