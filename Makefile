@@ -31,7 +31,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# The accuracy goals (network vs eGeMAPS + SVM, LOSO on EmoDB and CASIA): about an hour.
+# The accuracy goals (network vs eGeMAPS + SVM, LOSO on EmoDB and CASIA): about 45 min.
 bench-accuracy: $(STAMP)
 	$(BIN)/python benchmarks/bench_accuracy.py --out docs/results/accuracy.md
 

@@ -1,6 +1,6 @@
 """Accuracy goals of the network against the eGeMAPS + SVM baseline, speaker-independent.
 
-    python benchmarks/bench_accuracy.py                         # EmoDB and CASIA, ~1 h on 2 cores
+    python benchmarks/bench_accuracy.py                         # EmoDB and CASIA, ~45 min on 2 cores
     python benchmarks/bench_accuracy.py --corpora emodb --systems stl5,baseline
     python benchmarks/bench_accuracy.py --set train.ensemble=1  # any config override
 

@@ -12,6 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import bench_accuracy  # noqa: E402
 import bench_features  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_scaling  # noqa: E402
@@ -192,8 +193,6 @@ def test_bench_accuracy_runs_network_and_baseline_side_by_side(tmp_path):
     one table row per system, the gap to the baseline and the goal verdict filled in."""
     import numpy as np
     import soundfile as sf
-
-    import bench_accuracy
 
     rng = np.random.default_rng(0)
     wav = tmp_path / "corpora" / "emodb" / "wav"
