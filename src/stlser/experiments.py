@@ -19,7 +19,7 @@ import pandas as pd
 
 from stlser import config as config_mod
 from stlser.config import ExperimentConfig
-from stlser.utils import environment, write_csv, write_json, write_text
+from stlser.utils import environment, save_npy, write_csv, write_json, write_text
 
 SYSTEM = "cnn-bilstm-stl"
 
@@ -231,8 +231,6 @@ def crossval(
 
     def finish(pos: int, k: int, info: dict[str, Any]) -> None:
         mdir = _member_dir(run / f"fold_{pos:02d}", k)
-        from stlser.utils import save_npy
-
         save_npy(mdir / "probs.npy", np.asarray(info["probs"], np.float32))
         results[(pos, k)] = info
         fold = folds[chosen[pos]]
