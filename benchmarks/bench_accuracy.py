@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,7 +40,6 @@ def run_system(corpus: str, system: str, root: Path, runs: Path, overrides: list
         sets.append("train.ensemble=3")
     cfg = config.load(f"{corpus}_loso.yaml", sets)
     out = runs / corpus / system
-    t0 = time.time()
     if (out / "report.json").exists():
         pass  # finished earlier: re-read, keeping the minutes of the call that trained it
     elif system == "baseline":
@@ -49,8 +47,6 @@ def run_system(corpus: str, system: str, root: Path, runs: Path, overrides: list
     else:
         experiments.crossval(cfg, out, resume=True)
     rep = json.loads((out / "report.json").read_text())
-    rep["_call_minutes"] = (time.time() - t0) / 60
-    rep["_dir"] = str(out)
     return rep
 
 

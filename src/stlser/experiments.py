@@ -19,7 +19,14 @@ import pandas as pd
 
 from stlser import config as config_mod
 from stlser.config import ExperimentConfig
-from stlser.utils import environment, save_npy, write_csv, write_json, write_text
+from stlser.utils import (
+    environment,
+    save_npy,
+    usable_cores,
+    write_csv,
+    write_json,
+    write_text,
+)
 
 SYSTEM = "cnn-bilstm-stl"
 
@@ -246,12 +253,10 @@ def crossval(
             finish(pos, k, _train_unit(*unit_args(pos, k), df=df, feats=feats))
     else:
         import multiprocessing as mp
-        import os
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        threads = cfg.train.num_threads or max(1, (cores or 1) // jobs)
-        quiet = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
+        threads = cfg.train.num_threads or max(1, usable_cores() // jobs)
+        quiet = dataclasses.replace(cfg.train, progress=False)
         _log(f"training {len(todo)} models in {jobs} processes, {threads} torch thread(s) each")
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(
@@ -260,7 +265,7 @@ def crossval(
             pending = {}
             for pos, k in todo:
                 c, *rest = unit_args(pos, k)
-                c = dataclasses.replace(c, train=quiet.train)
+                c = dataclasses.replace(c, train=quiet)
                 pending[pool.submit(_train_unit, c, *rest)] = (pos, k)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from stlser import audio
 from stlser.config import FeatureConfig
-from stlser.utils import save_npy, write_json
+from stlser.utils import save_npy, usable_cores, write_json
 
 #: Bump when the numbers a given config produces change; old cache entries then miss.
 FEATURE_VERSION = 1
@@ -392,12 +392,7 @@ def _single_thread() -> Iterator[None]:
 
 
 def _n_workers(workers: int) -> int:
-    if workers > 0:
-        return workers
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    return workers if workers > 0 else usable_cores()
 
 
 def _chunks(items: Sequence[Any], n: int) -> Iterable[list[Any]]:

@@ -69,6 +69,14 @@ def save_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:
     return Path(path)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask on Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (torch only if already imported or importable)."""
     random.seed(seed)
