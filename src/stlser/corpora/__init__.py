@@ -20,7 +20,7 @@ import pandas as pd
 from stlser import audio
 from stlser.utils import write_csv
 
-from . import casia, cremad, emodb, folder, iemocap, ravdess, savee, synthetic, table, tess
+from . import casia, cremad, emodb, folder, iemocap, nemo, ravdess, savee, synthetic, table, tess
 from .base import (
     CANONICAL,
     FOUR_CLASS,
@@ -69,6 +69,7 @@ READERS: dict[str, Reader] = {
         _reader(tess),
         _reader(savee),
         _reader(casia),
+        _reader(nemo),
         _reader(folder),
         _reader(table),
         _reader(synthetic),
