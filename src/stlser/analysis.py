@@ -30,6 +30,7 @@ import yaml
 
 from stlser import config as config_mod
 from stlser.config import ExperimentConfig
+from stlser.results import RunReport
 from stlser.utils import atomic_path, environment, write_csv, write_json, write_text
 
 #: What the paper reports (Wang et al., ICASSP 2021), on IEMOCAP 4-class, random 7/1/2 split.
@@ -68,11 +69,11 @@ def _log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- run reading
-def _report(run: Path) -> dict[str, Any]:
+def _report(run: Path) -> RunReport:
     path = run / "report.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run} a finished run directory?")
-    return json.loads(path.read_text())
+    return RunReport.load(path)
 
 
 def _fold_dirs(run: Path, needs: str) -> list[Path]:
@@ -82,9 +83,9 @@ def _fold_dirs(run: Path, needs: str) -> list[Path]:
     return dirs
 
 
-def _stl_layers(run: Path, rep: dict[str, Any]) -> int | None:
-    if rep.get("stl_layers") is not None:
-        return int(rep["stl_layers"])
+def _stl_layers(run: Path, rep: RunReport) -> int | None:
+    if rep.extra.get("stl_layers") is not None:
+        return int(rep.extra["stl_layers"])
     cfg = run / "config.yaml"
     if cfg.exists():
         return int((yaml.safe_load(cfg.read_text()) or {}).get("model", {}).get("stl_layers", 0))
@@ -186,7 +187,7 @@ def embeddings(
     """
     run = Path(run)
     rep = _report(run)
-    labels = [str(x) for x in rep.get("labels", [])]
+    labels = [str(x) for x in rep.labels]
     out = Path(out) if out else run / "embeddings.png"
     n_layers = _stl_layers(run, rep)
 
@@ -252,7 +253,7 @@ def _plot_embeddings(
     y: np.ndarray,
     labels: list[str],
     res: dict[str, Any],
-    rep: dict[str, Any],
+    rep: RunReport,
     out: Path,
 ) -> None:
     from matplotlib import colormaps
@@ -285,7 +286,7 @@ def _plot_embeddings(
         ax.set_yticks([])
     axes[1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2)
     fig.suptitle(
-        f"t-SNE of test-utterance embeddings — {rep.get('corpus', '')} {rep.get('protocol', '')}, "
+        f"t-SNE of test-utterance embeddings — {rep.extra.get('corpus', '')} {rep.extra.get('protocol', '')}, "
         f"{res['n']} utterances from {res['n_folds']} fold(s), perplexity {res['perplexity']:.0f}\n"
         "silhouette and k-NN measured in the original embedding space (per fold, size-weighted mean)",
         fontsize=10,
@@ -360,8 +361,8 @@ def curves(run: str | Path, out: str | Path | None = None) -> Path:
     axes[1].set_title("accuracy")
     bests = [str(b) for b in best.values() if b is not None]
     fig.suptitle(
-        f"learning curves — {rep.get('corpus', '')} {rep.get('protocol', '')}, "
-        f"{rep.get('stl_layers', '?')} STL layers, {len(tables)} fold(s) (thin) and their mean "
+        f"learning curves — {rep.extra.get('corpus', '')} {rep.extra.get('protocol', '')}, "
+        f"{rep.extra.get('stl_layers', '?')} STL layers, {len(tables)} fold(s) (thin) and their mean "
         f"(bold); best epochs: {', '.join(bests) or '–'}",
         fontsize=10,
     )
@@ -420,9 +421,9 @@ def with_value(cfg: ExperimentConfig, key: str, value: Any) -> ExperimentConfig:
     return config_mod.from_dict(d)
 
 
-def fold_stats(rep: dict[str, Any], key: str) -> tuple[float, float]:
+def fold_stats(rep: RunReport, key: str) -> tuple[float, float]:
     """Mean and sample std (ddof=1; 0 for one fold) of a per-fold metric of a report."""
-    a = np.asarray([f[key] for f in rep["folds"]], dtype=float)
+    a = np.asarray([getattr(f, key) for f in rep.folds], dtype=float)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
@@ -470,12 +471,12 @@ def sweep(
                 "ua_std": ua_s,
                 "wa_mean": wa_m,
                 "wa_std": wa_s,
-                "ua_pooled": rep["ua"],
-                "wa_pooled": rep["wa"],
+                "ua_pooled": rep.ua,
+                "wa_pooled": rep.wa,
                 "macro_f1_mean": f1_m,
-                "n_params": rep.get("n_params"),
-                "n_folds": len(rep["folds"]),
-                "seconds": rep.get("seconds"),
+                "n_params": rep.n_params,
+                "n_folds": len(rep.folds),
+                "seconds": rep.seconds,
                 "run": run.name,
             }
         )
@@ -570,22 +571,22 @@ def _cell_summary(run: Path, out: Path) -> dict[str, Any]:
     wa_m, wa_s = fold_stats(rep, "wa")
     ua_m, ua_s = fold_stats(rep, "ua")
     f1_m, f1_s = fold_stats(rep, "macro_f1")
-    conf = np.asarray(rep["confusion"])
+    conf = np.asarray(rep.confusion)
     support = conf.sum(1)
     return {
         "run": str(run.relative_to(out)),
-        "protocol": rep.get("protocol"),
-        "speaker_independent": rep.get("speaker_independent"),
-        "stl_layers": rep.get("stl_layers"),
-        "n_params": rep.get("n_params"),
-        "n": rep.get("n"),
-        "labels": rep["labels"],
-        "n_folds": len(rep["folds"]),
-        "wa": rep["wa"],
-        "ua": rep["ua"],
-        "macro_f1": rep["macro_f1"],
-        "wa_ci95": rep.get("wa_ci95"),
-        "ua_ci95": rep.get("ua_ci95"),
+        "protocol": rep.extra.get("protocol"),
+        "speaker_independent": rep.speaker_independent,
+        "stl_layers": rep.extra.get("stl_layers"),
+        "n_params": rep.n_params,
+        "n": rep.n,
+        "labels": rep.labels,
+        "n_folds": len(rep.folds),
+        "wa": rep.wa,
+        "ua": rep.ua,
+        "macro_f1": rep.macro_f1,
+        "wa_ci95": rep.wa_ci95,
+        "ua_ci95": rep.ua_ci95,
         "wa_mean": wa_m,
         "wa_std": wa_s,
         "ua_mean": ua_m,
@@ -594,7 +595,7 @@ def _cell_summary(run: Path, out: Path) -> dict[str, Any]:
         "macro_f1_std": f1_s,
         "majority_wa": float(support.max() / support.sum()),
         "chance_ua": 1.0 / int((support > 0).sum()),
-        "seconds": rep.get("seconds"),
+        "seconds": rep.seconds,
         "folds": [
             {
                 k: f.get(k)
@@ -610,7 +611,7 @@ def _cell_summary(run: Path, out: Path) -> dict[str, Any]:
                     "seconds",
                 )
             }
-            for f in rep["folds"]
+            for f in rep.folds
         ],
     }
 

@@ -29,7 +29,14 @@ from torch import Tensor
 
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
-from stlser.model import STLSER, count_parameters, load_artefact, save_artefact  # noqa: F401 (re-export)
+from stlser.model import (  # noqa: F401 (collate, predict, load_artefact: re-exported)
+    STLSER,
+    collate,
+    count_parameters,
+    load_artefact,
+    predict,
+    save_artefact,
+)
 from stlser.utils import write_csv, write_json
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -37,16 +44,6 @@ warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
 
 # ----------------------------------------------------------------------------------- data
-def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-pad [T,F] arrays into [B,Tmax,F] with lengths and labels."""
-    lengths = torch.tensor([x.shape[0] for x, _ in items], dtype=torch.long)
-    feats = torch.zeros(len(items), int(lengths.max()), items[0][0].shape[1])
-    for i, (x, _) in enumerate(items):
-        feats[i, : x.shape[0]] = torch.from_numpy(x)
-    labels = torch.tensor([y for _, y in items], dtype=torch.long)
-    return feats, lengths, labels
-
-
 def make_batches(
     lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool
 ) -> list[list[int]]:
@@ -283,42 +280,9 @@ class SERModule(L.LightningModule):
         )
 
 
-class SimulatedCrash(RuntimeError):
-    """Raised by the test hook that kills a run mid-way."""
-
-
-class _FailAt(Callback):
-    """Test hook: raise after epoch `n` (simulates a killed run)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch + 1 >= self.n:
-            raise SimulatedCrash(f"simulated crash after epoch {self.n}")
-
-
-# ----------------------------------------------------------------------------- predict
-@torch.no_grad()
-def predict(
-    model: STLSER, feats: list[np.ndarray], batch_size: int = 32, embeddings: bool = False
-) -> dict[str, np.ndarray]:
-    """Probabilities (and optionally z0/zL) for a list of [T,F] arrays, in input order."""
-    model.eval()
-    order = np.argsort([len(x) for x in feats], kind="stable")
-    probs = np.zeros((len(feats), model.classifier.out_features), np.float32)
-    d = model.classifier.in_features
-    z0, zl = np.zeros((len(feats), d), np.float32), np.zeros((len(feats), d), np.float32)
-    for i in range(0, len(order), batch_size):
-        ids = order[i : i + batch_size]
-        x, lengths, _ = collate([(feats[j], 0) for j in ids])
-        e = model.embed(x, lengths)
-        probs[ids] = torch.softmax(model.classifier(e["zL"]), -1).numpy()
-        z0[ids], zl[ids] = e["z0"].numpy(), e["zL"].numpy()
-    out = {"probs": probs}
-    if embeddings:
-        out.update(z0=z0, zL=zl)
-    return out
+#: ``callbacks(stage) -> [Callback, ...]``: extra Lightning callbacks for a training stage,
+#: ``"early_stopping"`` (stage 1) or ``"refit"`` (train + val). Must pickle for `train.jobs` > 1.
+StageCallbacks = Callable[[str], list[Callback]]
 
 
 # --------------------------------------------------------------------------------- fold
@@ -401,7 +365,7 @@ def train_fold(
     data: FoldData,
     out_dir: str | Path,
     resume: bool = False,
-    fail_at_epoch: int | None = None,
+    callbacks: StageCallbacks | None = None,
 ) -> dict[str, Any]:
     """Train on data.train with early stopping on data.val, reload the best checkpoint, score
     data.test. Writes checkpoints, CSV/TensorBoard logs, `model.pt`, `fold.json` in out_dir.
@@ -454,8 +418,8 @@ def train_fold(
             ckpt,
             EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.patience),
         ]
-        if fail_at_epoch and not tc.refit:
-            cbs.append(_FailAt(fail_at_epoch))
+        if callbacks is not None:
+            cbs += callbacks("early_stopping")
         trainer, last = _fit(cfg, module, train_dl, val_dl, out, tc.max_epochs, resume, cbs)
         best_path = ckpt.best_model_path or str(last)
         state = torch.load(best_path, map_location="cpu", weights_only=False)
@@ -474,7 +438,7 @@ def train_fold(
         both = (data.train[0] + data.val[0], data.train[1] + data.val[1])
         module = module_for(both[1])
         dl = loader(*both, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
-        cbs = [_FailAt(fail_at_epoch)] if fail_at_epoch else []
+        cbs = list(callbacks("refit")) if callbacks is not None else []
         _, last = _fit(cfg, module, dl, None, out / "refit", max(1, best_epoch), resume, cbs)
         state = torch.load(last, map_location="cpu", weights_only=False)
         epochs_run += max(1, best_epoch)

@@ -149,9 +149,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- deployment commands
 def cmd_predict(a: argparse.Namespace) -> int:
-    from stlser import inference
+    from stlser.cli.predict import predict_cli
 
-    return inference.predict_cli(a.model, a.inputs, output=a.output, segments=a.segments)
+    return predict_cli(a.model, a.inputs, output=a.output, segments=a.segments)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
