@@ -35,7 +35,10 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
                 mod = ".".join(pkg + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            # `from pkg import sub` imports pkg.sub; `from mod import name` imports mod
+            targets = [
+                f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names
+            ]
         for t in targets:
             while t and t not in modules:
                 t = t.rpartition(".")[0]

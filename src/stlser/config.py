@@ -6,6 +6,7 @@ Unknown keys are an error (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -163,21 +164,31 @@ def from_dict(d: dict[str, Any]) -> ExperimentConfig:
     return _build(ExperimentConfig, d, "")
 
 
+def parse_value(v: Any) -> Any:
+    """A value as written on the command line: a YAML scalar or list; '1e-3' (a string to
+    YAML 1.1) becomes a float."""
+    if not isinstance(v, str):
+        return v
+    x = yaml.safe_load(v)
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return x
+    return x
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`a.b=c` → (["a", "b"], yaml-parsed c)."""
+    """`a.b=c` → (["a", "b"], parsed c)."""
     if "=" not in item:
         raise ValueError(f"--set expects key=value, got {item!r}")
     key, value = item.split("=", 1)
-    parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string; users mean a number
-        try:
-            parsed = float(parsed)
-        except ValueError:
-            pass
-    return key.strip().split("."), parsed
+    return key.strip().split("."), parse_value(value)
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """A copy of the config dict `d` with every `a.b=c` override applied."""
+    d = copy.deepcopy(d)
     for item in overrides or []:
         path, value = parse_override(item)
         node = d
@@ -185,6 +196,21 @@ def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str,
             node = node.setdefault(k, {})
         node[path[-1]] = value
     return d
+
+
+def with_value(cfg: ExperimentConfig, key: str, value: Any) -> ExperimentConfig:
+    """A checked copy of `cfg` with the dotted `key` set to `value` (unknown keys are an error)."""
+    d = cfg.to_dict()
+    node = d
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            raise KeyError(f"unknown config key {key!r}")
+        node = node[p]
+    if parts[-1] not in node:
+        raise KeyError(f"unknown config key {key!r}; known: {', '.join(sorted(node))}")
+    node[parts[-1]] = value
+    return from_dict(d)
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -22,13 +22,12 @@ from torch import Tensor, nn
 from stlser import __version__
 from stlser.audio import SAMPLE_RATE
 from stlser.config import FeatureConfig
+from stlser.features.frontend import LogMel
+from stlser.features.normalise import Normalize
 from stlser.model import STLSER, count_parameters, load_artefact
 from stlser.recognizer import BaseRecognizer, Prediction, Segment
 
 __all__ = ["Pipeline", "Recognizer", "Prediction", "Segment", "resolve_model_path"]
-
-#: Same floor as `stlser.features.STD_FLOOR` (utterance mode divides by a per-clip std).
-STD_FLOOR = 1e-5
 
 
 class Pipeline(nn.Module):
@@ -50,7 +49,6 @@ class Pipeline(nn.Module):
         meta: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        from stlser.features import LogMel  # librosa (filter bank): only when building one
 
         fc = feature_config.resolved()
         if fc.kind not in ("logmel", "mfcc"):
@@ -67,21 +65,8 @@ class Pipeline(nn.Module):
         self.feature_config = fc
         self.labels = [str(x) for x in labels]
         self.meta = dict(meta or {})
-        self.norm_mode = str(normalizer.get("mode", "global"))
-        if self.norm_mode not in ("none", "global", "speaker", "utterance"):
-            raise ValueError(f"unknown normalizer mode {self.norm_mode!r}")
-        n = self.front_end.n_features
-        mean, std = normalizer.get("mean"), normalizer.get("std")
-        if self.norm_mode in ("global", "speaker") and (mean is None or std is None):
-            raise ValueError(
-                f"normalizer mode {self.norm_mode!r} needs mean and std in the artefact"
-            )
-        mean = np.zeros(n, np.float32) if mean is None else np.asarray(mean, np.float32).reshape(-1)
-        std = np.ones(n, np.float32) if std is None else np.asarray(std, np.float32).reshape(-1)
-        if mean.shape != (n,) or std.shape != (n,):
-            raise ValueError(f"normalizer has {mean.shape[0]} dims, front end gives {n}")
-        self.register_buffer("mean", torch.from_numpy(mean.copy()))
-        self.register_buffer("std", torch.from_numpy(np.maximum(std, STD_FLOOR)))
+        self.normalizer = Normalize(normalizer, self.front_end.n_features)
+        self.norm_mode = self.normalizer.mode
         self.eval()
 
     @classmethod
@@ -101,20 +86,7 @@ class Pipeline(nn.Module):
         return count_parameters(self.model)
 
     def normalize(self, feats: Tensor, frames: Tensor) -> Tensor:
-        valid = (
-            torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
-        ).unsqueeze(-1)
-        if self.norm_mode == "none":
-            return feats
-        if self.norm_mode == "utterance":
-            m = valid.to(feats.dtype)
-            n = m.sum(1, keepdim=True).clamp_min(1.0)
-            mean = (feats * m).sum(1, keepdim=True) / n
-            var = ((feats - mean) ** 2 * m).sum(1, keepdim=True) / n
-            x = (feats - mean) / var.sqrt().clamp_min(STD_FLOOR)
-        else:
-            x = (feats - self.mean) / self.std
-        return torch.where(valid, x, torch.zeros_like(x))
+        return self.normalizer(feats, frames)
 
     def forward(self, wave: Tensor, lengths: Tensor) -> Tensor:
         feats, frames = self.front_end(wave, lengths)
