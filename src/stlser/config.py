@@ -10,7 +10,7 @@ import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -19,13 +19,13 @@ import yaml
 class DataConfig:
     corpus: str = "synth"  # registry name (stlser.corpora.READERS) or "manifest"
     root: str = ""  # corpus folder in its release layout
-    labels: str = "native"  # native | 4class
+    labels: Literal["native", "4class"] = "native"
     manifest: str = ""  # an existing manifest CSV (skips the corpus scan)
 
 
 @dataclass
 class SplitConfig:
-    protocol: str = "loso"  # loso | loso-session | group-kfold | paper
+    protocol: Literal["loso", "loso-session", "group-kfold", "paper"] = "loso"
     k: int = 5  # folds for group-kfold
     val_speakers: int = 1  # whole training speakers held out for validation (speaker-independent)
     val_fraction: float = 0.1  # paper protocol: validation share (7/1/2 → 0.1)
@@ -36,8 +36,10 @@ class SplitConfig:
 
 @dataclass
 class FeatureConfig:
-    kind: str = "logmel"  # logmel | mfcc | egemaps
-    preset: str = "default"  # default | authors (librosa defaults: n_fft 2048, hop 512, 10 s)
+    kind: Literal["logmel", "mfcc", "egemaps"] = "logmel"
+    preset: Literal["default", "authors"] = (
+        "default"  # authors: librosa defaults (: n_fft 2048, hop 512, 10 s)
+    )
     sample_rate: int = 16_000
     n_mels: int = 40
     win_ms: float = 25.0
@@ -47,7 +49,8 @@ class FeatureConfig:
     fmax: float | None = None
     n_mfcc: int = 40
     fixed_seconds: float | None = None  # pad/cut every clip to this length (authors: 10.0)
-    normalize: str = "speaker"  # none | global | speaker | utterance (fitted on training data only)
+    # fitted on training data only
+    normalize: Literal["none", "global", "speaker", "utterance"] = "speaker"
 
     def resolved(self) -> FeatureConfig:
         """Apply the preset: `authors` reproduces the authors' librosa recipe."""
@@ -90,8 +93,8 @@ class ModelConfig:
     stl_heads: int = 4
     stl_ff: int = 128
     stl_dropout: float = 0.1
-    aggregation: str = "conv1d"  # conv1d (paper) | last | attention | mean
-    stl_over: str = "vector"  # vector (paper) | sequence
+    aggregation: Literal["conv1d", "last", "attention", "mean"] = "conv1d"  # paper: conv1d
+    stl_over: Literal["vector", "sequence"] = "vector"  # paper: vector
     agg_kernel: int = 3
 
 
@@ -103,7 +106,7 @@ class TrainConfig:
     max_epochs: int = 100
     min_epochs: int = 1
     patience: int = 8
-    monitor: str = "val_acc"  # val_acc | val_ua | val_loss
+    monitor: Literal["val_acc", "val_ua", "val_loss"] = "val_acc"
     class_weights: bool = False
     refit: bool = False  # after early stopping, retrain on train + val for the best epoch count
     specaugment: bool = False
@@ -140,6 +143,63 @@ class ExperimentConfig:
         return asdict(self)
 
 
+#: (section, field) → (lowest, highest) allowed value, inclusive; None = unbounded.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("split", "k"): (2, None),
+    ("split", "val_speakers"): (0, None),
+    ("split", "val_fraction"): (0.0, 1.0),
+    ("split", "test_fraction"): (0.0, 1.0),
+    ("features", "sample_rate"): (1, None),
+    ("features", "n_mels"): (1, None),
+    ("features", "n_mfcc"): (1, None),
+    ("features", "win_ms"): (0.0, None),
+    ("features", "hop_ms"): (0.0, None),
+    ("features", "fmin"): (0.0, None),
+    ("model", "kernel"): (1, None),
+    ("model", "d_lstm"): (1, None),
+    ("model", "stl_layers"): (0, None),
+    ("model", "stl_heads"): (1, None),
+    ("model", "stl_ff"): (1, None),
+    ("model", "cnn_dropout"): (0.0, 1.0),
+    ("model", "stl_dropout"): (0.0, 1.0),
+    ("model", "agg_kernel"): (1, None),
+    ("train", "lr"): (0.0, None),
+    ("train", "weight_decay"): (0.0, None),
+    ("train", "batch_size"): (1, None),
+    ("train", "max_epochs"): (1, None),
+    ("train", "min_epochs"): (0, None),
+    ("train", "patience"): (0, None),
+    ("train", "mixup"): (0.0, None),
+    ("train", "gain_db"): (0.0, None),
+    ("train", "time_stretch"): (0.0, 0.99),
+    ("train", "freq_warp"): (0.0, 0.99),
+    ("train", "num_threads"): (0, None),
+    ("train", "jobs"): (1, None),
+    ("train", "ensemble"): (1, None),
+    ("train", "devices"): (1, None),
+    ("train", "log_every_n_steps"): (1, None),
+}
+
+
+def _check(cls: type, obj: Any, where: str) -> None:
+    """Allowed values: Literal choices and the ranges in `_RANGES`; ValueError names the key."""
+    hints = get_type_hints(cls)
+    section = where.rstrip(".")
+    for f in fields(cls):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        if get_origin(hint) is Literal and value not in get_args(hint):
+            choices = " | ".join(map(str, get_args(hint)))
+            raise ValueError(f"config {where}{f.name}={value!r} is not one of: {choices}")
+        lo, hi = _RANGES.get((section, f.name), (None, None))
+        if lo is None and hi is None or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config {where}{f.name} must be a number, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+            raise ValueError(f"config {where}{f.name}={value!r} is outside {span}")
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
@@ -148,7 +208,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             raise KeyError(f"unknown config key {where}{key!r}; known: {', '.join(sorted(known))}")
         sub = _SECTIONS.get(key) if cls is ExperimentConfig else None
         kwargs[key] = _build(sub, value, f"{key}.") if sub else value
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    _check(cls, obj, where)
+    return obj
 
 
 _SECTIONS = {

@@ -10,7 +10,9 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +29,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
+from stlser import augment
+from stlser.augment import freq_warp, spec_augment  # noqa: F401 (re-exported)
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
 from stlser.model import (  # noqa: F401 (collate, predict, load_artefact: re-exported)
@@ -39,8 +43,9 @@ from stlser.model import (  # noqa: F401 (collate, predict, load_artefact: re-ex
 )
 from stlser.utils import write_csv, write_json
 
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*LeafSpec.*")
+log = logging.getLogger(__name__)
+#: Lightning warnings that say nothing about this setup (in-memory data, no loader workers).
+_QUIET = (".*does not have many workers.*", ".*LeafSpec.*")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -124,45 +129,6 @@ def loader(
     )
 
 
-# --------------------------------------------------------------------------- augmentation
-def spec_augment(
-    x: Tensor,
-    lengths: Tensor,
-    gen: torch.Generator,
-    n_freq: int = 2,
-    f_max: int = 6,
-    n_time: int = 2,
-    t_frac: float = 0.1,
-) -> Tensor:
-    """SpecAugment (Park et al. 2019) frequency and time masks, set to 0 (the normalised mean)."""
-    x = x.clone()
-    b, t, f = x.shape
-    for i in range(b):
-        for _ in range(n_freq):
-            w = int(torch.randint(0, f_max + 1, (1,), generator=gen))
-            f0 = int(torch.randint(0, max(1, f - w), (1,), generator=gen))
-            x[i, :, f0 : f0 + w] = 0
-        li = int(lengths[i])
-        for _ in range(n_time):
-            w = int(torch.randint(0, max(1, int(li * t_frac)) + 1, (1,), generator=gen))
-            t0 = int(torch.randint(0, max(1, li - w), (1,), generator=gen))
-            x[i, t0 : t0 + w] = 0
-    return x
-
-
-def freq_warp(x: Tensor, alpha: Tensor) -> Tensor:
-    """Vocal-tract-length-style warp of the frequency axis of x[B,T,F] (Jaitly & Hinton 2013):
-    band f of utterance i takes the value at f / alpha[i] (linear interpolation, top band
-    repeated). alpha > 1 moves energy up, as a shorter vocal tract would; padding stays 0."""
-    b, t, f = x.shape
-    pos = (torch.arange(f, dtype=x.dtype)[None, :] / alpha[:, None]).clamp(0, f - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=f - 1)
-    w = (pos - lo.to(x.dtype))[:, None, :]
-    lo, hi = lo[:, None, :].expand(b, t, f), hi[:, None, :].expand(b, t, f)
-    return x.gather(2, lo) * (1 - w) + x.gather(2, hi) * w
-
-
 # ------------------------------------------------------------------------------- module
 class SERModule(L.LightningModule):
     """The network plus its loss, optimiser and validation metrics."""
@@ -213,33 +179,9 @@ class SERModule(L.LightningModule):
 
     def training_step(self, batch, _):
         feats, lengths, y = batch
-        if self.tc["gain_db"]:
-            g = (torch.rand(feats.shape[0], 1, 1, generator=self._gen) * 2 - 1) * self.tc["gain_db"]
-            feats = feats + g * self.gain_scale * (feats != 0)
-        if self.tc.get("time_stretch"):
-            r = 1.0 + (float(torch.rand(1, generator=self._gen)) * 2 - 1) * self.tc["time_stretch"]
-            t_old = feats.shape[1]
-            t_new = max(1, round(t_old * r))
-            feats = F.interpolate(
-                feats.transpose(1, 2), size=t_new, mode="linear", align_corners=False
-            )
-            feats = feats.transpose(1, 2)
-            lengths = (lengths.float() * t_new / t_old).round().long().clamp(1, t_new)
-        if self.tc.get("freq_warp"):
-            a = (
-                1.0
-                + (torch.rand(feats.shape[0], generator=self._gen) * 2 - 1) * self.tc["freq_warp"]
-            )
-            feats = freq_warp(feats, a)
-        if self.tc["specaugment"]:
-            feats = spec_augment(feats, lengths, self._gen)
+        feats, lengths = augment.apply(feats, lengths, self._gen, self.tc, self.gain_scale)
         if self.tc["mixup"] > 0:
-            lam = float(
-                np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=self._gen))).beta(
-                    self.tc["mixup"], self.tc["mixup"]
-                )
-            )
-            perm = torch.randperm(feats.shape[0], generator=self._gen)
+            lam, perm = augment.mixup_draw(feats.shape[0], self.tc["mixup"], self._gen)
             logits = self(
                 lam * feats + (1 - lam) * feats[perm], torch.maximum(lengths, lengths[perm])
             )
@@ -306,6 +248,18 @@ def _class_weights(y: list[int], n: int) -> list[float]:
     return (len(y) / (n * np.maximum(counts, 1))).tolist()
 
 
+class EpochLine(Callback):
+    """One log line per epoch (for log files, where a progress bar writes thousands of
+    carriage-return updates)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        shown = " ".join(
+            f"{k} {m[k]:.4f}" for k in ("train_loss", "val_loss", "val_acc", "val_ua") if k in m
+        )
+        log.info(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}")
+
+
 def _fit(
     cfg: ExperimentConfig,
     module: SERModule,
@@ -324,8 +278,11 @@ def _fit(
         dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
     )
     callbacks: list[Callback] = [*extra_callbacks, latest]
-    if tc.progress:
+    bar = tc.progress and sys.stderr.isatty()
+    if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_dl) // 4)))
+    elif tc.progress:
+        callbacks.append(EpochLine())
     trainer = L.Trainer(
         max_epochs=max_epochs,
         min_epochs=min(tc.min_epochs, max_epochs),
@@ -338,7 +295,7 @@ def _fit(
             CSVLogger(out, name="logs", version=""),
             TensorBoardLogger(out, name="tb", version=""),
         ],
-        enable_progress_bar=tc.progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=tc.log_every_n_steps,
         num_sanity_val_steps=0,
@@ -349,7 +306,10 @@ def _fit(
     resuming = resume and last.exists()
     history = out / "logs" / "metrics.csv"
     before = pd.read_csv(history) if resuming and history.exists() else None
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", pattern)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
     if before is not None:  # the CSV logger starts a fresh file on resume: keep the earlier epochs
         after = pd.read_csv(history) if history.exists() else before.iloc[:0]
         first = after["epoch"].min() if len(after) else np.inf
