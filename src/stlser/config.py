@@ -143,42 +143,20 @@ class ExperimentConfig:
         return asdict(self)
 
 
-#: (section, field) → (lowest, highest) allowed value, inclusive; None = unbounded.
-_RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
-    ("split", "k"): (2, None),
-    ("split", "val_speakers"): (0, None),
-    ("split", "val_fraction"): (0.0, 1.0),
-    ("split", "test_fraction"): (0.0, 1.0),
-    ("features", "sample_rate"): (1, None),
-    ("features", "n_mels"): (1, None),
-    ("features", "n_mfcc"): (1, None),
-    ("features", "win_ms"): (0.0, None),
-    ("features", "hop_ms"): (0.0, None),
-    ("features", "fmin"): (0.0, None),
-    ("model", "kernel"): (1, None),
-    ("model", "d_lstm"): (1, None),
-    ("model", "stl_layers"): (0, None),
-    ("model", "stl_heads"): (1, None),
-    ("model", "stl_ff"): (1, None),
-    ("model", "cnn_dropout"): (0.0, 1.0),
-    ("model", "stl_dropout"): (0.0, 1.0),
-    ("model", "agg_kernel"): (1, None),
-    ("train", "lr"): (0.0, None),
-    ("train", "weight_decay"): (0.0, None),
-    ("train", "batch_size"): (1, None),
-    ("train", "max_epochs"): (1, None),
-    ("train", "min_epochs"): (0, None),
-    ("train", "patience"): (0, None),
-    ("train", "mixup"): (0.0, None),
-    ("train", "gain_db"): (0.0, None),
-    ("train", "time_stretch"): (0.0, 0.99),
-    ("train", "freq_warp"): (0.0, 0.99),
-    ("train", "num_threads"): (0, None),
-    ("train", "jobs"): (1, None),
-    ("train", "ensemble"): (1, None),
-    ("train", "devices"): (1, None),
-    ("train", "log_every_n_steps"): (1, None),
+#: section → field → (lowest, highest) allowed value, inclusive; None = unbounded.
+_POS, _NONNEG, _RATE = (1, None), (0, None), (0.0, 1.0)
+_RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "split": {"k": (2, None), "val_speakers": _NONNEG, "val_fraction": _RATE},
+    "features": {"sample_rate": _POS, "n_mels": _POS, "n_mfcc": _POS, "win_ms": _NONNEG},
+    "model": {"kernel": _POS, "d_lstm": _POS, "stl_layers": _NONNEG, "stl_heads": _POS},
+    "train": {"lr": _NONNEG, "weight_decay": _NONNEG, "batch_size": _POS, "max_epochs": _POS},
 }
+_RANGES["split"].update(test_fraction=_RATE)
+_RANGES["features"].update(hop_ms=_NONNEG, fmin=_NONNEG)
+_RANGES["model"].update(stl_ff=_POS, cnn_dropout=_RATE, stl_dropout=_RATE, agg_kernel=_POS)
+_RANGES["train"].update(min_epochs=_NONNEG, patience=_NONNEG, mixup=_NONNEG, gain_db=_NONNEG)
+_RANGES["train"].update(time_stretch=(0.0, 0.99), freq_warp=(0.0, 0.99), num_threads=_NONNEG)
+_RANGES["train"].update(jobs=_POS, ensemble=_POS, devices=_POS, log_every_n_steps=_POS)
 
 
 def _check(cls: type, obj: Any, where: str) -> None:
@@ -190,7 +168,7 @@ def _check(cls: type, obj: Any, where: str) -> None:
         if get_origin(hint) is Literal and value not in get_args(hint):
             choices = " | ".join(map(str, get_args(hint)))
             raise ValueError(f"config {where}{f.name}={value!r} is not one of: {choices}")
-        lo, hi = _RANGES.get((section, f.name), (None, None))
+        lo, hi = _RANGES.get(section, {}).get(f.name, (None, None))
         if lo is None and hi is None or value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
