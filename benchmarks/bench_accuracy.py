@@ -17,7 +17,6 @@ dozens of models); `make bench-accuracy` runs it and writes `docs/results/accura
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,14 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 
 from stlser import config, experiments  # noqa: E402
+from stlser.results import RunReport  # noqa: E402
 from stlser.utils import write_text  # noqa: E402
 
 SYSTEMS = ("stl5", "stl0", "baseline", "stl5x3")
 GOAL = 5.0  # UA points above the baseline
 
 
-def run_system(corpus: str, system: str, root: Path, runs: Path, overrides: list[str]) -> dict:
-    """Train (or reuse) one system on one corpus; return its report.json."""
+def run_system(corpus: str, system: str, root: Path, runs: Path, overrides: list[str]) -> RunReport:
+    """Train (or reuse) one system on one corpus; return its report."""
     sets = [f"data.root={root / corpus}", *overrides]
     if system == "stl0":
         sets.append("model.stl_layers=0")
@@ -46,8 +46,7 @@ def run_system(corpus: str, system: str, root: Path, runs: Path, overrides: list
         experiments.baseline(cfg, out)
     else:
         experiments.crossval(cfg, out, resume=True)
-    rep = json.loads((out / "report.json").read_text())
-    return rep
+    return RunReport.load(out / "report.json")
 
 
 HEADERS = [
@@ -64,34 +63,35 @@ HEADERS = [
 ]
 
 
-def table(results: dict[str, dict[str, dict]]) -> str:
+def table(results: dict[str, dict[str, RunReport]]) -> str:
     rows = []
     for corpus, by_sys in results.items():
         base = by_sys.get("baseline")
         for system, r in by_sys.items():
-            lo, hi = r["ua_ci95"]
+            lo, hi = r.ua_ci95
             gap = goal = "–"
             if base is not None and system != "baseline":
-                d = 100 * (r["ua"] - base["ua"])
+                d = 100 * (r.ua - base.ua)
                 gap = f"{d:+.1f}"
                 goal = "met" if d >= GOAL else "**missed**"
             name = {"stl0": "network, no STL", "baseline": "eGeMAPS + linear SVM"}.get(
                 system, "network, 5 STL"
             )
-            if r.get("ensemble", 1) > 1:
-                name += f", ensemble of {r['ensemble']}"
+            ensemble = r.extra.get("ensemble", 1)
+            if ensemble > 1:
+                name += f", ensemble of {ensemble}"
             rows.append(
                 [
                     corpus,
                     name,
-                    f"{r['n_params']:,}",
-                    f"{100 * r['ua']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
-                    f"{100 * r['wa']:.1f}",
-                    f"{100 * r['macro_f1']:.1f}",
+                    f"{r.n_params:,}",
+                    f"{100 * r.ua:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
+                    f"{100 * r.wa:.1f}",
+                    f"{100 * r.macro_f1:.1f}",
                     gap,
                     goal,
-                    f"{r['seconds'] / 60:.1f}",
-                    r.get("train_utt_per_second", "–"),
+                    f"{(r.seconds or 0) / 60:.1f}",
+                    r.extra.get("train_utt_per_second", "–"),
                 ]
             )
     return bl.md_table(HEADERS, rows)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> str:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         ap.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
-    results: dict[str, dict[str, dict]] = {}
+    results: dict[str, dict[str, RunReport]] = {}
     for corpus in [c for c in args.corpora.split(",") if c]:
         where = args.root / corpus if args.root else bl.corpus_root(corpus)
         if where is None or not where.is_dir():
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> str:
     return md
 
 
-def report(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> str:
+def report(results: dict[str, dict[str, RunReport]], args: argparse.Namespace) -> str:
     return "\n\n".join(
         [
             "## Accuracy: network vs eGeMAPS + SVM, leave-one-speaker-out",

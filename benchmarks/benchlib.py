@@ -310,15 +310,9 @@ def folder_manifest(paths: Sequence[Path], seconds: Sequence[float], copies: int
 # ------------------------------------------------------------------------------- model
 def make_artefact(path: Path, seed: int = 0) -> Path:
     """A default-config `model.pt` with random weights (speed does not depend on training)."""
-    import torch
+    from stlser import testing
 
-    from stlser.config import ExperimentConfig, ModelConfig
-    from stlser.model import STLSER, save_artefact
-
-    torch.manual_seed(seed)
-    norm = {"mode": "global", "mean": np.zeros(40, np.float32), "std": np.ones(40, np.float32)}
-    model = STLSER(ModelConfig(), 40, len(LABELS))
-    return save_artefact(path, model, ExperimentConfig(), 40, LABELS, norm, {"corpus": "bench"})
+    return testing.make_artefact(path, LABELS, seed=seed, jitter=False, meta={"corpus": "bench"})
 
 
 # ------------------------------------------------------------------ isolated measurements

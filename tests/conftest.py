@@ -39,25 +39,3 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-DEMO_LABELS = ["angry", "happy", "neutral", "sad"]
-
-
-def random_artefact(path: Path, labels: list[str] = DEMO_LABELS) -> Path:
-    """A default-config `model.pt` with random (seeded) weights: for tests that need a model
-    but not a trained one (service, browser)."""
-    import numpy as np
-    import torch
-
-    from stlser.config import ExperimentConfig, ModelConfig
-    from stlser.model import STLSER, save_artefact
-
-    torch.manual_seed(0)
-    model = STLSER(ModelConfig(), 40, len(labels))
-    norm = {
-        "mode": "global",
-        "mean": np.full(40, -5, np.float32),
-        "std": np.full(40, 2, np.float32),
-    }
-    return save_artefact(path, model, ExperimentConfig(), 40, labels, norm, {})

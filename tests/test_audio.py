@@ -15,19 +15,9 @@ from hypothesis import strategies as st
 
 from stlser import audio
 from stlser.audio import AudioError
+from stlser.testing import tone, wav_bytes
 
 SR = 16_000
-
-
-def tone(sr: int = SR, seconds: float = 1.0, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(sr * seconds))) / sr
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def wav_bytes(x: np.ndarray, sr: int = SR, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, x, sr, subtype=subtype, format=fmt)
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------ bad inputs

@@ -80,10 +80,10 @@ def test_run_baseline_beats_chance_and_writes_report(tmp_path, capsys):
     cfg = config.load(None, ["features.normalize=speaker", "name=synthetic-baseline"])
     r = baseline.run_baseline(cfg, tmp_path, df=df, folds=loso(df), functionals=X)
     assert "fold 4/4" in capsys.readouterr().out
-    assert r["ua"] > 0.8  # chance is 0.25
-    assert r["system"] == "egemaps+linear-svm" and r["speaker_independent"] is True
+    assert r.ua > 0.8  # chance is 0.25
+    assert r.system == "egemaps+linear-svm" and r.speaker_independent is True
     # Linear one-vs-one SVM: 6 class pairs × (88 weights + 1 bias).
-    assert r["n_params"] == 6 * 89
+    assert r.n_params == 6 * 89
     for name in ("report.json", "report.md", "confusion.png", "predictions.csv"):
         assert (tmp_path / name).stat().st_size > 0
     evaluation.validate_report(json.loads((tmp_path / "report.json").read_text()))
@@ -92,10 +92,11 @@ def test_run_baseline_beats_chance_and_writes_report(tmp_path, capsys):
     pred = pd.read_csv(tmp_path / "predictions.csv", dtype=str)
     assert sorted(pred.utt_id) == sorted(df.utt_id)  # every utterance tested exactly once
     assert {"utt_id", "fold", "speaker", "label", "pred"} <= set(pred.columns)
-    for fold in r["folds"]:
-        spk = set(pred.speaker[pred.fold == fold["fold"]])
-        assert spk == set(fold["test_speakers"])
-        assert fold["C"] in baseline.GRID_C and fold["selection"] == "validation speakers"
+    for fold in r.folds:
+        spk = set(pred.speaker[pred.fold == fold.fold])
+        assert spk == set(fold.test_speakers)
+        assert fold.extra["C"] in baseline.GRID_C
+        assert fold.extra["selection"] == "validation speakers"
 
 
 def test_speaker_normalisation_helps_on_speaker_shifted_data(tmp_path):
@@ -225,7 +226,7 @@ def test_extract_functionals_through_feature_cache(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed despite the cache")
 
-    monkeypatch.setattr(features, "egemaps_functionals", boom)
+    monkeypatch.setattr(features.frontend, "egemaps_functionals", boom)
     X2 = baseline.extract_functionals(df, tmp_path / "cache", progress=False)
     np.testing.assert_array_equal(X, X2)
 
@@ -243,9 +244,9 @@ def test_run_baseline_from_manifest_config(tmp_path):
         ],
     )
     r = baseline.run_baseline(cfg, tmp_path / "run")
-    assert len(r["folds"]) == 4 and r["labels"] == sorted(CLASSES)
-    assert r["speaker_independent"] is True
-    assert r["ua"] > 0.5  # chance 0.25: pitch and level separate the classes
+    assert len(r.folds) == 4 and r.labels == sorted(CLASSES)
+    assert r.speaker_independent is True
+    assert r.ua > 0.5  # chance 0.25: pitch and level separate the classes
     for name in ("manifest.csv", "splits.json", "predictions.csv", "report.md", "config.yaml"):
         assert (tmp_path / "run" / name).exists()
 
@@ -276,6 +277,6 @@ def test_emodb_loso_baseline(tmp_path):
         ],
     )
     r = baseline.run_baseline(cfg, tmp_path / "run")
-    assert len(r["folds"]) == 10 and r["speaker_independent"] is True
-    assert len(r["labels"]) == 7 and r["n"] == 535
-    assert r["ua"] > 0.72  # the lead's reference: ~0.795
+    assert len(r.folds) == 10 and r.speaker_independent is True
+    assert len(r.labels) == 7 and r.n == 535
+    assert r.ua > 0.72  # the lead's reference: ~0.795

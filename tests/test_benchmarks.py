@@ -163,7 +163,7 @@ def test_run_isolated(tmp_path):
         timeout=120,
     )
     assert len(res["times"]) == 1 and res["rss_before_mb"] > 50  # torch is imported
-    assert res["peak_rss_mb"] >= 0.99 * res["rss_before_mb"]
+    assert res["peak_rss_mb"] > 50  # the child's own peak comes back with its result
     with pytest.raises(RuntimeError, match="no_such_function"):
         benchlib.run_isolated("bench_scaling", "no_such_function", {}, timeout=60)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import random_artefact
+from stlser import testing
 
 pytestmark = pytest.mark.browser
 
@@ -35,14 +35,12 @@ def _unavailable(reason: str) -> None:
 
 
 def make_artefact(path: Path) -> Path:
-    return random_artefact(path, LABELS)
+    return testing.make_artefact(path, LABELS, jitter=False)
 
 
 def tone(seconds: float, sr: int, freq: float = 200.0) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 6))
-    env = 0.6 + 0.4 * np.sin(2 * np.pi * 3.0 * t)  # syllable-like amplitude modulation
-    return (0.3 * env * x / np.max(np.abs(x))).astype(np.float32)
+    """Harmonic tone with a syllable-like amplitude modulation (3 Hz)."""
+    return testing.tone(seconds, sr, freq, amp=0.3, harmonics=5, am_hz=3.0)
 
 
 def long_clip(sr: int = 16_000, total: float = 20.0) -> np.ndarray:
@@ -213,7 +211,8 @@ def test_record_from_fake_microphone(page):
         page.click("#stop")
     assert resp.value.status == 200, resp.value.text()
     duration = resp.value.json()["duration"]
-    assert 1.5 < duration < 4.0, duration  # ~2 s recorded, encoded as WAV in the page
+    # ~2 s recorded, encoded as WAV in the page. No upper bound: that would time the machine.
+    assert duration > 1.0, duration
     check_bars(page)
     assert page.get_attribute("#playback", "src").startswith("blob:")
     assert page.is_enabled("#record") and page.is_disabled("#stop")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from stlser import corpora
+from stlser import corpora, testing
 from stlser.corpora import CorpusError, build_manifest, read_manifest, summarize, write_manifest
 
 
@@ -17,8 +17,7 @@ def tone(
     path: Path, secs: float = 0.4, sr: int = 16_000, channels: int = 1, f0: float = 220.0
 ) -> Path:
     """Write a short sine (a different pitch per file keeps files distinct)."""
-    t = np.arange(int(secs * sr)) / sr
-    x = 0.3 * np.sin(2 * np.pi * f0 * t).astype(np.float32)
+    x = testing.tone(secs, sr, f0, amp=0.3)
     if channels > 1:
         x = np.stack([x, 0.5 * x], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,13 +16,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from stlser import segmenting
+from stlser import testing
 from stlser.audio import AudioError
 from stlser.cli import main
-from stlser.config import ExperimentConfig
+from stlser.cli import predict as predict_cli
 from stlser.inference import Pipeline, Recognizer, resolve_model_path
-from stlser.model import STLSER, save_artefact
-from stlser.segmenting import EnergyVAD, Prediction, Segment, detect_speech, split_region
+from stlser.recognizer import Prediction, Segment
+from stlser.vad import EnergyVAD, detect_speech, split_region
 
 SR = 16_000
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -30,18 +30,8 @@ LABELS = ["angry", "happy", "neutral", "sad"]
 
 def make_artefact(path: Path, seed: int = 0, **model_kw) -> Path:
     """A model.pt with random weights and plausible normaliser statistics."""
-    torch.manual_seed(seed)
-    cfg = ExperimentConfig()
-    for k, v in model_kw.items():
-        setattr(cfg.model, k, v)
-    model = STLSER(cfg.model, 40, len(LABELS))
-    rng = np.random.default_rng(seed)
-    norm = {
-        "mode": "global",
-        "mean": (-5.0 + rng.normal(0, 0.5, 40)).astype(np.float32),
-        "std": (2.0 + rng.uniform(0, 0.5, 40)).astype(np.float32),
-    }
-    return save_artefact(path, model, cfg, 40, LABELS, norm, {"corpus": "test", "fold": 0})
+    meta = {"corpus": "test", "fold": 0}
+    return testing.make_artefact(path, LABELS, seed=seed, meta=meta, **model_kw)
 
 
 def voiced(seconds: float, f0: float = 180.0, amp: float = 0.2, seed: int = 0) -> np.ndarray:
@@ -487,15 +477,13 @@ def test_cli_predict_segments(model_path, tmp_path):
 
 
 def test_expand_inputs_finds_only_audio(folder):
-    files, missing = segmenting.expand_inputs([folder, folder / "missing.flac"])
+    files, missing = predict_cli.expand_inputs([folder, folder / "missing.flac"])
     assert sorted(p.name for p in files) == ["broken.wav", "ok0.wav", "ok1.wav", "ok2.wav"]
     assert missing == [(str(folder / "missing.flac"), "no such file")]
 
 
 def test_cli_refuses_too_long_files_without_segments(model_path, clips, tmp_path, monkeypatch):
-    import stlser.inference as inf
-
-    monkeypatch.setattr(inf, "MAX_CLIP_SECONDS", 2.0)
+    monkeypatch.setattr(predict_cli, "MAX_CLIP_SECONDS", 2.0)
     out = tmp_path / "p.csv"
     args = ["predict", "--model", str(model_path), str(clips[1]), str(clips[2]), "-o", str(out)]
     assert main(args) == 0

@@ -7,7 +7,6 @@ tests exercise the whole upload → decode → features → network → JSON pat
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import tempfile
 import threading
@@ -15,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from conftest import random_artefact
+from stlser import testing
+from stlser.testing import wav_bytes
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -32,22 +31,12 @@ SR = 16_000
 
 # ---------------------------------------------------------------------------- fixtures
 def make_artefact(path: Path) -> Path:
-    return random_artefact(path, LABELS)
+    return testing.make_artefact(path, LABELS, jitter=False)
 
 
 def tone(seconds: float, sr: int = SR, freq: float = 220.0, seed: int = 0) -> np.ndarray:
     """A voiced-like harmonic tone with a little noise, amplitude 0.3."""
-    t = np.arange(int(seconds * sr)) / sr
-    rng = np.random.default_rng(seed)
-    x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 6))
-    x = 0.3 * x / np.max(np.abs(x)) + 0.01 * rng.standard_normal(t.size)
-    return x.astype(np.float32)
-
-
-def wav_bytes(x: np.ndarray, sr: int = SR, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, x, sr, format=fmt, subtype=subtype)
-    return buf.getvalue()
+    return testing.tone(seconds, sr, freq, amp=0.3, harmonics=5, noise=0.01, seed=seed)
 
 
 def bursts(total: float = 20.0, sr: int = SR) -> np.ndarray:

@@ -87,11 +87,13 @@ def test_loss_decreases_and_report_schema(synth_corpus, tmp_path):
 
 def test_resume_reproduces_uninterrupted_run(synth_corpus, tmp_path):
     from stlser import experiments
-    from stlser.training import SimulatedCrash
+    from stlser.testing import CrashAfter, SimulatedCrash
 
     full = experiments.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "full")
     with pytest.raises(SimulatedCrash):
-        experiments.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "cut", fail_at_epoch=2)
+        experiments.crossval(
+            _cfg(synth_corpus, tmp_path), tmp_path / "cut", callbacks=CrashAfter(2)
+        )
     assert (tmp_path / "cut" / "fold_00" / "checkpoints" / "last.ckpt").exists()
     assert not (tmp_path / "cut" / "report.json").exists()
     resumed = experiments.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "cut", resume=True)
@@ -215,7 +217,7 @@ def test_refit_trains_on_train_and_val_and_resumes_exactly(synth_corpus, tmp_pat
     """The refit stage retrains on train + val for the best epoch count; a crash inside it
     resumes without re-entering stage 1 and ends where the uninterrupted run ends."""
     from stlser import experiments
-    from stlser.training import SimulatedCrash
+    from stlser.testing import CrashAfter, SimulatedCrash
 
     extra = ["train.max_epochs=3", "train.refit=true", "train.monitor=val_loss"]
     full = experiments.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "full")
@@ -230,7 +232,11 @@ def test_refit_trains_on_train_and_val_and_resumes_exactly(synth_corpus, tmp_pat
     assert fold["train_utterances"] == len(f0["train"]) + len(f0["val"])
 
     with pytest.raises(SimulatedCrash):
-        experiments.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "cut", fail_at_epoch=1)
+        experiments.crossval(
+            _cfg(synth_corpus, tmp_path, extra),
+            tmp_path / "cut",
+            callbacks=CrashAfter(1, stage="refit"),
+        )
     assert (tmp_path / "cut" / "fold_00" / "stage1.json").exists()
     resumed = experiments.crossval(
         _cfg(synth_corpus, tmp_path, extra), tmp_path / "cut", resume=True

@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -237,24 +238,107 @@ def load(
     return validate(y, source, min_seconds, sr)
 
 
-def from_array(
-    x: np.ndarray, sample_rate: int, sr: int = SAMPLE_RATE, min_seconds: float = MIN_SECONDS
-) -> np.ndarray:
-    """Validate and convert a caller's array (samples[, channels]) to mono float32 at `sr`."""
+def to_float(x: Any, source: str = "<array>") -> np.ndarray:
+    """Samples (any dtype, ``samples[, channels]``) → mono float32 at the same rate, without the
+    length/silence checks of :func:`from_array` (a live chunk may be short or quiet); NaN and
+    unsupported types raise AudioError."""
     a = np.asarray(x)
     if a.ndim == 2 and a.shape[0] < a.shape[1] and a.shape[0] <= 8:
         a = a.T  # (channels, samples) → (samples, channels)
     if a.ndim not in (1, 2):
-        raise AudioError("<array>", f"expected a 1-D or 2-D array, got shape {a.shape}")
+        raise AudioError(source, f"expected a 1-D or 2-D array, got shape {a.shape}")
     if np.issubdtype(a.dtype, np.unsignedinteger):  # offset binary, e.g. 8-bit PCM
         half = float(np.iinfo(a.dtype).max // 2 + 1)
         a = (a.astype(np.float64) - half) / half
     elif np.issubdtype(a.dtype, np.integer):
         a = a.astype(np.float64) / float(np.iinfo(a.dtype).max + 1)
     elif a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.floating):
-        raise AudioError("<array>", f"unsupported sample type {a.dtype}")
-    y = resample(to_mono(a.astype(np.float32, copy=False)), int(sample_rate), sr)
+        raise AudioError(source, f"unsupported sample type {a.dtype}")
+    y = to_mono(a.astype(np.float32, copy=False))
+    if not np.all(np.isfinite(y)):
+        raise AudioError(source, "contains NaN or infinite samples")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def from_array(
+    x: np.ndarray, sample_rate: int, sr: int = SAMPLE_RATE, min_seconds: float = MIN_SECONDS
+) -> np.ndarray:
+    """Validate and convert a caller's array (samples[, channels]) to mono float32 at `sr`."""
+    y = resample(to_float(x), int(sample_rate), sr)
     return validate(y, "<array>", min_seconds, sr)
+
+
+# ------------------------------------------------------------------------ block decoding
+class _Resampler:
+    """Streaming resampler to 16 kHz (soxr.ResampleStream; identity at 16 kHz)."""
+
+    def __init__(self, sr_in: int, sr_out: int = SAMPLE_RATE) -> None:
+        if sr_in <= 0:
+            raise ValueError(f"sample rate must be positive, got {sr_in}")
+        self.stream = None
+        if sr_in != sr_out:
+            import soxr
+
+            self.stream = soxr.ResampleStream(sr_in, sr_out, 1, dtype="float32", quality="HQ")
+
+    def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.stream is None:
+            return x
+        return self.stream.resample_chunk(x, last=last)
+
+
+def iter_blocks(source: Any, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+    """Decode a path, bytes or binary file object block by block → 16 kHz mono float32 blocks.
+
+    Never holds more than one block: for hour-long files. Raises AudioError for unreadable,
+    truncated or empty input, or NaN samples.
+    """
+    meta = info(source)  # existence, emptiness, WAV truncation, readability
+    if isinstance(source, (bytes, bytearray)):
+        fh: Any = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        fh = str(source)
+    else:
+        fh = source
+        if hasattr(fh, "seek"):
+            fh.seek(0)
+    resample = _Resampler(meta.sample_rate)
+    n = max(1, int(block_seconds * meta.sample_rate))
+    got = declared = 0
+    try:
+        with sf.SoundFile(fh) as f:
+            declared = int(f.frames)
+            while True:
+                try:
+                    x = f.read(frames=n, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as e:
+                    raise AudioError(source, f"truncated or corrupt audio ({e})") from None
+                if x.shape[0] == 0:
+                    break
+                got += x.shape[0]
+                y = to_mono(x)
+                if not np.all(np.isfinite(y)):
+                    raise AudioError(source, "contains NaN or infinite samples")
+                out = resample(np.ascontiguousarray(y))
+                if out.size:
+                    yield out
+                if x.shape[0] < n:
+                    break
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(source, f"not readable as audio ({e})") from None
+    if got == 0:
+        raise AudioError(source, "no audio samples")
+    if 0 < got < declared:  # as audio.load: a file cut short must not pass as a shorter one
+        raise AudioError(source, f"truncated: header says {declared} frames, read {got}")
+    tail = resample(np.zeros(0, np.float32), last=True)
+    if tail.size:
+        yield tail
+
+
+def iter_array_blocks(x: np.ndarray, block: int = 10 * SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """A decoded array as blocks (same code path as files)."""
+    for i in range(0, len(x), block):
+        yield x[i : i + block]
 
 
 def write_wav(

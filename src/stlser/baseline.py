@@ -1,6 +1,6 @@
 """The classic baseline: eGeMAPSv02 functionals (88 per utterance) + a linear SVM.
 
-It runs on exactly the folds the network uses (`stlser.experiments.prepare`) and is
+It runs on exactly the folds the network uses (`stlser.runs.prepare`) and is
 scored by the same :func:`stlser.evaluation.write_report`, so the two are directly comparable.
 
 Choices, and why:
@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from stlser import runs
+from stlser.results import RunReport
 from stlser.utils import write_csv
 
 SYSTEM = "egemaps+linear-svm"
@@ -302,14 +304,9 @@ def make_folds(df: Any, cfg: Any) -> list[Any]:
 
 
 def load_data(cfg: Any, run_dir: str | os.PathLike) -> tuple[Any, list[Any]]:
-    """Manifest and folds exactly as the network's experiments obtain them.
-
-    Delegates to `stlser.experiments.prepare`, which also checks the folds for leaks and writes
-    manifest.csv and splits.json into `run_dir`.
-    """
-    from stlser import experiments
-
-    df, folds, _ = experiments.prepare(cfg, Path(run_dir))
+    """Manifest and folds exactly as the network's runs obtain them (`stlser.runs.prepare`,
+    which also checks the folds for leaks and writes manifest.csv and splits.json)."""
+    df, folds, _ = runs.prepare(cfg, Path(run_dir))
     return df, folds
 
 
@@ -320,32 +317,28 @@ def run_baseline(
     folds: Sequence[Any] | None = None,
     functionals: np.ndarray | None = None,
     selection: str = "val",
-) -> dict[str, Any]:
+) -> RunReport:
     """eGeMAPS + linear SVM on the config's corpus and folds; writes a full report into `out`.
 
     Writes report.json/.md, confusion.png, predictions.csv, config.yaml, environment.json.
     `df`/`folds` default to what the experiment code builds from `cfg` (then manifest.csv and
     splits.json are written too); `functionals` (aligned with `df`) skips extraction.
     `out=None` → runs/<name>-baseline. `selection`: see :func:`cross_validate`.
-    Returns the report dict.
+    Returns the report.
     """
     from stlser import evaluation
 
     t0 = time.perf_counter()
-    out = Path(out) if out else Path("runs") / f"{cfg.name}-baseline"
+    out = runs.resolve_output(cfg, out, suffix="-baseline")
     out.mkdir(parents=True, exist_ok=True)
     if df is None:
         df, built = load_data(cfg, out)
         folds = built if folds is None else folds
     elif folds is None:
         folds = make_folds(df, cfg)
-    folds = list(folds)
-    if cfg.split.folds is not None:
-        folds = [folds[i] for i in cfg.split.folds]
+    folds = [folds[i] for i in runs.chosen(cfg, list(folds))]
     labels = sorted(df["label"].astype(str).unique())
-    from stlser.experiments import write_run_header
-
-    write_run_header(cfg, out)
+    runs.write_run_header(cfg, out)
 
     t_feat = time.perf_counter()
     if functionals is None:
@@ -381,8 +374,8 @@ def run_baseline(
     }
     report = evaluation.write_report(out, preds, labels, fold_dicts, extra)
     print(
-        f"[baseline] {SYSTEM}: UA {100 * report['ua']:.1f} % "
-        f"[{100 * report['ua_ci95'][0]:.1f}, {100 * report['ua_ci95'][1]:.1f}], "
-        f"WA {100 * report['wa']:.1f} %, {len(folds)} folds, {report['seconds']:.0f} s → {out}"
+        f"[baseline] {SYSTEM}: UA {100 * report.ua:.1f} % "
+        f"[{100 * report.ua_ci95[0]:.1f}, {100 * report.ua_ci95[1]:.1f}], "
+        f"WA {100 * report.wa:.1f} %, {len(folds)} folds, {report.seconds:.0f} s → {out}"
     )
     return report

@@ -6,10 +6,11 @@ Unknown keys are an error (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -18,13 +19,13 @@ import yaml
 class DataConfig:
     corpus: str = "synth"  # registry name (stlser.corpora.READERS) or "manifest"
     root: str = ""  # corpus folder in its release layout
-    labels: str = "native"  # native | 4class
+    labels: Literal["native", "4class"] = "native"
     manifest: str = ""  # an existing manifest CSV (skips the corpus scan)
 
 
 @dataclass
 class SplitConfig:
-    protocol: str = "loso"  # loso | loso-session | group-kfold | paper
+    protocol: Literal["loso", "loso-session", "group-kfold", "paper"] = "loso"
     k: int = 5  # folds for group-kfold
     val_speakers: int = 1  # whole training speakers held out for validation (speaker-independent)
     val_fraction: float = 0.1  # paper protocol: validation share (7/1/2 → 0.1)
@@ -35,8 +36,10 @@ class SplitConfig:
 
 @dataclass
 class FeatureConfig:
-    kind: str = "logmel"  # logmel | mfcc | egemaps
-    preset: str = "default"  # default | authors (librosa defaults: n_fft 2048, hop 512, 10 s)
+    kind: Literal["logmel", "mfcc", "egemaps"] = "logmel"
+    preset: Literal["default", "authors"] = (
+        "default"  # authors: librosa defaults (: n_fft 2048, hop 512, 10 s)
+    )
     sample_rate: int = 16_000
     n_mels: int = 40
     win_ms: float = 25.0
@@ -46,7 +49,8 @@ class FeatureConfig:
     fmax: float | None = None
     n_mfcc: int = 40
     fixed_seconds: float | None = None  # pad/cut every clip to this length (authors: 10.0)
-    normalize: str = "speaker"  # none | global | speaker | utterance (fitted on training data only)
+    # fitted on training data only
+    normalize: Literal["none", "global", "speaker", "utterance"] = "speaker"
 
     def resolved(self) -> FeatureConfig:
         """Apply the preset: `authors` reproduces the authors' librosa recipe."""
@@ -89,8 +93,8 @@ class ModelConfig:
     stl_heads: int = 4
     stl_ff: int = 128
     stl_dropout: float = 0.1
-    aggregation: str = "conv1d"  # conv1d (paper) | last | attention | mean
-    stl_over: str = "vector"  # vector (paper) | sequence
+    aggregation: Literal["conv1d", "last", "attention", "mean"] = "conv1d"  # paper: conv1d
+    stl_over: Literal["vector", "sequence"] = "vector"  # paper: vector
     agg_kernel: int = 3
 
 
@@ -102,7 +106,7 @@ class TrainConfig:
     max_epochs: int = 100
     min_epochs: int = 1
     patience: int = 8
-    monitor: str = "val_acc"  # val_acc | val_ua | val_loss
+    monitor: Literal["val_acc", "val_ua", "val_loss"] = "val_acc"
     class_weights: bool = False
     refit: bool = False  # after early stopping, retrain on train + val for the best epoch count
     specaugment: bool = False
@@ -139,6 +143,41 @@ class ExperimentConfig:
         return asdict(self)
 
 
+#: section → field → (lowest, highest) allowed value, inclusive; None = unbounded.
+_POS, _NONNEG, _RATE = (1, None), (0, None), (0.0, 1.0)
+_RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "split": {"k": (2, None), "val_speakers": _NONNEG, "val_fraction": _RATE},
+    "features": {"sample_rate": _POS, "n_mels": _POS, "n_mfcc": _POS, "win_ms": _NONNEG},
+    "model": {"kernel": _POS, "d_lstm": _POS, "stl_layers": _NONNEG, "stl_heads": _POS},
+    "train": {"lr": _NONNEG, "weight_decay": _NONNEG, "batch_size": _POS, "max_epochs": _POS},
+}
+_RANGES["split"].update(test_fraction=_RATE)
+_RANGES["features"].update(hop_ms=_NONNEG, fmin=_NONNEG)
+_RANGES["model"].update(stl_ff=_POS, cnn_dropout=_RATE, stl_dropout=_RATE, agg_kernel=_POS)
+_RANGES["train"].update(min_epochs=_NONNEG, patience=_NONNEG, mixup=_NONNEG, gain_db=_NONNEG)
+_RANGES["train"].update(time_stretch=(0.0, 0.99), freq_warp=(0.0, 0.99), num_threads=_NONNEG)
+_RANGES["train"].update(jobs=_POS, ensemble=_POS, devices=_POS, log_every_n_steps=_POS)
+
+
+def _check(cls: type, obj: Any, where: str) -> None:
+    """Allowed values: Literal choices and the ranges in `_RANGES`; ValueError names the key."""
+    hints = get_type_hints(cls)
+    section = where.rstrip(".")
+    for f in fields(cls):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        if get_origin(hint) is Literal and value not in get_args(hint):
+            choices = " | ".join(map(str, get_args(hint)))
+            raise ValueError(f"config {where}{f.name}={value!r} is not one of: {choices}")
+        lo, hi = _RANGES.get(section, {}).get(f.name, (None, None))
+        if lo is None and hi is None or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config {where}{f.name} must be a number, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+            raise ValueError(f"config {where}{f.name}={value!r} is outside {span}")
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
@@ -147,7 +186,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             raise KeyError(f"unknown config key {where}{key!r}; known: {', '.join(sorted(known))}")
         sub = _SECTIONS.get(key) if cls is ExperimentConfig else None
         kwargs[key] = _build(sub, value, f"{key}.") if sub else value
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    _check(cls, obj, where)
+    return obj
 
 
 _SECTIONS = {
@@ -163,21 +204,31 @@ def from_dict(d: dict[str, Any]) -> ExperimentConfig:
     return _build(ExperimentConfig, d, "")
 
 
+def parse_value(v: Any) -> Any:
+    """A value as written on the command line: a YAML scalar or list; '1e-3' (a string to
+    YAML 1.1) becomes a float."""
+    if not isinstance(v, str):
+        return v
+    x = yaml.safe_load(v)
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return x
+    return x
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`a.b=c` → (["a", "b"], yaml-parsed c)."""
+    """`a.b=c` → (["a", "b"], parsed c)."""
     if "=" not in item:
         raise ValueError(f"--set expects key=value, got {item!r}")
     key, value = item.split("=", 1)
-    parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string; users mean a number
-        try:
-            parsed = float(parsed)
-        except ValueError:
-            pass
-    return key.strip().split("."), parsed
+    return key.strip().split("."), parse_value(value)
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """A copy of the config dict `d` with every `a.b=c` override applied."""
+    d = copy.deepcopy(d)
     for item in overrides or []:
         path, value = parse_override(item)
         node = d
@@ -185,6 +236,21 @@ def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str,
             node = node.setdefault(k, {})
         node[path[-1]] = value
     return d
+
+
+def with_value(cfg: ExperimentConfig, key: str, value: Any) -> ExperimentConfig:
+    """A checked copy of `cfg` with the dotted `key` set to `value` (unknown keys are an error)."""
+    d = cfg.to_dict()
+    node = d
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            raise KeyError(f"unknown config key {key!r}")
+        node = node[p]
+    if parts[-1] not in node:
+        raise KeyError(f"unknown config key {key!r}; known: {', '.join(sorted(node))}")
+    node[parts[-1]] = value
+    return from_dict(d)
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

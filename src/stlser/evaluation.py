@@ -15,8 +15,6 @@ score 1,000 resamples at once with numpy instead of looping in Python.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from stlser.utils import atomic_path, write_json, write_text
+from stlser.results import FOLD_KEYS, FoldResult, RunReport
+from stlser.utils import atomic_path, write_text
 
 MetricFn = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], float]
 
@@ -33,20 +32,6 @@ METRICS: dict[str, MetricFn] = {}
 
 #: Vectorised forms of the built-in metrics: fn(conf[..., K, K]) -> float[...].
 _FROM_CONFUSION: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-
-REPORT_KEYS = (
-    "wa",
-    "ua",
-    "macro_f1",
-    "ua_ci95",
-    "wa_ci95",
-    "folds",
-    "confusion",
-    "labels",
-    "n_params",
-    "seconds",
-)
-FOLD_KEYS = ("fold", "test_speakers", "n", "wa", "ua", "macro_f1", "best_epoch")
 
 
 def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
@@ -228,7 +213,7 @@ def write_report(
     labels: list[str],
     folds: list[dict[str, Any]],
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> RunReport:
     """Score a run and write ``report.json``, ``report.md`` and ``confusion.png`` into `run_dir`.
 
     `predictions` is a pandas DataFrame with columns ``utt_id, fold, speaker, label, pred``
@@ -237,7 +222,7 @@ def write_report(
     dict per fold (``fold``, ``test_speakers``, ``best_epoch``, plus anything else worth
     keeping, e.g. ``val_ua``); every fold must have predictions and vice versa. `extra` (e.g.
     n_params, seconds, system, config, protocol, speaker_independent) is merged in last.
-    Returns the report dict.
+    Returns the :class:`~stlser.results.RunReport`.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +246,7 @@ def write_report(
     if unknown:
         raise ValueError(f"predictions name folds not in `folds`: {unknown}")
 
-    fold_entries: list[dict[str, Any]] = []
+    fold_entries: list[FoldResult] = []
     for f in folds:
         name = str(f["fold"])
         mask = (fold_col == name).to_numpy()
@@ -270,17 +255,18 @@ def write_report(
         ft = [y for y, m in zip(y_true, mask, strict=True) if m]
         fp = [y for y, m in zip(y_pred, mask, strict=True) if m]
         m = compute(ft, fp, labels)
-        entry = {
-            "fold": name,
-            "test_speakers": [str(s) for s in f.get("test_speakers", [])],
-            "n": int(mask.sum()),
-            "wa": m["wa"],
-            "ua": m["ua"],
-            "macro_f1": m["macro_f1"],
-            "best_epoch": f.get("best_epoch"),
-        }
-        entry.update({k: v for k, v in f.items() if k not in entry})
-        fold_entries.append(entry)
+        fold_entries.append(
+            FoldResult(
+                fold=name,
+                test_speakers=[str(s) for s in f.get("test_speakers", [])],
+                n=int(mask.sum()),
+                wa=m["wa"],
+                ua=m["ua"],
+                macro_f1=m["macro_f1"],
+                best_epoch=f.get("best_epoch"),
+                extra={k: v for k, v in f.items() if k not in FOLD_KEYS},
+            )
+        )
 
     pooled = compute(y_true, y_pred, labels)
     report: dict[str, Any] = {
@@ -289,7 +275,7 @@ def write_report(
         "wa_ci95": list(bootstrap_ci(y_true, y_pred, labels, "wa")),
         "macro_f1_ci95": list(bootstrap_ci(y_true, y_pred, labels, "macro_f1")),
         "n": len(y_true),
-        "folds": fold_entries,
+        "folds": [f.to_dict() for f in fold_entries],
         "confusion": confusion(y_true, y_pred, labels),
         "per_class": per_class(y_true, y_pred, labels),
         "labels": labels,
@@ -297,98 +283,24 @@ def write_report(
         "seconds": None,
     }
     for key in ("ua", "wa", "macro_f1"):
-        mean, std = _fold_stats([e[key] for e in fold_entries])
+        mean, std = _fold_stats([getattr(e, key) for e in fold_entries])
         report[f"{key}_fold_mean"], report[f"{key}_fold_std"] = mean, std
     if "speaker_independent" not in extra:
         flags = [f.get("speaker_independent") for f in folds]
         if flags and all(isinstance(x, bool) for x in flags):
             report["speaker_independent"] = all(flags)
     report.update(extra)
-    validate_report(report)
+    result = RunReport.from_dict(report)
 
-    write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", render_markdown(report))
-    plot_confusion(
-        report["confusion"], labels, run_dir / "confusion.png", title=str(report.get("system", ""))
-    )
-    return report
+    result.save(run_dir / "report.json")
+    write_text(run_dir / "report.md", render_markdown(result))
+    plot_confusion(result.confusion, labels, run_dir / "confusion.png", title=result.system)
+    return result
 
 
-def validate_report(d: dict[str, Any]) -> dict[str, Any]:
-    """Check a report dict's schema; raise ValueError listing every problem, else return `d`."""
-    problems: list[str] = []
-
-    def is_num(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-    def is_int(x: Any) -> bool:
-        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-    def is_rate(x: Any) -> bool:
-        return is_num(x) and 0.0 <= x <= 1.0
-
-    if not isinstance(d, dict):
-        raise ValueError("report is not a dict")
-    for key in REPORT_KEYS:
-        if key not in d:
-            problems.append(f"missing key {key!r}")
-    for key in ("wa", "ua", "macro_f1"):
-        if key in d and not is_rate(d[key]):
-            problems.append(f"{key} must be a number in [0, 1], got {d[key]!r}")
-    for key in ("ua_ci95", "wa_ci95"):
-        ci = d.get(key)
-        if key in d and not (
-            isinstance(ci, (list, tuple))
-            and len(ci) == 2
-            and all(is_rate(v) for v in ci)
-            and ci[0] <= ci[1]
-        ):
-            problems.append(f"{key} must be [lo, hi] with 0 <= lo <= hi <= 1, got {ci!r}")
-    labels = d.get("labels")
-    if "labels" in d and not (
-        isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
-    ):
-        problems.append("labels must be a non-empty list of strings")
-        labels = None
-    conf = d.get("confusion")
-    if "confusion" in d:
-        k = len(labels) if labels else None
-        ok = isinstance(conf, list) and all(isinstance(r, list) for r in conf)
-        ok = ok and (k is None or (len(conf) == k and all(len(r) == k for r in conf)))
-        ok = ok and all(is_int(v) and v >= 0 for r in conf for v in r)
-        if not ok:
-            problems.append("confusion must be a K×K list of non-negative ints (K = len(labels))")
-        elif "n" in d and sum(map(sum, conf)) != d["n"]:
-            problems.append(f"confusion sums to {sum(map(sum, conf))} but n = {d['n']}")
-    folds = d.get("folds")
-    if "folds" in d:
-        if not (isinstance(folds, list) and folds):
-            problems.append("folds must be a non-empty list")
-        else:
-            for i, f in enumerate(folds):
-                if not isinstance(f, dict):
-                    problems.append(f"folds[{i}] is not a dict")
-                    continue
-                for key in FOLD_KEYS:
-                    if key not in f:
-                        problems.append(f"folds[{i}] missing {key!r}")
-                for key in ("wa", "ua", "macro_f1"):
-                    if key in f and not is_rate(f[key]):
-                        problems.append(f"folds[{i}].{key} must be in [0, 1], got {f[key]!r}")
-                if "n" in f and not (is_int(f["n"]) and f["n"] > 0):
-                    problems.append(f"folds[{i}].n must be a positive int")
-                if "test_speakers" in f and not isinstance(f["test_speakers"], list):
-                    problems.append(f"folds[{i}].test_speakers must be a list")
-                be = f.get("best_epoch")
-                if be is not None and not is_int(be):
-                    problems.append(f"folds[{i}].best_epoch must be an int or null")
-    if d.get("n_params") is not None and not (is_int(d["n_params"]) and d["n_params"] >= 0):
-        problems.append("n_params must be a non-negative int or null")
-    if d.get("seconds") is not None and not (is_num(d["seconds"]) and d["seconds"] >= 0):
-        problems.append("seconds must be a non-negative number or null")
-    if problems:
-        raise ValueError("invalid report: " + "; ".join(problems))
-    return d
+def validate_report(d: dict[str, Any]) -> RunReport:
+    """Check a report dict's schema; raise ValueError listing every problem, else parse it."""
+    return RunReport.from_dict(d)
 
 
 # ------------------------------------------------------------------------------- rendering
@@ -400,28 +312,27 @@ def _ci(ci: Sequence[float] | None) -> str:
     return "–" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def render_markdown(r: dict[str, Any]) -> str:
+def render_markdown(r: RunReport) -> str:
     """The human-readable report: headline, per-fold, per-class and confusion tables."""
-    labels = r["labels"]
-    title = r.get("system") or r.get("name") or "run"
+    labels = r.labels
+    title = r.system or r.extra.get("name") or "run"
     lines = [f"# Report: {title}", ""]
     facts = []
     for key in ("config", "name", "corpus", "protocol"):
-        if r.get(key) not in (None, ""):
-            facts.append(f"{key}: `{r[key]}`")
-    facts.append(f"utterances: {r.get('n', sum(map(sum, r['confusion'])))}")
-    facts.append(f"folds: {len(r['folds'])}")
-    if r.get("n_params") is not None:
-        facts.append(f"parameters: {r['n_params']:,}")
-    if r.get("seconds") is not None:
-        facts.append(f"wall time: {r['seconds']:.1f} s")
+        if r.extra.get(key) not in (None, ""):
+            facts.append(f"{key}: `{r.extra[key]}`")
+    facts.append(f"utterances: {r.n}")
+    facts.append(f"folds: {len(r.folds)}")
+    if r.n_params is not None:
+        facts.append(f"parameters: {r.n_params:,}")
+    if r.seconds is not None:
+        facts.append(f"wall time: {r.seconds:.1f} s")
     lines += [" · ".join(facts), ""]
-    si = r.get("speaker_independent")
-    if si is True:
+    if r.speaker_independent is True:
         lines.append(
             "**Protocol is speaker-independent**: no test speaker is seen in training or validation."
         )
-    elif si is False:
+    elif r.speaker_independent is False:
         lines.append(
             "**Protocol is NOT speaker-independent**: test speakers also occur in training "
             "(speaker-dependent; numbers are optimistic)."
@@ -430,49 +341,50 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append("Speaker independence of the protocol: not stated.")
     lines += ["", "## Pooled over all folds (95 % bootstrap CI over utterances)", ""]
     lines += ["| metric | % | 95 % CI | fold mean ± std |", "|---|---:|---:|---:|"]
+    cis = {"wa": r.wa_ci95, "ua": r.ua_ci95, "macro_f1": r.macro_f1_ci95}
     for key, name in (
         ("wa", "WA (accuracy)"),
         ("ua", "UA (mean recall)"),
         ("macro_f1", "macro-F1"),
     ):
-        mean, std = r.get(f"{key}_fold_mean"), r.get(f"{key}_fold_std")
+        mean, std = r.fold_stats.get(f"{key}_fold_mean"), r.fold_stats.get(f"{key}_fold_std")
         fm = "–" if mean is None else f"{100 * mean:.1f} ± {100 * (std or 0):.1f}"
-        lines.append(f"| {name} | {_pct(r[key])} | {_ci(r.get(f'{key}_ci95'))} | {fm} |")
+        lines.append(f"| {name} | {_pct(getattr(r, key))} | {_ci(cis[key])} | {fm} |")
 
     lines += ["", "## Per fold", ""]
-    extra_cols = [c for c in ("val_ua", "C", "class_weight") if any(c in f for f in r["folds"])]
+    extra_cols = [c for c in ("val_ua", "C", "class_weight") if any(c in f.extra for f in r.folds)]
     head = ["fold", "test speakers", "n", "WA %", "UA %", "macro-F1 %", "best epoch", *extra_cols]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for f in r["folds"]:
+    for f in r.folds:
         row = [
-            str(f["fold"]),
-            ", ".join(map(str, f["test_speakers"])) or "–",
-            str(f["n"]),
-            _pct(f["wa"]),
-            _pct(f["ua"]),
-            _pct(f["macro_f1"]),
-            "–" if f.get("best_epoch") is None else str(f["best_epoch"]),
+            f.fold,
+            ", ".join(map(str, f.test_speakers)) or "–",
+            str(f.n),
+            _pct(f.wa),
+            _pct(f.ua),
+            _pct(f.macro_f1),
+            "–" if f.best_epoch is None else str(f.best_epoch),
         ]
         for c in extra_cols:
-            v = f.get(c)
+            v = f.extra.get(c)
             row.append("–" if v is None else (_pct(v) if c == "val_ua" else str(v)))
         lines.append("| " + " | ".join(row) + " |")
 
-    if r.get("per_class"):
+    if r.per_class:
         lines += ["", "## Per class (pooled)", ""]
         lines += [
             "| class | precision % | recall % | F1 % | support |",
             "|---|---:|---:|---:|---:|",
         ]
         for lab in labels:
-            pc = r["per_class"][lab]
+            pc = r.per_class[lab]
             lines.append(
                 f"| {lab} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |"
             )
 
     lines += ["", "## Confusion matrix (rows = true, columns = predicted)", ""]
     lines += ["| true \\ pred | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
-    for lab, row in zip(labels, r["confusion"], strict=True):
+    for lab, row in zip(labels, r.confusion, strict=True):
         lines.append(f"| **{lab}** | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", "![confusion matrix](confusion.png)", ""]
     return "\n".join(lines)

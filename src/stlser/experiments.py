@@ -7,66 +7,37 @@ Every run directory holds `config.yaml` (resolved), `environment.json`, `manifes
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from stlser import config as config_mod
+from stlser import runs
 from stlser.config import ExperimentConfig
+from stlser.results import RunReport
 from stlser.utils import (
-    environment,
     save_npy,
     usable_cores,
     write_csv,
-    write_json,
-    write_text,
 )
 
+if TYPE_CHECKING:
+    from stlser.training import StageCallbacks
+
 SYSTEM = "cnn-bilstm-stl"
+log = logging.getLogger(__name__)
 
-
-def _log(msg: str) -> None:
-    print(f"[stlser] {msg}", file=sys.stderr, flush=True)
-
-
-def resolve_output(cfg: ExperimentConfig, out: str | Path | None) -> Path:
-    return Path(out) if out else Path("runs") / cfg.name
-
-
-def prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[pd.DataFrame, list, list[str]]:
-    """Manifest and folds for the config; written into the run directory."""
-    from stlser import corpora, splits
-
-    if cfg.data.manifest:
-        df = corpora.read_manifest(cfg.data.manifest)
-        corpora.write_manifest(df, [], run_dir / "manifest.csv")
-    else:
-        if not cfg.data.root:
-            raise ValueError("config needs data.root (corpus folder) or data.manifest")
-        df, skipped = corpora.build_manifest(cfg.data.corpus, cfg.data.root, labels=cfg.data.labels)
-        corpora.write_manifest(df, skipped, run_dir / "manifest.csv")
-        if skipped:
-            _log(f"{len(skipped)} unreadable files skipped (see {run_dir / 'skipped.csv'})")
-    folds = splits.from_config(df, cfg.split, cfg.seed)
-    splits.save(folds, run_dir / "splits.json")
-    labels = sorted(df["label"].unique().tolist())
-    return df, folds, labels
-
-
-def write_run_header(cfg: ExperimentConfig, run_dir: Path) -> None:
-    """Resolved config.yaml and environment.json (versions, threads, seed, argv) of a run."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", config_mod.dump(cfg))
-    env = environment()
-    env["seed"] = cfg.seed
-    env["argv"] = sys.argv
-    write_json(run_dir / "environment.json", env)
+# Run-folder lifecycle names kept here for callers of the old API.
+resolve_output = runs.resolve_output
+prepare = runs.prepare
+write_run_header = runs.write_run_header
 
 
 def fold_data(
@@ -122,67 +93,31 @@ def predictions_table(
     return p
 
 
-def _member_dir(fdir: Path, k: int) -> Path:
-    """Member 0 of a fold lives in fold_XX/ itself (the layout without an ensemble)."""
-    return fdir if k == 0 else fdir / f"member_{k:02d}"
-
-
-def member_folds(cfg: ExperimentConfig, df: pd.DataFrame, folds: list) -> list[list]:
-    """Folds for each ensemble member: member k draws its validation speakers (and its model
-    seed) from seed + k; the test part of every fold stays the same."""
-    from stlser import splits
-
-    out = [folds]
-    for k in range(1, max(1, cfg.train.ensemble)):
-        fk = splits.from_config(df, cfg.split, cfg.seed + k)
-        same = len(fk) == len(folds) and all(
-            a.test == b.test for a, b in zip(fk, folds, strict=True)
-        )
-        out.append(fk if same else folds)  # e.g. the paper protocol: same split, new model seed
-    return out
-
-
-def _finished_probs(mdir: Path, labels: list[str]) -> np.ndarray | None:
-    """Test probabilities of a finished member, or None. Runs made before ensembles existed
-    kept them only in fold_XX/predictions.csv."""
-    if not (mdir / "fold.json").exists():
-        return None
-    if (mdir / "probs.npy").exists():
-        return np.load(mdir / "probs.npy")
-    if (mdir / "predictions.csv").exists() and not (mdir.name.startswith("member_")):
-        p = pd.read_csv(mdir / "predictions.csv", dtype={"speaker": str})
-        return p[[f"prob_{name}" for name in labels]].to_numpy(np.float32)
-    return None
-
-
 _WORKER: dict[str, Any] = {}
 
 
-def _init_unit_worker(df: pd.DataFrame, feats: dict[str, np.ndarray], threads: int) -> None:
+def _init_unit_worker(
+    df: pd.DataFrame,
+    feats: dict[str, np.ndarray],
+    threads: int,
+    labels: list[str],
+    resume: bool,
+    callbacks: StageCallbacks | None,
+) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER.update(df=df, feats=feats)
+    _WORKER.update(df=df, feats=feats, labels=labels, resume=resume, callbacks=callbacks)
 
 
-def _train_unit(
-    cfg: ExperimentConfig,
-    fold,
-    labels: list[str],
-    mdir: Path,
-    resume: bool,
-    fail_at_epoch: int | None,
-    df: pd.DataFrame | None = None,
-    feats: dict[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
+def _train_unit(unit: runs.Unit) -> dict[str, Any]:
     """Train one (fold, member) and return its fold info with the test probabilities."""
     from stlser.training import train_fold
 
-    df = _WORKER["df"] if df is None else df
-    feats = _WORKER["feats"] if feats is None else feats
-    data = fold_data(cfg, df, feats, fold, labels)
-    info = train_fold(cfg, data, mdir, resume=resume, fail_at_epoch=fail_at_epoch)
-    info["val_speakers"] = list(fold.val_speakers)
+    w = _WORKER
+    data = fold_data(unit.cfg, w["df"], w["feats"], unit.fold, w["labels"])
+    info = train_fold(unit.cfg, data, unit.dir, resume=w["resume"], callbacks=w["callbacks"])
+    info["val_speakers"] = list(unit.fold.val_speakers)
     return info
 
 
@@ -190,91 +125,68 @@ def crossval(
     cfg: ExperimentConfig,
     out: str | Path | None,
     resume: bool = False,
-    fail_at_epoch: int | None = None,
+    callbacks: StageCallbacks | None = None,
 ) -> Path:
     """Train and test every fold of the configured protocol; write the pooled report.
 
     With `train.ensemble` K > 1 each fold trains K models (own seed, own validation speakers)
     and its test probabilities are their mean. With `train.jobs` J > 1 the (fold, member)
-    units run in J processes at once; results do not depend on J.
+    units run in J processes at once; results do not depend on J. `callbacks(stage)` adds
+    Lightning callbacks to a training stage (see `stlser.training.train_fold`).
     """
-    import dataclasses
-
     from stlser import evaluation, features
 
-    run = resolve_output(cfg, out)
+    run = runs.resolve_output(cfg, out)
     t0 = time.time()
-    write_run_header(cfg, run)
-    df, folds, labels = prepare(cfg, run)
-    chosen = [i for i in range(len(folds)) if cfg.split.folds is None or i in cfg.split.folds]
+    runs.write_run_header(cfg, run)
+    df, folds, labels = runs.prepare(cfg, run)
+    picked = runs.chosen(cfg, folds)
     n_members = max(1, cfg.train.ensemble)
-    by_member = member_folds(cfg, df, folds)
-    _log(
+    log.info(
         f"{cfg.name}: {len(df)} utterances, {len(labels)} classes, protocol {cfg.split.protocol}, "
-        f"{len(chosen)} folds" + (f" × {n_members} models" if n_members > 1 else "") + f" → {run}"
+        f"{len(picked)} folds" + (f" × {n_members} models" if n_members > 1 else "") + f" → {run}"
     )
     feats = features.load_features(df, cfg.features.resolved(), cfg.cache_dir)
 
-    # Work units: (position, member). A finished member (fold.json + probs.npy) is reused.
+    todo, reused = runs.plan_units(cfg, run, df, folds, labels, resume)
     results: dict[tuple[int, int], dict[str, Any]] = {}
-    todo: list[tuple[int, int]] = []
-    for pos in range(len(chosen)):
-        fdir = run / f"fold_{pos:02d}"
-        for k in range(n_members):
-            mdir = _member_dir(fdir, k)
-            probs = _finished_probs(mdir, labels) if resume else None
-            if probs is not None:
-                info = json.loads((mdir / "fold.json").read_text())
-                info["probs"] = probs
-                results[(pos, k)] = info
-                _log(f"fold {pos + 1}/{len(chosen)} member {k} already done, reused")
-            else:
-                todo.append((pos, k))
+    for (pos, k), probs in reused.items():
+        mdir = runs.member_dir(run / f"fold_{pos:02d}", k)
+        results[(pos, k)] = {**json.loads((mdir / "fold.json").read_text()), "probs": probs}
 
-    def unit_args(pos: int, k: int):
-        c = cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
-        mdir = _member_dir(run / f"fold_{pos:02d}", k)
-        return c, by_member[k][chosen[pos]], labels, mdir, resume, fail_at_epoch
-
-    def finish(pos: int, k: int, info: dict[str, Any]) -> None:
-        mdir = _member_dir(run / f"fold_{pos:02d}", k)
-        save_npy(mdir / "probs.npy", np.asarray(info["probs"], np.float32))
-        results[(pos, k)] = info
-        fold = folds[chosen[pos]]
-        _log(
-            f"fold {pos + 1}/{len(chosen)} (test {','.join(map(str, fold.test_speakers)) or fold.name})"
-            + (f" member {k}" if n_members > 1 else "")
+    def finish(unit: runs.Unit, info: dict[str, Any]) -> None:
+        save_npy(unit.dir / "probs.npy", np.asarray(info["probs"], np.float32))
+        results[(unit.pos, unit.member)] = info
+        fold = folds[picked[unit.pos]]
+        log.info(
+            f"fold {unit.pos + 1}/{len(picked)} (test {','.join(map(str, fold.test_speakers)) or fold.name})"
+            + (f" member {unit.member}" if n_members > 1 else "")
             + f": best epoch {info['best_epoch']}, {info['seconds']:.0f} s"
         )
 
     jobs = max(1, min(cfg.train.jobs, len(todo)))
     if jobs == 1:
-        for pos, k in todo:
-            finish(pos, k, _train_unit(*unit_args(pos, k), df=df, feats=feats))
+        _WORKER.update(df=df, feats=feats, labels=labels, resume=resume, callbacks=callbacks)
+        try:
+            runs.run_units(todo, _train_unit, finish)
+        finally:
+            _WORKER.clear()
     else:
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
         threads = cfg.train.num_threads or max(1, usable_cores() // jobs)
         quiet = dataclasses.replace(cfg.train, progress=False)
-        _log(f"training {len(todo)} models in {jobs} processes, {threads} torch thread(s) each")
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(
-            jobs, mp_context=ctx, initializer=_init_unit_worker, initargs=(df, feats, threads)
-        ) as pool:
-            pending = {}
-            for pos, k in todo:
-                c, *rest = unit_args(pos, k)
-                c = dataclasses.replace(c, train=quiet)
-                pending[pool.submit(_train_unit, c, *rest)] = (pos, k)
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    pos, k = pending.pop(fut)
-                    finish(pos, k, fut.result())
+        todo = [dataclasses.replace(u, cfg=dataclasses.replace(u.cfg, train=quiet)) for u in todo]
+        log.info(f"training {len(todo)} models in {jobs} processes, {threads} torch thread(s) each")
+        runs.run_units(
+            todo,
+            _train_unit,
+            finish,
+            jobs=jobs,
+            initializer=_init_unit_worker,
+            initargs=(df, feats, threads, labels, resume, callbacks),
+        )
 
     preds, fold_infos, n_params, speed = [], [], 0, []
-    for pos, i in enumerate(chosen):
+    for pos, i in enumerate(picked):
         fold = folds[i]
         members = [results[(pos, k)] for k in range(n_members)]
         probs = np.mean([np.asarray(m["probs"]) for m in members], axis=0)
@@ -319,10 +231,7 @@ def crossval(
     }
     write_csv(run / "predictions.csv", allp)
     rep = evaluation.write_report(run, allp, labels, fold_infos, extra)
-    _log(
-        f"UA {100 * rep['ua']:.2f} %  WA {100 * rep['wa']:.2f} %  macro-F1 {100 * rep['macro_f1']:.2f} %  "
-        f"({extra['seconds']:.0f} s)"
-    )
+    log.info(f"{rep.summary()}  ({extra['seconds']:.0f} s)")
     return run
 
 
@@ -330,8 +239,8 @@ def train(
     cfg: ExperimentConfig, out: str | Path | None, resume: bool = False, fold: int = 0
 ) -> Path:
     """Train (and test) one fold of the configured protocol."""
-    cfg.split.folds = [fold]
-    return crossval(cfg, out, resume=resume)
+    one = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, folds=[fold]))
+    return crossval(one, out, resume=resume)
 
 
 def evaluate(
@@ -343,7 +252,7 @@ def evaluate(
     """Score a `model.pt` artefact on every utterance of a manifest (labels must be known to it)."""
     from stlser import corpora, evaluation, features
     from stlser.config import FeatureConfig
-    from stlser.training import load_artefact, predict
+    from stlser.model import load_artefact, predict
 
     model, art = load_artefact(checkpoint)
     df = corpora.read_manifest(manifest)
@@ -403,18 +312,14 @@ def demo(out: str | Path = "runs/demo") -> Path:
     cfg = config_mod.load("demo.yaml")
     corpus = out / "corpus"
     if not (corpus / "manifest.csv").exists():
-        _log(f"synthesizing the built-in corpus into {corpus} (demo data, not real emotions)")
+        log.info(f"synthesizing the built-in corpus into {corpus} (demo data, not real emotions)")
         synth.generate(corpus, speakers=6, per_class=20, seed=cfg.seed)
-    cfg.data.root = str(corpus)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(corpus)))
     run = crossval(cfg, out / "run")
-    rep = json.loads((run / "report.json").read_text())
+    rep = RunReport.load(run / "report.json")
     print(
-        f"\nDemo finished: UA {100 * rep['ua']:.1f} %, WA {100 * rep['wa']:.1f} % on the synthetic corpus "
-        f"({rep['protocol']}, speaker-independent)."
+        f"\nDemo finished: UA {100 * rep.ua:.1f} %, WA {100 * rep.wa:.1f} % on the synthetic corpus "
+        f"({rep.extra['protocol']}, speaker-independent)."
     )
     print(f"Report: {run / 'report.md'}\nModel of fold 0: {run / 'fold_00' / 'model.pt'}")
     return run
-
-
-def report_summary(report: dict[str, Any]) -> str:
-    return f"UA {100 * report['ua']:.2f} % | WA {100 * report['wa']:.2f} % | macro-F1 {100 * report['macro_f1']:.2f} %"

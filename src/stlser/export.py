@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from stlser.inference import Pipeline, resolve_model_path
-from stlser.segmenting import MIN_BATCH_SAMPLES, SAMPLE_RATE
+from stlser.recognizer import MIN_BATCH_SAMPLES, SAMPLE_RATE
 from stlser.utils import atomic_path
 
 #: Largest |probability difference| between torch and onnxruntime the export accepts.

@@ -1,19 +1,17 @@
 """Run a trained model on anyone's audio: `Pipeline` (waveform → probabilities in one module,
-also what `stlser export` writes to ONNX), `Recognizer` (files, bytes, arrays, long recordings,
-live streams) and `predict_cli` behind `stlser predict`.
+also what `stlser export` writes to ONNX) and `Recognizer` (files, bytes, arrays, long
+recordings, live streams); `stlser predict` is `stlser.cli.predict`.
 
 Does not import Lightning: the artefact is read with `stlser.model.load_artefact`. The parts
 that do not need torch (result types, decoding, VAD, windowing, batching) live in
-`stlser.segmenting`, shared with the torch-free `stlser.onnx_runtime`.
+`stlser.recognizer`, `stlser.vad` and `stlser.audio`, shared with the torch-free
+`stlser.onnx_runtime`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from stlser import __version__, audio
-from stlser.audio import SAMPLE_RATE, AudioError
+from stlser import __version__
+from stlser.audio import SAMPLE_RATE
 from stlser.config import FeatureConfig
+from stlser.features.frontend import LogMel
+from stlser.features.normalise import Normalize
 from stlser.model import STLSER, count_parameters, load_artefact
-from stlser.segmenting import BaseRecognizer, Prediction, Segment, expand_inputs
-from stlser.utils import write_text
+from stlser.recognizer import BaseRecognizer, Prediction, Segment
 
-__all__ = ["Pipeline", "Recognizer", "Prediction", "Segment", "predict_cli", "resolve_model_path"]
-
-#: `stlser predict` without --segments refuses longer files (one forward pass over an hour of
-#: audio needs gigabytes; the segments path streams instead).
-MAX_CLIP_SECONDS = 600.0
-#: Same floor as `stlser.features.STD_FLOOR` (utterance mode divides by a per-clip std).
-STD_FLOOR = 1e-5
+__all__ = ["Pipeline", "Recognizer", "Prediction", "Segment", "resolve_model_path"]
 
 
 class Pipeline(nn.Module):
@@ -56,7 +49,6 @@ class Pipeline(nn.Module):
         meta: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        from stlser.features import LogMel  # librosa (filter bank): only when building one
 
         fc = feature_config.resolved()
         if fc.kind not in ("logmel", "mfcc"):
@@ -73,21 +65,8 @@ class Pipeline(nn.Module):
         self.feature_config = fc
         self.labels = [str(x) for x in labels]
         self.meta = dict(meta or {})
-        self.norm_mode = str(normalizer.get("mode", "global"))
-        if self.norm_mode not in ("none", "global", "speaker", "utterance"):
-            raise ValueError(f"unknown normalizer mode {self.norm_mode!r}")
-        n = self.front_end.n_features
-        mean, std = normalizer.get("mean"), normalizer.get("std")
-        if self.norm_mode in ("global", "speaker") and (mean is None or std is None):
-            raise ValueError(
-                f"normalizer mode {self.norm_mode!r} needs mean and std in the artefact"
-            )
-        mean = np.zeros(n, np.float32) if mean is None else np.asarray(mean, np.float32).reshape(-1)
-        std = np.ones(n, np.float32) if std is None else np.asarray(std, np.float32).reshape(-1)
-        if mean.shape != (n,) or std.shape != (n,):
-            raise ValueError(f"normalizer has {mean.shape[0]} dims, front end gives {n}")
-        self.register_buffer("mean", torch.from_numpy(mean.copy()))
-        self.register_buffer("std", torch.from_numpy(np.maximum(std, STD_FLOOR)))
+        self.normalizer = Normalize(normalizer, self.front_end.n_features)
+        self.norm_mode = self.normalizer.mode
         self.eval()
 
     @classmethod
@@ -107,20 +86,7 @@ class Pipeline(nn.Module):
         return count_parameters(self.model)
 
     def normalize(self, feats: Tensor, frames: Tensor) -> Tensor:
-        valid = (
-            torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
-        ).unsqueeze(-1)
-        if self.norm_mode == "none":
-            return feats
-        if self.norm_mode == "utterance":
-            m = valid.to(feats.dtype)
-            n = m.sum(1, keepdim=True).clamp_min(1.0)
-            mean = (feats * m).sum(1, keepdim=True) / n
-            var = ((feats - mean) ** 2 * m).sum(1, keepdim=True) / n
-            x = (feats - mean) / var.sqrt().clamp_min(STD_FLOOR)
-        else:
-            x = (feats - self.mean) / self.std
-        return torch.where(valid, x, torch.zeros_like(x))
+        return self.normalizer(feats, frames)
 
     def forward(self, wave: Tensor, lengths: Tensor) -> Tensor:
         feats, frames = self.front_end(wave, lengths)
@@ -198,153 +164,3 @@ class Recognizer(BaseRecognizer):
 
     def __repr__(self) -> str:
         return f"Recognizer(labels={self.labels}, source={self.meta.get('source')!r})"
-
-
-# ------------------------------------------------------------------------------------ CLI
-def _row(
-    path: str, labels: list[str], r: Prediction | Segment | None, error: str = ""
-) -> dict[str, Any]:
-    row: dict[str, Any] = {"path": path, "label": "" if r is None else r.label}
-    for lab in labels:
-        row[f"prob_{lab}"] = None if r is None else round(r.probabilities[lab], 6)
-    if isinstance(r, Segment):
-        row["duration"] = round(r.end - r.start, 3)
-        row["start"], row["end"] = round(r.start, 3), round(r.end, 3)
-    else:
-        row["duration"] = None if r is None else round(r.duration, 3)
-    row["error"] = error
-    return row
-
-
-def _write_rows(rows: list[dict[str, Any]], out: Path, labels: list[str], segments: bool) -> None:
-    cols = ["path", "label", *[f"prob_{lab}" for lab in labels], "duration"]
-    cols += ["start", "end"] if segments else []
-    cols += ["error"]
-    if out.suffix.lower() == ".jsonl":
-        lines = []
-        for r in rows:
-            d = {k: r.get(k) for k in cols if k != "error"}
-            if r.get("error"):
-                d["error"] = r["error"]
-            lines.append(json.dumps(d))
-        write_text(out, "".join(line + "\n" for line in lines))
-        return
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-    write_text(out, buf.getvalue())
-
-
-def _table(rows: list[dict[str, Any]], segments: bool) -> str:
-    """Compact human-readable table for stdout."""
-    names = [str(r["path"]) for r in rows]
-    absolute = {os.path.isabs(n) for n in names}
-    common = os.path.commonpath(names) if len(set(names)) > 1 and len(absolute) == 1 else ""
-    if common and not Path(common).is_dir():
-        common = str(Path(common).parent)
-    shown = [os.path.relpath(n, common) if common else n for n in names]
-    width = min(max([len(s) for s in shown] + [4]), 60)
-    head = (
-        f"{'file':<{width}}  "
-        + ("  start     end  " if segments else "")
-        + "label         prob   dur(s)"
-    )
-    lines = [head]
-    for r, name in zip(rows, shown, strict=True):
-        name = name if len(name) <= width else "…" + name[-(width - 1) :]
-        span = (
-            f"{r['start']:7.2f} {r['end']:7.2f}  "
-            if segments and not r["error"]
-            else (" " * 17 if segments else "")
-        )
-        if r["error"]:
-            lines.append(f"{name:<{width}}  {span}ERROR: {r['error']}")
-            continue
-        conf = r[f"prob_{r['label']}"]
-        lines.append(f"{name:<{width}}  {span}{r['label']:<12} {conf:5.3f} {r['duration']:8.2f}")
-    return "\n".join(lines)
-
-
-def predict_cli(
-    model: str | os.PathLike,
-    inputs: list[str],
-    output: str | os.PathLike | None = None,
-    segments: bool = False,
-) -> int:
-    """`stlser predict`: classify files and folders (recursively); one row per file, or per
-    speech segment with `segments`. Writes CSV or JSONL by the output suffix, else prints a
-    table. Unreadable files are reported on stderr and as rows with an `error`; the others go
-    on. Returns 0 if at least one file succeeded, 1 if none did."""
-    from tqdm import tqdm
-
-    out = Path(output) if output else None
-    if out is not None and out.suffix.lower() not in (".csv", ".jsonl"):
-        raise ValueError(f"output must end in .csv or .jsonl, got {out.name!r}")
-    rec = Recognizer.load(model)
-    files, missing = expand_inputs(inputs)
-    rows: list[dict[str, Any]] = []
-    for item, reason in missing:
-        print(f"stlser predict: {item}: {reason}", file=sys.stderr)
-        rows.append(_row(item, rec.labels, None, reason))
-    ok = 0
-    done: dict[int, list[dict[str, Any]]] = {}  # file index → rows, written in input order
-    bar = tqdm(total=len(files), file=sys.stderr, unit="file", disable=len(files) < 5, leave=False)
-
-    def fail(i: int, e: AudioError) -> None:
-        bar.write(f"stlser predict: skipped {e}", file=sys.stderr)
-        done[i] = [_row(str(files[i]), rec.labels, None, e.reason)]
-        bar.update(1)
-
-    if segments:
-        for i, f in enumerate(files):
-            try:
-                segs = list(rec.iter_segments(f))
-            except AudioError as e:
-                fail(i, e)
-                continue
-            ok += 1
-            if not segs:
-                bar.write(f"stlser predict: {f}: no speech detected", file=sys.stderr)
-            done[i] = [_row(str(f), rec.labels, s) for s in segs]
-            bar.update(1)
-    else:
-        todo = []
-        for i, f in enumerate(files):  # header only: refuse what would not fit in memory
-            try:
-                seconds = audio.info(f).duration
-            except AudioError as e:
-                fail(i, e)
-                continue
-            if seconds > MAX_CLIP_SECONDS:
-                fail(
-                    i,
-                    AudioError(
-                        f,
-                        f"{seconds:.0f} s long; use --segments for recordings "
-                        f"over {MAX_CLIP_SECONDS:.0f} s",
-                    ),
-                )
-                continue
-            todo.append(i)
-        for j, r in rec.iter_predict([files[i] for i in todo], batch_size=16):
-            if isinstance(r, AudioError):
-                fail(todo[j], r)
-                continue
-            ok += 1
-            done[todo[j]] = [_row(str(files[todo[j]]), rec.labels, r)]
-            bar.update(1)
-    rows += [r for i in sorted(done) for r in done[i]]
-    bar.close()
-    if out is not None:
-        _write_rows(rows, out, rec.labels, segments)
-        print(
-            f"{ok}/{len(files) + len(missing)} files classified; {len(rows)} rows → {out}",
-            file=sys.stderr,
-        )
-    elif rows:
-        print(_table(rows, segments))
-    if not files and not missing:
-        print("stlser predict: no inputs", file=sys.stderr)
-    return 0 if ok else 1

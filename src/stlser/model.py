@@ -237,6 +237,39 @@ def parameter_table(model: STLSER) -> dict[str, int]:
     return table
 
 
+# ------------------------------------------------------------------ batching and prediction
+def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-pad [T,F] arrays into [B,Tmax,F] with lengths and labels."""
+    lengths = torch.tensor([x.shape[0] for x, _ in items], dtype=torch.long)
+    feats = torch.zeros(len(items), int(lengths.max()), items[0][0].shape[1])
+    for i, (x, _) in enumerate(items):
+        feats[i, : x.shape[0]] = torch.from_numpy(x)
+    labels = torch.tensor([y for _, y in items], dtype=torch.long)
+    return feats, lengths, labels
+
+
+@torch.no_grad()
+def predict(
+    model: STLSER, feats: list[np.ndarray], batch_size: int = 32, embeddings: bool = False
+) -> dict[str, np.ndarray]:
+    """Probabilities (and optionally z0/zL) for a list of [T,F] arrays, in input order."""
+    model.eval()
+    order = np.argsort([len(x) for x in feats], kind="stable")
+    probs = np.zeros((len(feats), model.classifier.out_features), np.float32)
+    d = model.classifier.in_features
+    z0, zl = np.zeros((len(feats), d), np.float32), np.zeros((len(feats), d), np.float32)
+    for i in range(0, len(order), batch_size):
+        ids = order[i : i + batch_size]
+        x, lengths, _ = collate([(feats[j], 0) for j in ids])
+        e = model.embed(x, lengths)
+        probs[ids] = torch.softmax(model.classifier(e["zL"]), -1).numpy()
+        z0[ids], zl[ids] = e["z0"].numpy(), e["zL"].numpy()
+    out = {"probs": probs}
+    if embeddings:
+        out.update(z0=z0, zL=zl)
+    return out
+
+
 # ------------------------------------------------------------------ artefact (model.pt)
 def save_artefact(
     path: str | Path,

@@ -5,7 +5,7 @@
     rec.predict("clip.wav").label
 
 `OnnxRecognizer` has the methods of `stlser.inference.Recognizer` (predict, predict_batch,
-segments, stream), all from `stlser.segmenting`. Importing this module never imports torch
+segments, stream), all from `stlser.recognizer`. Importing this module never imports torch
 (checked by tests/test_export.py), so a deployment needs only
 ``numpy onnxruntime soundfile soxr`` and the stlser package.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stlser.segmenting import SAMPLE_RATE, BaseRecognizer, Prediction, Segment
+from stlser.recognizer import SAMPLE_RATE, BaseRecognizer, Prediction, Segment
 
 __all__ = ["OnnxRecognizer", "Prediction", "Segment", "read_metadata"]
 

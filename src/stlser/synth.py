@@ -1,5 +1,8 @@
 """Built-in synthetic 4-class emotional speech corpus, spoken by eSpeak NG.
 
+Why this is one module (over 500 lines): it is one recipe (speakers → prosody rules → SSML →
+eSpeak → checked WAVs + manifest) read top to bottom; nothing else imports its parts.
+
 Why: the package needs a corpus it can make itself, with no download and no licence, so that
 `stlser demo`, the tests and CI can run the whole pipeline end to end. Each utterance is one of
 the built-in neutral sentences (``synth_sentences.txt``) spoken with the prosody rules for

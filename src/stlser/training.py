@@ -10,7 +10,9 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -27,26 +29,26 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
+from stlser import augment
+from stlser.augment import freq_warp, spec_augment  # noqa: F401 (re-exported)
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
-from stlser.model import STLSER, count_parameters, load_artefact, save_artefact  # noqa: F401 (re-export)
+from stlser.model import (  # noqa: F401 (collate, predict, load_artefact: re-exported)
+    STLSER,
+    collate,
+    count_parameters,
+    load_artefact,
+    predict,
+    save_artefact,
+)
 from stlser.utils import write_csv, write_json
 
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*LeafSpec.*")
+log = logging.getLogger(__name__)
+#: Lightning warnings that say nothing about this setup (in-memory data, no loader workers).
+_QUIET = (".*does not have many workers.*", ".*LeafSpec.*")
 
 
 # ----------------------------------------------------------------------------------- data
-def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-pad [T,F] arrays into [B,Tmax,F] with lengths and labels."""
-    lengths = torch.tensor([x.shape[0] for x, _ in items], dtype=torch.long)
-    feats = torch.zeros(len(items), int(lengths.max()), items[0][0].shape[1])
-    for i, (x, _) in enumerate(items):
-        feats[i, : x.shape[0]] = torch.from_numpy(x)
-    labels = torch.tensor([y for _, y in items], dtype=torch.long)
-    return feats, lengths, labels
-
-
 def make_batches(
     lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool
 ) -> list[list[int]]:
@@ -127,45 +129,6 @@ def loader(
     )
 
 
-# --------------------------------------------------------------------------- augmentation
-def spec_augment(
-    x: Tensor,
-    lengths: Tensor,
-    gen: torch.Generator,
-    n_freq: int = 2,
-    f_max: int = 6,
-    n_time: int = 2,
-    t_frac: float = 0.1,
-) -> Tensor:
-    """SpecAugment (Park et al. 2019) frequency and time masks, set to 0 (the normalised mean)."""
-    x = x.clone()
-    b, t, f = x.shape
-    for i in range(b):
-        for _ in range(n_freq):
-            w = int(torch.randint(0, f_max + 1, (1,), generator=gen))
-            f0 = int(torch.randint(0, max(1, f - w), (1,), generator=gen))
-            x[i, :, f0 : f0 + w] = 0
-        li = int(lengths[i])
-        for _ in range(n_time):
-            w = int(torch.randint(0, max(1, int(li * t_frac)) + 1, (1,), generator=gen))
-            t0 = int(torch.randint(0, max(1, li - w), (1,), generator=gen))
-            x[i, t0 : t0 + w] = 0
-    return x
-
-
-def freq_warp(x: Tensor, alpha: Tensor) -> Tensor:
-    """Vocal-tract-length-style warp of the frequency axis of x[B,T,F] (Jaitly & Hinton 2013):
-    band f of utterance i takes the value at f / alpha[i] (linear interpolation, top band
-    repeated). alpha > 1 moves energy up, as a shorter vocal tract would; padding stays 0."""
-    b, t, f = x.shape
-    pos = (torch.arange(f, dtype=x.dtype)[None, :] / alpha[:, None]).clamp(0, f - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=f - 1)
-    w = (pos - lo.to(x.dtype))[:, None, :]
-    lo, hi = lo[:, None, :].expand(b, t, f), hi[:, None, :].expand(b, t, f)
-    return x.gather(2, lo) * (1 - w) + x.gather(2, hi) * w
-
-
 # ------------------------------------------------------------------------------- module
 class SERModule(L.LightningModule):
     """The network plus its loss, optimiser and validation metrics."""
@@ -216,33 +179,9 @@ class SERModule(L.LightningModule):
 
     def training_step(self, batch, _):
         feats, lengths, y = batch
-        if self.tc["gain_db"]:
-            g = (torch.rand(feats.shape[0], 1, 1, generator=self._gen) * 2 - 1) * self.tc["gain_db"]
-            feats = feats + g * self.gain_scale * (feats != 0)
-        if self.tc.get("time_stretch"):
-            r = 1.0 + (float(torch.rand(1, generator=self._gen)) * 2 - 1) * self.tc["time_stretch"]
-            t_old = feats.shape[1]
-            t_new = max(1, round(t_old * r))
-            feats = F.interpolate(
-                feats.transpose(1, 2), size=t_new, mode="linear", align_corners=False
-            )
-            feats = feats.transpose(1, 2)
-            lengths = (lengths.float() * t_new / t_old).round().long().clamp(1, t_new)
-        if self.tc.get("freq_warp"):
-            a = (
-                1.0
-                + (torch.rand(feats.shape[0], generator=self._gen) * 2 - 1) * self.tc["freq_warp"]
-            )
-            feats = freq_warp(feats, a)
-        if self.tc["specaugment"]:
-            feats = spec_augment(feats, lengths, self._gen)
+        feats, lengths = augment.apply(feats, lengths, self._gen, self.tc, self.gain_scale)
         if self.tc["mixup"] > 0:
-            lam = float(
-                np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=self._gen))).beta(
-                    self.tc["mixup"], self.tc["mixup"]
-                )
-            )
-            perm = torch.randperm(feats.shape[0], generator=self._gen)
+            lam, perm = augment.mixup_draw(feats.shape[0], self.tc["mixup"], self._gen)
             logits = self(
                 lam * feats + (1 - lam) * feats[perm], torch.maximum(lengths, lengths[perm])
             )
@@ -283,42 +222,9 @@ class SERModule(L.LightningModule):
         )
 
 
-class SimulatedCrash(RuntimeError):
-    """Raised by the test hook that kills a run mid-way."""
-
-
-class _FailAt(Callback):
-    """Test hook: raise after epoch `n` (simulates a killed run)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch + 1 >= self.n:
-            raise SimulatedCrash(f"simulated crash after epoch {self.n}")
-
-
-# ----------------------------------------------------------------------------- predict
-@torch.no_grad()
-def predict(
-    model: STLSER, feats: list[np.ndarray], batch_size: int = 32, embeddings: bool = False
-) -> dict[str, np.ndarray]:
-    """Probabilities (and optionally z0/zL) for a list of [T,F] arrays, in input order."""
-    model.eval()
-    order = np.argsort([len(x) for x in feats], kind="stable")
-    probs = np.zeros((len(feats), model.classifier.out_features), np.float32)
-    d = model.classifier.in_features
-    z0, zl = np.zeros((len(feats), d), np.float32), np.zeros((len(feats), d), np.float32)
-    for i in range(0, len(order), batch_size):
-        ids = order[i : i + batch_size]
-        x, lengths, _ = collate([(feats[j], 0) for j in ids])
-        e = model.embed(x, lengths)
-        probs[ids] = torch.softmax(model.classifier(e["zL"]), -1).numpy()
-        z0[ids], zl[ids] = e["z0"].numpy(), e["zL"].numpy()
-    out = {"probs": probs}
-    if embeddings:
-        out.update(z0=z0, zL=zl)
-    return out
+#: ``callbacks(stage) -> [Callback, ...]``: extra Lightning callbacks for a training stage,
+#: ``"early_stopping"`` (stage 1) or ``"refit"`` (train + val). Must pickle for `train.jobs` > 1.
+StageCallbacks = Callable[[str], list[Callback]]
 
 
 # --------------------------------------------------------------------------------- fold
@@ -342,6 +248,18 @@ def _class_weights(y: list[int], n: int) -> list[float]:
     return (len(y) / (n * np.maximum(counts, 1))).tolist()
 
 
+class EpochLine(Callback):
+    """One log line per epoch (for log files, where a progress bar writes thousands of
+    carriage-return updates)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        shown = " ".join(
+            f"{k} {m[k]:.4f}" for k in ("train_loss", "val_loss", "val_acc", "val_ua") if k in m
+        )
+        log.info(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}")
+
+
 def _fit(
     cfg: ExperimentConfig,
     module: SERModule,
@@ -360,8 +278,11 @@ def _fit(
         dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
     )
     callbacks: list[Callback] = [*extra_callbacks, latest]
-    if tc.progress:
+    bar = tc.progress and sys.stderr.isatty()
+    if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_dl) // 4)))
+    elif tc.progress:
+        callbacks.append(EpochLine())
     trainer = L.Trainer(
         max_epochs=max_epochs,
         min_epochs=min(tc.min_epochs, max_epochs),
@@ -374,7 +295,7 @@ def _fit(
             CSVLogger(out, name="logs", version=""),
             TensorBoardLogger(out, name="tb", version=""),
         ],
-        enable_progress_bar=tc.progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=tc.log_every_n_steps,
         num_sanity_val_steps=0,
@@ -385,7 +306,10 @@ def _fit(
     resuming = resume and last.exists()
     history = out / "logs" / "metrics.csv"
     before = pd.read_csv(history) if resuming and history.exists() else None
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", pattern)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
     if before is not None:  # the CSV logger starts a fresh file on resume: keep the earlier epochs
         after = pd.read_csv(history) if history.exists() else before.iloc[:0]
         first = after["epoch"].min() if len(after) else np.inf
@@ -401,7 +325,7 @@ def train_fold(
     data: FoldData,
     out_dir: str | Path,
     resume: bool = False,
-    fail_at_epoch: int | None = None,
+    callbacks: StageCallbacks | None = None,
 ) -> dict[str, Any]:
     """Train on data.train with early stopping on data.val, reload the best checkpoint, score
     data.test. Writes checkpoints, CSV/TensorBoard logs, `model.pt`, `fold.json` in out_dir.
@@ -454,8 +378,8 @@ def train_fold(
             ckpt,
             EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.patience),
         ]
-        if fail_at_epoch and not tc.refit:
-            cbs.append(_FailAt(fail_at_epoch))
+        if callbacks is not None:
+            cbs += callbacks("early_stopping")
         trainer, last = _fit(cfg, module, train_dl, val_dl, out, tc.max_epochs, resume, cbs)
         best_path = ckpt.best_model_path or str(last)
         state = torch.load(best_path, map_location="cpu", weights_only=False)
@@ -474,7 +398,7 @@ def train_fold(
         both = (data.train[0] + data.val[0], data.train[1] + data.val[1])
         module = module_for(both[1])
         dl = loader(*both, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
-        cbs = [_FailAt(fail_at_epoch)] if fail_at_epoch else []
+        cbs = list(callbacks("refit")) if callbacks is not None else []
         _, last = _fit(cfg, module, dl, None, out / "refit", max(1, best_epoch), resume, cbs)
         state = torch.load(last, map_location="cpu", weights_only=False)
         epochs_run += max(1, best_epoch)

@@ -6,6 +6,7 @@ Imports are lazy so `stlser --help` and light commands start fast (Lightning cos
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -149,9 +150,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- deployment commands
 def cmd_predict(a: argparse.Namespace) -> int:
-    from stlser import inference
+    from stlser.cli.predict import predict_cli
 
-    return inference.predict_cli(a.model, a.inputs, output=a.output, segments=a.segments)
+    return predict_cli(a.model, a.inputs, output=a.output, segments=a.segments)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -300,8 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging() -> None:
+    """The library logs under ``stlser``; the CLI shows INFO and above on stderr."""
+    lg = logging.getLogger("stlser")
+    if not any(getattr(h, "_stlser_cli", False) for h in lg.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("[stlser] %(message)s"))
+        h._stlser_cli = True  # type: ignore[attr-defined]
+        lg.addHandler(h)
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -1,0 +1,222 @@
+"""`stlser predict`: classify audio files and folders, write CSV/JSONL or print a table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+
+from stlser import audio
+from stlser.audio import AudioError
+from stlser.inference import Recognizer
+from stlser.recognizer import Prediction, Segment
+from stlser.utils import write_text
+
+#: `stlser predict` without --segments refuses longer files (one forward pass over an hour of
+#: audio needs gigabytes; the segments path streams instead).
+MAX_CLIP_SECONDS = 600.0
+
+
+#: File extensions per libsndfile major format (only the formats this libsndfile has are used).
+_EXTENSIONS = {
+    "WAV": (".wav",),
+    "WAVEX": (".wav",),
+    "RF64": (".rf64",),
+    "W64": (".w64",),
+    "FLAC": (".flac",),
+    "OGG": (".ogg", ".oga", ".opus"),
+    "MP3": (".mp3",),
+    "AIFF": (".aiff", ".aif", ".aifc"),
+    "AU": (".au", ".snd"),
+    "CAF": (".caf",),
+}
+
+
+def audio_extensions() -> set[str]:
+    """Extensions `stlser predict` picks up in folders: the formats libsndfile reads here."""
+    have = sf.available_formats()
+    return {e for fmt, exts in _EXTENSIONS.items() if fmt in have for e in exts}
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files and folders → (audio files, [(input, reason)] for inputs that do not exist).
+
+    Folders are searched recursively for extensions libsndfile reads (sorted, hidden skipped).
+    """
+    exts = audio_extensions()
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                q
+                for q in p.rglob("*")
+                if q.is_file()
+                and q.suffix.lower() in exts
+                and not any(part.startswith(".") for part in q.relative_to(p).parts)
+            )
+            if not found:
+                missing.append((str(p), "folder holds no audio files"))
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            missing.append((str(p), "no such file"))
+    return files, missing
+
+
+def _row(
+    path: str, labels: list[str], r: Prediction | Segment | None, error: str = ""
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"path": path, "label": "" if r is None else r.label}
+    for lab in labels:
+        row[f"prob_{lab}"] = None if r is None else round(r.probabilities[lab], 6)
+    if isinstance(r, Segment):
+        row["duration"] = round(r.end - r.start, 3)
+        row["start"], row["end"] = round(r.start, 3), round(r.end, 3)
+    else:
+        row["duration"] = None if r is None else round(r.duration, 3)
+    row["error"] = error
+    return row
+
+
+def _write_rows(rows: list[dict[str, Any]], out: Path, labels: list[str], segments: bool) -> None:
+    cols = ["path", "label", *[f"prob_{lab}" for lab in labels], "duration"]
+    cols += ["start", "end"] if segments else []
+    cols += ["error"]
+    if out.suffix.lower() == ".jsonl":
+        lines = []
+        for r in rows:
+            d = {k: r.get(k) for k in cols if k != "error"}
+            if r.get("error"):
+                d["error"] = r["error"]
+            lines.append(json.dumps(d))
+        write_text(out, "".join(line + "\n" for line in lines))
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    write_text(out, buf.getvalue())
+
+
+def _table(rows: list[dict[str, Any]], segments: bool) -> str:
+    """Compact human-readable table for stdout."""
+    names = [str(r["path"]) for r in rows]
+    absolute = {os.path.isabs(n) for n in names}
+    common = os.path.commonpath(names) if len(set(names)) > 1 and len(absolute) == 1 else ""
+    if common and not Path(common).is_dir():
+        common = str(Path(common).parent)
+    shown = [os.path.relpath(n, common) if common else n for n in names]
+    width = min(max([len(s) for s in shown] + [4]), 60)
+    head = (
+        f"{'file':<{width}}  "
+        + ("  start     end  " if segments else "")
+        + "label         prob   dur(s)"
+    )
+    lines = [head]
+    for r, name in zip(rows, shown, strict=True):
+        name = name if len(name) <= width else "…" + name[-(width - 1) :]
+        span = (
+            f"{r['start']:7.2f} {r['end']:7.2f}  "
+            if segments and not r["error"]
+            else (" " * 17 if segments else "")
+        )
+        if r["error"]:
+            lines.append(f"{name:<{width}}  {span}ERROR: {r['error']}")
+            continue
+        conf = r[f"prob_{r['label']}"]
+        lines.append(f"{name:<{width}}  {span}{r['label']:<12} {conf:5.3f} {r['duration']:8.2f}")
+    return "\n".join(lines)
+
+
+def predict_cli(
+    model: str | os.PathLike,
+    inputs: list[str],
+    output: str | os.PathLike | None = None,
+    segments: bool = False,
+) -> int:
+    """`stlser predict`: classify files and folders (recursively); one row per file, or per
+    speech segment with `segments`. Writes CSV or JSONL by the output suffix, else prints a
+    table. Unreadable files are reported on stderr and as rows with an `error`; the others go
+    on. Returns 0 if at least one file succeeded, 1 if none did."""
+    from tqdm import tqdm
+
+    out = Path(output) if output else None
+    if out is not None and out.suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"output must end in .csv or .jsonl, got {out.name!r}")
+    rec = Recognizer.load(model)
+    files, missing = expand_inputs(inputs)
+    rows: list[dict[str, Any]] = []
+    for item, reason in missing:
+        print(f"stlser predict: {item}: {reason}", file=sys.stderr)
+        rows.append(_row(item, rec.labels, None, reason))
+    ok = 0
+    done: dict[int, list[dict[str, Any]]] = {}  # file index → rows, written in input order
+    bar = tqdm(total=len(files), file=sys.stderr, unit="file", disable=len(files) < 5, leave=False)
+
+    def fail(i: int, e: AudioError) -> None:
+        bar.write(f"stlser predict: skipped {e}", file=sys.stderr)
+        done[i] = [_row(str(files[i]), rec.labels, None, e.reason)]
+        bar.update(1)
+
+    if segments:
+        for i, f in enumerate(files):
+            try:
+                segs = list(rec.iter_segments(f))
+            except AudioError as e:
+                fail(i, e)
+                continue
+            ok += 1
+            if not segs:
+                bar.write(f"stlser predict: {f}: no speech detected", file=sys.stderr)
+            done[i] = [_row(str(f), rec.labels, s) for s in segs]
+            bar.update(1)
+    else:
+        todo = []
+        for i, f in enumerate(files):  # header only: refuse what would not fit in memory
+            try:
+                seconds = audio.info(f).duration
+            except AudioError as e:
+                fail(i, e)
+                continue
+            if seconds > MAX_CLIP_SECONDS:
+                fail(
+                    i,
+                    AudioError(
+                        f,
+                        f"{seconds:.0f} s long; use --segments for recordings "
+                        f"over {MAX_CLIP_SECONDS:.0f} s",
+                    ),
+                )
+                continue
+            todo.append(i)
+        for j, r in rec.iter_predict([files[i] for i in todo], batch_size=16):
+            if isinstance(r, AudioError):
+                fail(todo[j], r)
+                continue
+            ok += 1
+            done[todo[j]] = [_row(str(files[todo[j]]), rec.labels, r)]
+            bar.update(1)
+    rows += [r for i in sorted(done) for r in done[i]]
+    bar.close()
+    if out is not None:
+        _write_rows(rows, out, rec.labels, segments)
+        print(
+            f"{ok}/{len(files) + len(missing)} files classified; {len(rows)} rows → {out}",
+            file=sys.stderr,
+        )
+    elif rows:
+        print(_table(rows, segments))
+    if not files and not missing:
+        print("stlser predict: no inputs", file=sys.stderr)
+    return 0 if ok else 1

@@ -1,0 +1,67 @@
+"""Acoustic features: the front end (`frontend`: log-mel / MFCC in torch, eGeMAPS), the disk
+cache with bulk extraction (`cache`) and normalisation (`normalise`). The names most callers
+need are re-exported here."""
+
+from stlser.features import cache, frontend, normalise
+from stlser.features.cache import (
+    FEATURE_VERSION,
+    FeatureCache,
+    fill_cache,
+    format_stats,
+    load_features,
+    load_functionals,
+)
+from stlser.features.frontend import (
+    LOG_FLOOR,
+    N_EGEMAPS_FUNCTIONALS,
+    N_EGEMAPS_LLD,
+    LogMel,
+    compute,
+    dct_matrix,
+    dft_kernels,
+    egemaps_functionals,
+    feature_key_config,
+    front_end,
+    hann_window,
+    mel_filterbank,
+    n_frames,
+)
+from stlser.features.normalise import (
+    NORM_MODES,
+    STD_FLOOR,
+    Normalize,
+    Normalizer,
+    frame_stats,
+    normalize_all,
+)
+
+__all__ = [
+    "FEATURE_VERSION",
+    "LOG_FLOOR",
+    "N_EGEMAPS_FUNCTIONALS",
+    "N_EGEMAPS_LLD",
+    "NORM_MODES",
+    "STD_FLOOR",
+    "FeatureCache",
+    "LogMel",
+    "Normalize",
+    "Normalizer",
+    "cache",
+    "compute",
+    "dct_matrix",
+    "dft_kernels",
+    "egemaps_functionals",
+    "feature_key_config",
+    "fill_cache",
+    "format_stats",
+    "frame_stats",
+    "front_end",
+    "frontend",
+    "hann_window",
+    "load_features",
+    "load_functionals",
+    "mel_filterbank",
+    "n_frames",
+    "normalise",
+    "normalize_all",
+]

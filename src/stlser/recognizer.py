@@ -1,0 +1,295 @@
+"""The recognizer core shared by `stlser.inference` (torch) and `stlser.onnx_runtime`: result
+types, input decoding, batching, and :class:`BaseRecognizer`, which implements
+``predict``/``predict_batch``/``segments``/``stream`` on top of one method a runtime provides:
+``_run(wave[B, N] float32, lengths[B] int64) -> probs[B, C]``.
+
+Imports only numpy and stlser's numpy modules (`audio`, `vad`), so the ONNX runtime stays
+torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from stlser import audio
+from stlser.audio import AudioError, _Resampler, iter_array_blocks, iter_blocks, to_float
+from stlser.vad import SampleBuffer, VADConfig, iter_speech_windows
+
+SAMPLE_RATE = audio.SAMPLE_RATE
+#: The network's CNN pools time by 16: clips are zero-padded (lengths unchanged) to this width.
+MIN_BATCH_SAMPLES = int(audio.MIN_SECONDS * SAMPLE_RATE)
+#: Batches are padded to a multiple of this many samples (0.5 s); see `pad_batch`.
+PAD_QUANTUM = SAMPLE_RATE // 2
+
+
+# ------------------------------------------------------------------------------- results
+@dataclass
+class Prediction:
+    """The emotion of one clip: top label, every label's probability, clip length (s)."""
+
+    label: str
+    probabilities: dict[str, float]
+    duration: float
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Segment:
+    """The emotion of one stretch [start, end) of a longer recording (seconds)."""
+
+    start: float
+    end: float
+    label: str
+    probabilities: dict[str, float]
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------ decoding
+def is_source(x: object) -> bool:
+    """True for what `stlser.audio.load` decodes: a path, bytes or a binary file object."""
+    return isinstance(x, (str, os.PathLike, bytes, bytearray)) or hasattr(x, "read")
+
+
+def decode(x: Any, sample_rate: int | None = None) -> np.ndarray:
+    """Any accepted input → validated 16 kHz mono float32 (raises AudioError for bad audio).
+
+    Paths, bytes and binary file objects are decoded at their own rate (`sample_rate` is then
+    ignored); arrays (``samples`` or ``samples × channels``, float or integer PCM) need it.
+    """
+    if is_source(x):
+        return audio.load(x)
+    if sample_rate is None:
+        raise ValueError(
+            "sample_rate is required when passing an array of samples "
+            "(e.g. recognizer.predict(x, sample_rate=44100))"
+        )
+    return audio.from_array(np.asarray(x), int(sample_rate))
+
+
+# ----------------------------------------------------------------------------- batching
+def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted, longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(
+    waves: Sequence[np.ndarray], quantum: int = PAD_QUANTUM
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad 1-D float32 waves → (wave[B, N] float32, lengths[B] int64).
+
+    N is at least 0.25 s and rounded up to a multiple of `quantum` samples: the network is
+    exact under padding, and few distinct shapes keep the runtimes' per-shape caches (oneDNN
+    primitives, allocator arenas) small — memory stays flat over hours of audio.
+    """
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    n = max(int(lengths.max(initial=0)), MIN_BATCH_SAMPLES)
+    if quantum > 1:
+        n = -(-n // quantum) * quantum
+    out = np.zeros((len(waves), n), np.float32)
+    for i, w in enumerate(waves):
+        out[i, : len(w)] = w
+    return out, lengths
+
+
+class BaseRecognizer:
+    """Everything but the network call; subclasses set `labels` and implement `_run`."""
+
+    labels: list[str]
+    sample_rate: int = SAMPLE_RATE
+
+    def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """wave[B, N] float32, lengths[B] int64 → probabilities[B, C] float (numpy)."""
+        raise NotImplementedError
+
+    def probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Probabilities [B, C] of already decoded 16 kHz mono clips, as one padded batch."""
+        if not waves:
+            return np.zeros((0, len(self.labels)), np.float32)
+        wave, lengths = pad_batch(waves)
+        return np.asarray(self._run(wave, lengths), dtype=np.float64)
+
+    def _probs_dict(self, p: np.ndarray) -> dict[str, float]:
+        return {lab: float(v) for lab, v in zip(self.labels, p, strict=True)}
+
+    def _prediction(self, p: np.ndarray, n_samples: int) -> Prediction:
+        return Prediction(
+            self.labels[int(np.argmax(p))], self._probs_dict(p), n_samples / SAMPLE_RATE
+        )
+
+    def _segment(self, p: np.ndarray, a: int, b: int) -> Segment:
+        return Segment(
+            a / SAMPLE_RATE, b / SAMPLE_RATE, self.labels[int(np.argmax(p))], self._probs_dict(p)
+        )
+
+    # --- clips
+    def predict(self, x: Any, sample_rate: int | None = None) -> Prediction:
+        """Emotion of one clip: a path, bytes, a binary file object, or an array (then
+        `sample_rate` is required). Bad audio raises `stlser.audio.AudioError`."""
+        wave = decode(x, sample_rate)
+        return self._prediction(self.probabilities([wave])[0], len(wave))
+
+    def iter_predict(
+        self,
+        inputs: Iterable[Any],
+        batch_size: int = 16,
+        sample_rate: int | None = None,
+        group: int = 8,
+    ) -> Iterator[tuple[int, Prediction | AudioError]]:
+        """(index, Prediction or the AudioError) for each input, in input order.
+
+        Inputs are decoded `batch_size * group` at a time, sorted by length within that group
+        and batched, so memory stays bounded for any number of files.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        it = iter(enumerate(inputs))
+        while True:
+            chunk = []
+            for _ in range(batch_size * max(1, group)):
+                try:
+                    chunk.append(next(it))
+                except StopIteration:
+                    break
+            if not chunk:
+                return
+            results: dict[int, Prediction | AudioError] = {}
+            waves: list[np.ndarray] = []
+            where: list[int] = []
+            for i, x in chunk:
+                try:
+                    waves.append(decode(x, sample_rate))
+                    where.append(i)
+                except AudioError as e:
+                    results[i] = e
+            for batch in _batches_by_length([len(w) for w in waves], batch_size):
+                probs = self.probabilities([waves[j] for j in batch])
+                for j, p in zip(batch, probs, strict=True):
+                    results[where[j]] = self._prediction(p, len(waves[j]))
+            for i, _ in chunk:
+                yield i, results[i]
+
+    def predict_batch(
+        self, inputs: Iterable[Any], batch_size: int = 16, sample_rate: int | None = None
+    ) -> list[Prediction]:
+        """Predictions for many clips, batching clips of similar length; equal to calling
+        `predict` on each. The first bad input raises its AudioError."""
+        out = []
+        for _, r in self.iter_predict(inputs, batch_size, sample_rate):
+            if isinstance(r, AudioError):
+                raise r
+            out.append(r)
+        return out
+
+    # --- long recordings
+    def iter_segments(
+        self,
+        x: Any,
+        sample_rate: int | None = None,
+        max_window: float = 6.0,
+        min_speech: float = 0.3,
+        min_silence: float = 0.3,
+        threshold_db: float = 10.0,
+        pad: float = 0.1,
+        batch_size: int = 8,
+        block_seconds: float = 10.0,
+    ) -> Iterator[Segment]:
+        """Like `segments`, yielding segments as they are found (constant memory)."""
+        if is_source(x):
+            blocks: Iterable[np.ndarray] = iter_blocks(x, block_seconds)
+        else:
+            if sample_rate is None:
+                raise ValueError("sample_rate is required when passing an array of samples")
+            arr = audio.resample(to_float(x), int(sample_rate))  # silence is allowed here
+            if arr.size == 0:
+                raise AudioError("<array>", "no audio samples")
+            blocks = iter_array_blocks(arr, max(1, int(block_seconds * SAMPLE_RATE)))
+        cfg = VADConfig(min_speech=min_speech, min_silence=min_silence, threshold_db=threshold_db)
+        pending: list[tuple[int, int, np.ndarray]] = []
+        for win in iter_speech_windows(blocks, max_window, pad, cfg):
+            pending.append(win)
+            if len(pending) >= batch_size:
+                yield from self._classify_windows(pending)
+                pending = []
+        yield from self._classify_windows(pending)
+
+    def _classify_windows(self, wins: list[tuple[int, int, np.ndarray]]) -> Iterator[Segment]:
+        probs = self.probabilities([w for _, _, w in wins])
+        for (a, b, _), p in zip(wins, probs, strict=True):
+            yield self._segment(p, a, b)
+
+    def segments(
+        self,
+        x: Any,
+        sample_rate: int | None = None,
+        max_window: float = 6.0,
+        min_speech: float = 0.3,
+        **kw: Any,
+    ) -> list[Segment]:
+        """One prediction per speech window of a long recording.
+
+        Energy VAD finds speech regions (module docstring); each is cut into windows of at most
+        `max_window` s and classified. Paths, bytes and file objects are decoded block by block,
+        so memory does not grow with the recording's length. Other keywords: `min_silence`,
+        `threshold_db`, `pad`, `batch_size`, `block_seconds`. No speech → [].
+        """
+        return list(self.iter_segments(x, sample_rate, max_window, min_speech, **kw))
+
+    # --- live audio
+    def stream(
+        self, chunks: Iterable[Any], sample_rate: int, window: float = 3.0, hop: float = 1.0
+    ) -> Iterator[Segment]:
+        """Rolling predictions over live audio.
+
+        `chunks` are arrays of any size at `sample_rate`. Every `hop` seconds of audio (at
+        t = hop, 2·hop, ...) yields a Segment for the last `window` seconds [max(0, t - window),
+        t); at the end of the stream one more for the last window if audio arrived since. The
+        output depends only on the samples, not on how they were chunked.
+        """
+        if window <= 0 or hop <= 0:
+            raise ValueError("window and hop must be > 0")
+        resample = _Resampler(int(sample_rate))
+        win_n = max(1, int(round(window * SAMPLE_RATE)))
+        hop_n = max(1, int(round(hop * SAMPLE_RATE)))
+        buf = SampleBuffer()
+        due = hop_n
+        last_end = 0
+
+        def emit(t: int) -> Segment:
+            a = max(0, t - win_n)
+            p = self.probabilities([buf.get(a, t)])[0]
+            return self._segment(p, a, t)
+
+        for chunk in chunks:
+            buf.append(resample(to_float(chunk, "<stream>")))
+            while buf.end >= due:
+                yield emit(due)
+                last_end = due
+                due += hop_n
+                buf.drop_before(last_end - win_n)  # the final window may start there
+        tail = resample(np.zeros(0, np.float32), last=True)
+        buf.append(tail)
+        while buf.end >= due:
+            yield emit(due)
+            last_end = due
+            due += hop_n
+            buf.drop_before(last_end - win_n)
+        if buf.end > last_end and buf.end >= MIN_BATCH_SAMPLES:
+            yield emit(buf.end)

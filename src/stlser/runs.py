@@ -1,0 +1,171 @@
+"""The life of a run folder, shared by the network (`experiments.crossval`) and the baseline.
+
+1. :func:`prepare`: manifest and checked folds for the config, written into the folder;
+2. :func:`write_run_header`: the resolved ``config.yaml`` and ``environment.json``;
+3. :func:`plan_units`: the (fold, ensemble member) units of work, and which are already
+   finished (``fold.json`` + ``probs.npy``) and may be reused on ``--resume``;
+4. :func:`run_units`: run the rest in this process or on a local process pool.
+
+Layout: member 0 of fold ``pos`` lives in ``fold_XX/``, member k > 0 in ``fold_XX/member_KK/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stlser import config as config_mod
+from stlser import corpora, splits
+from stlser.config import ExperimentConfig
+from stlser.splits import Fold
+from stlser.utils import environment, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+def resolve_output(cfg: ExperimentConfig, out: str | Path | None, suffix: str = "") -> Path:
+    """`out`, or ``runs/<name><suffix>`` when none is given."""
+    return Path(out) if out else Path("runs") / f"{cfg.name}{suffix}"
+
+
+def write_run_header(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Resolved config.yaml and environment.json (versions, threads, seed, argv) of a run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_mod.dump(cfg))
+    env = environment()
+    env["seed"] = cfg.seed
+    env["argv"] = sys.argv
+    write_json(run_dir / "environment.json", env)
+
+
+def prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[pd.DataFrame, list[Fold], list[str]]:
+    """Manifest, leak-checked folds and sorted labels for the config; manifest.csv and
+    splits.json are written into the run directory."""
+    if cfg.data.manifest:
+        df = corpora.read_manifest(cfg.data.manifest)
+        corpora.write_manifest(df, [], run_dir / "manifest.csv")
+    else:
+        if not cfg.data.root:
+            raise ValueError("config needs data.root (corpus folder) or data.manifest")
+        df, skipped = corpora.build_manifest(cfg.data.corpus, cfg.data.root, labels=cfg.data.labels)
+        corpora.write_manifest(df, skipped, run_dir / "manifest.csv")
+        if skipped:
+            log.warning(
+                "%d unreadable files skipped (see %s)", len(skipped), run_dir / "skipped.csv"
+            )
+    folds = splits.from_config(df, cfg.split, cfg.seed)
+    splits.save(folds, run_dir / "splits.json")
+    labels = sorted(df["label"].unique().tolist())
+    return df, folds, labels
+
+
+def chosen(cfg: ExperimentConfig, folds: Sequence[Fold]) -> list[int]:
+    """Indices of the folds the config runs (`split.folds`, default all)."""
+    return [i for i in range(len(folds)) if cfg.split.folds is None or i in cfg.split.folds]
+
+
+def member_dir(fdir: Path, k: int) -> Path:
+    """Member 0 of a fold lives in fold_XX/ itself (the layout without an ensemble)."""
+    return fdir if k == 0 else fdir / f"member_{k:02d}"
+
+
+def member_folds(cfg: ExperimentConfig, df: pd.DataFrame, folds: list[Fold]) -> list[list[Fold]]:
+    """Folds for each ensemble member: member k draws its validation speakers (and its model
+    seed) from seed + k; the test part of every fold stays the same."""
+    out = [folds]
+    for k in range(1, max(1, cfg.train.ensemble)):
+        fk = splits.from_config(df, cfg.split, cfg.seed + k)
+        same = len(fk) == len(folds) and all(
+            a.test == b.test for a, b in zip(fk, folds, strict=True)
+        )
+        out.append(fk if same else folds)  # e.g. the paper protocol: same split, new model seed
+    return out
+
+
+def finished_probs(mdir: Path, labels: list[str]) -> np.ndarray | None:
+    """Test probabilities of a finished member, or None. Runs made before ensembles existed
+    kept them only in fold_XX/predictions.csv."""
+    if not (mdir / "fold.json").exists():
+        return None
+    if (mdir / "probs.npy").exists():
+        return np.load(mdir / "probs.npy")
+    if (mdir / "predictions.csv").exists() and not (mdir.name.startswith("member_")):
+        p = pd.read_csv(mdir / "predictions.csv", dtype={"speaker": str})
+        return p[[f"prob_{name}" for name in labels]].to_numpy(np.float32)
+    return None
+
+
+@dataclass
+class Unit:
+    """One model to train: fold position `pos` (in the chosen folds), ensemble member `member`."""
+
+    pos: int
+    member: int
+    fold: Fold  # the member's own fold (its validation speakers)
+    cfg: ExperimentConfig  # seed + member
+    dir: Path
+
+
+def plan_units(
+    cfg: ExperimentConfig,
+    run: Path,
+    df: pd.DataFrame,
+    folds: list[Fold],
+    labels: list[str],
+    resume: bool,
+) -> tuple[list[Unit], dict[tuple[int, int], np.ndarray]]:
+    """Every (fold, member) unit not yet finished, and the test probabilities of those that
+    are (reused only with `resume`)."""
+    picked = chosen(cfg, folds)
+    by_member = member_folds(cfg, df, folds)
+    todo: list[Unit] = []
+    done: dict[tuple[int, int], np.ndarray] = {}
+    for pos, i in enumerate(picked):
+        for k in range(max(1, cfg.train.ensemble)):
+            mdir = member_dir(run / f"fold_{pos:02d}", k)
+            probs = finished_probs(mdir, labels) if resume else None
+            if probs is not None:
+                done[(pos, k)] = probs
+                log.info("fold %d/%d member %d already done, reused", pos + 1, len(picked), k)
+                continue
+            c = cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
+            todo.append(Unit(pos, k, by_member[k][i], c, mdir))
+    return todo, done
+
+
+def run_units(
+    units: Iterable[Unit],
+    work: Callable[[Unit], Any],
+    on_done: Callable[[Unit, Any], None],
+    jobs: int = 1,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> None:
+    """`work(unit)` for every unit, then `on_done(unit, result)`. With `jobs` > 1 the units run
+    in that many spawned processes (`work` and `initializer` must be importable functions)."""
+    units = list(units)
+    if jobs <= 1:
+        for u in units:
+            on_done(u, work(u))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=initializer, initargs=initargs
+    ) as pool:
+        pending = {pool.submit(work, u): u for u in units}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                u = pending.pop(fut)
+                on_done(u, fut.result())
