@@ -25,6 +25,7 @@ from stlser import __version__, audio
 from stlser.audio import SAMPLE_RATE, AudioError
 from stlser.config import FeatureConfig
 from stlser.model import STLSER, count_parameters, load_artefact
+from stlser.safety import ModelLoadError
 from stlser.segmenting import BaseRecognizer, Prediction, Segment, expand_inputs
 from stlser.utils import write_text
 
@@ -94,13 +95,18 @@ class Pipeline(nn.Module):
     def from_artefact(cls, path: str | os.PathLike) -> Pipeline:
         """Build from a `model.pt` artefact (see docs/design.md)."""
         model, art = load_artefact(path)
-        fc = FeatureConfig(**art["feature_config"])
-        if fc.resolved().n_features != art["n_features"]:
-            raise ValueError(
-                f"{path}: feature config gives {fc.n_features} features, model expects {art['n_features']}"
-            )
-        meta = {**(art.get("meta") or {}), "source": str(path)}
-        return cls(model, fc, art["normalizer"], art["labels"], meta)
+        try:
+            fc = FeatureConfig(**art["feature_config"])
+            if fc.resolved().n_features != art["n_features"]:
+                raise ValueError(
+                    f"feature config gives {fc.n_features} features, model expects {art['n_features']}"
+                )
+            meta = {**(art.get("meta") or {}), "source": str(path)}
+            return cls(model, fc, art["normalizer"], art["labels"], meta)
+        except (TypeError, ValueError, KeyError) as e:
+            if isinstance(e, ModelLoadError):
+                raise
+            raise ModelLoadError(path, f"unusable artefact settings ({e})"[:300]) from None
 
     @property
     def n_params(self) -> int:

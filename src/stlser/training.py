@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
+from stlser.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
 from stlser.model import STLSER, count_parameters, load_artefact, save_artefact  # noqa: F401 (re-export)
@@ -379,13 +380,16 @@ def _fit(
         log_every_n_steps=tc.log_every_n_steps,
         num_sanity_val_steps=0,
         limit_val_batches=None if val_dl is not None else 0,
+        plugins=[AtomicCheckpointIO()],
     )
     train_dl.batch_sampler.epoch_source = lambda: trainer.fit_loop.epoch_progress.current.processed
     last = out / "checkpoints" / "last.ckpt"
     resuming = resume and last.exists()
     history = out / "logs" / "metrics.csv"
     before = pd.read_csv(history) if resuming and history.exists() else None
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
+    trainer.fit(
+        module, train_dl, val_dl, ckpt_path=str(last) if resuming else None, weights_only=True
+    )
     if before is not None:  # the CSV logger starts a fresh file on resume: keep the earlier epochs
         after = pd.read_csv(history) if history.exists() else before.iloc[:0]
         first = after["epoch"].min() if len(after) else np.inf
@@ -458,7 +462,7 @@ def train_fold(
             cbs.append(_FailAt(fail_at_epoch))
         trainer, last = _fit(cfg, module, train_dl, val_dl, out, tc.max_epochs, resume, cbs)
         best_path = ckpt.best_model_path or str(last)
-        state = torch.load(best_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(best_path)
         s1 = {
             "best_path": str(best_path),
             "best_epoch": int(state.get("epoch", -1)) + 1,  # 1-based epoch whose weights were kept
@@ -476,10 +480,10 @@ def train_fold(
         dl = loader(*both, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
         cbs = [_FailAt(fail_at_epoch)] if fail_at_epoch else []
         _, last = _fit(cfg, module, dl, None, out / "refit", max(1, best_epoch), resume, cbs)
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = load_checkpoint(last)
         epochs_run += max(1, best_epoch)
     else:
-        state = torch.load(s1["best_path"], map_location="cpu", weights_only=False)
+        state = load_checkpoint(s1["best_path"])
     module.load_state_dict(state["state_dict"])
     model = module.model.eval()
     res = predict(model, data.test[0], embeddings=True)
