@@ -20,6 +20,7 @@ import pandas as pd
 from stlser import config as config_mod
 from stlser.config import ExperimentConfig
 from stlser.utils import (
+    clean_stale_temps,
     environment,
     save_npy,
     usable_cores,
@@ -39,21 +40,27 @@ def resolve_output(cfg: ExperimentConfig, out: str | Path | None) -> Path:
     return Path(out) if out else Path("runs") / cfg.name
 
 
-def prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[pd.DataFrame, list, list[str]]:
-    """Manifest and folds for the config; written into the run directory."""
+def prepare(
+    cfg: ExperimentConfig, run_dir: Path, check: Any = None
+) -> tuple[pd.DataFrame, list, list[str]]:
+    """Manifest and folds for the config; written into the run directory.
+
+    `check(df, folds)`, if given, runs before anything is written (the resume guard)."""
     from stlser import corpora, splits
 
+    skipped: list = []
     if cfg.data.manifest:
         df = corpora.read_manifest(cfg.data.manifest)
-        corpora.write_manifest(df, [], run_dir / "manifest.csv")
     else:
         if not cfg.data.root:
             raise ValueError("config needs data.root (corpus folder) or data.manifest")
         df, skipped = corpora.build_manifest(cfg.data.corpus, cfg.data.root, labels=cfg.data.labels)
-        corpora.write_manifest(df, skipped, run_dir / "manifest.csv")
-        if skipped:
-            _log(f"{len(skipped)} unreadable files skipped (see {run_dir / 'skipped.csv'})")
     folds = splits.from_config(df, cfg.split, cfg.seed)
+    if check is not None:
+        check(df, folds)
+    corpora.write_manifest(df, skipped, run_dir / "manifest.csv")
+    if skipped:
+        _log(f"{len(skipped)} unreadable files skipped (see {run_dir / 'skipped.csv'})")
     splits.save(folds, run_dir / "splits.json")
     labels = sorted(df["label"].unique().tolist())
     return df, folds, labels
@@ -191,21 +198,37 @@ def crossval(
     out: str | Path | None,
     resume: bool = False,
     fail_at_epoch: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Train and test every fold of the configured protocol; write the pooled report.
 
     With `train.ensemble` K > 1 each fold trains K models (own seed, own validation speakers)
     and its test probabilities are their mean. With `train.jobs` J > 1 the (fold, member)
     units run in J processes at once; results do not depend on J.
+
+    `resume` reuses finished folds and continues interrupted ones, only if the run folder's
+    fingerprint (stlser.fingerprint) matches this config, manifest and folds; `force` resumes
+    despite a mismatch (logged and recorded in fingerprint.json).
     """
     import dataclasses
 
     from stlser import evaluation, features
 
+    from stlser import fingerprint
+
     run = resolve_output(cfg, out)
     t0 = time.time()
+    guarded: dict[str, Any] = {}
+
+    def check(df: pd.DataFrame, folds: list) -> None:  # before anything is written into `run`
+        fp = fingerprint.compute(cfg, df, folds)
+        guarded["fp"] = fingerprint.guard(run, fp, resume, force, _log)
+
+    df, folds, labels = prepare(cfg, run, check=check)
     write_run_header(cfg, run)
-    df, folds, labels = prepare(cfg, run)
+    fingerprint.store(run, guarded["fp"])
+    for stale in clean_stale_temps(run):
+        _log(f"removed a temporary file left by a killed run: {stale}")
     chosen = [i for i in range(len(folds)) if cfg.split.folds is None or i in cfg.split.folds]
     n_members = max(1, cfg.train.ensemble)
     by_member = member_folds(cfg, df, folds)
@@ -327,11 +350,15 @@ def crossval(
 
 
 def train(
-    cfg: ExperimentConfig, out: str | Path | None, resume: bool = False, fold: int = 0
+    cfg: ExperimentConfig,
+    out: str | Path | None,
+    resume: bool = False,
+    fold: int = 0,
+    force: bool = False,
 ) -> Path:
     """Train (and test) one fold of the configured protocol."""
     cfg.split.folds = [fold]
-    return crossval(cfg, out, resume=resume)
+    return crossval(cfg, out, resume=resume, force=force)
 
 
 def evaluate(

@@ -62,17 +62,16 @@ def safe_torch_load(path: str | os.PathLike, what: str = "model file") -> Any:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e)
-        hint = ""
-        for line in msg.splitlines():
-            if "Unsupported global" in line or "Unsupported operand" in line:
-                hint = ": " + line.strip().split("Unsupported", 1)[1][:160]
-                hint = " (unsupported" + hint + ")"
-                break
+        found = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+        if not found:
+            raise ModelLoadError(
+                p, f"not a readable {what} (not a PyTorch file, or corrupt)"
+            ) from None
+        name = found[0].split("GLOBAL", 1)[-1].split(" was not", 1)[0].strip()[:120]
         raise ModelLoadError(
             p,
-            f"refused to load: the {what} asks to run code or build objects that a model file "
-            f"never needs{hint}; it was not loaded (only trusted stlser files can be used)",
+            f"refused to load: the {what} asks to run or build {name or 'code'}, which a model "
+            "file never needs; nothing from it was executed (only files written by stlser load)",
         ) from None
     except (zipfile.BadZipFile, EOFError) as e:
         raise ModelLoadError(p, f"not a readable {what} (corrupt or truncated: {e})") from None

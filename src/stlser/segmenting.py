@@ -141,13 +141,18 @@ class _Resampler:
         return self.stream.resample_chunk(x, last=last)
 
 
-def iter_blocks(source: Any, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+def iter_blocks(
+    source: Any, block_seconds: float = 10.0, max_seconds: float | None = None
+) -> Iterator[np.ndarray]:
     """Decode a path, bytes or binary file object block by block → 16 kHz mono float32 blocks.
 
     Never holds more than one block: for hour-long files. Raises AudioError for unreadable,
-    truncated or empty input, or NaN samples.
+    truncated or empty input, NaN samples, or a sample rate below `audio.MIN_SAMPLE_RATE`;
+    with `max_seconds`, AudioTooLarge for longer audio (`audio.check_limits`).
     """
     meta = audio.info(source)  # existence, emptiness, WAV truncation, readability
+    audio.check_limits(meta, source, max_seconds)
+    cap = None if max_seconds is None else int(max_seconds * meta.sample_rate) + meta.sample_rate
     if isinstance(source, (bytes, bytearray)):
         fh: Any = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
@@ -170,6 +175,8 @@ def iter_blocks(source: Any, block_seconds: float = 10.0) -> Iterator[np.ndarray
                 if x.shape[0] == 0:
                     break
                 got += x.shape[0]
+                if cap is not None and got > cap:
+                    raise audio.AudioTooLarge(source, "audio longer than its header says")
                 y = audio.to_mono(x)
                 if not np.all(np.isfinite(y)):
                     raise AudioError(source, "contains NaN or infinite samples")
@@ -546,10 +553,11 @@ class BaseRecognizer:
         pad: float = 0.1,
         batch_size: int = 8,
         block_seconds: float = 10.0,
+        max_seconds: float | None = None,
     ) -> Iterator[Segment]:
         """Like `segments`, yielding segments as they are found (constant memory)."""
         if is_source(x):
-            blocks: Iterable[np.ndarray] = iter_blocks(x, block_seconds)
+            blocks: Iterable[np.ndarray] = iter_blocks(x, block_seconds, max_seconds)
         else:
             if sample_rate is None:
                 raise ValueError("sample_rate is required when passing an array of samples")
@@ -584,7 +592,8 @@ class BaseRecognizer:
         Energy VAD finds speech regions (module docstring); each is cut into windows of at most
         `max_window` s and classified. Paths, bytes and file objects are decoded block by block,
         so memory does not grow with the recording's length. Other keywords: `min_silence`,
-        `threshold_db`, `pad`, `batch_size`, `block_seconds`. No speech → [].
+        `threshold_db`, `pad`, `batch_size`, `block_seconds`, `max_seconds` (refuse longer
+        audio, `stlser.audio.check_limits`). No speech → [].
         """
         return list(self.iter_segments(x, sample_rate, max_window, min_speech, **kw))
 
