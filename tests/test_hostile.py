@@ -353,10 +353,13 @@ def test_many_multipart_parts_are_cut_short(app_factory):
     """Must fix 4: a body of thousands of tiny parts stops at the part limit with a short
     error that does not echo every field name."""
     boundary = "XyZ"
-    body = "".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="field{i:05d}"\r\n\r\nv\r\n'
-        for i in range(5000)
-    ) + f"--{boundary}--\r\n"
+    body = (
+        "".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="field{i:05d}"\r\n\r\nv\r\n'
+            for i in range(5000)
+        )
+        + f"--{boundary}--\r\n"
+    )
     with _client(app_factory()) as c:
         r = c.post(
             "/predict",
@@ -369,10 +372,13 @@ def test_many_multipart_parts_are_cut_short(app_factory):
 
 def test_wrong_field_error_is_short(app_factory):
     boundary = "XyZ"
-    body = "".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{"n" * 500}{i}"\r\n\r\nv\r\n'
-        for i in range(7)
-    ) + f"--{boundary}--\r\n"
+    body = (
+        "".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{"n" * 500}{i}"\r\n\r\nv\r\n'
+            for i in range(7)
+        )
+        + f"--{boundary}--\r\n"
+    )
     with _client(app_factory()) as c:
         r = c.post(
             "/predict",
@@ -472,13 +478,31 @@ def test_predict_segments_without_speech_gets_a_row(tmp_path, model_path, clip, 
     quiet = tmp_path / "quiet.wav"
     sf.write(quiet, np.zeros(SR * 2, np.float32), SR)
     out = tmp_path / "out.csv"
-    assert main(["predict", "--model", str(model_path), "--segments", str(quiet), "-o", str(out)]) == 1
+    assert (
+        main(["predict", "--model", str(model_path), "--segments", str(quiet), "-o", str(out)]) == 1
+    )
     rows = pd.read_csv(out, keep_default_na=False)
-    assert rows["path"].tolist() == [str(quiet)] and rows["error"].tolist() == ["no speech detected"]
+    assert rows["path"].tolist() == [str(quiet)] and rows["error"].tolist() == [
+        "no speech detected"
+    ]
     assert "0/1 files classified" in capsys.readouterr().err
     speech = tmp_path / "speech.wav"
     sf.write(speech, np.concatenate([np.zeros(SR), tone(1.0), np.zeros(SR)]).astype(np.float32), SR)
-    assert main(["predict", "--model", str(model_path), "--segments", str(quiet), str(speech), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_path),
+                "--segments",
+                str(quiet),
+                str(speech),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "1/2 files classified" in capsys.readouterr().err
 
 
@@ -528,5 +552,175 @@ def test_pickle_module_is_not_needed_for_new_artefacts(model_path):
     art = torch.load(model_path, weights_only=True)
     assert art["format"] == "stlser-model/1"
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(_crafted(model_path.parent / "evil.pt", model_path.parent / "x"), weights_only=True)
+        torch.load(
+            _crafted(model_path.parent / "evil.pt", model_path.parent / "x"), weights_only=True
+        )
     assert not (model_path.parent / "x").exists()
+
+
+# ------------------------------------------------------------- 5. leaks by file and speaker
+def _manifest_df(synth_corpus) -> pd.DataFrame:
+    from stlser import corpora
+
+    return corpora.read_manifest(synth_corpus / "manifest.csv")
+
+
+def test_same_file_under_two_ids_is_a_leak(synth_corpus, tmp_path):
+    """Must fix 5: one file listed twice (other utt_id, other speaker) → `splits` refuses."""
+    df = _manifest_df(synth_corpus)
+    spk0 = sorted(df["speaker"].unique())[0]
+    dup = df[df["speaker"] == spk0].copy()
+    dup["utt_id"] = "copy_" + dup["utt_id"]
+    dup["speaker"] = "zed"
+    m = tmp_path / "manifest.csv"
+    pd.concat([df, dup]).to_csv(m, index=False)
+    assert (
+        main(["splits", "--manifest", str(m), "--protocol", "loso", "-o", str(tmp_path / "s.json")])
+        == 2
+    )
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_identical_content_under_another_path_is_a_leak(synth_corpus, tmp_path):
+    import shutil
+
+    from stlser import splits
+    from stlser.config import SplitConfig
+
+    df = _manifest_df(synth_corpus)
+    row = df.iloc[0].copy()
+    copy = tmp_path / "copy.wav"
+    shutil.copy(row["path"], copy)
+    row["utt_id"], row["path"], row["speaker"] = "copied", str(copy), "zed"
+    df2 = pd.concat([df, row.to_frame().T], ignore_index=True)
+    with pytest.raises(splits.LeakError, match="identical content"):
+        splits.from_config(df2, SplitConfig(protocol="loso"), 0)
+
+
+def test_speakers_compare_stripped_and_case_insensitively(synth_corpus, tmp_path):
+    from stlser import corpora, splits
+
+    df = _manifest_df(synth_corpus)
+    spk0 = sorted(df["speaker"].unique())[0]
+    rows = df.index[df["speaker"] == spk0]
+    df.loc[rows[::2], "speaker"] = f" {spk0.upper()} "
+    df.loc[rows[:3], "label"] = [f" {x.upper()}" for x in df.loc[rows[:3], "label"]]
+    m = tmp_path / "manifest.csv"
+    df.to_csv(m, index=False)
+    back = corpora.read_manifest(m)
+    assert back["speaker"].nunique() == 4 and set(back["label"]) == set(
+        _manifest_df(synth_corpus)["label"]
+    )
+    folds = splits.make_folds(back, "loso")
+    assert len(folds) == 4
+    # a fold built by hand that splits one speaker by case is a leak
+    bad = splits.Fold(
+        "x",
+        [u for u in df["utt_id"] if u not in set(df.loc[rows, "utt_id"])]
+        + list(df.loc[rows[1::2], "utt_id"]),
+        [],
+        list(df.loc[rows[::2], "utt_id"]),
+        [f" {spk0.upper()} "],
+        [],
+        0,
+        True,
+    )
+    odd = df.copy()
+    other = sorted(set(odd["speaker"]) - {spk0, f" {spk0.upper()} "})[0]
+    val_ids = odd.loc[odd["speaker"] == other, "utt_id"].tolist()
+    bad.train = [u for u in bad.train if u not in val_ids]
+    bad.val, bad.val_speakers = val_ids, [other]
+    with pytest.raises(splits.LeakError, match="in both"):
+        splits.check_folds([bad], odd)
+
+
+# --------------------------------------------------------------- 6. degenerate speakers
+def _degenerate_df(synth_corpus) -> pd.DataFrame:
+    df = _manifest_df(synth_corpus)
+    spk = sorted(df["speaker"].unique())
+    df.loc[df["speaker"] == spk[0], "label"] = "angry"  # one speaker speaks one emotion
+    return df
+
+
+def test_degenerate_speakers_are_found_and_fall_back_to_global(synth_corpus):
+    """Must fix 6: a one-emotion speaker is detected; speaker normalisation uses global
+    statistics for them (network and baseline), per-speaker statistics for the others."""
+    from stlser import degenerate, features
+    from stlser.baseline import normalize_functionals
+    from stlser.config import FeatureConfig
+
+    df = _degenerate_df(synth_corpus)
+    spk0 = sorted(df["speaker"].unique())[0]
+    found = degenerate.find(df)
+    assert list(found) == [spk0] and "100 % angry" in found[spk0]
+    assert degenerate.global_speakers(df, FeatureConfig()) == {spk0}
+    assert degenerate.global_speakers(df, FeatureConfig(speaker_fallback="off")) == set()
+    rng = np.random.default_rng(0)
+    feats = {
+        u: rng.normal(3.0 if s == spk0 else 0.0, 1.0, (20, 4)).astype(np.float32)
+        for u, s in zip(df["utt_id"], df["speaker"], strict=True)
+    }
+    train = df.loc[df["speaker"] != spk0, "utt_id"].tolist()
+    normed, _ = features.normalize_all(feats, df, "speaker", train, global_speakers={spk0})
+    own = np.concatenate([normed[u] for u in df.loc[df["speaker"] == spk0, "utt_id"]])
+    assert own.mean() > 2.0  # global stats keep what distinguishes this speaker's emotion
+    normed2, _ = features.normalize_all(feats, df, "speaker", train)
+    own2 = np.concatenate([normed2[u] for u in df.loc[df["speaker"] == spk0, "utt_id"]])
+    assert abs(own2.mean()) < 1e-4  # what plain speaker normalisation does
+    X = np.stack([feats[u].mean(0) for u in df["utt_id"]]).astype(np.float64)
+    fit = np.flatnonzero(df["speaker"] != spk0)
+    Xs, _ = normalize_functionals(X, df["speaker"], "speaker", fit, [spk0])
+    assert Xs[df["speaker"].to_numpy() == spk0].mean() > 2.0
+
+
+def test_degenerate_speakers_are_warned_and_recorded(synth_corpus, tmp_path, monkeypatch, capsys):
+    from stlser import experiments
+
+    _fake_training(monkeypatch)
+    df = _degenerate_df(synth_corpus)
+    m = tmp_path / "manifest.csv"
+    df.to_csv(m, index=False)
+    run = experiments.crossval(
+        _synth_cfg(synth_corpus, tmp_path, f"data.manifest={m}"), tmp_path / "run"
+    )
+    rep = json.loads((run / "report.json").read_text())
+    spk0 = sorted(df["speaker"].unique())[0]
+    assert list(rep["speaker_normalisation"]["degenerate_speakers"]) == [spk0]
+    assert rep["speaker_normalisation"]["speaker_fallback"] == "global"
+    assert "degenerate speaker" in (run / "report.md").read_text()
+    assert "WARNING" in capsys.readouterr().err
+    assert main(["splits", "--manifest", str(m), "-o", str(tmp_path / "s.json")]) == 0
+    assert "speak (nearly) one emotion" in capsys.readouterr().err
+
+
+def test_fold_data_applies_the_fallback(synth_corpus):
+    from stlser import config, experiments, splits
+
+    df = _degenerate_df(synth_corpus)
+    spk0 = sorted(df["speaker"].unique())[0]
+    cfg = config.load(None, ["split.protocol=group-kfold", "split.k=2"])
+    fold = next(f for f in splits.from_config(df, cfg.split, 0) if spk0 in f.test_speakers)
+    rng = np.random.default_rng(1)
+    feats = {
+        u: rng.normal(3.0 if s == spk0 else 0.0, 1.0, (20, 40)).astype(np.float32)
+        for u, s in zip(df["utt_id"], df["speaker"], strict=True)
+    }
+    labels = sorted(df["label"].unique())
+    data = experiments.fold_data(cfg, df, feats, fold, labels)
+    every = dict(
+        zip(
+            fold.train + fold.val + fold.test,
+            data.train[0] + data.val[0] + data.test[0],
+            strict=True,
+        )
+    )
+    own = np.concatenate([every[u] for u in df.loc[df["speaker"] == spk0, "utt_id"]])
+    assert abs(own.mean()) > 0.5
+
+
+# ------------------------------------------------------------------- also-fix: manifest
+def test_manifest_of_only_missing_files_exits_non_zero(tmp_path, capsys):
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label,speaker\nnope1.wav,angry,a\nnope2.wav,sad,b\n")
+    assert main(["manifest", "--corpus", "csv", "--root", str(csv), "-o", str(tmp_path / "m")]) != 0
+    assert "no usable utterance" in capsys.readouterr().err

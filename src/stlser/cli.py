@@ -9,7 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 FORCE_HELP = (
     "with --resume: continue even if the run was made with other settings (the differing keys "
     "are printed and recorded in fingerprint.json)"
@@ -44,7 +43,26 @@ def cmd_manifest(a: argparse.Namespace) -> int:
     out = corpora.write_manifest(df, skipped, a.output)
     print(corpora.summarize(df, skipped))
     print(f"manifest: {out}")
+    if df.empty:
+        print(
+            f"stlser manifest: error: no usable utterance ({len(skipped)} file(s) skipped, "
+            f"reasons in {out.parent / 'skipped.csv'})",
+            file=sys.stderr,
+        )
+        return 1
+    _warn_degenerate(df)
     return 0
+
+
+def _warn_degenerate(df) -> None:
+    """The loud warning about speakers speaker normalisation would fail on (stlser.degenerate)."""
+    from stlser import degenerate
+    from stlser.config import FeatureConfig
+
+    fc = FeatureConfig()
+    found = degenerate.find(df, fc.degenerate_share, fc.degenerate_min_utts)
+    if found:
+        print(degenerate.warning(found, df["speaker"].nunique(), None), file=sys.stderr)
 
 
 def cmd_splits(a: argparse.Namespace) -> int:
@@ -64,6 +82,7 @@ def cmd_splits(a: argparse.Namespace) -> int:
     splits.save(folds, a.output)
     print(splits.summarize(folds, df))
     print(f"splits: {a.output}")
+    _warn_degenerate(df)
     return 0
 
 

@@ -47,6 +47,13 @@ class FeatureConfig:
     n_mfcc: int = 40
     fixed_seconds: float | None = None  # pad/cut every clip to this length (authors: 10.0)
     normalize: str = "speaker"  # none | global | speaker | utterance (fitted on training data only)
+    # Speakers with (nearly) one label or few utterances (stlser.degenerate): "global" normalises
+    # them with global statistics under normalize=speaker; "off" keeps speaker statistics.
+    speaker_fallback: str = "global"
+    degenerate_share: float = (
+        0.9  # share of the most frequent label that makes a speaker degenerate
+    )
+    degenerate_min_utts: int = 5  # fewer utterances than this: degenerate
 
     def resolved(self) -> FeatureConfig:
         """Apply the preset: `authors` reproduces the authors' librosa recipe."""

@@ -428,6 +428,15 @@ def render_markdown(r: dict[str, Any]) -> str:
         )
     else:
         lines.append("Speaker independence of the protocol: not stated.")
+    sn = r.get("speaker_normalisation") or {}
+    if sn.get("degenerate_speakers"):
+        found = sn["degenerate_speakers"]
+        eg = ", ".join(f"{s} ({why})" for s, why in list(found.items())[:8])
+        lines += [
+            "",
+            f"**Speaker normalisation: {len(found)} degenerate speaker(s)** (one emotion or too few "
+            f"utterances: {eg}); fallback: `{sn.get('speaker_fallback')}`.",
+        ]
     lines += ["", "## Pooled over all folds (95 % bootstrap CI over utterances)", ""]
     lines += ["| metric | % | 95 % CI | fold mean ± std |", "|---|---:|---:|---:|"]
     for key, name in (

@@ -80,11 +80,17 @@ def fold_data(
     cfg: ExperimentConfig, df: pd.DataFrame, feats: dict[str, np.ndarray], fold, labels: list[str]
 ):
     """Normalise features with statistics fitted on the fold's training part; build FoldData."""
-    from stlser import features
+    from stlser import degenerate, features
     from stlser.training import FoldData
 
     fc = cfg.features
-    normed, norm = features.normalize_all(feats, df, fc.normalize, list(fold.train))
+    normed, norm = features.normalize_all(
+        feats,
+        df,
+        fc.normalize,
+        list(fold.train),
+        global_speakers=degenerate.global_speakers(df, fc),
+    )
     lab = dict(zip(df["utt_id"], df["label"], strict=True))
     index = {name: i for i, name in enumerate(labels)}
 
@@ -212,9 +218,7 @@ def crossval(
     """
     import dataclasses
 
-    from stlser import evaluation, features
-
-    from stlser import fingerprint
+    from stlser import evaluation, features, fingerprint
 
     run = resolve_output(cfg, out)
     t0 = time.time()
@@ -229,6 +233,16 @@ def crossval(
     fingerprint.store(run, guarded["fp"])
     for stale in clean_stale_temps(run):
         _log(f"removed a temporary file left by a killed run: {stale}")
+    from stlser import degenerate
+
+    degenerate_info = degenerate.record(df, cfg.features)
+    warn = degenerate.warning(
+        degenerate_info["degenerate_speakers"],
+        df["speaker"].nunique(),
+        cfg.features.speaker_fallback,
+    )
+    if warn:
+        _log(warn)
     chosen = [i for i in range(len(folds)) if cfg.split.folds is None or i in cfg.split.folds]
     n_members = max(1, cfg.train.ensemble)
     by_member = member_folds(cfg, df, folds)
@@ -339,6 +353,7 @@ def crossval(
         "stl_layers": cfg.model.stl_layers,
         "aggregation": cfg.model.aggregation,
         "stl_over": cfg.model.stl_over,
+        "speaker_normalisation": degenerate_info,
     }
     write_csv(run / "predictions.csv", allp)
     rep = evaluation.write_report(run, allp, labels, fold_infos, extra)

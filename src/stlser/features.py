@@ -62,7 +62,7 @@ STD_FLOOR = 1e-5
 N_EGEMAPS_LLD = 25
 N_EGEMAPS_FUNCTIONALS = 88
 #: Fields of FeatureConfig that do not change the cached features.
-_NOT_IN_KEY = {"normalize"}
+_NOT_IN_KEY = {"normalize", "speaker_fallback", "degenerate_share", "degenerate_min_utts"}
 
 
 # ----------------------------------------------------------------------------- frame counting
@@ -653,6 +653,7 @@ def normalize_all(
     mode: str,
     train_ids: Iterable[str],
     fitted: Normalizer | None = None,
+    global_speakers: Iterable[str] = (),
 ) -> tuple[dict[str, np.ndarray], Normalizer]:
     """Normalised copies of `feats` and the Normalizer fitted on `train_ids` only.
 
@@ -666,6 +667,9 @@ def normalize_all(
     `train_ids`: its global statistics are used instead of fitting new ones. With neither, only
     modes that need no global statistics work (``none``, ``utterance``, ``speaker`` when every
     row names its speaker).
+
+    `global_speakers` (``speaker`` mode): speakers normalised with the global statistics instead
+    of their own — the degenerate speakers of `stlser.degenerate`.
     """
     if mode not in NORM_MODES:
         raise ValueError(f"normalize must be one of {NORM_MODES}, not {mode!r}")
@@ -687,6 +691,11 @@ def normalize_all(
             spk = speaker_of.get(u, "")
             if spk:
                 groups.setdefault(spk, []).append(u)
-        stats = {s: frame_stats([feats[u] for u in us], norm.floor) for s, us in groups.items()}
+        skip = set(global_speakers)
+        stats = {
+            s: frame_stats([feats[u] for u in us], norm.floor)
+            for s, us in groups.items()
+            if s not in skip
+        }
     out = {u: norm.transform(x, stats.get(speaker_of.get(u, ""))) for u, x in feats.items()}
     return out, norm

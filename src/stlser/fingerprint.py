@@ -118,7 +118,9 @@ def guard(run: Path, fp: dict[str, Any], resume: bool, force: bool, log) -> dict
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ResumeMismatch(f"{path}: unreadable fingerprint ({e}); use --force or a new output") from None
+        raise ResumeMismatch(
+            f"{path}: unreadable fingerprint ({e}); use --force or a new output"
+        ) from None
     diff = differences(old, fp)
     if not diff:
         return {**fp, **({"forced_over": old["forced_over"]} if "forced_over" in old else {})}

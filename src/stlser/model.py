@@ -276,5 +276,7 @@ def load_artefact(path: str | Path) -> tuple[STLSER, dict]:
         model.load_state_dict(art["state_dict"])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelLoadError(path, f"the weights do not fit the stored model config ({first})") from None
+        raise ModelLoadError(
+            path, f"the weights do not fit the stored model config ({first})"
+        ) from None
     return model.eval(), art

@@ -69,7 +69,8 @@ class OnnxRecognizer(BaseRecognizer):
         width = out[0].shape[-1] if out and out[0].shape else None
         if isinstance(width, int) and width != len(self.labels):
             raise ModelLoadError(
-                p, f"the graph gives {width} probabilities but its metadata names {len(self.labels)} labels"
+                p,
+                f"the graph gives {width} probabilities but its metadata names {len(self.labels)} labels",
             )
         if self.sample_rate != SAMPLE_RATE:
             raise ModelLoadError(

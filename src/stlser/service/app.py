@@ -142,7 +142,9 @@ async def _read_body(request: Request, limit: int, timeout: float | None = None)
     except ClientDisconnect:
         raise ApiError(400, "the client disconnected before the upload was complete") from None
     except TimeoutError:
-        raise ApiError(408, f"upload too slow: the body did not arrive within {timeout:g} s") from None
+        raise ApiError(
+            408, f"upload too slow: the body did not arrive within {timeout:g} s"
+        ) from None
     return bytes(buf)
 
 
@@ -339,7 +341,9 @@ def create_app(
             and "origin" in request.headers
             and not _origin_ok(request.headers["origin"], host, request.url.scheme, origins)
         ):
-            response = _error(403, "cross-origin request refused (see `stlser serve --allow-origin`)")
+            response = _error(
+                403, "cross-origin request refused (see `stlser serve --allow-origin`)"
+            )
         else:
             response = await call_next(request)
         for k, v in SECURITY_HEADERS.items():
