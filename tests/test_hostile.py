@@ -349,42 +349,29 @@ def test_service_refuses_costly_uploads(app_factory):
         assert c.post("/predict", content=wav_bytes(tone(0.9))).status_code == 200
 
 
+def _post_parts(app, names: list[str]):
+    boundary = "XyZ"
+    body = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"\r\n\r\nv\r\n' for n in names
+    )
+    with _client(app) as c:
+        return c.post(
+            "/predict",
+            content=(body + f"--{boundary}--\r\n").encode(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+
+
 def test_many_multipart_parts_are_cut_short(app_factory):
     """Must fix 4: a body of thousands of tiny parts stops at the part limit with a short
     error that does not echo every field name."""
-    boundary = "XyZ"
-    body = (
-        "".join(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="field{i:05d}"\r\n\r\nv\r\n'
-            for i in range(5000)
-        )
-        + f"--{boundary}--\r\n"
-    )
-    with _client(app_factory()) as c:
-        r = c.post(
-            "/predict",
-            content=body.encode(),
-            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
-        )
+    r = _post_parts(app_factory(), [f"field{i:05d}" for i in range(5000)])
     assert r.status_code == 400
     assert "too many parts" in r.json()["error"] and len(r.text) < 400
 
 
 def test_wrong_field_error_is_short(app_factory):
-    boundary = "XyZ"
-    body = (
-        "".join(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{"n" * 500}{i}"\r\n\r\nv\r\n'
-            for i in range(7)
-        )
-        + f"--{boundary}--\r\n"
-    )
-    with _client(app_factory()) as c:
-        r = c.post(
-            "/predict",
-            content=body.encode(),
-            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
-        )
+    r = _post_parts(app_factory(), [f"{'n' * 500}{i}" for i in range(7)])
     assert r.status_code == 400 and len(r.json()["error"]) <= 300
 
 

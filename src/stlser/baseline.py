@@ -363,14 +363,7 @@ def run_baseline(
 
     from stlser import degenerate
 
-    degenerate_info = degenerate.record(df, cfg.features)
-    warn = degenerate.warning(
-        degenerate_info["degenerate_speakers"],
-        df["speaker"].nunique(),
-        cfg.features.speaker_fallback,
-    )
-    if warn:
-        print(f"[baseline] {warn}")
+    degenerate_info = degenerate.report(df, cfg.features, lambda m: print(f"[baseline] {m}"))
     preds, fold_dicts, info = cross_validate(
         functionals,
         df,

@@ -76,6 +76,15 @@ def warning(found: dict[str, str], n_speakers: int, fallback: str | None = "glob
     )
 
 
+def report(df: Any, fc: Any, log: Any) -> dict[str, Any]:
+    """Warn through `log` (loudly) and return :func:`record` — what runs call."""
+    info = record(df, fc)
+    warn = warning(info["degenerate_speakers"], df["speaker"].nunique(), fc.speaker_fallback)
+    if warn:
+        log(warn)
+    return info
+
+
 def record(df: Any, fc: Any) -> dict[str, Any]:
     """What the report stores about the decision."""
     found = from_config(df, fc)

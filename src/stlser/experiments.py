@@ -235,14 +235,7 @@ def crossval(
         _log(f"removed a temporary file left by a killed run: {stale}")
     from stlser import degenerate
 
-    degenerate_info = degenerate.record(df, cfg.features)
-    warn = degenerate.warning(
-        degenerate_info["degenerate_speakers"],
-        df["speaker"].nunique(),
-        cfg.features.speaker_fallback,
-    )
-    if warn:
-        _log(warn)
+    degenerate_info = degenerate.report(df, cfg.features, _log)
     chosen = [i for i in range(len(folds)) if cfg.split.folds is None or i in cfg.split.folds]
     n_members = max(1, cfg.train.ensemble)
     by_member = member_folds(cfg, df, folds)
