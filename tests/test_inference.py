@@ -82,7 +82,8 @@ def test_pipeline_equals_front_end_normaliser_model(model_path, clips):
     model, art = load_artefact(model_path)
     x = sf.read(clips[3], dtype="float32")[0]
     feats = compute(x, pipe.feature_config)
-    z = (feats - art["normalizer"]["mean"]) / art["normalizer"]["std"]
+    norm = {k: np.asarray(art["normalizer"][k], np.float32) for k in ("mean", "std")}
+    z = (feats - norm["mean"]) / norm["std"]
     with torch.no_grad():
         ref = torch.softmax(model(torch.from_numpy(z)[None], torch.tensor([len(z)])), -1)[0].numpy()
         got = pipe(torch.from_numpy(x)[None], torch.tensor([len(x)]))[0].numpy()

@@ -68,7 +68,9 @@ def recognizer(model_path):
 @pytest.fixture(scope="module")
 def client(model_path) -> TestClient:
     """The app as `stlser serve` builds it: from the artefact path, with a 1 MB / 30 s limit."""
-    with TestClient(create_app(model_path, max_mb=1.0, max_seconds=30.0)) as c:
+    with TestClient(
+        create_app(model_path, max_mb=1.0, max_seconds=30.0), base_url="http://127.0.0.1"
+    ) as c:
         yield c
 
 
@@ -233,7 +235,9 @@ def test_truncated_silent_and_too_short(client, clip):
 
 
 def test_oversize(model_path, clip):
-    with TestClient(create_app(model_path, max_mb=0.01, max_seconds=30.0)) as small:
+    with TestClient(
+        create_app(model_path, max_mb=0.01, max_seconds=30.0), base_url="http://127.0.0.1"
+    ) as small:
         assert len(clip) > 0.01 * 1024 * 1024
         assert_error(small.post("/predict", content=clip), 413, "too large")
         assert_error(small.post("/predict", files={"file": ("a.wav", clip)}), 413, "too large")
@@ -274,7 +278,9 @@ def test_read_body_stops_at_limit():
 
 
 def test_too_long(model_path):
-    with TestClient(create_app(model_path, max_mb=5.0, max_seconds=1.0)) as short:
+    with TestClient(
+        create_app(model_path, max_mb=5.0, max_seconds=1.0), base_url="http://127.0.0.1"
+    ) as short:
         r = short.post("/predict", content=wav_bytes(tone(2.0)))
         assert_error(r, 413, "too long", "2.0 s")
         assert short.post("/predict", content=wav_bytes(tone(0.8))).status_code == 200
@@ -335,7 +341,7 @@ def test_inference_runs_off_the_event_loop(model_path, recognizer, clip):
             self._record("segments")
             return recognizer.segments(x, sample_rate, max_window=max_window)
 
-    with TestClient(create_app(Spy())) as c:
+    with TestClient(create_app(Spy()), base_url="http://127.0.0.1") as c:
         assert c.post("/predict", content=clip).status_code == 200
         assert c.post("/segments", content=clip).status_code == 200
     assert seen == [("predict", False), ("segments", False)]
@@ -352,7 +358,7 @@ def test_no_files_written(model_path, clip, tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     monkeypatch.setattr(tempfile, "tempdir", str(tmpd))
     big = wav_bytes(bursts(20.0))
-    with TestClient(create_app(model_path, max_mb=5.0)) as c:
+    with TestClient(create_app(model_path, max_mb=5.0), base_url="http://127.0.0.1") as c:
         for name in ("../../evil.wav", "/tmp/evil.wav", "x/../../y.wav", "a.wav"):
             r = c.post("/predict", files={"file": (name, clip, "audio/wav")})
             assert r.status_code == 200, r.text

@@ -22,6 +22,13 @@ SAMPLE_RATE = 16_000
 MIN_SECONDS = 0.25
 #: Peak amplitude below which a clip counts as digital silence.
 SILENCE_PEAK = 1e-4
+#: Lowest sample rate accepted: telephone audio is 8 kHz; a 1 Hz header would turn a few bytes
+#: into minutes of 16 kHz audio to analyse.
+MIN_SAMPLE_RATE = 4_000
+#: Decoding work allowed per second of the duration limit: frames x channels of 48 kHz stereo.
+DECODE_SAMPLES_PER_SECOND = 96_000
+#: Frames decoded at a time (then mixed to mono and resampled): bounds the multichannel buffer.
+BLOCK_FRAMES = 1 << 16
 
 Source = str | os.PathLike | bytes | bytearray | BinaryIO
 
@@ -40,6 +47,13 @@ class AudioError(ValueError):
 
 def _rebuild_error(source: str, reason: str) -> AudioError:
     return AudioError(source, reason)
+
+
+class AudioTooLarge(AudioError):
+    """Audio that is readable but exceeds a duration or decoding limit (HTTP 413)."""
+
+    def __reduce__(self):
+        return (AudioTooLarge, (self.source, self.reason))
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,30 @@ def _short(e: Exception) -> str:
     return msg[:160]
 
 
+def check_limits(meta: AudioInfo, source: object, max_seconds: float | None = None) -> None:
+    """Refuse, from the header alone, audio too costly to decode: a sample rate below
+    MIN_SAMPLE_RATE (AudioError), more than `max_seconds` of audio or more than
+    `max_seconds` x DECODE_SAMPLES_PER_SECOND decoded samples (frames x channels) (AudioTooLarge).
+    """
+    if meta.sample_rate < MIN_SAMPLE_RATE:
+        raise AudioError(
+            source, f"sample rate {meta.sample_rate} Hz is below the minimum {MIN_SAMPLE_RATE} Hz"
+        )
+    if max_seconds is None:
+        return
+    if meta.duration > max_seconds:
+        raise AudioTooLarge(
+            source, f"audio too long: {meta.duration:.1f} s > limit {max_seconds:g} s"
+        )
+    budget = int(max_seconds * DECODE_SAMPLES_PER_SECOND)
+    if meta.frames * meta.channels > budget:
+        raise AudioTooLarge(
+            source,
+            f"audio too large to decode: {meta.channels} channel(s) x {meta.frames} frames at "
+            f"{meta.sample_rate} Hz > limit of {budget} samples",
+        )
+
+
 def info(source: Source) -> AudioInfo:
     """Read the header only (cheap): rate, channels, frames."""
     with _open(source) as f:
@@ -217,25 +255,66 @@ def load(
     min_seconds: float = MIN_SECONDS,
     start: float = 0.0,
     duration: float | None = None,
+    max_seconds: float | None = None,
 ) -> np.ndarray:
     """Decode `source` (path, bytes or file object) to a validated mono float32 array at `sr`.
 
     `start`/`duration` (seconds) read only part of the file, for streaming long recordings.
+    The file is decoded, mixed to mono and resampled in blocks. Sample rates below
+    MIN_SAMPLE_RATE are refused; with `max_seconds`, so is (from the header, before decoding)
+    audio longer than that or needing more decoding than `check_limits` allows (AudioTooLarge).
     """
     with _open(source) as f:
         native = int(f.samplerate)
+        check_limits(AudioInfo(native, int(f.channels), int(f.frames)), source, max_seconds)
+        cap = None if max_seconds is None else int(max_seconds * native) + native
         try:
             if start:
                 f.seek(int(start * native))
             n = -1 if duration is None else int(round(duration * native))
-            x = f.read(frames=n, dtype="float32", always_2d=True)
+            x, got = _read_blocks(f, n, native, sr, source, cap)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError(source, f"truncated or corrupt audio ({_short(e)})") from None
         declared = f.frames
-    if duration is None and start == 0 and declared > 0 and x.shape[0] < declared:
-        raise AudioError(source, f"truncated: header says {declared} frames, read {x.shape[0]}")
-    y = resample(to_mono(x), native, sr)
-    return validate(y, source, min_seconds, sr)
+    if duration is None and start == 0 and declared > 0 and got < declared:
+        raise AudioError(source, f"truncated: header says {declared} frames, read {got}")
+    return validate(x, source, min_seconds, sr)
+
+
+def _read_blocks(
+    f: sf.SoundFile, n: int, native: int, sr: int, source: object, cap: int | None
+) -> tuple[np.ndarray, int]:
+    """Read `n` frames (-1: all) block by block, mixing each block to mono and resampling it as
+    a stream (the same samples as resampling the whole signal at once) → (mono at sr, frames
+    read). Memory: one multichannel block plus the mono output. More than `cap` frames →
+    AudioTooLarge (a header that understates the length)."""
+    stream = None
+    if native != sr:
+        import soxr
+
+        stream = soxr.ResampleStream(native, sr, 1, dtype="float32", quality="HQ")
+    parts: list[np.ndarray] = []
+    got, remaining = 0, n
+    while remaining != 0:
+        want = BLOCK_FRAMES if remaining < 0 else min(BLOCK_FRAMES, remaining)
+        x = f.read(frames=want, dtype="float32", always_2d=True)
+        if x.shape[0] == 0:
+            break
+        got += x.shape[0]
+        if cap is not None and got > cap:
+            raise AudioTooLarge(source, f"audio longer than its header says (over {cap} frames)")
+        if remaining > 0:
+            remaining -= x.shape[0]
+        short = x.shape[0] < want
+        m = np.ascontiguousarray(to_mono(x), dtype=np.float32)
+        del x  # one multichannel block alive at a time
+        parts.append(stream.resample_chunk(m) if stream is not None else m)
+        if short:
+            break
+    if stream is not None:
+        parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    y = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return y.astype(np.float32, copy=False), got
 
 
 def to_float(x: Any, source: str = "<array>") -> np.ndarray:
@@ -287,13 +366,18 @@ class _Resampler:
         return self.stream.resample_chunk(x, last=last)
 
 
-def iter_blocks(source: Any, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+def iter_blocks(
+    source: Any, block_seconds: float = 10.0, max_seconds: float | None = None
+) -> Iterator[np.ndarray]:
     """Decode a path, bytes or binary file object block by block → 16 kHz mono float32 blocks.
 
     Never holds more than one block: for hour-long files. Raises AudioError for unreadable,
-    truncated or empty input, or NaN samples.
+    truncated or empty input, NaN samples, or a sample rate below `MIN_SAMPLE_RATE`;
+    with `max_seconds`, AudioTooLarge for longer audio (`check_limits`).
     """
     meta = info(source)  # existence, emptiness, WAV truncation, readability
+    check_limits(meta, source, max_seconds)
+    cap = None if max_seconds is None else int(max_seconds * meta.sample_rate) + meta.sample_rate
     if isinstance(source, (bytes, bytearray)):
         fh: Any = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
@@ -316,6 +400,8 @@ def iter_blocks(source: Any, block_seconds: float = 10.0) -> Iterator[np.ndarray
                 if x.shape[0] == 0:
                     break
                 got += x.shape[0]
+                if cap is not None and got > cap:
+                    raise AudioTooLarge(source, "audio longer than its header says")
                 y = to_mono(x)
                 if not np.all(np.isfinite(y)):
                     raise AudioError(source, "contains NaN or infinite samples")

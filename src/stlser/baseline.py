@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from stlser import runs
+from stlser import degenerate, runs
 from stlser.results import RunReport
 from stlser.utils import write_csv
 
@@ -52,21 +52,29 @@ GRID_CLASS_WEIGHT: tuple[str | None, ...] = (None, "balanced")
 
 # --------------------------------------------------------------------------- normalisation
 def normalize_functionals(
-    X: np.ndarray, speakers: Sequence[Any], mode: str, fit_idx: np.ndarray | None = None
+    X: np.ndarray,
+    speakers: Sequence[Any],
+    mode: str,
+    fit_idx: np.ndarray | None = None,
+    global_speakers: Sequence[str] = (),
 ) -> tuple[np.ndarray, str]:
     """Return (normalised copy of X, mode actually applied).
 
     ``speaker``: every speaker z-scored by its own statistics (no labels used).
     ``global``: z-scored with the mean/std of the rows ``fit_idx`` (the fitting set).
     ``none`` / ``utterance``: unchanged (utterance normalisation is undefined for functionals).
+    `global_speakers` (``speaker`` mode): these speakers are z-scored with the statistics of the
+    rows ``fit_idx`` instead of their own (the degenerate speakers of `stlser.degenerate`).
     """
     X = np.asarray(X, dtype=np.float64)
     if mode == "speaker":
         out = np.empty_like(X)
         spk = np.asarray([str(s) for s in speakers])
+        skip = set(global_speakers)
+        ref = X if fit_idx is None else X[fit_idx]
         for s in np.unique(spk):
             rows = spk == s
-            out[rows] = _zscore(X[rows], X[rows])
+            out[rows] = _zscore(X[rows], ref if s in skip else X[rows])
         return out, "speaker"
     if mode == "global":
         ref = X if fit_idx is None else X[fit_idx]
@@ -179,6 +187,7 @@ def cross_validate(
     labels: Sequence[str] | None = None,
     selection: str = "val",
     log: Callable[[str], None] | None = print,
+    global_speakers: Sequence[str] = (),
 ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Select, refit and predict on every fold.
 
@@ -219,7 +228,7 @@ def cross_validate(
         if set(tr.tolist()) & set(te.tolist()) or set(va.tolist()) & set(te.tolist()):
             raise ValueError(f"fold {fold.name}: test utterances also in train/val")
         # Selection: normalisation statistics (global mode) from the training rows only.
-        Xs, applied = normalize_functionals(X, speakers, normalize, fit_idx=tr)
+        Xs, applied = normalize_functionals(X, speakers, normalize, tr, global_speakers)
         if selection == "val":
             sel = select_params(Xs, y, speakers, tr, va)
         else:
@@ -227,7 +236,7 @@ def cross_validate(
             sel.how = "group k-fold on train+val speakers"
         # Refit on train + val, statistics from those rows; predict test.
         fit = np.concatenate([tr, va])
-        Xf, _ = normalize_functionals(X, speakers, normalize, fit_idx=fit)
+        Xf, _ = normalize_functionals(X, speakers, normalize, fit, global_speakers)
         clf = make_classifier(sel.C, sel.class_weight).fit(Xf[fit], y[fit])
         n_params = max(n_params, n_svm_params(clf))
         pred = clf.predict(Xf[te])
@@ -345,8 +354,15 @@ def run_baseline(
         functionals = extract_functionals(df, cfg.cache_dir, progress=cfg.train.progress)
     feat_seconds = time.perf_counter() - t_feat
 
+    speaker_norm = degenerate.report(df, cfg.features, lambda m: print(f"[baseline] {m}"))
     preds, fold_dicts, info = cross_validate(
-        functionals, df, folds, normalize=cfg.features.normalize, labels=labels, selection=selection
+        functionals,
+        df,
+        folds,
+        normalize=cfg.features.normalize,
+        labels=labels,
+        selection=selection,
+        global_speakers=sorted(degenerate.global_speakers(df, cfg.features)),
     )
     write_csv(out / "predictions.csv", preds)
     normalize_note = info["normalize_applied"]
@@ -369,6 +385,7 @@ def run_baseline(
         + "; refit on train+val",
         "grid": {"C": list(GRID_C), "class_weight": [str(c) for c in GRID_CLASS_WEIGHT]},
         "n_params": info["n_params"],
+        "speaker_normalisation": speaker_norm,
         "feature_seconds": round(feat_seconds, 2),
         "seconds": round(time.perf_counter() - t0, 2),
     }

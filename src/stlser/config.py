@@ -51,6 +51,11 @@ class FeatureConfig:
     fixed_seconds: float | None = None  # pad/cut every clip to this length (authors: 10.0)
     # fitted on training data only
     normalize: Literal["none", "global", "speaker", "utterance"] = "speaker"
+    # Speakers with (nearly) one label or few utterances (stlser.degenerate): "global" normalises
+    # them with global statistics under normalize=speaker; "off" keeps speaker statistics.
+    speaker_fallback: Literal["global", "off"] = "global"
+    degenerate_share: float = 0.9  # share of the most frequent label that makes it degenerate
+    degenerate_min_utts: int = 5  # fewer utterances than this: degenerate
 
     def resolved(self) -> FeatureConfig:
         """Apply the preset: `authors` reproduces the authors' librosa recipe."""
@@ -153,6 +158,7 @@ _RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
 }
 _RANGES["split"].update(test_fraction=_RATE)
 _RANGES["features"].update(hop_ms=_NONNEG, fmin=_NONNEG)
+_RANGES["features"].update(degenerate_share=_RATE, degenerate_min_utts=_NONNEG)
 _RANGES["model"].update(stl_ff=_POS, cnn_dropout=_RATE, stl_dropout=_RATE, agg_kernel=_POS)
 _RANGES["train"].update(min_epochs=_NONNEG, patience=_NONNEG, mixup=_NONNEG, gain_db=_NONNEG)
 _RANGES["train"].update(time_stretch=(0.0, 0.99), freq_warp=(0.0, 0.99), num_threads=_NONNEG)

@@ -339,6 +339,15 @@ def render_markdown(r: RunReport) -> str:
         )
     else:
         lines.append("Speaker independence of the protocol: not stated.")
+    sn = r.speaker_normalisation
+    if sn is not None and sn.degenerate_speakers:
+        found = sn.degenerate_speakers
+        eg = ", ".join(f"{s} ({why})" for s, why in list(found.items())[:8])
+        lines += [
+            "",
+            f"**Speaker normalisation: {len(found)} degenerate speaker(s)** (one emotion or too few "
+            f"utterances: {eg}); fallback: `{sn.speaker_fallback}`.",
+        ]
     lines += ["", "## Pooled over all folds (95 % bootstrap CI over utterances)", ""]
     lines += ["| metric | % | 95 % CI | fold mean ± std |", "|---|---:|---:|---:|"]
     cis = {"wa": r.wa_ci95, "ua": r.ua_ci95, "macro_f1": r.macro_f1_ci95}

@@ -23,6 +23,7 @@ from stlser import runs
 from stlser.config import ExperimentConfig
 from stlser.results import RunReport
 from stlser.utils import (
+    clean_stale_temps,
     save_npy,
     usable_cores,
     write_csv,
@@ -44,11 +45,17 @@ def fold_data(
     cfg: ExperimentConfig, df: pd.DataFrame, feats: dict[str, np.ndarray], fold, labels: list[str]
 ):
     """Normalise features with statistics fitted on the fold's training part; build FoldData."""
-    from stlser import features
+    from stlser import degenerate, features
     from stlser.training import FoldData
 
     fc = cfg.features
-    normed, norm = features.normalize_all(feats, df, fc.normalize, list(fold.train))
+    normed, norm = features.normalize_all(
+        feats,
+        df,
+        fc.normalize,
+        list(fold.train),
+        global_speakers=degenerate.global_speakers(df, fc),
+    )
     lab = dict(zip(df["utt_id"], df["label"], strict=True))
     index = {name: i for i, name in enumerate(labels)}
 
@@ -126,6 +133,7 @@ def crossval(
     out: str | Path | None,
     resume: bool = False,
     callbacks: StageCallbacks | None = None,
+    force: bool = False,
 ) -> Path:
     """Train and test every fold of the configured protocol; write the pooled report.
 
@@ -133,13 +141,27 @@ def crossval(
     and its test probabilities are their mean. With `train.jobs` J > 1 the (fold, member)
     units run in J processes at once; results do not depend on J. `callbacks(stage)` adds
     Lightning callbacks to a training stage (see `stlser.training.train_fold`).
+
+    `resume` reuses finished folds and continues interrupted ones, only if the run folder's
+    fingerprint (stlser.fingerprint) matches this config, manifest and folds; `force` resumes
+    despite a mismatch (logged and recorded in fingerprint.json).
     """
-    from stlser import evaluation, features
+    from stlser import degenerate, evaluation, features, fingerprint
 
     run = runs.resolve_output(cfg, out)
     t0 = time.time()
+    guarded: dict[str, Any] = {}
+
+    def check(df: pd.DataFrame, folds: list) -> None:  # before anything is written into `run`
+        fp = fingerprint.compute(cfg, df, folds)
+        guarded["fp"] = fingerprint.guard(run, fp, resume, force, log.warning)
+
+    df, folds, labels = runs.prepare(cfg, run, check=check)
     runs.write_run_header(cfg, run)
-    df, folds, labels = runs.prepare(cfg, run)
+    fingerprint.store(run, guarded["fp"])
+    for stale in clean_stale_temps(run):
+        log.info(f"removed a temporary file left by a killed run: {stale}")
+    speaker_norm = degenerate.report(df, cfg.features, log.warning)
     picked = runs.chosen(cfg, folds)
     n_members = max(1, cfg.train.ensemble)
     log.info(
@@ -228,6 +250,7 @@ def crossval(
         "stl_layers": cfg.model.stl_layers,
         "aggregation": cfg.model.aggregation,
         "stl_over": cfg.model.stl_over,
+        "speaker_normalisation": speaker_norm,
     }
     write_csv(run / "predictions.csv", allp)
     rep = evaluation.write_report(run, allp, labels, fold_infos, extra)
@@ -236,11 +259,15 @@ def crossval(
 
 
 def train(
-    cfg: ExperimentConfig, out: str | Path | None, resume: bool = False, fold: int = 0
+    cfg: ExperimentConfig,
+    out: str | Path | None,
+    resume: bool = False,
+    fold: int = 0,
+    force: bool = False,
 ) -> Path:
     """Train (and test) one fold of the configured protocol."""
     one = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, folds=[fold]))
-    return crossval(one, out, resume=resume)
+    return crossval(one, out, resume=resume, force=force)
 
 
 def evaluate(

@@ -26,6 +26,7 @@ from stlser.features.frontend import LogMel
 from stlser.features.normalise import Normalize
 from stlser.model import STLSER, count_parameters, load_artefact
 from stlser.recognizer import BaseRecognizer, Prediction, Segment
+from stlser.safety import ModelLoadError
 
 __all__ = ["Pipeline", "Recognizer", "Prediction", "Segment", "resolve_model_path"]
 
@@ -73,13 +74,18 @@ class Pipeline(nn.Module):
     def from_artefact(cls, path: str | os.PathLike) -> Pipeline:
         """Build from a `model.pt` artefact (see docs/design.md)."""
         model, art = load_artefact(path)
-        fc = FeatureConfig(**art["feature_config"])
-        if fc.resolved().n_features != art["n_features"]:
-            raise ValueError(
-                f"{path}: feature config gives {fc.n_features} features, model expects {art['n_features']}"
-            )
-        meta = {**(art.get("meta") or {}), "source": str(path)}
-        return cls(model, fc, art["normalizer"], art["labels"], meta)
+        try:
+            fc = FeatureConfig(**art["feature_config"])
+            if fc.resolved().n_features != art["n_features"]:
+                raise ValueError(
+                    f"feature config gives {fc.n_features} features, model expects {art['n_features']}"
+                )
+            meta = {**(art.get("meta") or {}), "source": str(path)}
+            return cls(model, fc, art["normalizer"], art["labels"], meta)
+        except (TypeError, ValueError, KeyError) as e:
+            if isinstance(e, ModelLoadError):
+                raise
+            raise ModelLoadError(path, f"unusable artefact settings ({e})"[:300]) from None
 
     @property
     def n_params(self) -> int:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from stlser import __version__
 from stlser.config import ExperimentConfig, ModelConfig
+from stlser.safety import ModelLoadError, check_artefact, plain, safe_torch_load, weights_digest
 from stlser.utils import atomic_path
 
 AGGREGATIONS = ("conv1d", "last", "attention", "mean")
@@ -288,11 +289,13 @@ def save_artefact(
         "feature_config": asdict(cfg.features),
         "n_features": n_features,
         "normalizer": {
-            k: (np.asarray(v, np.float32) if k != "mode" else v) for k, v in normalizer.items()
+            k: (np.asarray(v, np.float32).tolist() if k != "mode" and v is not None else v)
+            for k, v in normalizer.items()
         },
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": {**meta, "stlser_version": __version__},
+        "meta": plain({**meta, "stlser_version": __version__}),
     }
+    art["weights_sha256"] = weights_digest(art["state_dict"])
     with atomic_path(path) as tmp:
         torch.save(art, tmp)
     return Path(path)
@@ -300,11 +303,13 @@ def save_artefact(
 
 def load_artefact(path: str | Path) -> tuple[STLSER, dict]:
     """Rebuild the network from `model.pt`; returns (model in eval mode, the artefact dict)."""
-    art = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(art, dict) or art.get("format") != ARTEFACT_FORMAT:
-        raise ValueError(
-            f"{path}: not an stlser model artefact (expected format {ARTEFACT_FORMAT})"
-        )
-    model = STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))
-    model.load_state_dict(art["state_dict"])
+    art = check_artefact(path, safe_torch_load(path, "model artefact"), ARTEFACT_FORMAT)
+    try:
+        model = STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))
+        model.load_state_dict(art["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelLoadError(
+            path, f"the weights do not fit the stored model config ({first})"
+        ) from None
     return model.eval(), art

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from stlser.recognizer import SAMPLE_RATE, BaseRecognizer, Prediction, Segment
+from stlser.safety import ModelLoadError
 
 __all__ = ["OnnxRecognizer", "Prediction", "Segment", "read_metadata"]
 
@@ -45,18 +46,35 @@ class OnnxRecognizer(BaseRecognizer):
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ModelLoadError(p, f"not a readable ONNX model ({first})") from None
         self.meta: dict[str, Any] = read_metadata(self.session)
         names = [i.name for i in self.session.get_inputs()]
         if names != ["wave", "lengths"] or "labels" not in self.meta:
-            raise ValueError(
-                f"{p}: not an stlser export (inputs {names}, metadata {sorted(self.meta)})"
+            raise ModelLoadError(
+                p, f"not an stlser export (inputs {names}, metadata {sorted(self.meta)[:10]})"
             )
-        self.labels = [str(x) for x in json.loads(self.meta["labels"])]
-        self.sample_rate = int(self.meta.get("sample_rate", SAMPLE_RATE))
+        try:
+            labels = json.loads(self.meta["labels"])
+            self.sample_rate = int(self.meta.get("sample_rate", SAMPLE_RATE))
+        except (ValueError, TypeError) as e:
+            raise ModelLoadError(p, f"malformed stlser metadata ({e})"[:300]) from None
+        if not isinstance(labels, list) or not labels:
+            raise ModelLoadError(p, "malformed stlser metadata (labels is not a non-empty list)")
+        self.labels = [str(x) for x in labels]
+        out = self.session.get_outputs()
+        width = out[0].shape[-1] if out and out[0].shape else None
+        if isinstance(width, int) and width != len(self.labels):
+            raise ModelLoadError(
+                p,
+                f"the graph gives {width} probabilities but its metadata names {len(self.labels)} labels",
+            )
         if self.sample_rate != SAMPLE_RATE:
-            raise ValueError(
-                f"{p}: graph expects {self.sample_rate} Hz; this runtime feeds {SAMPLE_RATE} Hz"
+            raise ModelLoadError(
+                p, f"graph expects {self.sample_rate} Hz; this runtime feeds {SAMPLE_RATE} Hz"
             )
         self.meta["source"] = str(p)
 

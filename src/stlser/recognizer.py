@@ -210,10 +210,11 @@ class BaseRecognizer:
         pad: float = 0.1,
         batch_size: int = 8,
         block_seconds: float = 10.0,
+        max_seconds: float | None = None,
     ) -> Iterator[Segment]:
         """Like `segments`, yielding segments as they are found (constant memory)."""
         if is_source(x):
-            blocks: Iterable[np.ndarray] = iter_blocks(x, block_seconds)
+            blocks: Iterable[np.ndarray] = iter_blocks(x, block_seconds, max_seconds)
         else:
             if sample_rate is None:
                 raise ValueError("sample_rate is required when passing an array of samples")
@@ -248,7 +249,8 @@ class BaseRecognizer:
         Energy VAD finds speech regions (module docstring); each is cut into windows of at most
         `max_window` s and classified. Paths, bytes and file objects are decoded block by block,
         so memory does not grow with the recording's length. Other keywords: `min_silence`,
-        `threshold_db`, `pad`, `batch_size`, `block_seconds`. No speech → [].
+        `threshold_db`, `pad`, `batch_size`, `block_seconds`, `max_seconds` (refuse longer
+        audio, `stlser.audio.check_limits`). No speech → [].
         """
         return list(self.iter_segments(x, sample_rate, max_window, min_speech, **kw))
 

@@ -5,6 +5,8 @@ The network, the eGeMAPS baseline and `stlser evaluate` all produce a `RunReport
 ``RunReport.load(path)`` reads it back, checking every field (a broken file raises
 ValueError listing its problems). Facts a system adds (``val_ua``, ``C``, ``members``,
 ``ensemble``, ...) travel in ``extra`` and are written at the top level of the JSON.
+`SpeakerNormalisation` records which speakers `stlser.degenerate` found unfit for speaker
+normalisation and what was done about them (``speaker_normalisation`` in the JSON).
 """
 
 from __future__ import annotations
@@ -107,6 +109,59 @@ class FoldResult:
 
 
 @dataclass
+class SpeakerNormalisation:
+    """The degenerate-speaker decision of a run (`stlser.degenerate`): speaker → reason, the
+    fallback applied to them (None when none was found) and the thresholds used."""
+
+    degenerate_speakers: dict[str, str] = field(default_factory=dict)
+    speaker_fallback: str | None = None
+    max_share: float | None = None
+    min_utts: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "degenerate_speakers": dict(self.degenerate_speakers),
+            "speaker_fallback": self.speaker_fallback,
+            "thresholds": {"max_share": self.max_share, "min_utts": self.min_utts},
+        }
+
+    @staticmethod
+    def problems(d: Any, where: str = "speaker_normalisation") -> list[str]:
+        """What is wrong with its dict form (empty when it is valid)."""
+        if isinstance(d, SpeakerNormalisation):
+            return []
+        if not isinstance(d, dict):
+            return [f"{where} is not a dict"]
+        out = []
+        found = d.get("degenerate_speakers", {})
+        if not (isinstance(found, dict) and all(isinstance(v, str) for v in found.values())):
+            out.append(f"{where}.degenerate_speakers must map speaker → reason")
+        fb = d.get("speaker_fallback")
+        if fb is not None and not isinstance(fb, str):
+            out.append(f"{where}.speaker_fallback must be a string or null")
+        if not isinstance(d.get("thresholds", {}), dict):
+            out.append(f"{where}.thresholds must be a dict")
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SpeakerNormalisation:
+        if isinstance(d, SpeakerNormalisation):
+            return d
+        bad = cls.problems(d)
+        if bad:
+            raise ValueError("invalid speaker_normalisation: " + "; ".join(bad))
+        th = d.get("thresholds") or {}
+        return cls(
+            degenerate_speakers={
+                str(k): v for k, v in (d.get("degenerate_speakers") or {}).items()
+            },
+            speaker_fallback=d.get("speaker_fallback"),
+            max_share=th.get("max_share"),
+            min_utts=th.get("min_utts"),
+        )
+
+
+@dataclass
 class RunReport:
     """A scored run: pooled metrics with 95 % bootstrap intervals, per-fold results, confusion."""
 
@@ -124,6 +179,8 @@ class RunReport:
     n_params: int | None = None
     seconds: float | None = None
     speaker_independent: bool | None = None
+    #: Degenerate speakers and the normalisation fallback (runs that normalise per speaker).
+    speaker_normalisation: SpeakerNormalisation | None = None
     #: ``<metric>_fold_mean`` / ``<metric>_fold_std`` for wa, ua, macro_f1.
     fold_stats: dict[str, float] = field(default_factory=dict)
     #: Everything else a system records (system, config, corpus, protocol, ensemble, ...).
@@ -144,6 +201,7 @@ class RunReport:
         "n_params",
         "seconds",
         "speaker_independent",
+        "speaker_normalisation",
     )
 
     def __post_init__(self) -> None:
@@ -173,7 +231,9 @@ class RunReport:
             v = getattr(self, k)
             if k == "folds":
                 v = [f.to_dict() for f in v]
-            if k in ("macro_f1_ci95", "speaker_independent") and v is None:
+            if k == "speaker_normalisation" and v is not None:
+                v = v.to_dict()
+            if k in ("macro_f1_ci95", "speaker_independent", "speaker_normalisation") and v is None:
                 continue
             d[k] = v
         d.update(self.fold_stats)
@@ -208,6 +268,11 @@ class RunReport:
             n_params=d["n_params"],
             seconds=d["seconds"],
             speaker_independent=d.get("speaker_independent"),
+            speaker_normalisation=(
+                None
+                if d.get("speaker_normalisation") is None
+                else SpeakerNormalisation.from_dict(d["speaker_normalisation"])
+            ),
             fold_stats=stats,
             extra={k: v for k, v in d.items() if k not in known},
         )
@@ -270,4 +335,6 @@ class RunReport:
             out.append("n_params must be a non-negative int or null")
         if d.get("seconds") is not None and not (_is_num(d["seconds"]) and d["seconds"] >= 0):
             out.append("seconds must be a non-negative number or null")
+        if d.get("speaker_normalisation") is not None:
+            out += SpeakerNormalisation.problems(d["speaker_normalisation"])
         return out

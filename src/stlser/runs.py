@@ -46,22 +46,29 @@ def write_run_header(cfg: ExperimentConfig, run_dir: Path) -> None:
     write_json(run_dir / "environment.json", env)
 
 
-def prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[pd.DataFrame, list[Fold], list[str]]:
+def prepare(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    check: Callable[[pd.DataFrame, list[Fold]], None] | None = None,
+) -> tuple[pd.DataFrame, list[Fold], list[str]]:
     """Manifest, leak-checked folds and sorted labels for the config; manifest.csv and
-    splits.json are written into the run directory."""
+    splits.json are written into the run directory.
+
+    `check(df, folds)`, if given, runs before anything is written (the resume guard,
+    `stlser.fingerprint`)."""
+    skipped: list = []
     if cfg.data.manifest:
         df = corpora.read_manifest(cfg.data.manifest)
-        corpora.write_manifest(df, [], run_dir / "manifest.csv")
     else:
         if not cfg.data.root:
             raise ValueError("config needs data.root (corpus folder) or data.manifest")
         df, skipped = corpora.build_manifest(cfg.data.corpus, cfg.data.root, labels=cfg.data.labels)
-        corpora.write_manifest(df, skipped, run_dir / "manifest.csv")
-        if skipped:
-            log.warning(
-                "%d unreadable files skipped (see %s)", len(skipped), run_dir / "skipped.csv"
-            )
     folds = splits.from_config(df, cfg.split, cfg.seed)
+    if check is not None:
+        check(df, folds)
+    corpora.write_manifest(df, skipped, run_dir / "manifest.csv")
+    if skipped:
+        log.warning("%d unreadable files skipped (see %s)", len(skipped), run_dir / "skipped.csv")
     splits.save(folds, run_dir / "splits.json")
     labels = sorted(df["label"].unique().tolist())
     return df, folds, labels

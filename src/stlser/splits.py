@@ -273,6 +273,7 @@ def from_config(df: pd.DataFrame, split: Any, seed: int) -> list[Fold]:
         seeds=split.seeds,
     )
     check_folds(folds, df)
+    check_files(folds, df)
     return folds
 
 
@@ -318,7 +319,7 @@ def check_folds(folds: Sequence[Fold], df: pd.DataFrame) -> None:
                 )
         if not f.speaker_independent:
             continue
-        spk = {part: {speaker_of[u] for u in ids} for part, ids in parts.items()}
+        spk = {part: {speaker_key(speaker_of[u]) for u in ids} for part, ids in parts.items()}
         if any("" in s for s in spk.values()):
             raise LeakError(
                 f"fold {f.name}: speaker-independent but some utterances have no speaker"
@@ -327,11 +328,85 @@ def check_folds(folds: Sequence[Fold], df: pd.DataFrame) -> None:
             both = spk[a] & spk[b]
             if both:
                 raise LeakError(f"fold {f.name}: speaker(s) {sorted(both)} in both {a} and {b}")
-        if spk["test"] != set(f.test_speakers) or spk["val"] != set(f.val_speakers):
+        declared = (
+            {speaker_key(x) for x in f.test_speakers},
+            {speaker_key(x) for x in f.val_speakers},
+        )
+        if (spk["test"], spk["val"]) != declared:
             raise LeakError(
                 f"fold {f.name}: declared test/val speakers {f.test_speakers}/{f.val_speakers} "
                 f"differ from those of their utterances {sorted(spk['test'])}/{sorted(spk['val'])}"
             )
+
+
+def speaker_key(s: object) -> str:
+    """Speaker ids compare stripped and case-insensitively ("F01 " and "f01" are one person)."""
+    return str(s).strip().casefold()
+
+
+#: Content hashing for the duplicate-file check stops after this many bytes (cheap checks only).
+HASH_BUDGET = 256 * 1024 * 1024
+
+
+def _file_identity(paths: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """utt_id → resolved path, and utt_id → content hash for files whose size another file
+    shares (only those can be identical; hashing stops at HASH_BUDGET bytes in all)."""
+    import hashlib
+
+    real = {u: os.path.realpath(p) for u, p in paths.items() if p}
+    sizes: dict[str, int] = {}
+    for u, p in real.items():
+        try:
+            sizes[u] = os.stat(p).st_size
+        except OSError:
+            continue
+    by_size: dict[int, list[str]] = {}
+    for u, n in sizes.items():
+        by_size.setdefault(n, []).append(u)
+    digest: dict[str, str] = {}
+    budget = HASH_BUDGET
+    for n, us in sorted(by_size.items()):
+        if len({real[u] for u in us}) < 2:
+            continue
+        for u in us:
+            if budget < n:
+                return real, digest
+            budget -= n
+            h = hashlib.sha1()
+            try:
+                with open(real[u], "rb") as fh:
+                    for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                        h.update(block)
+            except OSError:
+                continue
+            digest[u] = f"{n}:{h.hexdigest()}"
+    return real, digest
+
+
+def check_files(folds: Sequence[Fold], df: pd.DataFrame) -> None:
+    """Raise LeakError when one audio file (same resolved path, or identical content) is in two
+    parts of a fold under different utt_ids."""
+    if "path" not in df.columns:
+        return
+    real, digest = _file_identity(
+        dict(zip(df["utt_id"].astype(str), df["path"].astype(str), strict=True))
+    )
+    for f in folds:
+        parts = {"train": f.train, "val": f.val, "test": f.test}
+        for what, key in (("file", real), ("identical content", digest)):
+            owner: dict[str, tuple[str, str]] = {}
+            for part, ids in parts.items():
+                for u in ids:
+                    k = key.get(u)
+                    if k is None:
+                        continue
+                    if k in owner and owner[k][0] != part:
+                        o_part, o_utt = owner[k]
+                        raise LeakError(
+                            f"fold {f.name}: the same {what} is in {o_part} ({o_utt!r}) and "
+                            f"{part} ({u!r}): {real.get(u, '')}"
+                        )
+                    owner.setdefault(k, (part, u))
 
 
 def save(folds: Sequence[Fold], path: str | os.PathLike) -> Path:

@@ -28,10 +28,12 @@ def tone(
     noise: float = 0.0,
     seed: int = 0,
     am_hz: float = 0.0,
+    channels: int = 1,
 ) -> np.ndarray:
     """float32 tone: `harmonics` partials of `freq` at 1/k amplitude (peak-normalised when
     more than one), scaled by `amp`, optionally amplitude-modulated at `am_hz` (0.6 ± 0.4,
-    syllable-like) and with Gaussian `noise` (std, seeded)."""
+    syllable-like) and with Gaussian `noise` (std, seeded). `channels` > 1 gives the same
+    signal in every channel, shape (samples, channels)."""
     t = np.arange(int(round(seconds * sr))) / sr
     x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, harmonics + 1))
     if harmonics > 1:
@@ -41,7 +43,8 @@ def tone(
     x = amp * x
     if noise:
         x = x + noise * np.random.default_rng(seed).standard_normal(t.size)
-    return np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
 
 
 def wav_bytes(x: np.ndarray, sr: int = SR, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from stlser import augment
 from stlser.augment import freq_warp, spec_augment  # noqa: F401 (re-exported)
+from stlser.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
 from stlser.model import (  # noqa: F401 (collate, predict, load_artefact: re-exported)
@@ -300,6 +301,7 @@ def _fit(
         log_every_n_steps=tc.log_every_n_steps,
         num_sanity_val_steps=0,
         limit_val_batches=None if val_dl is not None else 0,
+        plugins=[AtomicCheckpointIO()],
     )
     train_dl.batch_sampler.epoch_source = lambda: trainer.fit_loop.epoch_progress.current.processed
     last = out / "checkpoints" / "last.ckpt"
@@ -309,7 +311,9 @@ def _fit(
     with warnings.catch_warnings():
         for pattern in _QUIET:
             warnings.filterwarnings("ignore", pattern)
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
+        trainer.fit(
+            module, train_dl, val_dl, ckpt_path=str(last) if resuming else None, weights_only=True
+        )
     if before is not None:  # the CSV logger starts a fresh file on resume: keep the earlier epochs
         after = pd.read_csv(history) if history.exists() else before.iloc[:0]
         first = after["epoch"].min() if len(after) else np.inf
@@ -382,7 +386,7 @@ def train_fold(
             cbs += callbacks("early_stopping")
         trainer, last = _fit(cfg, module, train_dl, val_dl, out, tc.max_epochs, resume, cbs)
         best_path = ckpt.best_model_path or str(last)
-        state = torch.load(best_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(best_path)
         s1 = {
             "best_path": str(best_path),
             "best_epoch": int(state.get("epoch", -1)) + 1,  # 1-based epoch whose weights were kept
@@ -400,10 +404,10 @@ def train_fold(
         dl = loader(*both, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
         cbs = list(callbacks("refit")) if callbacks is not None else []
         _, last = _fit(cfg, module, dl, None, out / "refit", max(1, best_epoch), resume, cbs)
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = load_checkpoint(last)
         epochs_run += max(1, best_epoch)
     else:
-        state = torch.load(s1["best_path"], map_location="cpu", weights_only=False)
+        state = load_checkpoint(s1["best_path"])
     module.load_state_dict(state["state_dict"])
     model = module.model.eval()
     res = predict(model, data.test[0], embeddings=True)

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import random
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+#: Names `atomic_path` gives its temporary files: ``.<target name>.<8 random chars>.tmp``.
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files `atomic_path` left under `folder` when a process was killed
+    mid-write (SIGKILL skips its cleanup). Call only when no other process writes there."""
+    removed = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for p in root.rglob(".*.tmp"):
+        if p.is_file() and _TEMP_NAME.match(p.name):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

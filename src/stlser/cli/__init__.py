@@ -10,6 +10,11 @@ import logging
 import sys
 from pathlib import Path
 
+FORCE_HELP = (
+    "with --resume: continue even if the run was made with other settings (the differing keys "
+    "are printed and recorded in fingerprint.json)"
+)
+
 
 def _cfg_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="experiment YAML (configs/*.yaml or a path)")
@@ -39,7 +44,26 @@ def cmd_manifest(a: argparse.Namespace) -> int:
     out = corpora.write_manifest(df, skipped, a.output)
     print(corpora.summarize(df, skipped))
     print(f"manifest: {out}")
+    if df.empty:
+        print(
+            f"stlser manifest: error: no usable utterance ({len(skipped)} file(s) skipped, "
+            f"reasons in {out.parent / 'skipped.csv'})",
+            file=sys.stderr,
+        )
+        return 1
+    _warn_degenerate(df)
     return 0
+
+
+def _warn_degenerate(df) -> None:
+    """The loud warning about speakers speaker normalisation would fail on (stlser.degenerate)."""
+    from stlser import degenerate
+    from stlser.config import FeatureConfig
+
+    fc = FeatureConfig()
+    found = degenerate.find(df, fc.degenerate_share, fc.degenerate_min_utts)
+    if found:
+        print(degenerate.warning(found, df["speaker"].nunique(), None), file=sys.stderr)
 
 
 def cmd_splits(a: argparse.Namespace) -> int:
@@ -59,6 +83,7 @@ def cmd_splits(a: argparse.Namespace) -> int:
     splits.save(folds, a.output)
     print(splits.summarize(folds, df))
     print(f"splits: {a.output}")
+    _warn_degenerate(df)
     return 0
 
 
@@ -84,7 +109,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from stlser import experiments
 
-    out = experiments.train(_load_cfg(a), a.output, resume=a.resume, fold=a.fold)
+    out = experiments.train(_load_cfg(a), a.output, resume=a.resume, fold=a.fold, force=a.force)
     print(f"run: {out}")
     return 0
 
@@ -92,7 +117,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_crossval(a: argparse.Namespace) -> int:
     from stlser import experiments
 
-    out = experiments.crossval(_load_cfg(a), a.output, resume=a.resume)
+    out = experiments.crossval(_load_cfg(a), a.output, resume=a.resume, force=a.force)
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
@@ -166,7 +191,17 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from stlser.service import serve
 
-    serve(a.model, host=a.host, port=a.port, max_mb=a.max_mb, max_seconds=a.max_seconds)
+    serve(
+        a.model,
+        host=a.host,
+        port=a.port,
+        max_mb=a.max_mb,
+        max_seconds=a.max_seconds,
+        allowed_hosts=a.allow_host,
+        allowed_origins=a.allow_origin,
+        max_uploads=a.max_uploads,
+        read_timeout=a.read_timeout,
+    )
     return 0
 
 
@@ -227,12 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.add_argument("--fold", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("crossval", help="train and test every fold; write report.json/md")
     _cfg_args(s)
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_crossval)
 
     s = sub.add_parser("evaluate", help="score a checkpoint on a manifest")
@@ -297,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-mb", type=float, default=20.0)
     s.add_argument("--max-seconds", type=float, default=600.0)
+    s.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Host name clients may use besides loopback and --host (repeatable; '*' = any)",
+    )
+    s.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="extra Origin allowed to POST, e.g. https://app.example.org (repeatable)",
+    )
+    s.add_argument("--max-uploads", type=int, default=4, help="uploads in flight (then 503)")
+    s.add_argument("--read-timeout", type=float, default=30.0, help="seconds to send a body")
     s.set_defaults(func=cmd_serve)
     return p
 

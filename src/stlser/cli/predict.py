@@ -139,6 +139,28 @@ def _table(rows: list[dict[str, Any]], segments: bool) -> str:
     return "\n".join(lines)
 
 
+#: The `error` of a `predict --segments` row for a file in which the VAD found no speech.
+NO_SPEECH = "no speech detected"
+
+
+def check_output_file(out: Path, suffixes: tuple[str, ...]) -> None:
+    """Refuse, before any work, an output path that could not be written at the end."""
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"output must end in {' or '.join(suffixes)}, got {out.name!r}")
+    if out.is_dir():
+        raise ValueError(f"output {out} is a folder; give a file name ending in {suffixes[0]}")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"output {out}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"output {out}: folder {probe} is not writable")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ValueError(f"output {out} exists and is not writable")
+
+
 def predict_cli(
     model: str | os.PathLike,
     inputs: list[str],
@@ -152,8 +174,8 @@ def predict_cli(
     from tqdm import tqdm
 
     out = Path(output) if output else None
-    if out is not None and out.suffix.lower() not in (".csv", ".jsonl"):
-        raise ValueError(f"output must end in .csv or .jsonl, got {out.name!r}")
+    if out is not None:
+        check_output_file(out, (".csv", ".jsonl"))
     rec = Recognizer.load(model)
     files, missing = expand_inputs(inputs)
     rows: list[dict[str, Any]] = []
@@ -176,16 +198,22 @@ def predict_cli(
             except AudioError as e:
                 fail(i, e)
                 continue
-            ok += 1
-            if not segs:
+            if not segs:  # a row saying so; not counted as classified
                 bar.write(f"stlser predict: {f}: no speech detected", file=sys.stderr)
+                done[i] = [_row(str(f), rec.labels, None, NO_SPEECH)]
+                bar.update(1)
+                continue
+            ok += 1
             done[i] = [_row(str(f), rec.labels, s) for s in segs]
             bar.update(1)
     else:
         todo = []
         for i, f in enumerate(files):  # header only: refuse what would not fit in memory
             try:
-                seconds = audio.info(f).duration
+                meta = audio.info(f)
+                seconds = meta.duration
+                if seconds <= MAX_CLIP_SECONDS:  # longer: the --segments hint below
+                    audio.check_limits(meta, f, MAX_CLIP_SECONDS)
             except AudioError as e:
                 fail(i, e)
                 continue

@@ -249,6 +249,31 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     dup = df["utt_id"][df["utt_id"].duplicated()]
     if len(dup):
         raise CorpusError(f"manifest {p}: utt_id not unique (e.g. {dup.iloc[0]!r})")
+    return normalize_manifest(df, str(p))
+
+
+def normalize_manifest(df: pd.DataFrame, name: str = "manifest") -> pd.DataFrame:
+    """Labels and speakers of a (possibly hand-written) manifest as the readers give them:
+    labels by `lenient_label` (canonical name when known, else stripped), speakers stripped,
+    and speaker ids that differ only in case merged into their first spelling (with a warning)."""
+    from .base import lenient_label
+
+    df["label"] = [lenient_label(x) for x in df["label"].astype(str)]
+    spk = df["speaker"].astype(str).str.strip()
+    first: dict[str, str] = {}
+    merged: dict[str, set[str]] = {}
+    for s in spk:
+        k = s.casefold()
+        first.setdefault(k, s)
+        if first[k] != s:
+            merged.setdefault(first[k], set()).add(s)
+    if merged:
+        eg = ", ".join(f"{sorted(v)} → {k!r}" for k, v in list(merged.items())[:3])
+        print(
+            f"stlser: warning: {name}: speaker ids differing only in case are one speaker: {eg}",
+            file=sys.stderr,
+        )
+    df["speaker"] = [first[s.casefold()] for s in spk]
     return df
 
 

@@ -48,7 +48,7 @@ LOG_FLOOR = 1e-6
 N_EGEMAPS_LLD = 25
 N_EGEMAPS_FUNCTIONALS = 88
 #: Fields of FeatureConfig that do not change the features (cache key and front-end reuse).
-_NOT_IN_KEY = {"normalize"}
+_NOT_IN_KEY = {"normalize", "speaker_fallback", "degenerate_share", "degenerate_min_utts"}
 
 
 # ----------------------------------------------------------------------------- frame counting

@@ -95,6 +95,7 @@ def normalize_all(
     mode: str,
     train_ids: Iterable[str],
     fitted: Normalizer | None = None,
+    global_speakers: Iterable[str] = (),
 ) -> tuple[dict[str, np.ndarray], Normalizer]:
     """Normalised copies of `feats` and the Normalizer fitted on `train_ids` only.
 
@@ -108,6 +109,9 @@ def normalize_all(
     `train_ids`: its global statistics are used instead of fitting new ones. With neither, only
     modes that need no global statistics work (``none``, ``utterance``, ``speaker`` when every
     row names its speaker).
+
+    `global_speakers` (``speaker`` mode): speakers normalised with the global statistics instead
+    of their own — the degenerate speakers of `stlser.degenerate`.
     """
     if mode not in NORM_MODES:
         raise ValueError(f"normalize must be one of {NORM_MODES}, not {mode!r}")
@@ -129,7 +133,12 @@ def normalize_all(
             spk = speaker_of.get(u, "")
             if spk:
                 groups.setdefault(spk, []).append(u)
-        stats = {s: frame_stats([feats[u] for u in us], norm.floor) for s, us in groups.items()}
+        skip = set(global_speakers)
+        stats = {
+            s: frame_stats([feats[u] for u in us], norm.floor)
+            for s, us in groups.items()
+            if s not in skip
+        }
     out = {u: norm.transform(x, stats.get(speaker_of.get(u, ""))) for u, x in feats.items()}
     return out, norm
 

@@ -13,6 +13,8 @@ import asyncio
 import functools
 import logging
 import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,16 @@ FIELD = "file"
 MULTIPART_SLACK = 16 * 1024
 #: Inferences run at once; more requests wait (bounds memory and CPU on a small machine).
 MAX_CONCURRENT = 2
+#: Uploads being received or processed at once; one more gets 503 with Retry-After.
+MAX_UPLOADS = 4
+#: Seconds a client may take to send its whole body (slow uploads hold memory).
+READ_TIMEOUT = 30.0
+#: Multipart parts accepted in one upload (the audio plus a few form fields).
+MAX_PARTS = 8
+#: Longest error message sent back (long reasons are cut).
+MAX_ERROR_CHARS = 300
+#: Host names accepted by default: loopback only (add real names with `allowed_hosts`).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 #: Headers added to every response (no sniffing, no framing, page assets from this origin only).
 SECURITY_HEADERS = {
@@ -65,7 +77,25 @@ def _plain(reason: str) -> str:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _host_name(host: str) -> str:
+    """`Host`/origin authority → lower-case host name without port ("[::1]:80" → "::1")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def _origin_ok(origin: str, request_host: str, scheme: str, allowed: set[str]) -> bool:
+    """Same origin as the request (scheme://Host), or listed in `allowed` ("*": any)."""
+    o = origin.strip().lower().rstrip("/")
+    return "*" in allowed or o in allowed or o == f"{scheme}://{request_host.strip().lower()}"
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -90,8 +120,9 @@ def _load_recognizer(model: Any) -> Any:
     return model
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read the request body into memory, stopping (413) as soon as it passes `limit` bytes."""
+async def _read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """Read the request body into memory, stopping (413) as soon as it passes `limit` bytes
+    and (408) when the whole body has not arrived within `timeout` seconds."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -103,17 +134,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(400, "invalid Content-Length header") from None
     buf = bytearray()
     try:
-        async for chunk in request.stream():
-            buf.extend(chunk)
-            if len(buf) > limit:
-                raise ApiError(413, f"upload too large: more than the limit of {limit} bytes")
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                buf.extend(chunk)
+                if len(buf) > limit:
+                    raise ApiError(413, f"upload too large: more than the limit of {limit} bytes")
     except ClientDisconnect:
         raise ApiError(400, "the client disconnected before the upload was complete") from None
+    except TimeoutError:
+        raise ApiError(
+            408, f"upload too slow: the body did not arrive within {timeout:g} s"
+        ) from None
     return bytes(buf)
 
 
-def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, bytes], list[str]]:
-    """Parse a multipart/form-data body in memory → ({field name: data}, names in order)."""
+def _parse_multipart(
+    body: bytes, content_type: str, max_parts: int = MAX_PARTS
+) -> tuple[dict[str, bytes], list[str]]:
+    """Parse a multipart/form-data body in memory → ({field name: data}, names in order).
+
+    More than `max_parts` parts → 400 as soon as the next one begins (a body of many tiny parts
+    costs time per part); only the data of the first part of each name is kept."""
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -126,6 +167,8 @@ def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, bytes], 
     state: dict[str, Any] = {"hname": b"", "hval": b"", "disp": None, "data": bytearray()}
 
     def on_part_begin() -> None:
+        if len(names) >= max_parts:
+            raise ApiError(400, f"too many parts in the multipart upload (limit {max_parts})")
         state.update(disp=None, data=bytearray())
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -140,13 +183,22 @@ def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, bytes], 
         state.update(hname=b"", hval=b"")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        state["data"].extend(data[start:end])
+        if state["data"] is not None:
+            state["data"].extend(data[start:end])
+
+    def on_header_end_name() -> None:  # drop the data of names already seen or not wanted
+        _, opts = parse_options_header(state["disp"] or b"")
+        state["name"] = opts.get(b"name", b"").decode("utf-8", "replace")
+        if state["name"] in parts or state["name"] != FIELD:
+            state["data"] = None
 
     def on_part_end() -> None:
-        _, opts = parse_options_header(state["disp"] or b"")
-        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        if "name" not in state:
+            on_header_end_name()
+        name = state.pop("name")
         names.append(name)
-        parts.setdefault(name, bytes(state["data"]))
+        if state["data"] is not None:
+            parts.setdefault(name, bytes(state["data"]))
 
     callbacks = {
         "on_part_begin": on_part_begin,
@@ -155,6 +207,7 @@ def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, bytes], 
         "on_header_field": on_header_field,
         "on_header_value": on_header_value,
         "on_header_end": on_header_end,
+        "on_headers_finished": on_header_end_name,
     }
     try:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
@@ -165,20 +218,25 @@ def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, bytes], 
     return parts, names
 
 
-async def _audio_from_request(request: Request, max_bytes: int) -> bytes:
-    """The uploaded audio bytes: multipart field `file`, or the raw body for any other type."""
+async def _audio_from_request(
+    request: Request, max_bytes: int, timeout: float | None = None
+) -> bytes:
+    """The uploaded audio bytes: multipart field `file`, or the raw body for any other type.
+    Multipart bodies are parsed in a worker thread (never on the event loop)."""
     ctype = request.headers.get("content-type", "")
     multipart = ctype.lower().startswith("multipart/form-data")
-    body = await _read_body(request, max_bytes + (MULTIPART_SLACK if multipart else 0))
+    body = await _read_body(request, max_bytes + (MULTIPART_SLACK if multipart else 0), timeout)
     if not body:
         raise ApiError(
             400, f"empty request: send audio as the raw body or as multipart field '{FIELD}'"
         )
     if not multipart:
         return body
-    parts, names = _parse_multipart(body, ctype)
+    parts, names = await run_in_threadpool(_parse_multipart, body, ctype)
     if FIELD not in parts:
-        got = ", ".join(repr(n) for n in names) or "none"
+        shown = [repr(n[:40]) for n in names[:5]]
+        got = ", ".join(shown) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        got = got or "none"
         raise ApiError(
             400, f"multipart upload must put the audio in the field '{FIELD}' (got: {got})"
         )
@@ -191,25 +249,48 @@ async def _audio_from_request(request: Request, max_bytes: int) -> bytes:
 
 
 def _check_header(data: bytes, max_seconds: float) -> float:
-    """Read the audio header (no full decode); reject unreadable or too long audio; → seconds."""
+    """Read the audio header (no full decode); reject unreadable audio, too low a sample rate
+    and audio too long or too costly to decode (`stlser.audio.check_limits`); → seconds."""
     try:
         meta = audio_mod.info(data)
     except audio_mod.AudioError as e:
         raise ApiError(422, _plain(e.reason)) from None
     if meta.sample_rate <= 0 or meta.frames <= 0:
         raise ApiError(422, "no audio samples (the header declares 0 frames)")
-    if meta.duration > max_seconds:
-        raise ApiError(413, f"audio too long: {meta.duration:.1f} s > limit {max_seconds:g} s")
+    try:
+        audio_mod.check_limits(meta, "<upload>", max_seconds)
+    except audio_mod.AudioTooLarge as e:
+        raise ApiError(413, e.reason) from None
+    except audio_mod.AudioError as e:
+        raise ApiError(422, e.reason) from None
     return meta.duration
 
 
-def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> FastAPI:
+def create_app(
+    model: Any,
+    max_mb: float = 20.0,
+    max_seconds: float = 600.0,
+    allowed_hosts: Sequence[str] | None = None,
+    allowed_origins: Sequence[str] | None = None,
+    max_uploads: int = MAX_UPLOADS,
+    read_timeout: float = READ_TIMEOUT,
+) -> FastAPI:
     """Build the service around a model artefact path (loaded once, here) or a recognizer object.
 
-    `max_mb` bounds the upload size, `max_seconds` the audio duration (read from the header).
+    `max_mb` bounds the upload size, `max_seconds` the audio duration (read from the header,
+    before decoding, with the decoding budget of `stlser.audio.check_limits`). Requests whose
+    `Host` is not in `allowed_hosts` (default: loopback names; "*" allows any) get 400; POSTs
+    with an `Origin` other than the service's own or one in `allowed_origins` get 403. At most
+    `max_uploads` uploads are received/processed at once (then 503 with Retry-After); a body
+    must arrive within `read_timeout` seconds (else 408).
     """
     if max_mb <= 0 or max_seconds <= 0:
         raise ValueError("max_mb and max_seconds must be positive")
+    if max_uploads < 1 or read_timeout <= 0:
+        raise ValueError("max_uploads must be >= 1 and read_timeout positive")
+    hosts = {_host_name(h) for h in (allowed_hosts or LOOPBACK_HOSTS)}
+    origins = {o.strip().lower().rstrip("/") for o in (allowed_origins or ())}
+    in_flight = {"n": 0}
     rec = _load_recognizer(model)
     max_bytes = int(max_mb * 1024 * 1024)
     labels = [str(x) for x in rec.labels]
@@ -229,7 +310,8 @@ def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> 
     # ------------------------------------------------------------------ errors → {"error"}
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.message)
+        retry = {"Retry-After": "2"} if exc.status == 503 else None
+        return _error(exc.status, exc.message, headers=retry)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -251,17 +333,59 @@ def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> 
 
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
+        host = request.headers.get("host", "")
+        if "*" not in hosts and _host_name(host) not in hosts:
+            response = _error(400, "host not allowed (see `stlser serve --allow-host`)")
+        elif (
+            request.method not in ("GET", "HEAD", "OPTIONS")
+            and "origin" in request.headers
+            and not _origin_ok(request.headers["origin"], host, request.url.scheme, origins)
+        ):
+            response = _error(
+                403, "cross-origin request refused (see `stlser serve --allow-origin`)"
+            )
+        else:
+            response = await call_next(request)
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         return response
 
     async def _infer(fn: Any, data: bytes) -> Any:
+        """Header check, decoding and inference in a worker thread, `MAX_CONCURRENT` at once."""
+
+        def work() -> tuple[float, Any]:
+            duration = _check_header(data, max_seconds)
+            return duration, fn(data)
+
         async with slots:
             try:
-                return await run_in_threadpool(fn, data)
+                return await run_in_threadpool(work)
+            except audio_mod.AudioTooLarge as e:
+                raise ApiError(413, _plain(e.reason)) from None
             except audio_mod.AudioError as e:
                 raise ApiError(422, _plain(e.reason)) from None
+
+    async def _upload(request: Request, fn: Any) -> tuple[float, Any]:
+        """One upload, end to end, if fewer than `max_uploads` are in flight (else 503)."""
+        if in_flight["n"] >= max_uploads:
+            raise ApiError(503, "busy: too many uploads in progress, retry shortly")
+        in_flight["n"] += 1
+        try:
+            data = await _audio_from_request(request, max_bytes, read_timeout)
+            return await _infer(fn, data)
+        finally:
+            in_flight["n"] -= 1
+
+    def _predict(data: bytes) -> Any:
+        wave = audio_mod.load(data, max_seconds=max_seconds)  # blockwise, bounded
+        return rec.predict(wave, sample_rate=audio_mod.SAMPLE_RATE)
+
+    def _segments(data: bytes, max_window: float) -> Any:
+        from stlser.recognizer import BaseRecognizer
+
+        if isinstance(rec, BaseRecognizer):
+            return rec.segments(data, max_window=max_window, max_seconds=max_seconds)
+        return rec.segments(data, max_window=max_window)
 
     # ---------------------------------------------------------------------------- routes
     @app.get("/health")
@@ -283,9 +407,7 @@ def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> 
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
         """One clip → label and class probabilities (multipart field `file` or raw body)."""
-        data = await _audio_from_request(request, max_bytes)
-        duration = _check_header(data, max_seconds)
-        pred = await _infer(rec.predict, data)
+        duration, pred = await _upload(request, _predict)
         out = dict(pred.to_dict())
         out.setdefault("duration", duration)
         return out
@@ -296,9 +418,7 @@ def create_app(model: Any, max_mb: float = 20.0, max_seconds: float = 600.0) -> 
         max_window: float = Query(6.0, gt=0.5, le=60.0, description="longest segment, seconds"),
     ) -> dict[str, Any]:
         """Long audio → a list of segments with start, end, label and probabilities."""
-        data = await _audio_from_request(request, max_bytes)
-        duration = _check_header(data, max_seconds)
-        segs = await _infer(functools.partial(rec.segments, max_window=max_window), data)
+        duration, segs = await _upload(request, functools.partial(_segments, max_window=max_window))
         return {"duration": duration, "labels": labels, "segments": [s.to_dict() for s in segs]}
 
     @app.get("/", include_in_schema=False)
@@ -315,11 +435,34 @@ def serve(
     port: int = 8000,
     max_mb: float = 20.0,
     max_seconds: float = 600.0,
+    allowed_hosts: Sequence[str] | None = None,
+    allowed_origins: Sequence[str] | None = None,
+    max_uploads: int = MAX_UPLOADS,
+    read_timeout: float = READ_TIMEOUT,
 ) -> None:
-    """Load the model once and run the service with uvicorn until interrupted."""
+    """Load the model once and run the service with uvicorn until interrupted.
+
+    Accepted Host names: loopback, the bind address (unless a wildcard) and `allowed_hosts`."""
     import uvicorn
 
-    app = create_app(model, max_mb=max_mb, max_seconds=max_seconds)
+    hosts = list(LOOPBACK_HOSTS) + list(allowed_hosts or [])
+    if host not in ("0.0.0.0", "::", ""):
+        hosts.append(host)
+    elif not allowed_hosts:
+        print(
+            "stlser service: listening on all interfaces but accepting only loopback Host names; "
+            "add the names clients use with --allow-host",
+            file=sys.stderr,
+        )
+    app = create_app(
+        model,
+        max_mb=max_mb,
+        max_seconds=max_seconds,
+        allowed_hosts=hosts,
+        allowed_origins=allowed_origins,
+        max_uploads=max_uploads,
+        read_timeout=read_timeout,
+    )
     print(
         f"stlser service: http://{host}:{port}/  (labels: {', '.join(app.state.recognizer.labels)})"
     )
