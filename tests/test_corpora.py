@@ -161,6 +161,7 @@ def test_registry_and_argument_errors(tmp_path: Path) -> None:
         "tess",
         "savee",
         "casia",
+        "nemo",
         "folder",
         "csv",
         "synth",
