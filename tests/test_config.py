@@ -28,7 +28,17 @@ def test_bad_values_fail_at_load(override, words):
 
 
 def test_packaged_configs_load():
-    for name in ("demo.yaml", "emodb_loso.yaml", "casia_loso.yaml", "paper_iemocap.yaml"):
+    for name in (
+        "demo.yaml",
+        "recommended.yaml",
+        "emodb_loso.yaml",
+        "casia_loso.yaml",
+        "nemo_loso.yaml",
+        "paper_emodb_loso.yaml",
+        "paper_casia_loso.yaml",
+        "paper_nemo_loso.yaml",
+        "paper_iemocap.yaml",
+    ):
         assert config.load(name).name
 
 

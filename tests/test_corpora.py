@@ -552,3 +552,37 @@ def test_summarize_lists_labels_speakers_and_skipped(tmp_path: Path) -> None:
     assert "labels: angry 1, boredom 1, disgust 1, happy 1, neutral 1, sad 1" in text
     spk_line = next(line for line in text.splitlines() if line.startswith("03 "))
     assert spk_line.split() == ["03", "M", "1", "0", "0", "1", "0", "0", "2"]
+
+
+# ---------------------------------------------------------------------------------- nEMO
+def test_nemo_wav_or_ogg_with_data_tsv(tmp_path: Path) -> None:
+    root = tmp_path / "nemo"
+    rows = ["file_id\temotion\traw_text\tnormalized_text\tspeaker_id\tgender\tage"]
+    for i, (spk, emo, g) in enumerate(
+        [("EB0", "anger", "female"), ("EB0", "surprised", "female"), ("WR0", "sadness", "male")]
+    ):
+        tone(root / "samples" / f"{spk}_{emo}_{i}.wav", f0=200 + 10 * i)
+        rows.append(f"{spk}_{emo}_{i}.wav\t{emo}\tZdanie {i}.\tzdanie {i}\t        {spk}\t{g}\t23")
+    (root / "data.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    df, skipped = build_manifest("nemo", root)
+    assert skipped == [] and len(df) == 3
+    assert df.set_index("utt_id")["label"].to_dict() == {
+        "EB0_anger_0": "angry",
+        "EB0_surprised_1": "surprise",
+        "WR0_sadness_2": "sad",
+    }
+    assert set(df["speaker"]) == {"EB0", "WR0"}
+    assert df.set_index("utt_id").loc["WR0_sadness_2", "gender"] == "M"
+    assert df.set_index("utt_id").loc["EB0_anger_0", "text"] == "Zdanie 0."
+    # a re-encoded copy (Ogg Vorbis, another rate) reads the same; data.tsv still names .wav
+    x = testing.tone(0.5, 24_000, 300.0, amp=0.3)
+    (root / "samples" / "WR0_sadness_2.wav").unlink()
+    sf.write(str(root / "samples" / "WR0_sadness_2.ogg"), x, 24_000, format="OGG", subtype="VORBIS")
+    df2, _ = build_manifest("nemo", root)
+    assert df2.set_index("utt_id").loc["WR0_sadness_2", "gender"] == "M"
+    assert df2["path"].str.endswith(".ogg").sum() == 1
+    # incomplete tree: no count check; a foreign file name is an error naming the layout
+    assert df2.attrs["verified"] == ""
+    tone(root / "samples" / "EB0_bored_9.wav")
+    with pytest.raises(CorpusError, match="unknown emotion 'bored'"):
+        build_manifest("nemo", root)

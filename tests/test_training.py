@@ -148,7 +148,7 @@ def test_emodb_one_fold_learns(shared_corpora, tmp_path):
     from stlser import experiments
 
     cfg = config.load(
-        "emodb_loso.yaml",
+        "paper_emodb_loso.yaml",
         [
             f"data.root={shared_corpora / 'emodb'}",
             f"cache_dir={tmp_path / 'cache'}",

@@ -88,6 +88,11 @@ class FeatureConfig:
 
 @dataclass
 class ModelConfig:
+    # network: the paper's CNN-BiLSTM-STL on log-mel (below); expert: openSMILE functionals →
+    # speaker normalisation → one logistic head per functional set (stlser.expert)
+    kind: Literal["network", "expert"] = "network"
+    functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare"])  # expert
+    l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # expert
     channels: list[int] = field(default_factory=lambda: [16, 32, 48, 72, 96, 128])
     pool_time: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1, 1])
     pool_freq: list[int] = field(default_factory=lambda: [2, 2, 2, 1, 1, 1])

@@ -439,3 +439,24 @@ def plot_confusion(
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def predictions_table(
+    df: Any, ids: list[str], fold: str, labels: list[str], probs: np.ndarray
+) -> Any:
+    """The predictions.csv rows of utterances `ids` (in order): truth, prediction, probabilities."""
+    import pandas as pd
+
+    sub = df.set_index("utt_id").loc[ids]
+    p = pd.DataFrame(
+        {
+            "utt_id": ids,
+            "fold": fold,
+            "speaker": sub["speaker"].astype(str).values,
+            "label": sub["label"].values,
+            "pred": [labels[i] for i in probs.argmax(1)],
+        }
+    )
+    for j, name in enumerate(labels):
+        p[f"prob_{name}"] = probs[:, j].round(6)
+    return p

@@ -21,6 +21,7 @@ import pandas as pd
 from stlser import config as config_mod
 from stlser import runs
 from stlser.config import ExperimentConfig
+from stlser.evaluation import predictions_table
 from stlser.results import RunReport
 from stlser.utils import (
     clean_stale_temps,
@@ -81,25 +82,6 @@ def fold_data(
     )
 
 
-def predictions_table(
-    df: pd.DataFrame, ids: list[str], fold: str, labels: list[str], probs: np.ndarray
-) -> pd.DataFrame:
-    """The predictions.csv rows of utterances `ids` (in order): truth, prediction, probabilities."""
-    sub = df.set_index("utt_id").loc[ids]
-    p = pd.DataFrame(
-        {
-            "utt_id": ids,
-            "fold": fold,
-            "speaker": sub["speaker"].astype(str).values,
-            "label": sub["label"].values,
-            "pred": [labels[i] for i in probs.argmax(1)],
-        }
-    )
-    for j, name in enumerate(labels):
-        p[f"prob_{name}"] = probs[:, j].round(6)
-    return p
-
-
 _WORKER: dict[str, Any] = {}
 
 
@@ -148,6 +130,10 @@ def crossval(
     """
     from stlser import degenerate, evaluation, features, fingerprint
 
+    if cfg.model.kind == "expert":  # functionals + logistic heads: seconds per fold, no resume
+        from stlser import expert
+
+        return expert.crossval(cfg, out)
     run = runs.resolve_output(cfg, out)
     t0 = time.time()
     guarded: dict[str, Any] = {}

@@ -128,7 +128,14 @@ def export_onnx(
     if isinstance(model_path, Pipeline):
         pipeline = model_path
     else:
-        pipeline = Pipeline.from_artefact(resolve_model_path(model_path))
+        from stlser import expert
+        from stlser.safety import safe_torch_load
+
+        path = resolve_model_path(model_path)
+        art = safe_torch_load(path, "model artefact")
+        if expert.is_expert(art):
+            return export_expert(path, art, out)
+        pipeline = Pipeline.from_artefact(path)
     pipeline = pipeline.eval()
     proto = _to_proto(pipeline, dynamo, verbose)
     meta = pipeline.export_metadata()
@@ -140,6 +147,63 @@ def export_onnx(
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     err = check_against_torch(pipeline, data, [0.7, 4.3, 1.1])
+    if not err <= CHECK_TOLERANCE:
+        raise RuntimeError(f"exported graph disagrees with torch (max |dp| = {err:.2e})")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    return Path(out)
+
+
+def export_expert(path: Path, art: dict[str, Any], out: str | os.PathLike) -> Path:
+    """ONNX graph of an expert-feature model: functionals[B, D] → probs[B, C].
+
+    openSMILE computes the functionals before the graph (`stlser.onnx_runtime` does it; the
+    metadata names the sets). Checked against torch before it is written.
+    """
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    from stlser import __version__, expert
+
+    model, art = expert.from_artefact(path, art)
+    sets = list(art["model_config"]["functionals"])
+    x = torch.randn(3, sum(model.dims), generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["functionals"],
+            output_names=["probs"],
+            dynamic_axes={"functionals": {0: "batch"}, "probs": {0: "batch"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    meta = {
+        "kind": "expert",
+        "labels": json.dumps(list(art["labels"])),
+        "sample_rate": str(SAMPLE_RATE),
+        "functionals": json.dumps(sets),
+        "stlser_version": __version__,
+        "n_params": str(sum(p.numel() for p in model.parameters())),
+        "training": json.dumps(art.get("meta") or {}, default=str),
+        "inputs": "functionals[B,D] float32: openSMILE functionals of 16 kHz mono clips, "
+        "sets concatenated in the order of 'functionals'",
+        "outputs": "probs[B,C] float32 over labels",
+        "exporter": "torchscript",
+    }
+    onnx.helper.set_model_props(proto, meta)
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (got,) = sess.run(["probs"], {"functionals": x.numpy()})
+    with torch.inference_mode():
+        err = float(np.abs(got - model(x).numpy()).max())
     if not err <= CHECK_TOLERANCE:
         raise RuntimeError(f"exported graph disagrees with torch (max |dp| = {err:.2e})")
     with atomic_path(out) as tmp:

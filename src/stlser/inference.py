@@ -26,9 +26,16 @@ from stlser.features.frontend import LogMel
 from stlser.features.normalise import Normalize
 from stlser.model import STLSER, count_parameters, load_artefact
 from stlser.recognizer import BaseRecognizer, Prediction, Segment
-from stlser.safety import ModelLoadError
+from stlser.safety import ModelLoadError, safe_torch_load
 
-__all__ = ["Pipeline", "Recognizer", "Prediction", "Segment", "resolve_model_path"]
+__all__ = [
+    "ExpertRecognizer",
+    "Pipeline",
+    "Recognizer",
+    "Prediction",
+    "Segment",
+    "resolve_model_path",
+]
 
 
 class Pipeline(nn.Module):
@@ -162,6 +169,11 @@ class Recognizer(BaseRecognizer):
             from stlser.onnx_runtime import OnnxRecognizer
 
             return OnnxRecognizer(p)
+        from stlser import expert
+
+        art = safe_torch_load(p, "model artefact")
+        if expert.is_expert(art):
+            return ExpertRecognizer(*expert.from_artefact(p, art), source=p)
         return cls(Pipeline.from_artefact(p))
 
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -170,3 +182,30 @@ class Recognizer(BaseRecognizer):
 
     def __repr__(self) -> str:
         return f"Recognizer(labels={self.labels}, source={self.meta.get('source')!r})"
+
+
+class ExpertRecognizer(BaseRecognizer):
+    """Recognition with an expert-feature model (`stlser.expert`): openSMILE functionals of each
+    clip → the stored global normalisation → the logistic heads. Same methods as `Recognizer`."""
+
+    def __init__(self, model: Any, art: dict[str, Any], source: str | os.PathLike = "") -> None:
+        from stlser.config import ModelConfig
+
+        self.model = model.eval()
+        self.labels = [str(x) for x in art["labels"]]
+        self.sets = list(ModelConfig(**art["model_config"]).functionals)
+        self.sample_rate = SAMPLE_RATE
+        self.meta = {**(art.get("meta") or {}), "source": str(source), "kind": "expert"}
+
+    def functionals(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        from stlser import smile
+
+        return smile.batch(wave, lengths, self.sets, self.sample_rate)
+
+    def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(self.functionals(wave, lengths))
+        with torch.inference_mode():
+            return self.model(x).numpy()
+
+    def __repr__(self) -> str:
+        return f"ExpertRecognizer(labels={self.labels}, source={self.meta.get('source')!r})"

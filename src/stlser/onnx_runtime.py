@@ -53,6 +53,14 @@ class OnnxRecognizer(BaseRecognizer):
             raise ModelLoadError(p, f"not a readable ONNX model ({first})") from None
         self.meta: dict[str, Any] = read_metadata(self.session)
         names = [i.name for i in self.session.get_inputs()]
+        #: expert-feature graphs take openSMILE functionals, computed here before the graph
+        self.sets: list[str] = []
+        if names == ["functionals"] and self.meta.get("kind") == "expert":
+            try:
+                self.sets = [str(s) for s in json.loads(self.meta["functionals"])]
+            except (KeyError, ValueError, TypeError) as e:
+                raise ModelLoadError(p, f"malformed stlser metadata ({e})"[:300]) from None
+            names = ["wave", "lengths"]
         if names != ["wave", "lengths"] or "labels" not in self.meta:
             raise ModelLoadError(
                 p, f"not an stlser export (inputs {names}, metadata {sorted(self.meta)[:10]})"
@@ -79,6 +87,12 @@ class OnnxRecognizer(BaseRecognizer):
         self.meta["source"] = str(p)
 
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        if self.sets:
+            from stlser import smile
+
+            x = smile.batch(wave, lengths, self.sets, self.sample_rate)
+            (probs,) = self.session.run(["probs"], {"functionals": x})
+            return probs
         (probs,) = self.session.run(["probs"], {"wave": wave, "lengths": lengths})
         return probs
 

@@ -22,8 +22,8 @@ PAPER: dict[str, Any] = {
 #: Packaged config each corpus starts from in :func:`reproduce` (others start from defaults).
 
 BASE_CONFIGS = {
-    "emodb": "emodb_loso.yaml",
-    "casia": "casia_loso.yaml",
+    "emodb": "paper_emodb_loso.yaml",
+    "casia": "paper_casia_loso.yaml",
     "iemocap": "paper_iemocap.yaml",
 }
 #: Speaker-independent protocol per corpus (default ``loso``).

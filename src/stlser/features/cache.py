@@ -25,6 +25,8 @@ from stlser.utils import save_npy, usable_cores, write_json
 
 #: Bump when the numbers a given config produces change; old cache entries then miss.
 FEATURE_VERSION = 1
+#: functional set → the cache's `what` for it.
+FUNCTIONAL_WHAT = {"egemaps": "functionals", "compare": "compare"}
 
 
 def _sha1(text: str) -> str:
@@ -43,13 +45,13 @@ class FeatureCache:
     def __init__(
         self, cache_dir: str | os.PathLike, cfg: FeatureConfig, what: str = "frames"
     ) -> None:
-        if what not in ("frames", "functionals"):
-            raise ValueError(f"what must be 'frames' or 'functionals', not {what!r}")
+        if what not in ("frames", *FUNCTIONAL_WHAT.values()):
+            raise ValueError(f"what must be 'frames', 'functionals' or 'compare', not {what!r}")
         self.cfg = cfg.resolved()
         self.what = what
-        if what == "functionals":
+        if what != "frames":  # eGeMAPS keeps its historical key; ComParE gets its own
             desc: dict[str, Any] = {
-                "kind": "egemaps_functionals",
+                "kind": "egemaps_functionals" if what == "functionals" else "compare_functionals",
                 "sample_rate": self.cfg.sample_rate,
             }
         else:
@@ -85,8 +87,9 @@ class FeatureCache:
         """Decode `path` and compute its features (no cache involved)."""
         wave = audio.load(path, sr=self.cfg.sample_rate)
         try:
-            if self.what == "functionals":
-                return frontend.egemaps_functionals(wave, self.cfg.sample_rate)
+            if self.what != "frames":
+                set_name = next(k for k, w in FUNCTIONAL_WHAT.items() if w == self.what)
+                return frontend.functionals(wave, self.cfg.sample_rate, set_name)
             return compute(wave, self.cfg)
         except Exception as e:  # name the file in any extractor failure
             raise RuntimeError(f"{path}: feature extraction failed ({e})") from e
@@ -220,7 +223,7 @@ def _run_pool(
     # single-threaded (set in the initializer), the DataLoader recipe for fork safety.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     if method == "fork":  # build the filter bank / import openSMILE once, before forking
-        if what == "functionals" or cfg.kind == "egemaps":
+        if what != "frames" or cfg.kind == "egemaps":
             import opensmile  # noqa: F401
         else:
             front_end(cfg)
@@ -268,10 +271,18 @@ def load_functionals(
     workers: int = 0,
     progress: bool = True,
     sample_rate: int = audio.SAMPLE_RATE,
+    feature_set: str = "egemaps",
 ) -> dict[str, np.ndarray]:
-    """eGeMAPSv02 functionals of every row → {utt_id: float32[88]}, cached under their own key."""
+    """openSMILE functionals of every row → {utt_id: float32[D]}, cached under their own key.
+
+    ``feature_set``: ``egemaps`` (eGeMAPSv02, 88) or ``compare`` (ComParE_2016, 6,373)."""
+    if feature_set not in FUNCTIONAL_WHAT:
+        raise ValueError(
+            f"feature_set must be one of {sorted(FUNCTIONAL_WHAT)}, not {feature_set!r}"
+        )
     cfg = FeatureConfig(kind="egemaps", sample_rate=sample_rate)
-    out, _, _ = _run(df, cfg, cache_dir, workers, progress, keep=True, what="functionals")
+    what = FUNCTIONAL_WHAT[feature_set]
+    out, _, _ = _run(df, cfg, cache_dir, workers, progress, keep=True, what=what)
     return out
 
 

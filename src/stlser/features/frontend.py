@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stlser import audio
+from stlser import smile as smile_mod
 from stlser.config import FeatureConfig
 
 #: Added to the mel power before the log (see module docstring).
@@ -224,21 +225,12 @@ def front_end(cfg: FeatureConfig, fft: bool = True) -> LogMel:
     return _front_end(json.dumps(d, sort_keys=True), fft)
 
 
-@functools.lru_cache(maxsize=2)
-def _smile(level: str) -> Any:
-    import opensmile
-
-    return opensmile.Smile(
-        feature_set=opensmile.FeatureSet.eGeMAPSv02,
-        feature_level=getattr(opensmile.FeatureLevel, level),
-    )
+def _smile(level: str, feature_set: str = "eGeMAPSv02") -> Any:
+    return smile_mod.smile(level, feature_set)
 
 
-def _as_wave(wave: np.ndarray) -> np.ndarray:
-    x = np.asarray(wave, dtype=np.float32)
-    if x.ndim != 1:
-        raise ValueError(f"expected a 1-D waveform, got shape {x.shape}")
-    return np.ascontiguousarray(x)
+_as_wave = smile_mod.as_wave
+FUNCTIONAL_SETS = smile_mod.FUNCTIONAL_SETS
 
 
 def compute(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -254,7 +246,9 @@ def compute(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return np.ascontiguousarray(feats[0, : int(frames[0])].numpy(), dtype=np.float32)
 
 
+functionals = smile_mod.functionals
+
+
 def egemaps_functionals(wave: np.ndarray, sample_rate: int = audio.SAMPLE_RATE) -> np.ndarray:
     """The 88 eGeMAPSv02 functionals of one utterance (classic SVM baseline) → float32[88]."""
-    df = _smile("Functionals").process_signal(_as_wave(wave), sample_rate)
-    return df.to_numpy(dtype=np.float32).reshape(-1)
+    return functionals(wave, sample_rate, "egemaps")
