@@ -188,9 +188,13 @@ def test_run_all_writes_report(tmp_path, monkeypatch, capsys):
         run_all.main(["--only", "nope"])
 
 
-def test_bench_accuracy_runs_network_and_baseline_side_by_side(tmp_path):
-    """The accuracy benchmark on a miniature EmoDB tree (4 speakers, every emotion twice):
-    one table row per system, the gap to the baseline and the goal verdict filled in."""
+def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
+    tmp_path, monkeypatch
+):
+    """The accuracy benchmark on a miniature EmoDB tree (4 speakers, every emotion twice),
+    systems default and svm over seeds 0 and 1: one row per system, the paired UA difference
+    to the SVM filled in for `default`; a second call with --only-finished trains nothing and
+    prints the same numbers (a seed that was never run is left out, not invented)."""
     import numpy as np
     import soundfile as sf
 
@@ -202,32 +206,52 @@ def test_bench_accuracy_runs_network_and_baseline_side_by_side(tmp_path):
             for text in ("a01", "b02"):
                 x = benchlib.speechlike(float(rng.uniform(0.6, 1.0)), rng)
                 sf.write(str(wav / f"{spk}{text}{code}a.wav"), x, benchlib.SR, subtype="PCM_16")
-    md = bench_accuracy.main(
-        [
-            "--root",
-            str(tmp_path / "corpora"),
-            "--corpora",
-            "emodb",
-            "--systems",
-            "stl0,baseline",
-            "--runs",
-            str(tmp_path / "runs"),
-            "--set",
-            "train.max_epochs=1",
-            "--set",
-            "train.progress=false",
-            "--set",
-            "split.val_speakers=1",
-            "--set",
-            f"cache_dir={tmp_path / 'cache'}",
-            "--out",
-            str(tmp_path / "acc.md"),
-        ]
-    )
-    found = tables(md)
-    key = next(k for k in found if "UA − baseline" in k)
-    rows = found[key]
-    assert [r[1] for r in rows] == ["network, no STL", "eGeMAPS + linear SVM"]
-    assert re.fullmatch(r"[+-]\d+\.\d", rows[0][key.index("UA − baseline")])
-    assert rows[0][key.index("goal (≥ +5)")] in ("met", "**missed**")
+    common = [
+        "--root",
+        str(tmp_path / "corpora"),
+        "--corpora",
+        "emodb",
+        "--systems",
+        "default,svm",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--set",
+        "split.val_speakers=1",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    md = bench_accuracy.main([*common, "--seeds", "0,1", "--out", str(tmp_path / "acc.md")])
     assert (tmp_path / "acc.md").read_text().strip() == md.strip()
+    key = next(k for k in tables(md) if k[:2] == ("corpus", "system"))
+    rows = tables(md)[key]
+    col = {h: i for i, h in enumerate(key)}
+    gap = next(h for h in key if h.startswith("UA − SVM"))
+    assert [r[col["system"]] for r in rows] == [
+        bench_accuracy.NAMES["default"],
+        bench_accuracy.NAMES["svm"],
+    ]
+    for r in rows:
+        assert r[col["corpus"]] == "emodb"
+        assert r[col["folds"]].startswith("4 ")  # LOSO over the 4 speakers
+        assert r[col["seeds"]] == "0,1"
+        assert re.fullmatch(r"\d+\.\d ± \d+\.\d", r[col["UA mean ± sd"]])
+    pm = r"[+-]\d+\.\d"
+    assert re.fullmatch(rf"{pm} \[{pm}, {pm}\] \(n=2\)", rows[0][col[gap]])
+    lo, hi = map(float, re.findall(pm, rows[0][col[gap]])[1:])
+    assert lo <= float(rows[0][col[gap]].split()[0]) <= hi
+    assert rows[0][col["goal (≥ +5)"]] in ("met", "**missed**")
+    assert rows[1][col[gap]] == "–"  # the SVM is not compared with itself
+    for system in ("default", "svm"):
+        for seed in (0, 1):
+            assert (tmp_path / "runs" / "emodb" / system / f"seed{seed}" / "report.json").exists()
+
+    def no_training(*a, **k):
+        raise AssertionError("--only-finished must not train")
+
+    monkeypatch.setattr(bench_accuracy.experiments, "crossval", no_training)
+    monkeypatch.setattr(bench_accuracy.experiments, "baseline", no_training)
+    again = bench_accuracy.main([*common, "--seeds", "0,1", "--only-finished"])
+    assert tables(again)[key] == rows
+    partial = bench_accuracy.main([*common, "--seeds", "0,1,2", "--only-finished"])
+    assert [r[col["seeds"]] for r in tables(partial)[key]] == ["0,1", "0,1"]
+    assert tables(partial)[key][0][col[gap]] == rows[0][col[gap]]
