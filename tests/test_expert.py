@@ -104,3 +104,67 @@ def test_recognizer_onnx_and_service_agree(expert_run, tmp_path):
         r = c.post("/predict", files={"file": ("a.wav", testing.wav_bytes(clips[0]), "audio/wav")})
         assert r.status_code == 200, r.text
         assert r.json()["label"] == p1[0].label
+
+
+def test_label_mask_keeps_each_row_to_its_corpus_labels():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 30)
+    X = rng.normal(size=(90, 8)) + 2.0 * np.eye(3, 8)[y]
+    mask = np.ones((90, 3), bool)
+    mask[:60, 2] = False  # the first corpus has no label 2 (its rows are labels 0 and 1)
+    h = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2, mask=mask)
+    free = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2)
+    assert not torch.equal(h.linear.weight, free.linear.weight)  # the mask changes the fit
+    with torch.no_grad():
+        lp = h(torch.as_tensor(X, dtype=torch.float32))
+    # predicted within each row's own labels (as the leave-one-corpus-out scoring does)
+    pred = lp.masked_fill(~torch.as_tensor(mask), -1e9).argmax(1).numpy()
+    assert (pred == y).mean() > 0.9
+
+
+def test_restrict_renormalises_and_refuses_unknown_labels(expert_run):
+    from stlser.inference import Recognizer
+
+    rec = Recognizer.load(expert_run / "fold_00" / "model.pt")
+    clip = testing.tone(1.5, freq=220, harmonics=4, am_hz=4)
+    full = rec.predict(clip, 16000).probabilities
+    keep = rec.labels[:2]
+    part = rec.restrict(keep).predict(clip, 16000).probabilities
+    assert list(part) == keep and abs(sum(part.values()) - 1) < 1e-9
+    total = sum(full[k] for k in keep)
+    for k in keep:
+        assert abs(part[k] - full[k] / total) < 1e-6
+    with pytest.raises(ValueError, match="the model knows"):
+        rec.restrict(["calm"])
+    assert rec.restrict(None).labels == list(full)
+
+
+def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path):
+    from stlser import pretrain
+    from stlser.inference import Recognizer
+
+    root = tmp_path / "pool"
+    root.mkdir()
+    for name in ("a", "b"):
+        (root / name).symlink_to(synth_corpus, target_is_directory=True)
+    cfg = config.load(
+        "pretrain.yaml",
+        [
+            f"data.root={root}",
+            "data.pool=[synth=a, synth=b]",
+            "model.functionals=[egemaps]",
+            f"cache_dir={tmp_path / 'cache'}",
+            "train.progress=false",
+        ],
+    )
+    path = pretrain.pretrain(cfg, tmp_path / "out")
+    rec = Recognizer.load(path)
+    assert rec.labels == [v for v in pretrain.VOCAB if v in rec.labels] and len(rec.labels) == 4
+    onnx_rec = Recognizer.load(tmp_path / "out" / "model.onnx")
+    clip = testing.tone(1.0, freq=200, harmonics=3, am_hz=3)
+    a, b = rec.predict(clip, 16000), onnx_rec.predict(clip, 16000)
+    assert a.label == b.label
+    res = pretrain.leave_one_corpus_out(cfg, tmp_path / "out")
+    assert set(res) == {"a", "b"} and res["a"]["train"] == ["b"]
+    assert 0 <= res["a"]["speaker_norm"]["ua"] <= 1 and "svm" in res["a"]
+    assert "| a | b |" in (tmp_path / "out" / "loco.md").read_text()

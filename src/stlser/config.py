@@ -21,6 +21,7 @@ class DataConfig:
     root: str = ""  # corpus folder in its release layout
     labels: Literal["native", "4class"] = "native"
     manifest: str = ""  # an existing manifest CSV (skips the corpus scan)
+    pool: list[str] = field(default_factory=list)  # stlser pretrain: corpora under `root`
 
 
 @dataclass

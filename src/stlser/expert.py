@@ -82,10 +82,18 @@ class ExpertModel(nn.Module):
         return torch.softmax(self.log_probs((x - self.mean) / self.std), -1)
 
 
-def fit_head(head: Head, X: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 100) -> Head:
+def fit_head(
+    head: Head,
+    X: np.ndarray,
+    y: np.ndarray,
+    l2: float,
+    max_iter: int = 100,
+    mask: np.ndarray | None = None,
+) -> Head:
     """Class-balanced multinomial logistic regression by full-batch L-BFGS (deterministic).
 
-    The objective is the class-weighted mean cross-entropy + ``l2 · ||W||²``.
+    The objective is the class-weighted mean cross-entropy + ``l2 · ||W||²``. ``mask[N, C]``
+    (bool) limits each row's softmax to the labels its corpus has (multi-corpus training).
     """
     Xt = torch.as_tensor(X, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -103,9 +111,14 @@ def fit_head(head: Head, X: np.ndarray, y: np.ndarray, l2: float, max_iter: int 
         [W, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
     )
 
+    absent = None if mask is None else ~torch.as_tensor(mask, dtype=torch.bool)
+
     def closure() -> Tensor:
         opt.zero_grad()
-        ce = nn.functional.cross_entropy(Z @ W + b, yt, reduction="none")
+        logits = Z @ W + b
+        if absent is not None:
+            logits = logits.masked_fill(absent, -1e4)
+        ce = nn.functional.cross_entropy(logits, yt, reduction="none")
         loss = (ce * w).sum() + l2 * (W**2).sum()
         loss.backward()
         return loss

@@ -125,9 +125,26 @@ class Pipeline(nn.Module):
         }
 
 
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """The model file a user means: a `model.pt`/`.onnx` file, a training run folder holding
-    `model.pt`, or a crossval run folder (its first fold, `fold_00/model.pt`)."""
+#: Name of the general model shipped inside the package (stlser/models/base.pt).
+BASE = "base"
+
+
+def shipped_model(name: str = BASE) -> Path:
+    """Path of a model shipped inside the package (`make pretrained` builds it)."""
+    from importlib.resources import files
+
+    p = Path(str(files("stlser") / "models" / f"{name}.pt"))
+    if not p.is_file():
+        raise FileNotFoundError(f"the shipped model {name!r} is missing from this install ({p})")
+    return p
+
+
+def resolve_model_path(path: str | os.PathLike | None = None) -> Path:
+    """The model file a user means: ``None`` or ``"base"`` (the shipped general model), a
+    `model.pt`/`.onnx` file, a training run folder holding `model.pt`, or a crossval run folder
+    (its first fold, `fold_00/model.pt`)."""
+    if path is None or (str(path) == BASE and not Path(BASE).exists()):
+        return shipped_model(BASE)
     p = Path(path)
     if p.is_dir():
         for cand in (p / "model.pt", p / "fold_00" / "model.pt", p / "model.onnx"):
@@ -161,7 +178,7 @@ class Recognizer(BaseRecognizer):
         self.meta = dict(pipeline.meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Any:
+    def load(cls, path: str | os.PathLike | None = None) -> Any:
         """A `model.pt` artefact, a run/crossval folder (`fold_00/model.pt`) or an `.onnx` file
         (then an `stlser.onnx_runtime.OnnxRecognizer`, which has the same methods)."""
         p = resolve_model_path(path)

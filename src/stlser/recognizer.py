@@ -114,17 +114,42 @@ class BaseRecognizer:
 
     labels: list[str]
     sample_rate: int = SAMPLE_RATE
+    #: model output columns kept by `restrict` (None: all)
+    _keep: list[int] | None = None
 
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """wave[B, N] float32, lengths[B] int64 → probabilities[B, C] float (numpy)."""
         raise NotImplementedError
+
+    def restrict(self, labels: Sequence[str] | None) -> BaseRecognizer:
+        """Answer with these labels only: the model's probabilities of them, renormalised to
+        sum to 1 (e.g. the 4 IEMOCAP classes of a model that knows 8). None: all labels."""
+        full = getattr(self, "_all_labels", None) or list(self.labels)
+        self._all_labels = full
+        if not labels:
+            self._keep, self.labels = None, list(full)
+            return self
+        wanted = [str(x).strip() for x in labels]
+        unknown = [x for x in wanted if x not in full]
+        if unknown or len(set(wanted)) != len(wanted):
+            raise ValueError(
+                f"labels {unknown or wanted} not usable: the model knows {', '.join(full)} "
+                "(each at most once)"
+            )
+        self._keep = [full.index(x) for x in wanted]
+        self.labels = wanted
+        return self
 
     def probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Probabilities [B, C] of already decoded 16 kHz mono clips, as one padded batch."""
         if not waves:
             return np.zeros((0, len(self.labels)), np.float32)
         wave, lengths = pad_batch(waves)
-        return np.asarray(self._run(wave, lengths), dtype=np.float64)
+        p = np.asarray(self._run(wave, lengths), dtype=np.float64)
+        if self._keep is not None:
+            p = p[:, self._keep]
+            p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
+        return p
 
     def _probs_dict(self, p: np.ndarray) -> dict[str, float]:
         return {lab: float(v) for lab, v in zip(self.labels, p, strict=True)}

@@ -177,7 +177,20 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from stlser.cli.predict import predict_cli
 
-    return predict_cli(a.model, a.inputs, output=a.output, segments=a.segments)
+    labels = [x for x in (a.labels or "").split(",") if x.strip()] or None
+    return predict_cli(a.model, a.inputs, output=a.output, segments=a.segments, labels=labels)
+
+
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from stlser import pretrain
+
+    cfg = _load_cfg(a)
+    path = pretrain.pretrain(cfg, a.output)
+    print(f"model: {path}")
+    if a.loco:
+        pretrain.leave_one_corpus_out(cfg, a.output)
+        print((Path(a.output) / "loco.md").read_text())
+    return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -189,10 +202,12 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    from stlser.inference import Recognizer
     from stlser.service import serve
 
+    labels = [x for x in (a.labels or "").split(",") if x.strip()] or None
     serve(
-        a.model,
+        Recognizer.load(a.model).restrict(labels),
         host=a.host,
         port=a.port,
         max_mb=a.max_mb,
@@ -312,7 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="emotion of audio files or folders")
     s.add_argument(
-        "--model", required=True, help="model.pt, a run or crossval folder, or an exported .onnx"
+        "--model",
+        default="base",
+        help="model.pt, a run or crossval folder, an exported .onnx, or 'base' (the general "
+        "model shipped in the package, the default)",
+    )
+    s.add_argument(
+        "--labels",
+        default=None,
+        help="answer with these labels only, e.g. "
+        "angry,happy,neutral,sad (probabilities renormalised)",
     )
     s.add_argument("inputs", nargs="+")
     s.add_argument(
@@ -323,13 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_predict)
 
+    s = sub.add_parser("pretrain", help="the general model from several corpora (data.pool)")
+    _cfg_args(s)
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--loco", action="store_true", help="also score leave-one-corpus-out (loco.md)")
+    s.set_defaults(func=cmd_pretrain)
+
     s = sub.add_parser("export", help="ONNX graph: 16 kHz waveform → probabilities")
     s.add_argument("--model", required=True)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="HTTP service and web page")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", default="base", help="as for predict (default: the shipped model)")
+    s.add_argument("--labels", default=None, help="as for predict")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-mb", type=float, default=20.0)

@@ -166,6 +166,7 @@ def predict_cli(
     inputs: list[str],
     output: str | os.PathLike | None = None,
     segments: bool = False,
+    labels: list[str] | None = None,
 ) -> int:
     """`stlser predict`: classify files and folders (recursively); one row per file, or per
     speech segment with `segments`. Writes CSV or JSONL by the output suffix, else prints a
@@ -176,7 +177,7 @@ def predict_cli(
     out = Path(output) if output else None
     if out is not None:
         check_output_file(out, (".csv", ".jsonl"))
-    rec = Recognizer.load(model)
+    rec = Recognizer.load(model).restrict(labels)
     files, missing = expand_inputs(inputs)
     rows: list[dict[str, Any]] = []
     for item, reason in missing:

@@ -1,0 +1,259 @@
+"""A general model from several corpora (`stlser pretrain`) and its leave-one-corpus-out check.
+
+The corpora of ``data.pool`` (each under ``data.root/<name>`` in its release layout) are read
+into one manifest (utterance and speaker ids prefixed with the corpus), labels mapped to one
+vocabulary (:data:`VOCAB`); each utterance's softmax is limited to the labels its corpus has
+(the loss mask of `stlser.expert.fit_head`). The recognizer is the expert recipe
+(`stlser.expert`); L2 is chosen on one validation speaker per corpus, then the model is refit
+on every speaker. :func:`leave_one_corpus_out` scores the recipe on each corpus after training
+on the others, beside an eGeMAPS + linear SVM trained on the same corpora.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stlser import expert
+from stlser.config import ExperimentConfig
+from stlser.utils import write_json, write_text
+
+log = logging.getLogger(__name__)
+#: The shared label vocabulary, in output order.
+VOCAB = ("angry", "happy", "neutral", "sad", "fear", "surprise", "disgust", "boredom")
+
+
+def pool_manifest(root: str | Path, corpora: list[str]) -> pd.DataFrame:
+    """One manifest over several corpora: ids and speakers prefixed ``<corpus>/``, labels
+    outside :data:`VOCAB` dropped. An entry is a reader name read from ``root/<name>``, or
+    ``reader=folder`` (read ``root/folder`` with that reader; the corpus is called `folder`)."""
+    from stlser.corpora import build_manifest
+
+    frames = []
+    for entry in corpora:
+        reader, _, folder = entry.partition("=")
+        name = folder or reader
+        df, _ = build_manifest(reader, Path(root) / name)
+        df = df[df["label"].isin(VOCAB)].copy()
+        df["corpus"] = name
+        df["utt_id"] = name + "/" + df["utt_id"].astype(str)
+        df["speaker"] = name + "/" + df["speaker"].astype(str)
+        frames.append(df)
+    if not frames:
+        raise ValueError("data.pool names no corpus")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _label_mask(df: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    have = df.groupby("corpus")["label"].agg(set).to_dict()
+    return np.asarray([[lab in have[c] for lab in labels] for c in df["corpus"]], dtype=bool)
+
+
+def _normalise(X: np.ndarray, df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
+    from stlser import degenerate
+    from stlser.baseline import normalize_functionals
+
+    glob = sorted(degenerate.global_speakers(df, cfg.features))
+    mode = cfg.features.normalize if cfg.features.normalize != "utterance" else "none"
+    Z, _ = normalize_functionals(X, df["speaker"].astype(str).to_numpy(), mode, None, glob)
+    return Z
+
+
+def _val_rows(df: pd.DataFrame, seed: int) -> np.ndarray:
+    """One validation speaker per corpus (drawn with `seed`), as row indices."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _, sub in df.groupby("corpus", sort=True):
+        spk = sorted(sub["speaker"].unique())
+        if len(spk) > 1:
+            pick = spk[int(rng.integers(len(spk)))]
+            rows.append(np.flatnonzero((df["speaker"] == pick).to_numpy()))
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+def _masked_ua(lp: torch.Tensor, y: np.ndarray, mask: np.ndarray, corpus: np.ndarray) -> float:
+    """Mean over corpora of UA, each corpus's prediction limited to its own labels."""
+    pred = lp.masked_fill(~torch.as_tensor(mask), -1e9).argmax(1).numpy()
+    return float(
+        np.mean([expert._ua(y[corpus == c], pred[corpus == c]) for c in np.unique(corpus)])
+    )
+
+
+def fit_pool(
+    X: np.ndarray, df: pd.DataFrame, cfg: ExperimentConfig
+) -> tuple[expert.ExpertModel, list[str], dict[str, Any]]:
+    """Fit the expert recipe on a pooled manifest (rows aligned with `X`)."""
+    labels = [v for v in VOCAB if v in set(df["label"])]
+    y = np.asarray([labels.index(v) for v in df["label"]])
+    mask = _label_mask(df, labels)
+    corpus = df["corpus"].astype(str).to_numpy()
+    Z = _normalise(X, df, cfg)
+    dims = expert.set_dims(list(cfg.model.functionals))
+    bounds = np.cumsum([0, *dims])
+    va = _val_rows(df, cfg.seed)
+    tr = np.setdiff1d(np.arange(len(df)), va)
+    model = expert.ExpertModel(dims, len(labels))
+    chosen = []
+    for i, head in enumerate(model.heads):
+        Zi = Z[:, bounds[i] : bounds[i + 1]]
+        best = (-1.0, cfg.model.l2_grid[0])
+        for l2 in cfg.model.l2_grid if len(va) else cfg.model.l2_grid[:1]:
+            if not len(va):
+                break
+            h = expert.fit_head(expert.Head(dims[i], len(labels)), Zi[tr], y[tr], l2, mask=mask[tr])
+            with torch.no_grad():
+                ua = _masked_ua(
+                    h(torch.as_tensor(Zi[va], dtype=torch.float32)), y[va], mask[va], corpus[va]
+                )
+            if ua > best[0]:
+                best = (ua, l2)
+        chosen.append(best[1])
+        expert.fit_head(head, Zi, y, best[1], mask=mask)
+    raw = torch.as_tensor(X, dtype=torch.float32)
+    model.mean.copy_(raw.mean(0))
+    model.std.copy_(raw.std(0).clamp_min(1e-5))
+    info = {
+        "l2": chosen,
+        "val_speakers": sorted(df["speaker"].iloc[va].unique().tolist()),
+        "corpora": sorted(set(corpus)),
+        "n": int(len(df)),
+        "speakers": int(df["speaker"].nunique()),
+        "labels_per_corpus": {
+            c: sorted(set(df["label"][corpus == c])) for c in sorted(set(corpus))
+        },
+    }
+    return model.eval(), labels, info
+
+
+def _features(df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
+    return expert.load_matrix(df, list(cfg.model.functionals), cfg.cache_dir, cfg.train.progress)
+
+
+def pretrain(cfg: ExperimentConfig, out: str | Path) -> Path:
+    """Train the general model on every corpus of ``data.pool``; writes `model.pt`,
+    `model.onnx` and `pretrain.json` into `out`. Returns the artefact's path."""
+    from stlser.export import export_onnx
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = pool_manifest(cfg.data.root, list(cfg.data.pool))
+    X = _features(df, cfg)
+    model, labels, info = fit_pool(X, df, cfg)
+    meta = {"corpus": "+".join(info["corpora"]), "seed": cfg.seed, **info}
+    path = expert.save(out / "model.pt", model, cfg, labels, meta)
+    export_onnx(path, out / "model.onnx")
+    write_json(
+        out / "pretrain.json", {**meta, "labels": labels, "seconds": round(time.time() - t0, 1)}
+    )
+    log.info(
+        f"general model: {len(labels)} labels, {info['n']} utterances, {info['speakers']} speakers → {path}"
+    )
+    return path
+
+
+# ------------------------------------------------------------------ leave-one-corpus-out
+def _scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    from stlser import evaluation
+
+    ys, ps = [labels[i] for i in y], [labels[i] for i in pred]
+    m = evaluation.compute(ys, ps, labels)
+    return {"ua": m["ua"], "wa": m["wa"], "n": int(len(y))}
+
+
+def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
+    """For each corpus of ``data.pool``: fit on the others, test on it (labels both sides
+    share). Scores the recipe with the held-out speakers normalised by their own statistics
+    (as in crossval) and by the stored global statistics (what `stlser predict` does with one
+    clip), and an eGeMAPS + linear SVM fitted on the same corpora (C on the same validation
+    speakers). Writes `loco.json` and `loco.md` into `out`."""
+    from stlser.baseline import make_classifier
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = list(cfg.data.pool)
+    df = pool_manifest(cfg.data.root, pool)
+    X = _features(df, cfg)
+    Z_all = _normalise(X, df, cfg)
+    eg = slice(0, 88) if cfg.model.functionals[0] == "egemaps" else None
+    results: dict[str, Any] = {}
+    for entry in pool:
+        held = entry.partition("=")[2] or entry
+        test = (df["corpus"] == held).to_numpy()
+        train_df = df[~test].reset_index(drop=True)
+        one = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, pool=[c for c in pool if c != entry])
+        )
+        model, labels, info = fit_pool(X[~test], train_df, one)
+        shared = [lab for lab in labels if lab in set(df["label"][test])]
+        rows = test & df["label"].isin(shared).to_numpy()
+        y = np.asarray([shared.index(v) for v in df["label"][rows]])
+        keep = [labels.index(lab) for lab in shared]
+        with torch.no_grad():
+            lp_spk = model.log_probs(torch.as_tensor(Z_all[rows], dtype=torch.float32))[:, keep]
+            p_glob = model(torch.as_tensor(X[rows], dtype=torch.float32))[:, keep]
+        res = {
+            "labels": shared,
+            "dropped": int(test.sum() - rows.sum()),
+            "train": info["corpora"],
+            "speaker_norm": _scores(y, lp_spk.argmax(1).numpy(), shared),
+            "global_norm": _scores(y, p_glob.argmax(1).numpy(), shared),
+        }
+        # per gender (speaker-normalised), where the corpus records it
+        gender = df["gender"].astype(str).to_numpy()[rows]
+        res["by_gender"] = {
+            g: _scores(y[gender == g], lp_spk.argmax(1).numpy()[gender == g], shared)["ua"]
+            for g in ("F", "M")
+            if (gender == g).sum() >= 20
+        }
+        if eg is not None:  # eGeMAPS + SVM on the same training corpora and validation speakers
+            ytr = train_df["label"].astype(str).to_numpy()
+            va = _val_rows(train_df, cfg.seed)
+            trn = np.setdiff1d(np.arange(len(train_df)), va)
+            Ztr = Z_all[~test][:, eg]
+            best = (-1.0, 1.0)
+            for c in (1e-3, 1e-2, 1e-1, 1.0):
+                clf = make_classifier(c, "balanced").fit(Ztr[trn], ytr[trn])
+                ua = expert._ua(ytr[va], clf.predict(Ztr[va]))
+                if ua > best[0]:
+                    best = (ua, c)
+            clf = make_classifier(best[1], "balanced").fit(Ztr, ytr)
+            cls = [str(c) for c in clf[-1].classes_]
+            dec = clf.decision_function(Z_all[rows][:, eg])[:, [cls.index(lab) for lab in shared]]
+            res["svm"] = _scores(y, dec.argmax(1), shared)
+        results[held] = res
+        log.info(
+            f"LOCO {held}: UA {100 * res['speaker_norm']['ua']:.1f} (speaker norm), "
+            f"{100 * res['global_norm']['ua']:.1f} (global); SVM "
+            f"{100 * res.get('svm', {}).get('ua', float('nan')):.1f}"
+        )
+    write_json(out / "loco.json", results)
+    write_text(out / "loco.md", render_loco(results))
+    return results
+
+
+def render_loco(results: dict[str, Any]) -> str:
+    lines = [
+        "| held-out corpus | trained on | labels scored | n | UA, speaker norm | UA, global norm "
+        "(one clip) | WA, speaker norm | eGeMAPS + SVM UA | UA − SVM | UA F / M |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for held, r in results.items():
+        s, g, svm = r["speaker_norm"], r["global_norm"], r.get("svm")
+        gap = f"{100 * (s['ua'] - svm['ua']):+.1f}" if svm else "–"
+        sex = " / ".join(
+            f"{100 * r['by_gender'][k]:.1f}" for k in ("F", "M") if k in r["by_gender"]
+        )
+        lines.append(
+            f"| {held} | {' + '.join(r['train'])} | {', '.join(r['labels'])} | {s['n']} | "
+            f"{100 * s['ua']:.1f} | {100 * g['ua']:.1f} | {100 * s['wa']:.1f} | "
+            f"{100 * svm['ua'] if svm else float('nan'):.1f} | {gap} | {sex or '–'} |"
+        )
+    return "\n".join(lines) + "\n"
