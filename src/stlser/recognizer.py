@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -320,3 +321,42 @@ class BaseRecognizer:
             buf.drop_before(last_end - win_n)
         if buf.end > last_end and buf.end >= MIN_BATCH_SAMPLES:
             yield emit(buf.end)
+
+
+#: Name of the general model shipped inside the package (stlser/models/base.pt).
+BASE = "base"
+
+
+def shipped_model(name: str = BASE, suffix: str = ".pt") -> Path:
+    """Path of a model shipped inside the package (`make pretrained` builds it)."""
+    from importlib.resources import files
+
+    p = Path(str(files("stlser") / "models" / f"{name}{suffix}"))
+    if not p.is_file():
+        raise FileNotFoundError(f"the shipped model {name!r} is missing from this install ({p})")
+    return p
+
+
+def resolve_model_path(path: str | os.PathLike | None = None) -> Path:
+    """The model file a user means: ``None`` or ``"base"`` (the shipped general model), a
+    `model.pt`/`.onnx` file, a training run folder holding `model.pt`, or a crossval run folder
+    (its first fold, `fold_00/model.pt`)."""
+    if path is None or (str(path) == BASE and not Path(BASE).exists()):
+        return shipped_model(BASE)
+    p = Path(path)
+    if p.is_dir():
+        for cand in (p / "model.pt", p / "fold_00" / "model.pt", p / "model.onnx"):
+            if cand.is_file():
+                return cand
+        raise FileNotFoundError(
+            f"{p}: no model.pt, fold_00/model.pt or model.onnx in this folder "
+            "(pass a model.pt artefact, a crossval run folder, or an .onnx file)"
+        )
+    if not p.exists():
+        raise FileNotFoundError(f"model {p} not found")
+    if p.suffix == ".ckpt":
+        raise ValueError(
+            f"{p} is a Lightning checkpoint without the feature/normaliser settings; "
+            "use the model.pt artefact written beside it (its run folder)"
+        )
+    return p

@@ -202,12 +202,12 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from stlser.inference import Recognizer
+    from stlser.cli.predict import load_recognizer
     from stlser.service import serve
 
     labels = [x for x in (a.labels or "").split(",") if x.strip()] or None
     serve(
-        Recognizer.load(a.model).restrict(labels),
+        load_recognizer(a.model).restrict(labels),
         host=a.host,
         port=a.port,
         max_mb=a.max_mb,

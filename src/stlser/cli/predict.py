@@ -15,7 +15,6 @@ import soundfile as sf
 
 from stlser import audio
 from stlser.audio import AudioError
-from stlser.inference import Recognizer
 from stlser.recognizer import Prediction, Segment
 from stlser.utils import write_text
 
@@ -161,6 +160,27 @@ def check_output_file(out: Path, suffixes: tuple[str, ...]) -> None:
         raise ValueError(f"output {out} exists and is not writable")
 
 
+def load_recognizer(model: str | os.PathLike | None) -> Any:
+    """The recognizer for `stlser predict`/`serve`: an `.onnx` file (and the shipped model,
+    whose ONNX twin is used) runs on onnxruntime without importing torch, which keeps the
+    start-up of a one-clip prediction short; anything else loads through torch."""
+    from stlser.recognizer import BASE, resolve_model_path, shipped_model
+
+    if model is None or (str(model) == BASE and not Path(BASE).exists()):
+        try:
+            model = shipped_model(BASE, ".onnx")
+        except FileNotFoundError:
+            model = shipped_model(BASE)
+    p = resolve_model_path(model)
+    if p.suffix.lower() == ".onnx":
+        from stlser.onnx_runtime import OnnxRecognizer
+
+        return OnnxRecognizer(p)
+    from stlser.inference import Recognizer
+
+    return Recognizer.load(p)
+
+
 def predict_cli(
     model: str | os.PathLike,
     inputs: list[str],
@@ -177,7 +197,7 @@ def predict_cli(
     out = Path(output) if output else None
     if out is not None:
         check_output_file(out, (".csv", ".jsonl"))
-    rec = Recognizer.load(model).restrict(labels)
+    rec = load_recognizer(model).restrict(labels)
     files, missing = expand_inputs(inputs)
     rows: list[dict[str, Any]] = []
     for item, reason in missing:

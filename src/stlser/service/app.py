@@ -108,10 +108,10 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def _load_recognizer(model: Any) -> Any:
     """A path loads a `stlser.inference.Recognizer`; anything else is taken as a recognizer."""
-    if isinstance(model, (str, Path)):
+    if model is None or isinstance(model, (str, Path)):
         from stlser.inference import Recognizer
 
-        return Recognizer.load(model)
+        return Recognizer.load(model)  # None: the general model shipped in the package
     for attr in ("labels", "predict", "segments"):
         if not hasattr(model, attr):
             raise TypeError(
