@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from stlser import __version__
 from stlser.config import ExperimentConfig, ModelConfig
-from stlser.safety import ModelLoadError, check_artefact, plain, safe_torch_load, weights_digest
+from stlser.safety import check_artefact, plain, rebuild, safe_torch_load, weights_digest
 from stlser.utils import atomic_path
 
 FORMAT = "stlser-expert/1"
@@ -208,16 +208,12 @@ def from_artefact(path: str | Path, art: dict | None = None) -> tuple[ExpertMode
     if art is None:
         art = safe_torch_load(path, "model artefact")
     art = check_artefact(path, art, FORMAT)
-    try:
-        mc = ModelConfig(**art["model_config"])
-        model = ExpertModel(set_dims(mc.functionals), len(art["labels"]))
-        model.load_state_dict(art["state_dict"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelLoadError(
-            path, f"the weights do not fit the stored model config ({first})"
-        ) from None
-    return model.eval(), art
+
+    def build() -> ExpertModel:
+        sets = ModelConfig(**art["model_config"]).functionals
+        return ExpertModel(set_dims(sets), len(art["labels"]))
+
+    return rebuild(path, build, art["state_dict"]), art
 
 
 def extract(wave: np.ndarray, sets: list[str], sample_rate: int = 16_000) -> np.ndarray:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from stlser import __version__
 from stlser.config import ExperimentConfig, ModelConfig
-from stlser.safety import ModelLoadError, check_artefact, plain, safe_torch_load, weights_digest
+from stlser.safety import check_artefact, plain, rebuild, safe_torch_load, weights_digest
 from stlser.utils import atomic_path
 
 AGGREGATIONS = ("conv1d", "last", "attention", "mean")
@@ -304,12 +304,8 @@ def save_artefact(
 def load_artefact(path: str | Path) -> tuple[STLSER, dict]:
     """Rebuild the network from `model.pt`; returns (model in eval mode, the artefact dict)."""
     art = check_artefact(path, safe_torch_load(path, "model artefact"), ARTEFACT_FORMAT)
-    try:
-        model = STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))
-        model.load_state_dict(art["state_dict"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelLoadError(
-            path, f"the weights do not fit the stored model config ({first})"
-        ) from None
-    return model.eval(), art
+
+    def build() -> STLSER:
+        return STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))
+
+    return rebuild(path, build, art["state_dict"]), art

@@ -151,3 +151,17 @@ def check_artefact(path: object, art: Any, fmt: str) -> dict:
                 f"stored {str(expected)[:16]}…, computed {got[:16]}…",
             )
     return art
+
+
+def rebuild(path: object, build: Any, state_dict: Mapping[str, Any]) -> Any:
+    """`build()` a module and load `state_dict` into it (eval mode); a mismatch between the
+    stored config and the weights is a ModelLoadError naming the file."""
+    try:
+        model = build()
+        model.load_state_dict(state_dict)
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelLoadError(
+            path, f"the weights do not fit the stored model config ({first})"
+        ) from None
+    return model.eval()
