@@ -140,7 +140,7 @@ def rows_for(
         got = {k: run_one(corpus, system, k, split, args) for k in seeds}
         done = {k: r for k, r in got.items() if r is not None}
         if not done:
-            rows.append([corpus, NAMES[system], "–", "0", "not run", "", "", "", "", "", ""])
+            rows.append([corpus, NAMES[system], "–", "–", "not run", "", "", "", "", "", ""])
             continue
         ua = np.array([r.ua for r in done.values()])
         gap = goal = "–"
@@ -167,7 +167,9 @@ def rows_for(
                 NAMES[system],
                 f"{len(first.folds)} ({protocol})",
                 ",".join(map(str, done)),
-                f"{100 * ua.mean():.1f} ± {100 * ua.std(ddof=1) if len(ua) > 1 else 0:.1f}",
+                f"{100 * ua.mean():.1f} ± {100 * ua.std(ddof=1):.1f}"
+                if len(ua) > 1
+                else f"{100 * ua.mean():.1f} (one seed)",
                 f"{100 * np.mean([r.wa for r in done.values()]):.1f}",
                 f"{100 * np.mean([r.macro_f1 for r in done.values()]):.1f}",
                 gap,

@@ -369,11 +369,7 @@ def run_baseline(
     if cfg.features.normalize == "utterance":
         normalize_note = "none (utterance normalisation is undefined for functionals)"
     extra = {
-        "system": SYSTEM,
-        "config": cfg.name,
-        "corpus": cfg.data.corpus,
-        "protocol": cfg.split.protocol,
-        "speaker_independent": all(f["speaker_independent"] for f in fold_dicts),
+        **runs.report_header(SYSTEM, cfg, fold_dicts),
         "normalize": normalize_note,
         "classifier": "StandardScaler + SVC(kernel='linear'), one-vs-one",
         "features": f"eGeMAPSv02 functionals ({N_FUNCTIONALS})",

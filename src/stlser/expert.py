@@ -310,11 +310,7 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
     allp = pd.concat(preds, ignore_index=True)
     write_csv(run / "predictions.csv", allp)
     extra = {
-        "system": SYSTEM,
-        "config": cfg.name,
-        "corpus": cfg.data.corpus,
-        "protocol": cfg.split.protocol,
-        "speaker_independent": all(f["speaker_independent"] for f in infos),
+        **runs.report_header(SYSTEM, cfg, infos),
         "normalize": mode,
         "features": " + ".join(f"{s} ({d})" for s, d in zip(sets, dims, strict=True)),
         "classifier": "one class-balanced logistic regression per set, log-probabilities averaged",

@@ -176,3 +176,15 @@ def run_units(
             for fut in finished:
                 u = pending.pop(fut)
                 on_done(u, fut.result())
+
+
+def report_header(system: str, cfg: ExperimentConfig, folds: Sequence[dict]) -> dict[str, Any]:
+    """The `extra` fields every run report starts with (system, config, corpus, protocol,
+    whether every fold was speaker-independent)."""
+    return {
+        "system": system,
+        "config": cfg.name,
+        "corpus": cfg.data.corpus,
+        "protocol": cfg.split.protocol,
+        "speaker_independent": all(f["speaker_independent"] for f in folds),
+    }
