@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 
 def set_dims(sets: list[str]) -> list[int]:
-    """Number of functionals of each named set (stlser.features.frontend.FUNCTIONAL_SETS)."""
-    from stlser.features.frontend import FUNCTIONAL_SETS
+    """Number of functionals of each named set (stlser.smile.FUNCTIONAL_SETS)."""
+    from stlser.smile import FUNCTIONAL_SETS
 
     unknown = [s for s in sets if s not in FUNCTIONAL_SETS]
     if unknown or not sets:
@@ -214,13 +214,6 @@ def from_artefact(path: str | Path, art: dict | None = None) -> tuple[ExpertMode
         return ExpertModel(set_dims(sets), len(art["labels"]))
 
     return rebuild(path, build, art["state_dict"]), art
-
-
-def extract(wave: np.ndarray, sets: list[str], sample_rate: int = 16_000) -> np.ndarray:
-    """The concatenated functionals of one mono clip → float32[D]."""
-    from stlser import smile
-
-    return np.concatenate([smile.functionals(wave, sample_rate, s) for s in sets])
 
 
 # ------------------------------------------------------------------------- cross-validation

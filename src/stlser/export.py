@@ -135,7 +135,7 @@ def export_onnx(
         art = safe_torch_load(path, "model artefact")
         if expert.is_expert(art):
             return export_expert(path, art, out)
-        pipeline = Pipeline.from_artefact(path)
+        pipeline = Pipeline.from_artefact(path, art)
     pipeline = pipeline.eval()
     proto = _to_proto(pipeline, dynamo, verbose)
     meta = pipeline.export_metadata()

@@ -82,9 +82,9 @@ class Pipeline(nn.Module):
         self.eval()
 
     @classmethod
-    def from_artefact(cls, path: str | os.PathLike) -> Pipeline:
+    def from_artefact(cls, path: str | os.PathLike, art: dict | None = None) -> Pipeline:
         """Build from a `model.pt` artefact (see docs/design.md)."""
-        model, art = load_artefact(path)
+        model, art = load_artefact(path, art)
         try:
             fc = FeatureConfig(**art["feature_config"])
             if fc.resolved().n_features != art["n_features"]:
@@ -156,7 +156,7 @@ class Recognizer(BaseRecognizer):
         art = safe_torch_load(p, "model artefact")
         if expert.is_expert(art):
             return ExpertRecognizer(*expert.from_artefact(p, art), source=p)
-        return cls(Pipeline.from_artefact(p))
+        return cls(Pipeline.from_artefact(p, art))
 
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -301,9 +301,12 @@ def save_artefact(
     return Path(path)
 
 
-def load_artefact(path: str | Path) -> tuple[STLSER, dict]:
-    """Rebuild the network from `model.pt`; returns (model in eval mode, the artefact dict)."""
-    art = check_artefact(path, safe_torch_load(path, "model artefact"), ARTEFACT_FORMAT)
+def load_artefact(path: str | Path, art: dict | None = None) -> tuple[STLSER, dict]:
+    """Rebuild the network from `model.pt` (or from its already loaded dict `art`); returns
+    (model in eval mode, the artefact dict)."""
+    if art is None:
+        art = safe_torch_load(path, "model artefact")
+    art = check_artefact(path, art, ARTEFACT_FORMAT)
 
     def build() -> STLSER:
         return STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))

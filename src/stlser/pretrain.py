@@ -182,7 +182,12 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
     df = pool_manifest(cfg.data.root, pool)
     X = _features(df, cfg)
     Z_all = _normalise(X, df, cfg)
-    eg = slice(0, 88) if cfg.model.functionals[0] == "egemaps" else None
+    sets = list(cfg.model.functionals)
+    dims = expert.set_dims(sets)
+    eg = None  # the eGeMAPS columns, for the SVM beside the recipe
+    if "egemaps" in sets:
+        start = sum(dims[: sets.index("egemaps")])
+        eg = slice(start, start + dims[sets.index("egemaps")])
     results: dict[str, Any] = {}
     for entry in pool:
         held = entry.partition("=")[2] or entry

@@ -337,12 +337,16 @@ def shipped_model(name: str = BASE, suffix: str = ".pt") -> Path:
     return p
 
 
-def resolve_model_path(path: str | os.PathLike | None = None) -> Path:
-    """The model file a user means: ``None`` or ``"base"`` (the shipped general model), a
-    `model.pt`/`.onnx` file, a training run folder holding `model.pt`, or a crossval run folder
-    (its first fold, `fold_00/model.pt`)."""
+def resolve_model_path(path: str | os.PathLike | None = None, shipped: str = ".pt") -> Path:
+    """The model file a user means: ``None`` or ``"base"`` (the shipped general model, its
+    `shipped` twin — ``.pt`` or ``.onnx`` — when present, else ``.pt``), a `model.pt`/`.onnx`
+    file, a training run folder holding `model.pt`, or a crossval run folder (its first fold,
+    `fold_00/model.pt`)."""
     if path is None or (str(path) == BASE and not Path(BASE).exists()):
-        return shipped_model(BASE)
+        try:
+            return shipped_model(BASE, shipped)
+        except FileNotFoundError:
+            return shipped_model(BASE)
     p = Path(path)
     if p.is_dir():
         for cand in (p / "model.pt", p / "fold_00" / "model.pt", p / "model.onnx"):

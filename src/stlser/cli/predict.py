@@ -164,14 +164,9 @@ def load_recognizer(model: str | os.PathLike | None) -> Any:
     """The recognizer for `stlser predict`/`serve`: an `.onnx` file (and the shipped model,
     whose ONNX twin is used) runs on onnxruntime without importing torch, which keeps the
     start-up of a one-clip prediction short; anything else loads through torch."""
-    from stlser.recognizer import BASE, resolve_model_path, shipped_model
+    from stlser.recognizer import resolve_model_path
 
-    if model is None or (str(model) == BASE and not Path(BASE).exists()):
-        try:
-            model = shipped_model(BASE, ".onnx")
-        except FileNotFoundError:
-            model = shipped_model(BASE)
-    p = resolve_model_path(model)
+    p = resolve_model_path(model, shipped=".onnx")
     if p.suffix.lower() == ".onnx":
         from stlser.onnx_runtime import OnnxRecognizer
 
