@@ -168,3 +168,87 @@ def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path)
     assert set(res) == {"a", "b"} and res["a"]["train"] == ["b"]
     assert 0 <= res["a"]["speaker_norm"]["ua"] <= 1 and "svm" in res["a"]
     assert "| a | b |" in (tmp_path / "out" / "loco.md").read_text()
+
+
+def test_prior_reexpresses_the_pretrained_head_exactly():
+    """Before any step, a head started from a Prior gives the pretrained logits, whatever the
+    new fit's standardisation; labels the pretrained head lacks start at zero."""
+    torch.manual_seed(0)
+    old = expert.Head(5, 3)
+    old.center.copy_(torch.randn(5))
+    old.scale.copy_(torch.rand(5) + 0.5)
+    prior = expert.Prior(old, [2, 0, -1])  # new labels: old 2, old 0, one new label
+    center, scale = torch.randn(5), torch.rand(5) + 0.5
+    W0, b0 = prior.weights(center, scale)
+    x = torch.randn(7, 5)
+    new_logits = ((x - center) / scale) @ W0 + b0
+    old_logits = old.linear((x - old.center) / old.scale)
+    assert torch.allclose(new_logits[:, :2], old_logits[:, [2, 0]], atol=1e-5)
+    assert torch.equal(W0[:, 2], torch.zeros(5)) and b0[2] == 0
+
+
+def test_fit_head_with_prior_is_pulled_toward_it():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(2), 30)
+    X = rng.normal(size=(60, 8)) + 1.5 * np.eye(2, 8)[y]
+    base = expert.fit_head(expert.Head(8, 2), X, y, l2=1e-2)
+    flipped = expert.Head(8, 2)  # a "pretrained" head that predicts the opposite
+    flipped.center.copy_(base.center)
+    flipped.scale.copy_(base.scale)
+    with torch.no_grad():
+        flipped.linear.weight.copy_(base.linear.weight.flip(0))
+    strong = expert.fit_head(expert.Head(8, 2), X, y, l2=1e3, prior=expert.Prior(flipped, [0, 1]))
+    weak = expert.fit_head(expert.Head(8, 2), X, y, l2=1e-4, prior=expert.Prior(flipped, [0, 1]))
+    w = flipped.linear.weight
+    assert (strong.linear.weight - w).norm() < 0.05 * w.norm()  # held at the prior
+    with torch.no_grad():
+        acc = (weak(torch.as_tensor(X, dtype=torch.float32)).argmax(1).numpy() == y).mean()
+    assert acc > 0.9  # little pull: the data wins
+
+
+def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus, tmp_path):
+    from stlser import experiments
+    from stlser.results import RunReport
+
+    init = expert_run / "fold_00" / "model.pt"
+    overrides = [
+        "data.corpus=synth",
+        f"data.root={synth_corpus}",
+        "split.val_speakers=1",
+        "split.folds=[0]",
+        f"cache_dir={expert_run.parent / 'cache'}",
+        "train.progress=false",
+        f"model.init={init}",
+    ]
+    run = experiments.crossval(config.load("recommended.yaml", overrides), tmp_path / "ft")
+    assert RunReport.load(run / "report.json").ua > 0.5
+    # a huge L2 keeps the heads at the pretrained weights (re-expressed per standardisation)
+    pinned = config.load("recommended.yaml", [*overrides, "model.l2_grid=[1e6]"])
+    run = experiments.crossval(pinned, tmp_path / "pinned")
+    src, _ = expert.from_artefact(init)
+    got, _ = expert.from_artefact(run / "fold_00" / "model.pt")
+    z = torch.randn(4, sum(src.dims))
+    with torch.no_grad():
+        assert torch.allclose(got.log_probs(z), src.log_probs(z), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"functionals": ["egemaps"]}, "model.functionals"),
+        ({"labels": ["x", "y"]}, "no label in common"),
+        ({"network": True}, "network model"),
+        ({"missing": True}, "not found"),
+    ],
+)
+def test_model_init_refuses_incompatible_models(expert_run, tmp_path, change, match):
+    init = expert_run / "fold_00" / "model.pt"
+    labels = change.get("labels", ["angry", "happy"])
+    sets = change.get("functionals", ["egemaps", "compare"])
+    if change.get("network"):
+        init = testing.make_artefact(tmp_path / "net.pt")
+    if change.get("missing"):
+        init = tmp_path / "nothing.pt"
+    exc = FileNotFoundError if change.get("missing") else ValueError
+    with pytest.raises(exc, match=match):
+        expert.init_priors(str(init), sets, labels)

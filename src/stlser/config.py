@@ -94,6 +94,18 @@ class ModelConfig:
     kind: Literal["network", "expert"] = "network"
     functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare"])  # expert
     l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # expert
+    # fine-tuning: start from pretrained weights, "base" (the shipped general model) or the path
+    # of a model.pt of the same kind. expert: each head's L2 pulls toward the pretrained weights
+    # instead of toward zero; network: compatible weights loaded, the classifier mapped by label
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        try:  # YAML 1.1 reads "1e-3" as a string
+            self.l2_grid = [float(v) for v in self.l2_grid]
+        except (TypeError, ValueError):
+            raise ValueError(f"config model.l2_grid must be numbers, got {self.l2_grid!r}") from None
+        if not self.l2_grid or min(self.l2_grid) < 0:
+            raise ValueError(f"config model.l2_grid must be non-negative numbers, got {self.l2_grid}")
     channels: list[int] = field(default_factory=lambda: [16, 32, 48, 72, 96, 128])
     pool_time: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1, 1])
     pool_freq: list[int] = field(default_factory=lambda: [2, 2, 2, 1, 1, 1])
@@ -119,6 +131,9 @@ class TrainConfig:
     patience: int = 8
     monitor: Literal["val_acc", "val_ua", "val_loss"] = "val_acc"
     class_weights: bool = False
+    # network: the CNN front end (conv blocks) gets no updates in the first N epochs, then trains
+    # with the rest; applies with or without model.init (BatchNorm statistics still adapt)
+    freeze_epochs: int = 0
     refit: bool = False  # after early stopping, retrain on train + val for the best epoch count
     specaugment: bool = False
     mixup: float = 0.0  # alpha; 0 = off
@@ -168,6 +183,7 @@ _RANGES["features"].update(degenerate_share=_RATE, degenerate_min_utts=_NONNEG)
 _RANGES["model"].update(stl_ff=_POS, cnn_dropout=_RATE, stl_dropout=_RATE, agg_kernel=_POS)
 _RANGES["train"].update(min_epochs=_NONNEG, patience=_NONNEG, mixup=_NONNEG, gain_db=_NONNEG)
 _RANGES["train"].update(time_stretch=(0.0, 0.99), freq_warp=(0.0, 0.99), num_threads=_NONNEG)
+_RANGES["train"].update(freeze_epochs=_NONNEG)
 _RANGES["train"].update(jobs=_POS, ensemble=_POS, devices=_POS, log_every_n_steps=_POS)
 
 

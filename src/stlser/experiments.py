@@ -134,6 +134,10 @@ def crossval(
         from stlser import expert
 
         return expert.crossval(cfg, out)
+    if cfg.model.init:  # an incompatible artefact fails now, not after the features are made
+        from stlser import finetune
+
+        finetune.load_init(cfg, cfg.features.resolved().n_features)
     run = runs.resolve_output(cfg, out)
     t0 = time.time()
     guarded: dict[str, Any] = {}

@@ -82,6 +82,41 @@ class ExpertModel(nn.Module):
         return torch.softmax(self.log_probs((x - self.mean) / self.std), -1)
 
 
+class Prior:
+    """A pretrained head as the starting point and L2 centre of a new fit (fine-tuning).
+
+    `cols[c]` is the pretrained column of the new fit's label c (-1: a label the pretrained
+    head lacks, whose weights start and are pulled toward 0). The pretrained head standardised
+    with its own centre/scale; :meth:`weights` re-expresses it in the new fit's standardisation,
+    so that before any step the new head computes exactly the pretrained logits.
+
+    >>> h = Head(2, 3)
+    >>> p = Prior(h, [2, -1])
+    >>> W, b = p.weights(torch.zeros(2), torch.ones(2))
+    >>> tuple(W.shape), tuple(b.shape)
+    ((2, 2), (2,))
+    """
+
+    def __init__(self, head: Head, cols: list[int]) -> None:
+        self.W = head.linear.weight.detach().T.clone()  # [D, C0]
+        self.b = head.linear.bias.detach().clone()
+        self.center = head.center.detach().clone()
+        self.scale = head.scale.detach().clone()
+        self.cols = list(cols)
+
+    def weights(self, center: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """(W₀[D, C], b₀[C]) in the standardisation (x − center) / scale."""
+        # logits = ((x - c0)/s0) W + b = ((x - c)/s) (W s/s0) + b + ((c - c0)/s0) W
+        Wn = self.W * (scale / self.scale)[:, None]
+        bn = self.b + ((center - self.center) / self.scale) @ self.W
+        W0 = torch.zeros(len(center), len(self.cols))
+        b0 = torch.zeros(len(self.cols))
+        for c, j in enumerate(self.cols):
+            if j >= 0:
+                W0[:, c], b0[c] = Wn[:, j], bn[j]
+        return W0, b0
+
+
 def fit_head(
     head: Head,
     X: np.ndarray,
@@ -89,11 +124,14 @@ def fit_head(
     l2: float,
     max_iter: int = 100,
     mask: np.ndarray | None = None,
+    prior: Prior | None = None,
 ) -> Head:
     """Class-balanced multinomial logistic regression by full-batch L-BFGS (deterministic).
 
-    The objective is the class-weighted mean cross-entropy + ``l2 · ||W||²``. ``mask[N, C]``
-    (bool) limits each row's softmax to the labels its corpus has (multi-corpus training).
+    The objective is the class-weighted mean cross-entropy + ``l2 · ||W − W₀||²``, W₀ = 0, or a
+    pretrained head's weights (`prior`, fine-tuning: the fit starts there and is pulled toward
+    it, so a small corpus moves it only as far as its evidence warrants). ``mask[N, C]`` (bool)
+    limits each row's softmax to the labels its corpus has (multi-corpus training).
     """
     Xt = torch.as_tensor(X, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -105,8 +143,12 @@ def fit_head(
     count = torch.bincount(yt, minlength=n_classes).float().clamp_min(1)
     w = (len(yt) / (n_classes * count))[yt]
     w = w / w.sum()
-    W = torch.zeros(Xt.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
+    W0 = torch.zeros(Xt.shape[1], n_classes)
+    b0 = torch.zeros(n_classes)
+    if prior is not None:
+        W0, b0 = prior.weights(center, scale)
+    W = W0.clone().requires_grad_(True)
+    b = b0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [W, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
     )
@@ -119,7 +161,7 @@ def fit_head(
         if absent is not None:
             logits = logits.masked_fill(absent, -1e4)
         ce = nn.functional.cross_entropy(logits, yt, reduction="none")
-        loss = (ce * w).sum() + l2 * (W**2).sum()
+        loss = (ce * w).sum() + l2 * ((W - W0) ** 2).sum()
         loss.backward()
         return loss
 
@@ -142,11 +184,14 @@ def fit_fold(
     train: np.ndarray,
     val: np.ndarray,
     grid: list[float],
+    priors: list[Prior] | None = None,
 ) -> tuple[ExpertModel, dict[str, Any]]:
     """Choose each head's L2 on the validation rows (fitting on `train`), refit on train + val.
 
     `Z` holds normalised functionals (the sets concatenated); the test rows are never passed in.
+    `priors` (one per head, :func:`init_priors`) fine-tunes pretrained heads instead.
     """
+    priors = priors or [None] * len(dims)
     model = ExpertModel(dims, n_classes)
     fit = np.concatenate([train, val])
     bounds = np.cumsum([0, *dims])
@@ -156,7 +201,7 @@ def fit_fold(
         Zi = Z[:, bounds[i] : bounds[i + 1]]
         best = (-1.0, grid[0], None)
         for l2 in grid if len(val) else grid[:1]:
-            h = fit_head(Head(dims[i], n_classes), Zi[train], y[train], l2)
+            h = fit_head(Head(dims[i], n_classes), Zi[train], y[train], l2, prior=priors[i])
             if not len(val):
                 break
             with torch.no_grad():
@@ -168,7 +213,7 @@ def fit_fold(
         val_ua.append(best[0])
         if best[2] is not None:
             val_lp += best[2] / len(dims)
-        fit_head(head, Zi[fit], y[fit], best[1])
+        fit_head(head, Zi[fit], y[fit], best[1], prior=priors[i])
     fused = _ua(y[val], val_lp.argmax(1).numpy()) if len(val) else None
     return model.eval(), {"l2": chosen, "val_ua_heads": val_ua, "val_ua": fused}
 
@@ -214,6 +259,46 @@ def from_artefact(path: str | Path, art: dict | None = None) -> tuple[ExpertMode
         return ExpertModel(set_dims(sets), len(art["labels"]))
 
     return rebuild(path, build, art["state_dict"]), art
+
+
+def init_priors(spec: str, sets: list[str], labels: list[str]) -> list[Prior]:
+    """The heads of a pretrained expert model (``"base"``, the shipped general model, or a
+    `model.pt` path) as fine-tuning priors for a run with functional `sets` and `labels`.
+
+    Labels are matched by name; the run's labels the model lacks start from zero. A model of
+    another kind, other functional sets, or no shared label is refused with ValueError.
+    """
+    from stlser.recognizer import resolve_model_path
+
+    path = resolve_model_path(spec, shipped=".pt")
+    if path.suffix == ".onnx":
+        raise ValueError(f"model.init {spec}: {path} is an ONNX file; give its model.pt")
+    art = safe_torch_load(path, "model.init artefact")
+    if not is_expert(art):
+        raise ValueError(
+            f"model.init {spec} is incompatible: {path} is a network model, this run is "
+            "model.kind=expert (use a model.pt written by an expert run, or 'base')"
+        )
+    base, art = from_artefact(path, art)
+    theirs = list(ModelConfig(**art["model_config"]).functionals)
+    if theirs != list(sets):
+        raise ValueError(
+            f"model.init {spec} is incompatible: model.functionals {theirs} (init) != "
+            f"{list(sets)} (this run)"
+        )
+    names = list(art["labels"])
+    cols = [names.index(v) if v in names else -1 for v in labels]
+    if all(c < 0 for c in cols):
+        raise ValueError(
+            f"model.init {spec} is incompatible: no label in common (init {names}, "
+            f"this run {list(labels)})"
+        )
+    new = [v for v, c in zip(labels, cols, strict=True) if c < 0]
+    log.info(
+        f"model.init: {len(base.heads)} heads from {path}; labels mapped "
+        f"{[v for v in labels if v not in new]}, new {new}"
+    )
+    return [Prior(h, cols) for h in base.heads]
 
 
 # ------------------------------------------------------------------------- cross-validation
@@ -262,6 +347,7 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
     mode = cfg.features.normalize if cfg.features.normalize != "utterance" else "none"
     preds, infos = [], []
     picked = runs.chosen(cfg, folds)
+    priors = init_priors(cfg.model.init, sets, labels) if cfg.model.init else None
     for n, i in enumerate(picked):
         fold = folds[i]
         tr, va, te = (
@@ -270,7 +356,7 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
         )
         fit = np.concatenate([tr, va])
         Z, _ = normalize_functionals(X, speakers, mode, fit, glob)
-        model, sel = fit_fold(Z, y, dims, len(labels), tr, va, list(cfg.model.l2_grid))
+        model, sel = fit_fold(Z, y, dims, len(labels), tr, va, list(cfg.model.l2_grid), priors)
         raw = torch.as_tensor(X[fit], dtype=torch.float32)
         model.mean.copy_(raw.mean(0))
         model.std.copy_(raw.std(0).clamp_min(1e-5))

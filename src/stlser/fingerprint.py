@@ -65,10 +65,19 @@ def folds_hash(folds: list) -> str:
     return _sha([asdict(f) for f in folds])
 
 
+def init_hash(spec: str) -> str:
+    """sha256 of the file `model.init` names (``"base"``: the shipped model)."""
+    from stlser.recognizer import resolve_model_path
+
+    return hashlib.sha256(resolve_model_path(spec, shipped=".pt").read_bytes()).hexdigest()
+
+
 def compute(cfg: Any, df: Any, folds: list) -> dict[str, Any]:
     """The fingerprint of a run: relevant config keys (flat), manifest and folds hashes."""
     flat = _flatten(asdict(cfg))
     config = {k: v for k, v in sorted(flat.items()) if k not in IGNORED}
+    if config.get("model.init"):  # the pretrained file's content, not just its name
+        config["model.init"] = f"{config['model.init']} sha256:{init_hash(config['model.init'])}"
     return {
         "format": FORMAT,
         "config": config,

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
-from stlser import augment
+from stlser import augment, finetune
 from stlser.augment import freq_warp, spec_augment  # noqa: F401 (re-exported)
 from stlser.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from stlser.config import ExperimentConfig, ModelConfig
@@ -169,6 +169,20 @@ class SERModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_correct = self._train_seen = 0
+        # train.freeze_epochs: the CNN front end gets no gradient (so no Adam step, no weight
+        # decay) in the first n epochs. The optimiser was built over every parameter, so the
+        # front end is trained again from epoch n + 1; set per epoch, so --resume agrees.
+        n = int(self.tc.get("freeze_epochs", 0))
+        if n > 0:
+            frozen = self.current_epoch < n
+            finetune.set_front_end_trainable(self.model, not frozen)
+            if self.current_epoch in (0, n):
+                state = "frozen" if frozen else "unfrozen"
+                log.info(f"epoch {self.current_epoch + 1}: CNN front end {state}")
+
+    def on_train_end(self) -> None:
+        if int(self.tc.get("freeze_epochs", 0)) > 0:  # stopped while frozen: leave it trainable
+            finetune.set_front_end_trainable(self.model, True)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # All randomness of a step (dropout, augmentation) is a function of (seed, epoch, batch):
@@ -261,6 +275,27 @@ class EpochLine(Callback):
         log.info(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}")
 
 
+def module_for(
+    cfg: ExperimentConfig, data: FoldData, y: list[int], init: finetune.Init | None = None
+) -> SERModule:
+    """A freshly seeded module for training on labels `y`; with `init` (`model.init`) its
+    weights start from that artefact's (`stlser.finetune.apply_init`)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    weights = _class_weights(y, len(data.labels)) if cfg.train.class_weights else None
+    module = SERModule(
+        asdict(cfg.model),
+        data.n_features,
+        data.labels,
+        asdict(cfg.train),
+        weights,
+        data.gain_scale,
+        cfg.seed,
+    )
+    if init is not None:
+        finetune.apply_init(module.model, init, data.labels)
+    return module
+
+
 def _fit(
     cfg: ExperimentConfig,
     module: SERModule,
@@ -336,7 +371,10 @@ def train_fold(
 
     With `train.refit`, a second model (same seed) is then trained from scratch on train + val
     for as many epochs as the first one's best epoch, in `out_dir/refit/`, and that model is the
-    one tested and saved — as the baseline refits its SVM on train + val."""
+    one tested and saved — as the baseline refits its SVM on train + val.
+
+    With `model.init`, both stages start from that artefact's weights (`stlser.finetune`);
+    an incompatible artefact is a ValueError before anything is trained."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
@@ -344,25 +382,12 @@ def train_fold(
         torch.set_num_threads(tc.num_threads)
     t0 = time.time()
     labels = data.labels
-    n_lab = len(labels)
-
-    def module_for(y: list[int]) -> SERModule:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        weights = _class_weights(y, n_lab) if tc.class_weights else None
-        return SERModule(
-            asdict(cfg.model),
-            data.n_features,
-            labels,
-            asdict(tc),
-            weights,
-            data.gain_scale,
-            cfg.seed,
-        )
+    init = finetune.load_init(cfg, data.n_features) if cfg.model.init else None
 
     # Stage 1: early stopping on the validation speakers. A finished stage 1 is recorded in
     # stage1.json, so --resume never re-enters it once the refit stage has begun.
     stage1 = out / "stage1.json"
-    module = module_for(data.train[1])
+    module = module_for(cfg, data, data.train[1], init)
     n_params = count_parameters(module.model)
     if resume and stage1.exists():
         s1 = json.loads(stage1.read_text())
@@ -400,7 +425,7 @@ def train_fold(
     epochs_run = s1["epochs_run"]
     if tc.refit:
         both = (data.train[0] + data.val[0], data.train[1] + data.val[1])
-        module = module_for(both[1])
+        module = module_for(cfg, data, both[1], init)
         dl = loader(*both, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
         cbs = list(callbacks("refit")) if callbacks is not None else []
         _, last = _fit(cfg, module, dl, None, out / "refit", max(1, best_epoch), resume, cbs)
