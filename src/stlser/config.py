@@ -98,14 +98,6 @@ class ModelConfig:
     # of a model.pt of the same kind. expert: each head's L2 pulls toward the pretrained weights
     # instead of toward zero; network: compatible weights loaded, the classifier mapped by label
     init: str | None = None
-
-    def __post_init__(self) -> None:
-        try:  # YAML 1.1 reads "1e-3" as a string
-            self.l2_grid = [float(v) for v in self.l2_grid]
-        except (TypeError, ValueError):
-            raise ValueError(f"config model.l2_grid must be numbers, got {self.l2_grid!r}") from None
-        if not self.l2_grid or min(self.l2_grid) < 0:
-            raise ValueError(f"config model.l2_grid must be non-negative numbers, got {self.l2_grid}")
     channels: list[int] = field(default_factory=lambda: [16, 32, 48, 72, 96, 128])
     pool_time: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1, 1])
     pool_freq: list[int] = field(default_factory=lambda: [2, 2, 2, 1, 1, 1])
@@ -119,6 +111,18 @@ class ModelConfig:
     aggregation: Literal["conv1d", "last", "attention", "mean"] = "conv1d"  # paper: conv1d
     stl_over: Literal["vector", "sequence"] = "vector"  # paper: vector
     agg_kernel: int = 3
+
+    def __post_init__(self) -> None:
+        try:  # YAML 1.1 reads "1e-3" as a string
+            self.l2_grid = [float(v) for v in self.l2_grid]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"config model.l2_grid must be numbers, got {self.l2_grid!r}"
+            ) from None
+        if not self.l2_grid or min(self.l2_grid) < 0:
+            raise ValueError(
+                f"config model.l2_grid must be non-negative numbers, got {self.l2_grid}"
+            )
 
 
 @dataclass
