@@ -10,6 +10,9 @@ Systems, per corpus, each on the folds of its config (seed k draws the validatio
 * ``paper5``   the paper's CNN-BiLSTM + 5 STL layers, `configs/paper_<corpus>_loso.yaml`
 * ``paper0``   the same network without STL (`model.stl_layers=0`)
 * ``svm``      eGeMAPS functionals + linear SVM (`stlser baseline`) on the folds of `<corpus>_loso`
+* ``finetuned`` the recommended recipe fine-tuned (`model.init`) from a general model pretrained
+  (`stlser pretrain`, configs/pretrain.yaml) on the *other* corpora only, so no test speaker
+  or corpus is seen; that model is kept in `<runs>/<corpus>/pretrained-without/`
 
 Every system is compared with the SVM *on the same folds and seed*: the table gives UA mean ± sd
 over seeds and the paired UA difference with a 95 % bootstrap interval (utterances resampled
@@ -36,12 +39,14 @@ from stlser import config, experiments  # noqa: E402
 from stlser.results import RunReport  # noqa: E402
 from stlser.utils import write_text  # noqa: E402
 
-SYSTEMS = ("default", "paper5", "paper0", "svm")
+SYSTEMS = ("default", "paper5", "paper0", "svm", "finetuned")
+POOL = ("emodb", "casia", "nemo")
 NAMES = {
     "default": "default recognizer (expert functionals)",
     "paper5": "paper network, 5 STL",
     "paper0": "paper network, no STL",
     "svm": "eGeMAPS + linear SVM",
+    "finetuned": "default recognizer fine-tuned from the other corpora",
 }
 GOAL = 5.0  # UA points above the SVM
 N_BOOT = 1000
@@ -74,12 +79,30 @@ def run_one(
     name = f"paper_{corpus}_loso.yaml" if system.startswith("paper") else f"{corpus}_loso.yaml"
     if system == "paper0":
         sets.append("model.stl_layers=0")
+    if system == "finetuned":
+        sets.append(f"model.init={pretrained_without(corpus, args)}")
     cfg = config.load(name, sets)
     if system == "svm":
         experiments.baseline(cfg, out)
     else:
         experiments.crossval(cfg, out, resume=True)
     return RunReport.load(out / "report.json")
+
+
+def pretrained_without(corpus: str, args: argparse.Namespace) -> Path:
+    """The general model pretrained on every corpus of POOL but `corpus` (made once)."""
+    from stlser import pretrain
+
+    out = args.runs / corpus / "pretrained-without"
+    if not (out / "model.pt").exists():
+        root = args.root or bl.corpus_root(corpus).parent
+        others = [c for c in POOL if c != corpus and (root / c).is_dir()]
+        cfg = config.load(
+            "pretrain.yaml",
+            [f"data.root={root}", f"data.pool=[{','.join(others)}]", "train.progress=false"],
+        )
+        pretrain.pretrain(cfg, out)
+    return out / "model.pt"
 
 
 def _ua_rows(y: np.ndarray, p: np.ndarray, labels: list[str], idx: np.ndarray) -> np.ndarray:
@@ -181,6 +204,25 @@ def rows_for(
     return rows
 
 
+FT_GOAL = 3.0  # UA points of fine-tuning over training from scratch (issue 13)
+
+
+def finetune_rows(corpus: str, args: argparse.Namespace, seeds: list[int]) -> list[list[str]]:
+    """Fine-tuned vs from scratch (the default recognizer), paired on the same folds and seed."""
+    pairs = [
+        (run_dir(args, corpus, "finetuned", k, []), run_dir(args, corpus, "default", k, []))
+        for k in seeds
+    ]
+    pairs = [
+        (a, b) for a, b in pairs if (a / "report.json").exists() and (b / "report.json").exists()
+    ]
+    if not pairs:
+        return []
+    d, lo, hi = paired(pairs)
+    goal = "met" if 100 * d >= FT_GOAL else "**missed**"
+    return [[corpus, f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (n={len(pairs)})", goal]]
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpora", default="emodb,casia,nemo")
@@ -202,22 +244,33 @@ def main(argv: list[str] | None = None) -> str:
         ap.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     rows: list[list[str]] = []
+    ft_rows: list[list[str]] = []
     for corpus in [c for c in args.corpora.split(",") if c]:
         where = args.root / corpus if args.root else bl.corpus_root(corpus)
         if where is None or not where.is_dir():
             ap.error(f"corpus {corpus} not found (set --root or STLSER_CORPORA)")
         rows += rows_for(corpus, args, seeds, systems)
-        md = report(rows, args)
+        if {"finetuned", "default"} <= set(systems):
+            ft_rows += finetune_rows(corpus, args, seeds)
+        md = report(rows, args, ft_rows)
         if args.out:  # after every corpus, so an interrupted call keeps what it measured
             write_text(args.out, md + "\n")
-    md = report(rows, args)
+    md = report(rows, args, ft_rows)
     if args.out:
         write_text(args.out, md + "\n")
     print(md)
     return md
 
 
-def report(rows: list[list[str]], args: argparse.Namespace) -> str:
+def report(rows: list[list[str]], args: argparse.Namespace, ft_rows: list[list[str]]) -> str:
+    ft = []
+    if ft_rows:
+        ft = [
+            "### Fine-tuned from the other corpora vs from scratch (paired, same folds and seeds)",
+            bl.md_table(
+                ["corpus", "UA fine-tuned − from scratch [95 % CI]", "goal (≥ +3)"], ft_rows
+            ),
+        ]
     return "\n\n".join(
         [
             "## Accuracy: default recognizer, paper network, eGeMAPS + SVM (speaker-independent)",
@@ -228,6 +281,7 @@ def report(rows: list[list[str]], args: argparse.Namespace) -> str:
             "validation speakers and the network's initialisation). Minutes: wall time of the "
             "call that trained the run.",
             bl.md_table(HEADERS, rows),
+            *ft,
         ]
     )
 

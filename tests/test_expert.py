@@ -222,11 +222,17 @@ def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus,
     ]
     run = experiments.crossval(config.load("recommended.yaml", overrides), tmp_path / "ft")
     assert RunReport.load(run / "report.json").ua > 0.5
-    # a huge L2 keeps the heads at the pretrained weights (re-expressed per standardisation)
+    fold = json.loads((run / "fold_00" / "fold.json").read_text())
+    assert set(fold["l2_centre"]) <= {"zero", "pretrained"} and len(fold["l2_centre"]) == 2
+    # a huge L2 toward zero predicts chance, toward the pretrained heads keeps them: validation
+    # picks the pretrained centre, and the heads equal the pretrained ones
     pinned = config.load("recommended.yaml", [*overrides, "model.l2_grid=[1e6]"])
     run = experiments.crossval(pinned, tmp_path / "pinned")
     src, _ = expert.from_artefact(init)
     got, _ = expert.from_artefact(run / "fold_00" / "model.pt")
+    assert (
+        json.loads((run / "fold_00" / "fold.json").read_text())["l2_centre"] == ["pretrained"] * 2
+    )
     z = torch.randn(4, sum(src.dims))
     with torch.no_grad():
         assert torch.allclose(got.log_probs(z), src.log_probs(z), atol=1e-3)

@@ -189,33 +189,45 @@ def fit_fold(
     """Choose each head's L2 on the validation rows (fitting on `train`), refit on train + val.
 
     `Z` holds normalised functionals (the sets concatenated); the test rows are never passed in.
-    `priors` (one per head, :func:`init_priors`) fine-tunes pretrained heads instead.
+    With `priors` (one per head, :func:`init_priors`: fine-tuning) each L2 is tried twice, pulling
+    toward zero and toward the pretrained head, and validation picks the pair (ties go to zero,
+    so a pretrained model that does not help the validation speakers is not used).
     """
     priors = priors or [None] * len(dims)
     model = ExpertModel(dims, n_classes)
     fit = np.concatenate([train, val])
     bounds = np.cumsum([0, *dims])
-    chosen, val_ua = [], []
+    chosen, centre, val_ua = [], [], []
     val_lp = torch.zeros(len(val), n_classes)
     for i, head in enumerate(model.heads):
         Zi = Z[:, bounds[i] : bounds[i + 1]]
-        best = (-1.0, grid[0], None)
-        for l2 in grid if len(val) else grid[:1]:
-            h = fit_head(Head(dims[i], n_classes), Zi[train], y[train], l2, prior=priors[i])
+        cands = [(l2, None) for l2 in grid]
+        if priors[i] is not None:
+            cands += [(l2, priors[i]) for l2 in grid]
+        # no validation speakers: the first L2, toward the pretrained head when there is one
+        fallback = cands[len(grid) if priors[i] is not None else 0]
+        best = (-1.0, fallback, None)
+        for cand in cands if len(val) else [fallback]:
+            h = fit_head(Head(dims[i], n_classes), Zi[train], y[train], cand[0], prior=cand[1])
             if not len(val):
                 break
             with torch.no_grad():
                 lp = h(torch.as_tensor(Zi[val], dtype=torch.float32))
             ua = _ua(y[val], lp.argmax(1).numpy())
             if ua > best[0]:
-                best = (ua, l2, lp)
-        chosen.append(best[1])
+                best = (ua, cand, lp)
+        l2, prior = best[1]
+        chosen.append(l2)
+        centre.append("zero" if prior is None else "pretrained")
         val_ua.append(best[0])
         if best[2] is not None:
             val_lp += best[2] / len(dims)
-        fit_head(head, Zi[fit], y[fit], best[1], prior=priors[i])
+        fit_head(head, Zi[fit], y[fit], l2, prior=prior)
     fused = _ua(y[val], val_lp.argmax(1).numpy()) if len(val) else None
-    return model.eval(), {"l2": chosen, "val_ua_heads": val_ua, "val_ua": fused}
+    sel = {"l2": chosen, "val_ua_heads": val_ua, "val_ua": fused}
+    if any(p is not None for p in priors):
+        sel["l2_centre"] = centre
+    return model.eval(), sel
 
 
 # ------------------------------------------------------------------ artefact (model.pt)
