@@ -167,7 +167,9 @@ def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path)
     res = pretrain.leave_one_corpus_out(cfg, tmp_path / "out")
     assert set(res) == {"a", "b"} and res["a"]["train"] == ["b"]
     assert 0 <= res["a"]["speaker_norm"]["ua"] <= 1 and "svm" in res["a"]
-    assert "| a | b |" in (tmp_path / "out" / "loco.md").read_text()
+    loco_md = (tmp_path / "out" / "loco.md").read_text()
+    assert "| a | b |" in loco_md and "Confusion, a" in loco_md
+    assert np.sum(res["a"]["speaker_norm"]["confusion"]) == res["a"]["speaker_norm"]["n"]
 
 
 def test_prior_reexpresses_the_pretrained_head_exactly():

@@ -165,7 +165,9 @@ def _scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any
 
     ys, ps = [labels[i] for i in y], [labels[i] for i in pred]
     m = evaluation.compute(ys, ps, labels)
-    return {"ua": m["ua"], "wa": m["wa"], "n": int(len(y))}
+    conf = np.zeros((len(labels), len(labels)), np.int64)
+    np.add.at(conf, (np.asarray(y, np.int64), np.asarray(pred, np.int64)), 1)
+    return {"ua": m["ua"], "wa": m["wa"], "n": int(len(y)), "confusion": conf.tolist()}
 
 
 def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
@@ -261,4 +263,16 @@ def render_loco(results: dict[str, Any]) -> str:
             f"{100 * s['ua']:.1f} | {100 * g['ua']:.1f} | {100 * s['wa']:.1f} | "
             f"{100 * svm['ua'] if svm else float('nan'):.1f} | {gap} | {sex or '–'} |"
         )
+    for held, r in results.items():  # confusion (speaker norm): rows true, columns predicted
+        conf = r["speaker_norm"].get("confusion")
+        if conf is None:
+            continue
+        labs = r["labels"]
+        lines += ["", f"Confusion, {held} (speaker norm; rows: true, columns: predicted)", ""]
+        lines.append("| true \\ pred | " + " | ".join(labs) + " |")
+        lines.append("|---|" + "---:|" * len(labs))
+        lines += [
+            f"| {a} | " + " | ".join(map(str, row)) + " |"
+            for a, row in zip(labs, conf, strict=True)
+        ]
     return "\n".join(lines) + "\n"
