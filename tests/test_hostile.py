@@ -710,3 +710,16 @@ def test_manifest_of_only_missing_files_exits_non_zero(tmp_path, capsys):
     csv.write_text("path,label,speaker\nnope1.wav,angry,a\nnope2.wav,sad,b\n")
     assert main(["manifest", "--corpus", "csv", "--root", str(csv), "-o", str(tmp_path / "m")]) != 0
     assert "no usable utterance" in capsys.readouterr().err
+
+
+def test_fingerprint_of_an_older_run_without_a_new_key_counts_it_as_default():
+    """A key added after a run was made (a new lever) is its default there: equal to a run
+    that leaves it at the default, different from one that turns it on."""
+    from stlser import config, fingerprint
+
+    new = {"config": {"train.label_smoothing": 0.0, "seed": 0}}
+    old = {"config": {"seed": 0}}
+    assert fingerprint.differences(old, new) == []
+    on = {"config": {"train.label_smoothing": 0.1, "seed": 0}}
+    assert fingerprint.differences(old, on) == ["train.label_smoothing: 0.0 → 0.1"]
+    assert config.ExperimentConfig().train.label_smoothing == 0.0

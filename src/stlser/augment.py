@@ -4,6 +4,11 @@ Each draws from the step's `torch.Generator` only, so a step's augmentation is a
 (seed, epoch, batch) and a resumed run replays it exactly. :func:`apply` runs the configured
 ones in a fixed order (gain, tempo, frequency warp, SpecAugment); mixup changes the loss, so
 the training step draws its parameters with :func:`mixup_draw`.
+
+With ``features.deltas`` the feature axis holds ``channels`` = 3 planes ``[static | Δ | ΔΔ]``:
+gain shifts the static plane only (a level change has no time derivative), the frequency warp
+and SpecAugment's band masks act on the same bands of every plane. With one plane every
+function does exactly what it did before planes existed.
 """
 
 from __future__ import annotations
@@ -16,11 +21,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_gain(x: Tensor, gen: torch.Generator, gain_db: float, gain_scale: float) -> Tensor:
+def random_gain(
+    x: Tensor, gen: torch.Generator, gain_db: float, gain_scale: float, width: int | None = None
+) -> Tensor:
     """± `gain_db` of level per utterance; `gain_scale` converts dB to normalised log-mel units.
-    Padding (exact zeros) stays 0."""
+    Padding (exact zeros) stays 0; with `width`, only the first `width` features move."""
     g = (torch.rand(x.shape[0], 1, 1, generator=gen) * 2 - 1) * gain_db
-    return x + g * gain_scale * (x != 0)
+    shift = g * gain_scale * (x != 0)
+    if width is not None and width < x.shape[-1]:
+        shift[..., width:] = 0
+    return x + shift
 
 
 def time_stretch(
@@ -35,10 +45,14 @@ def time_stretch(
     return x.transpose(1, 2), lengths
 
 
-def random_freq_warp(x: Tensor, gen: torch.Generator, amount: float) -> Tensor:
-    """:func:`freq_warp` with a factor 1 ± `amount` drawn per utterance."""
+def random_freq_warp(x: Tensor, gen: torch.Generator, amount: float, channels: int = 1) -> Tensor:
+    """:func:`freq_warp` with a factor 1 ± `amount` drawn per utterance (the same for each of
+    the `channels` planes on the feature axis)."""
     a = 1.0 + (torch.rand(x.shape[0], generator=gen) * 2 - 1) * amount
-    return freq_warp(x, a)
+    if channels == 1:
+        return freq_warp(x, a)
+    b, t, f = x.shape
+    return freq_warp(x.reshape(b, t * channels, f // channels), a).reshape(b, t, f)
 
 
 def spec_augment(
@@ -49,15 +63,19 @@ def spec_augment(
     f_max: int = 6,
     n_time: int = 2,
     t_frac: float = 0.1,
+    channels: int = 1,
 ) -> Tensor:
-    """SpecAugment (Park et al. 2019) frequency and time masks, set to 0 (the normalised mean)."""
+    """SpecAugment (Park et al. 2019) frequency and time masks, set to 0 (the normalised mean);
+    a band mask covers the same bands in each of the `channels` planes."""
     x = x.clone()
-    b, t, f = x.shape
+    b, t, width = x.shape
+    f = width // channels
     for i in range(b):
         for _ in range(n_freq):
             w = int(torch.randint(0, f_max + 1, (1,), generator=gen))
             f0 = int(torch.randint(0, max(1, f - w), (1,), generator=gen))
-            x[i, :, f0 : f0 + w] = 0
+            for c in range(channels):
+                x[i, :, c * f + f0 : c * f + f0 + w] = 0
         li = int(lengths[i])
         for _ in range(n_time):
             w = int(torch.randint(0, max(1, int(li * t_frac)) + 1, (1,), generator=gen))
@@ -87,15 +105,23 @@ def mixup_draw(batch: int, alpha: float, gen: torch.Generator) -> tuple[float, T
 
 
 def apply(
-    x: Tensor, lengths: Tensor, gen: torch.Generator, tc: dict[str, Any], gain_scale: float
+    x: Tensor,
+    lengths: Tensor,
+    gen: torch.Generator,
+    tc: dict[str, Any],
+    gain_scale: float,
+    channels: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """The augmentations switched on in the train config `tc` (a dict of TrainConfig)."""
+    """The augmentations switched on in the train config `tc` (a dict of TrainConfig); the
+    feature axis holds `channels` planes (module docstring). The tempo change stretches Δ and
+    ΔΔ with the rest (not rescaled by the factor: a deliberate approximation, ≤ the stretch)."""
     if tc["gain_db"]:
-        x = random_gain(x, gen, tc["gain_db"], gain_scale)
+        width = x.shape[-1] // channels if channels > 1 else None
+        x = random_gain(x, gen, tc["gain_db"], gain_scale, width)
     if tc.get("time_stretch"):
         x, lengths = time_stretch(x, lengths, gen, tc["time_stretch"])
     if tc.get("freq_warp"):
-        x = random_freq_warp(x, gen, tc["freq_warp"])
+        x = random_freq_warp(x, gen, tc["freq_warp"], channels)
     if tc["specaugment"]:
-        x = spec_augment(x, lengths, gen)
+        x = spec_augment(x, lengths, gen, channels=channels)
     return x, lengths

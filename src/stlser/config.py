@@ -57,6 +57,9 @@ class FeatureConfig:
     speaker_fallback: Literal["global", "off"] = "global"
     degenerate_share: float = 0.9  # share of the most frequent label that makes it degenerate
     degenerate_min_utts: int = 5  # fewer utterances than this: degenerate
+    # append Δ and ΔΔ (9-frame regression, computed in the torch front end, so exported too);
+    # stored as [static | Δ | ΔΔ] on the feature axis, read by the network as 3 input channels
+    deltas: bool = False
 
     def resolved(self) -> FeatureConfig:
         """Apply the preset: `authors` reproduces the authors' librosa recipe."""
@@ -65,6 +68,8 @@ class FeatureConfig:
             c.n_fft, c.win_ms, c.hop_ms, c.fixed_seconds = 2048, 2048 / 16, 512 / 16, 10.0
         elif c.preset != "default":
             raise ValueError(f"unknown features.preset {c.preset!r} (default | authors)")
+        if c.deltas and c.kind not in ("logmel", "mfcc"):
+            raise ValueError(f"features.deltas needs kind logmel or mfcc, not {c.kind!r}")
         if c.n_fft is None:
             win = int(round(c.win_ms * c.sample_rate / 1000))
             c.n_fft = 1 << (win - 1).bit_length()
@@ -79,12 +84,17 @@ class FeatureConfig:
         return int(round(self.hop_ms * self.sample_rate / 1000))
 
     @property
+    def input_channels(self) -> int:
+        """Planes stacked on the feature axis: 3 with deltas (static, Δ, ΔΔ), else 1."""
+        return 3 if self.deltas and self.kind in ("logmel", "mfcc") else 1
+
+    @property
     def n_features(self) -> int:
         if self.kind == "mfcc":
-            return self.n_mfcc
+            return self.n_mfcc * self.input_channels
         if self.kind == "egemaps":
             return 25
-        return self.n_mels
+        return self.n_mels * self.input_channels
 
 
 @dataclass
@@ -95,8 +105,9 @@ class ModelConfig:
     functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare"])  # expert
     l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # expert
     # fine-tuning: start from pretrained weights, "base" (the shipped general model) or the path
-    # of a model.pt of the same kind. expert: each head's L2 pulls toward the pretrained weights
-    # instead of toward zero; network: compatible weights loaded, the classifier mapped by label
+    # of a model.pt of the same kind. expert: each L2 of l2_grid is tried pulling toward zero and
+    # toward the pretrained weights, validation picks; network: compatible weights loaded, the
+    # classifier mapped by label
     init: str | None = None
     channels: list[int] = field(default_factory=lambda: [16, 32, 48, 72, 96, 128])
     pool_time: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1, 1])
@@ -111,6 +122,9 @@ class ModelConfig:
     aggregation: Literal["conv1d", "last", "attention", "mean"] = "conv1d"  # paper: conv1d
     stl_over: Literal["vector", "sequence"] = "vector"  # paper: vector
     agg_kernel: int = 3
+    # λ of a speaker-adversarial head (gradient reversal on zL → linear speaker classifier over
+    # the fold's training speakers); training only, never in model.pt or ONNX. 0 = off
+    speaker_adversarial: float = 0.0
 
     def __post_init__(self) -> None:
         try:  # YAML 1.1 reads "1e-3" as a string
@@ -144,6 +158,11 @@ class TrainConfig:
     gain_db: float = 0.0  # ± random gain on log-mel (dB); 0 = off
     time_stretch: float = 0.0  # tempo perturbation: stretch each batch's time axis by 1 ± this
     freq_warp: float = 0.0  # VTLP-style warp of each utterance's mel axis by 1 ± this
+    label_smoothing: float = 0.0  # of the training cross-entropy; 0 = off
+    # train on random crops of this many seconds (new each epoch); validation, test and inference
+    # average the posteriors of crop-length windows at 50 % hop (stored in model.pt). 0 = off
+    crop_seconds: float = 0.0
+    crops_per_utterance: int = 1  # each training utterance appears this many times per epoch
     precision: str = "32-true"  # 32-true | bf16-mixed
     bucket: bool = True  # batch utterances of similar length to cut padding
     num_threads: int = 0  # 0 = torch default (per process; see jobs)
@@ -188,6 +207,10 @@ _RANGES["model"].update(stl_ff=_POS, cnn_dropout=_RATE, stl_dropout=_RATE, agg_k
 _RANGES["train"].update(min_epochs=_NONNEG, patience=_NONNEG, mixup=_NONNEG, gain_db=_NONNEG)
 _RANGES["train"].update(time_stretch=(0.0, 0.99), freq_warp=(0.0, 0.99), num_threads=_NONNEG)
 _RANGES["train"].update(freeze_epochs=_NONNEG)
+_RANGES["model"].update(speaker_adversarial=_NONNEG)  # λ of the speaker head, 0 = off
+_RANGES["train"].update(label_smoothing=(0.0, 0.99))  # cross-entropy label smoothing
+_RANGES["train"].update(crop_seconds=_NONNEG)  # training crop length (s), 0 = whole utterances
+_RANGES["train"].update(crops_per_utterance=_POS)  # copies (crops) of each utterance per epoch
 _RANGES["train"].update(jobs=_POS, ensemble=_POS, devices=_POS, log_every_n_steps=_POS)
 
 

@@ -59,16 +59,19 @@ def fold_data(
     )
     lab = dict(zip(df["utt_id"], df["label"], strict=True))
     index = {name: i for i, name in enumerate(labels)}
+    speakers = df["speaker"].fillna("").astype(str) if "speaker" in df.columns else [""] * len(df)
+    spk = dict(zip(df["utt_id"], speakers, strict=True))
 
     def part(ids):
         return [normed[u] for u in ids], [index[lab[u]] for u in ids]
 
     state = norm.state()
-    std = np.asarray(state.get("std", [1.0]), np.float32)
+    n_features = next(iter(feats.values())).shape[1]
+    static = n_features // fc.input_channels  # a level change moves the log-mel, not its deltas
+    std = np.asarray(state.get("std", [1.0]), np.float32)[:static]
     gain_scale = (
         float(np.mean(math.log(10) / 10 / np.maximum(std, 1e-5))) if fc.kind == "logmel" else 0.0
     )
-    n_features = next(iter(feats.values())).shape[1]
     return FoldData(
         part(fold.train),
         part(fold.val),
@@ -79,6 +82,8 @@ def fold_data(
         state,
         gain_scale,
         {"fold": fold.name, "test_speakers": list(fold.test_speakers)},
+        [spk[u] for u in fold.train],
+        [spk[u] for u in fold.val],
     )
 
 
@@ -270,6 +275,7 @@ def evaluate(
     from stlser import corpora, evaluation, features
     from stlser.config import FeatureConfig
     from stlser.model import load_artefact, predict
+    from stlser.windows import artefact_crop
 
     model, art = load_artefact(checkpoint)
     df = corpora.read_manifest(manifest)
@@ -286,7 +292,7 @@ def evaluate(
     # speaker of the manifest is standardised by its own (label-free) statistics, as in training.
     normed, _ = features.normalize_all(feats, df, fitted.mode, [], fitted=fitted)
     ids = df["utt_id"].tolist()
-    probs = predict(model, [normed[u] for u in ids])["probs"]
+    probs = predict(model, [normed[u] for u in ids], crop=artefact_crop(art))["probs"]
     run = Path(out) if out else Path(checkpoint).parent / "evaluate"
     run.mkdir(parents=True, exist_ok=True)
     p = predictions_table(df, ids, "evaluate", labels, probs)

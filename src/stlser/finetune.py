@@ -67,12 +67,20 @@ def _differences(art: dict, cfg: ExperimentConfig, n_features: int) -> list[str]
         for k in ARCH_KEYS
         if theirs[k] != ours[k]
     ]
-    kind = FeatureConfig(**art["feature_config"]).kind
+    theirs_fc = FeatureConfig(**art["feature_config"])
+    kind = theirs_fc.kind
+    if theirs_fc.deltas != cfg.features.deltas:
+        diffs.append(
+            f"features.deltas {theirs_fc.deltas} (init) != {cfg.features.deltas} (this run)"
+        )
     if kind != cfg.features.kind:
         diffs.append(f"features.kind {kind} (init) != {cfg.features.kind} (this run)")
-    elif art["n_features"] != n_features:
+    elif art["n_features"] != n_features and theirs_fc.deltas == cfg.features.deltas:
         key = f"features.{WIDTH_KEY[kind]}" if kind in WIDTH_KEY else "input features"
-        diffs.append(f"{key} {art['n_features']} (init) != {n_features} (this run)")
+        planes = theirs_fc.input_channels  # the same on both sides here
+        diffs.append(
+            f"{key} {art['n_features'] // planes} (init) != {n_features // planes} (this run)"
+        )
     return diffs
 
 

@@ -86,10 +86,18 @@ def compute(cfg: Any, df: Any, folds: list) -> dict[str, Any]:
     }
 
 
+def _defaults() -> dict[str, Any]:
+    from stlser.config import ExperimentConfig
+
+    return _flatten(asdict(ExperimentConfig()))
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable list of what differs between two fingerprints."""
+    """Human-readable list of what differs between two fingerprints. A key an older stlser did
+    not have counts as its default (a run made before a lever existed ran without it)."""
     out = []
     oc, nc = old.get("config", {}), new.get("config", {})
+    oc = {**{k: v for k, v in _defaults().items() if k in nc and k not in oc}, **oc}
     for k in sorted(set(oc) | set(nc)):
         if oc.get(k, "<absent>") != nc.get(k, "<absent>"):
             out.append(f"{k}: {oc.get(k, '<absent>')!r} → {nc.get(k, '<absent>')!r}")

@@ -31,6 +31,7 @@ from stlser.recognizer import (
     resolve_model_path,
 )
 from stlser.safety import ModelLoadError, safe_torch_load
+from stlser.windows import artefact_crop, hop_frames, window_probs
 
 __all__ = [
     "ExpertRecognizer",
@@ -50,6 +51,10 @@ class Pipeline(nn.Module):
     an unseen speaker gets the global statistics, as in training); ``utterance`` uses each
     clip's own valid frames; ``none`` passes through. Padded frames stay 0, so a padded batch
     gives each clip's one-by-one result.
+
+    `crop` > 0 (frames; a model trained on crops, ``inference.crop_seconds`` in its artefact):
+    the probabilities are the mean over crop-length windows at 50 % hop of the normalised
+    features (`stlser.windows`), inside this module and therefore inside the ONNX graph.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class Pipeline(nn.Module):
         normalizer: dict[str, Any],
         labels: list[str],
         meta: dict[str, Any] | None = None,
+        crop: int = 0,
     ) -> None:
         super().__init__()
 
@@ -79,6 +85,7 @@ class Pipeline(nn.Module):
         self.meta = dict(meta or {})
         self.normalizer = Normalize(normalizer, self.front_end.n_features)
         self.norm_mode = self.normalizer.mode
+        self.crop = int(crop)
         self.eval()
 
     @classmethod
@@ -92,7 +99,7 @@ class Pipeline(nn.Module):
                     f"feature config gives {fc.n_features} features, model expects {art['n_features']}"
                 )
             meta = {**(art.get("meta") or {}), "source": str(path)}
-            return cls(model, fc, art["normalizer"], art["labels"], meta)
+            return cls(model, fc, art["normalizer"], art["labels"], meta, artefact_crop(art))
         except (TypeError, ValueError, KeyError) as e:
             if isinstance(e, ModelLoadError):
                 raise
@@ -107,14 +114,20 @@ class Pipeline(nn.Module):
 
     def forward(self, wave: Tensor, lengths: Tensor) -> Tensor:
         feats, frames = self.front_end(wave, lengths)
-        logits = self.model(self.normalize(feats, frames), frames)
-        return torch.softmax(logits, dim=-1)
+        x = self.normalize(feats, frames)
+        if self.crop:
+            return window_probs(self.model, x, frames, self.crop)["probs"]
+        return torch.softmax(self.model(x, frames), dim=-1)
 
     def export_metadata(self) -> dict[str, str]:
         """String metadata stored in the ONNX file (read back by `OnnxRecognizer`)."""
         from dataclasses import asdict
 
         keep = ("corpus", "fold", "seed", "val_ua", "best_epoch", "stlser_version")
+        windows = {}
+        if self.crop:  # the graph averages the windows itself; recorded for readers
+            hop = hop_frames(self.crop)
+            windows["windows"] = json.dumps({"crop_frames": self.crop, "hop_frames": hop})
         return {
             "labels": json.dumps(self.labels),
             "sample_rate": str(SAMPLE_RATE),
@@ -125,7 +138,9 @@ class Pipeline(nn.Module):
             "model_config": json.dumps(asdict(self.model.cfg)),
             "training": json.dumps({k: self.meta[k] for k in keep if k in self.meta}, default=str),
             "inputs": "wave[B,N] float32 16 kHz mono in [-1,1], right-padded; lengths[B] int64 samples",
-            "outputs": "probs[B,C] float32, softmax over labels",
+            "outputs": "probs[B,C] float32, softmax over labels"
+            + (" (mean over crop-length windows at 50 % hop)" if self.crop else ""),
+            **windows,
         }
 
 

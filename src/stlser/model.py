@@ -16,6 +16,9 @@ Choices where the paper is silent (see docs/model.md):
 * Variable length is exact: every layer re-masks padded frames to zero, the backward LSTM
   runs on each sequence reversed within its own length, and all pooling over time is masked,
   so a padded batch gives the same outputs as one-by-one.
+* With ``features.deltas`` the input is [static | Δ | ΔΔ] on the feature axis and the first
+  convolution reads the three planes as input channels (``in_channels=3``, derived from the
+  artefact's feature config), so only that layer grows (+2·9·C₁ weights).
 * Attention is written with `reshape(B, -1, H, Dh)` and `F.scaled_dot_product_attention` so the
   ONNX export keeps a dynamic time axis (the stock TransformerEncoderLayer freezes it).
 """
@@ -30,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stlser import __version__
-from stlser.config import ExperimentConfig, ModelConfig
+from stlser import __version__, windows
+from stlser.config import ExperimentConfig, FeatureConfig, ModelConfig
 from stlser.safety import check_artefact, plain, rebuild, safe_torch_load, weights_digest
 from stlser.utils import atomic_path
 
@@ -164,15 +167,19 @@ class Aggregator(nn.Module):
 class STLSER(nn.Module):
     """CNN-BiLSTM with stacked transformer layers; `forward(feats, lengths) -> logits`."""
 
-    def __init__(self, cfg: ModelConfig, n_features: int, n_classes: int):
+    def __init__(self, cfg: ModelConfig, n_features: int, n_classes: int, in_channels: int = 1):
         super().__init__()
         n = len(cfg.channels)
         if not (len(cfg.pool_time) == len(cfg.pool_freq) == n):
             raise ValueError("model.channels, pool_time and pool_freq must have the same length")
         if cfg.stl_over not in ("vector", "sequence"):
             raise ValueError(f"model.stl_over must be 'vector' or 'sequence', got {cfg.stl_over!r}")
+        if in_channels < 1 or n_features % in_channels:
+            raise ValueError(f"{n_features} features do not split into {in_channels} channels")
         self.cfg = cfg
-        blocks, c_in, f = [], 1, n_features
+        #: input planes stacked on the feature axis (3 with features.deltas: static, Δ, ΔΔ)
+        self.in_channels = in_channels
+        blocks, c_in, f = [], in_channels, n_features // in_channels
         for c, pt, pf in zip(cfg.channels, cfg.pool_time, cfg.pool_freq, strict=True):
             blocks.append(ConvBlock(c_in, c, cfg.kernel, (pt, pf), cfg.cnn_dropout))
             c_in, f = c, f // pf
@@ -194,7 +201,12 @@ class STLSER(nn.Module):
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """CNN-BiLSTM: feats[B,T,F] → H[B,T',2d] and its lengths."""
         lengths = lengths.clamp(min=1, max=feats.shape[1])
-        x = (feats * time_mask(lengths, feats.shape[1]).unsqueeze(-1).to(feats.dtype)).unsqueeze(1)
+        x = feats * time_mask(lengths, feats.shape[1]).unsqueeze(-1).to(feats.dtype)
+        if self.in_channels == 1:
+            x = x.unsqueeze(1)
+        else:  # [B, T, C·F] → [B, C, T, F]
+            b, t, _ = x.shape
+            x = x.reshape(b, t, self.in_channels, -1).permute(0, 2, 1, 3)
         for block in self.blocks:
             x, lengths = block(x, lengths)
         b, c, t, f = x.shape
@@ -251,9 +263,16 @@ def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor
 
 @torch.no_grad()
 def predict(
-    model: STLSER, feats: list[np.ndarray], batch_size: int = 32, embeddings: bool = False
+    model: STLSER,
+    feats: list[np.ndarray],
+    batch_size: int = 32,
+    embeddings: bool = False,
+    crop: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Probabilities (and optionally z0/zL) for a list of [T,F] arrays, in input order."""
+    """Probabilities (and optionally z0/zL) for a list of [T,F] arrays, in input order.
+
+    `crop` > 0 (frames; a crop-trained model, `stlser.windows`): each utterance's probabilities
+    and embeddings are the means over its crop-length windows at 50 % hop."""
     model.eval()
     order = np.argsort([len(x) for x in feats], kind="stable")
     probs = np.zeros((len(feats), model.classifier.out_features), np.float32)
@@ -262,8 +281,12 @@ def predict(
     for i in range(0, len(order), batch_size):
         ids = order[i : i + batch_size]
         x, lengths, _ = collate([(feats[j], 0) for j in ids])
-        e = model.embed(x, lengths)
-        probs[ids] = torch.softmax(model.classifier(e["zL"]), -1).numpy()
+        if crop > 0:
+            e = windows.window_probs(model, x, lengths, crop)
+            probs[ids] = e["probs"].numpy()
+        else:
+            e = model.embed(x, lengths)
+            probs[ids] = torch.softmax(model.classifier(e["zL"]), -1).numpy()
         z0[ids], zl[ids] = e["z0"].numpy(), e["zL"].numpy()
     out = {"probs": probs}
     if embeddings:
@@ -281,7 +304,11 @@ def save_artefact(
     normalizer: dict,
     meta: dict,
 ) -> Path:
-    """Write `model.pt`: everything needed to rebuild waveform → probabilities (docs/design.md)."""
+    """Write `model.pt`: everything needed to rebuild waveform → probabilities (docs/design.md).
+
+    A crop-trained model (``train.crop_seconds`` > 0) also records ``"inference":
+    {"crop_seconds": s}``, so every runtime scores clips by window averaging (`stlser.windows`).
+    """
     art = {
         "format": ARTEFACT_FORMAT,
         "labels": list(labels),
@@ -295,6 +322,8 @@ def save_artefact(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": plain({**meta, "stlser_version": __version__}),
     }
+    if cfg.train.crop_seconds > 0:
+        art["inference"] = {"crop_seconds": float(cfg.train.crop_seconds)}
     art["weights_sha256"] = weights_digest(art["state_dict"])
     with atomic_path(path) as tmp:
         torch.save(art, tmp)
@@ -309,6 +338,8 @@ def load_artefact(path: str | Path, art: dict | None = None) -> tuple[STLSER, di
     art = check_artefact(path, art, ARTEFACT_FORMAT)
 
     def build() -> STLSER:
-        return STLSER(ModelConfig(**art["model_config"]), art["n_features"], len(art["labels"]))
+        cfg, n = ModelConfig(**art["model_config"]), art["n_features"]
+        channels = FeatureConfig(**art["feature_config"]).input_channels
+        return STLSER(cfg, n, len(art["labels"]), channels)
 
     return rebuild(path, build, art["state_dict"]), art

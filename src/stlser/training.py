@@ -3,15 +3,14 @@
 Importing this module imports Lightning (~5 s): callers import it lazily.
 
 Determinism: every epoch reseeds torch/numpy from (seed, epoch) and the batch order is a
-function of (seed, epoch) only, so a run resumed from `last.ckpt` continues exactly as the
-uninterrupted run would have.
+function of (seed, epoch) only (`stlser.batching`), so a run resumed from `last.ckpt` continues
+exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 import warnings
@@ -29,8 +28,15 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
-from stlser import augment, finetune
+from stlser import augment, finetune, levers, windows
 from stlser.augment import freq_warp, spec_augment  # noqa: F401 (re-exported)
+from stlser.batching import (  # noqa: F401 (re-exported)
+    EpochBatches,
+    ListDataset,
+    loader,
+    make_batches,
+    stage_loader,
+)
 from stlser.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from stlser.config import ExperimentConfig, ModelConfig
 from stlser.evaluation import METRICS
@@ -49,87 +55,6 @@ log = logging.getLogger(__name__)
 _QUIET = (".*does not have many workers.*", ".*LeafSpec.*")
 
 
-# ----------------------------------------------------------------------------------- data
-def make_batches(
-    lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool
-) -> list[list[int]]:
-    """Batch indices. With `bucket`, utterances of similar length share a batch (less padding):
-    shuffle, cut into pools of 20 batches, sort each pool by length, then shuffle the batches."""
-    idx = np.arange(len(lengths))
-    rng = np.random.default_rng(seed)
-    if shuffle:
-        rng.shuffle(idx)
-    if bucket:
-        pool = batch_size * 20
-        ln = np.asarray(lengths)
-        idx = np.concatenate(
-            [
-                c[np.argsort(ln[c], kind="stable")]
-                for c in np.array_split(idx, max(1, math.ceil(len(idx) / pool)))
-            ]
-        )
-    batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
-    if shuffle and bucket:
-        order = rng.permutation(len(batches))
-        batches = [batches[i] for i in order]
-    return batches
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """A batch sampler whose order depends only on (seed, epoch): resumable and reproducible."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool, bucket: bool):
-        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self.shuffle, self.bucket, self.epoch = shuffle, bucket, 0
-        #: Reads the epoch when an iterator is made. Lightning creates (and prefetches from) the
-        #: first iterator before it calls set_epoch, so on resume set_epoch alone comes too late.
-        self.epoch_source: Callable[[], int] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if self.epoch_source is not None:
-            self.epoch = int(self.epoch_source())
-        return iter(
-            make_batches(
-                self.lengths,
-                self.batch_size,
-                self.seed * 1000 + self.epoch,
-                self.shuffle,
-                self.bucket,
-            )
-        )
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, feats: list[np.ndarray], labels: list[int]):
-        self.feats, self.labels = feats, labels
-
-    def __len__(self) -> int:
-        return len(self.feats)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.feats[i], self.labels[i]
-
-
-def loader(
-    feats: list[np.ndarray],
-    labels: list[int],
-    batch_size: int,
-    seed: int,
-    shuffle: bool,
-    bucket: bool,
-):
-    sampler = EpochBatches([len(x) for x in feats], batch_size, seed, shuffle, bucket)
-    return torch.utils.data.DataLoader(
-        ListDataset(feats, labels), batch_sampler=sampler, collate_fn=collate
-    )
-
-
 # ------------------------------------------------------------------------------- module
 class SERModule(L.LightningModule):
     """The network plus its loss, optimiser and validation metrics."""
@@ -143,12 +68,18 @@ class SERModule(L.LightningModule):
         class_weights: list[float] | None = None,
         gain_scale: float = 0.0,
         seed: int = 0,
+        in_channels: int = 1,
+        n_speakers: int = 0,
+        crop: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.labels = labels
         self.tc = train_cfg
-        self.model = STLSER(ModelConfig(**model_cfg), n_features, len(labels))
+        self.model = STLSER(ModelConfig(**model_cfg), n_features, len(labels), in_channels)
+        self.crop = crop  # frames; > 0: validation averages crop-length windows (stlser.windows)
+        self.adversarial = float(model_cfg.get("speaker_adversarial", 0.0))
+        self.speaker_head = levers.speaker_head(self.model, n_speakers) if n_speakers else None
         w = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer(
             "class_weight", w if w is not None else torch.ones(len(labels)), persistent=False
@@ -164,7 +95,10 @@ class SERModule(L.LightningModule):
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(
-            logits, target, weight=self.class_weight if self.use_weights else None
+            logits,
+            target,
+            weight=self.class_weight if self.use_weights else None,
+            label_smoothing=self.tc.get("label_smoothing", 0.0),
         )
 
     def on_train_epoch_start(self) -> None:
@@ -193,21 +127,37 @@ class SERModule(L.LightningModule):
         self._gen = torch.Generator().manual_seed(s)
 
     def training_step(self, batch, _):
-        feats, lengths, y = batch
-        feats, lengths = augment.apply(feats, lengths, self._gen, self.tc, self.gain_scale)
+        feats, lengths, y, *speakers = batch
+        channels = self.model.in_channels
+        feats, lengths = augment.apply(
+            feats, lengths, self._gen, self.tc, self.gain_scale, channels
+        )
+        lam, perm = 1.0, None
         if self.tc["mixup"] > 0:
             lam, perm = augment.mixup_draw(feats.shape[0], self.tc["mixup"], self._gen)
-            logits = self(
-                lam * feats + (1 - lam) * feats[perm], torch.maximum(lengths, lengths[perm])
-            )
-            loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
-        else:
-            logits = self(feats, lengths)
-            loss = self._loss(logits, y)
+            feats = lam * feats + (1 - lam) * feats[perm]
+            lengths = torch.maximum(lengths, lengths[perm])
+        z = self.model.embed(feats, lengths)["zL"]
+        logits = self.model.classifier(z)
+        loss = self._mixed(self._loss, logits, y, lam, perm)
         self._train_correct += int((logits.argmax(-1) == y).sum())
         self._train_seen += len(y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        return loss
+        if self.speaker_head is None or not speakers:
+            return loss
+        # speaker-adversarial head behind a gradient reversal (stlser.levers): the head
+        # minimises speaker CE, the encoder receives −λ × its gradient
+        s_logits = self.speaker_head(levers.grad_reverse(z, self.adversarial))
+        s_loss = self._mixed(F.cross_entropy, s_logits, speakers[0], lam, perm)
+        self.log("train_speaker_loss", s_loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss + s_loss
+
+    @staticmethod
+    def _mixed(loss_fn, logits: Tensor, y: Tensor, lam: float, perm: Tensor | None) -> Tensor:
+        """`loss_fn(logits, y)`, or its mixup mixture λ·loss(y) + (1 − λ)·loss(y[perm])."""
+        if perm is None:
+            return loss_fn(logits, y)
+        return lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])
 
     def on_train_epoch_end(self) -> None:
         if self._train_seen:
@@ -215,7 +165,11 @@ class SERModule(L.LightningModule):
 
     def validation_step(self, batch, _):
         feats, lengths, y = batch
-        logits = self(feats, lengths)
+        if self.crop:  # whole utterances scored by window averaging; log-probs as the logits
+            probs = windows.window_probs(self.model, feats, lengths, self.crop)["probs"]
+            logits = torch.log(probs.clamp_min(1e-12))
+        else:
+            logits = self(feats, lengths)
         self._val.append((logits.detach(), y, F.cross_entropy(logits, y, reduction="sum").detach()))
 
     def on_validation_epoch_end(self) -> None:
@@ -256,6 +210,9 @@ class FoldData:
     normalizer: dict
     gain_scale: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: speaker of every train / val example (the speaker-adversarial head's targets)
+    train_speakers: list[str] = field(default_factory=list)
+    val_speakers: list[str] = field(default_factory=list)
 
 
 def _class_weights(y: list[int], n: int) -> list[float]:
@@ -276,10 +233,15 @@ class EpochLine(Callback):
 
 
 def module_for(
-    cfg: ExperimentConfig, data: FoldData, y: list[int], init: finetune.Init | None = None
+    cfg: ExperimentConfig,
+    data: FoldData,
+    y: list[int],
+    init: finetune.Init | None = None,
+    n_speakers: int = 0,
 ) -> SERModule:
-    """A freshly seeded module for training on labels `y`; with `init` (`model.init`) its
-    weights start from that artefact's (`stlser.finetune.apply_init`)."""
+    """A freshly seeded module for training on labels `y` (with a speaker head over
+    `n_speakers` if > 0); with `init` (`model.init`) its weights start from that artefact's
+    (`stlser.finetune.apply_init`)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     weights = _class_weights(y, len(data.labels)) if cfg.train.class_weights else None
     module = SERModule(
@@ -290,6 +252,9 @@ def module_for(
         weights,
         data.gain_scale,
         cfg.seed,
+        cfg.features.input_channels,
+        n_speakers,
+        windows.crop_frames(cfg.train.crop_seconds, cfg.features),
     )
     if init is not None:
         finetune.apply_init(module.model, init, data.labels)
@@ -387,12 +352,12 @@ def train_fold(
     # Stage 1: early stopping on the validation speakers. A finished stage 1 is recorded in
     # stage1.json, so --resume never re-enters it once the refit stage has begun.
     stage1 = out / "stage1.json"
-    module = module_for(cfg, data, data.train[1], init)
+    train_dl, n_spk = stage_loader(cfg, *data.train, data.train_speakers)
+    module = module_for(cfg, data, data.train[1], init, n_spk)
     n_params = count_parameters(module.model)
     if resume and stage1.exists():
         s1 = json.loads(stage1.read_text())
     else:
-        train_dl = loader(*data.train, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
         val_dl = loader(*data.val, tc.batch_size, cfg.seed, shuffle=False, bucket=False)
         mode = "min" if tc.monitor == "val_loss" else "max"
         ckpt = ModelCheckpoint(
@@ -425,8 +390,8 @@ def train_fold(
     epochs_run = s1["epochs_run"]
     if tc.refit:
         both = (data.train[0] + data.val[0], data.train[1] + data.val[1])
-        module = module_for(cfg, data, both[1], init)
-        dl = loader(*both, tc.batch_size, cfg.seed, shuffle=True, bucket=tc.bucket)
+        dl, n_spk = stage_loader(cfg, *both, data.train_speakers + data.val_speakers)
+        module = module_for(cfg, data, both[1], init, n_spk)
         cbs = list(callbacks("refit")) if callbacks is not None else []
         _, last = _fit(cfg, module, dl, None, out / "refit", max(1, best_epoch), resume, cbs)
         state = load_checkpoint(last)
@@ -435,7 +400,7 @@ def train_fold(
         state = load_checkpoint(s1["best_path"])
     module.load_state_dict(state["state_dict"])
     model = module.model.eval()
-    res = predict(model, data.test[0], embeddings=True)
+    res = predict(model, data.test[0], embeddings=True, crop=module.crop)
     np.savez(
         out / "embeddings.npz",
         utt_id=np.asarray(data.test_ids),
@@ -447,9 +412,11 @@ def train_fold(
     if tc.refit:
         meta["refit_on"] = "train+val"
     save_artefact(out / "model.pt", model, cfg, data.n_features, labels, data.normalizer, meta)
-    seen = len(data.train[0]) * s1["epochs_run"]
+    seen = len(data.train[0]) * s1["epochs_run"] * tc.crops_per_utterance
     if tc.refit:
-        seen += (len(data.train[0]) + len(data.val[0])) * max(1, best_epoch)
+        seen += (
+            (len(data.train[0]) + len(data.val[0])) * max(1, best_epoch) * tc.crops_per_utterance
+        )
     result = {
         "best_epoch": best_epoch,
         "epochs_run": epochs_run,

@@ -21,6 +21,13 @@ Front end (``LogMel``), the one definition used for training, inference and ONNX
   the level of 16-bit quantisation noise, so digital silence maps to log(1e-6) ≈ -13.8 while
   any audible signal stays well above the floor.
 * ``kind="mfcc"``: orthonormal DCT-II of the log-mel, first ``n_mfcc`` coefficients.
+* ``deltas=True``: Δ and ΔΔ appended on the feature axis, ``[static | Δ | ΔΔ]`` (3·F wide;
+  the network reads the three as input channels). Δ is the 9-frame regression
+  ``Σₙ n·(x[t+n] − x[t−n]) / (2·Σₙ n²)``, n = 1..4 — librosa's ``feature.delta(width=9)`` in the
+  interior — and ΔΔ is Δ of Δ (HTK's convention, not librosa's second-order Savitzky-Golay).
+  At a clip's own edges the frames are continued by point reflection
+  (``x[−n] = 2·x[0] − x[n]``), so a linear ramp has a constant Δ and a zero ΔΔ everywhere;
+  only valid frames enter, so a padded batch gives each clip's own deltas. See :func:`deltas`.
 * frames at or beyond a clip's frame count are set to 0 in a padded batch.
 
 The ``authors`` preset (librosa defaults: n_fft 2048, hop 512) first pads/cuts every clip to
@@ -137,6 +144,35 @@ def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
     return d.astype(np.float32)
 
 
+#: Half-width of the delta regression window (9 frames, librosa's default width).
+DELTA_N = 4
+
+
+def _shifted(x: Tensor, offset: int, last: Tensor) -> Tensor:
+    """x[:, t + offset] for every t, with each clip's frames 0..last[b] continued past both
+    ends by point reflection (2·x[edge] − x[mirror]); exportable (gathers, no data-dependent
+    shapes)."""
+    b, t, f = x.shape
+    j = torch.arange(t, device=x.device)[None, :] + offset  # [1, T]
+    below, above = j < 0, j > last  # [1, T], [B, T]
+    src = torch.where(below, -j, torch.where(above, 2 * last - j, j))
+    src = torch.minimum(src.clamp_min(0), last)
+    v = x.gather(1, src.unsqueeze(-1).expand(b, t, f))
+    end = x.gather(1, last.unsqueeze(-1).expand(b, 1, f))
+    v = torch.where(below.unsqueeze(-1), 2 * x[:, :1] - v, v)
+    return torch.where(above.unsqueeze(-1), 2 * end - v, v)
+
+
+def deltas(x: Tensor, frames: Tensor, n: int = DELTA_N) -> Tensor:
+    """Δ of x[B, T, F] over time within each clip's `frames` (module docstring); values at or
+    beyond a clip's frame count are meaningless (the caller masks them)."""
+    last = (frames.to(torch.int64) - 1).clamp_min(0)[:, None]  # [B, 1]
+    acc = torch.zeros_like(x)
+    for k in range(1, n + 1):
+        acc = acc + k * (_shifted(x, k, last) - _shifted(x, -k, last))
+    return acc / float(2 * sum(k * k for k in range(1, n + 1)))
+
+
 class LogMel(nn.Module):
     """Waveform → log-mel (or MFCC) frames; exportable to ONNX with dynamic batch and length.
 
@@ -160,6 +196,7 @@ class LogMel(nn.Module):
         self.n_bins = self.n_fft // 2 + 1
         self.fixed = int(round(c.fixed_seconds * c.sample_rate)) if c.fixed_seconds else 0
         self.n_features = c.n_features
+        self.deltas = bool(c.deltas)
         fb = mel_filterbank(c.sample_rate, self.n_fft, c.n_mels, c.fmin, c.fmax)
         if self.fft:
             window = torch.from_numpy(hann_window(self.win_length, self.n_fft).astype(np.float32))
@@ -198,6 +235,9 @@ class LogMel(nn.Module):
         if self.kind == "mfcc":
             feats = torch.matmul(feats, self.dct)
         frames = _frame_count(lengths, self.n_fft, self.hop)
+        if self.deltas:
+            d1 = deltas(feats, frames)
+            feats = torch.cat([feats, d1, deltas(d1, frames)], dim=-1)
         t = torch.arange(feats.shape[1], device=feats.device)
         valid = (t[None, :] < frames[:, None]).unsqueeze(-1)
         return torch.where(valid, feats, torch.zeros_like(feats)), frames
@@ -211,6 +251,8 @@ def feature_key_config(cfg: FeatureConfig) -> dict[str, Any]:
         return {"kind": "egemaps", "sample_rate": c.sample_rate}
     if c.kind != "mfcc":
         d.pop("n_mfcc", None)
+    if not c.deltas:  # keys (cache folders) of configs without deltas stay what they were
+        d.pop("deltas", None)
     return d
 
 
