@@ -90,16 +90,18 @@ def run_one(
 
 
 def pretrained_without(corpus: str, args: argparse.Namespace) -> Path:
-    """The general model pretrained on every corpus of POOL but `corpus` (made once)."""
+    """The general model pretrained on every corpus of POOL but `corpus` (made once, with the
+    --set overrides that are not about data or splits)."""
     from stlser import pretrain
 
     out = args.runs / corpus / "pretrained-without"
     if not (out / "model.pt").exists():
         root = args.root or bl.corpus_root(corpus).parent
         others = [c for c in POOL if c != corpus and (root / c).is_dir()]
+        same = [o for o in args.overrides if not o.startswith(("data.", "split."))]
         cfg = config.load(
             "pretrain.yaml",
-            [f"data.root={root}", f"data.pool=[{','.join(others)}]", "train.progress=false"],
+            [f"data.root={root}", f"data.pool=[{','.join(others)}]", "train.progress=false", *same],
         )
         pretrain.pretrain(cfg, out)
     return out / "model.pt"

@@ -188,6 +188,62 @@ def test_run_all_writes_report(tmp_path, monkeypatch, capsys):
         run_all.main(["--only", "nope"])
 
 
+def _mini_corpora(root: Path) -> None:
+    """Miniature EmoDB (4 speakers, every emotion twice) and CASIA (2 speakers, 4 emotions)
+    trees of speech-like noise, in their release layouts."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    wav = root / "emodb" / "wav"
+    wav.mkdir(parents=True)
+    for spk in ("03", "08", "09", "10"):
+        for code in "WLEAFTN":
+            for text in ("a01", "b02"):
+                x = benchlib.speechlike(float(rng.uniform(0.6, 1.0)), rng)
+                sf.write(str(wav / f"{spk}{text}{code}a.wav"), x, benchlib.SR, subtype="PCM_16")
+    for spk in ("liuchanhg", "wangzhe"):
+        for emo in ("angry", "happy", "neutral", "sad"):
+            (root / "casia" / spk / emo).mkdir(parents=True)
+            for n in (201, 202, 203):
+                x = benchlib.speechlike(float(rng.uniform(0.6, 1.0)), rng)
+                sf.write(str(root / "casia" / spk / emo / f"{n}.wav"), x, benchlib.SR)
+
+
+def test_bench_accuracy_fine_tunes_from_the_other_corpora_only(tmp_path):
+    """System `finetuned` pretrains on the corpora other than the tested one (here CASIA for
+    EmoDB), keeps that model, and pairs the fine-tuned run with the from-scratch one."""
+    import json
+
+    _mini_corpora(tmp_path / "corpora")
+    args = [
+        "--root",
+        str(tmp_path / "corpora"),
+        "--corpora",
+        "emodb",
+        "--systems",
+        "default,finetuned",
+        "--seeds",
+        "0",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--set",
+        "split.val_speakers=1",
+        "--set",
+        "model.functionals=[egemaps]",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    md = bench_accuracy.main(args)
+    base = tmp_path / "runs" / "emodb" / "pretrained-without"
+    info = json.loads((base / "pretrain.json").read_text())
+    assert info["corpora"] == ["casia"]
+    cfg = (tmp_path / "runs" / "emodb" / "finetuned" / "seed0" / "config.yaml").read_text()
+    assert str(base / "model.pt") in cfg
+    rows = tables(md)[("corpus", "UA fine-tuned − from scratch [95 % CI]", "goal (≥ +3)")]
+    assert rows[0][0] == "emodb" and re.fullmatch(r"[+-]\d+\.\d \[.*\] \(n=1\)", rows[0][1])
+
+
 def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     tmp_path, monkeypatch
 ):
