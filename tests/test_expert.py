@@ -139,7 +139,7 @@ def test_restrict_renormalises_and_refuses_unknown_labels(expert_run):
     assert rec.restrict(None).labels == list(full)
 
 
-def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path):
+def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path, monkeypatch):
     from stlser import pretrain
     from stlser.inference import Recognizer
 
@@ -165,6 +165,18 @@ def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path)
     a, b = rec.predict(clip, 16000), onnx_rec.predict(clip, 16000)
     assert a.label == b.label
     res = pretrain.leave_one_corpus_out(cfg, tmp_path / "out")
+    assert (tmp_path / "out" / "without-a" / "model.pt").exists()  # kept for fine-tuning
+
+    def no_fit(*a, **k):
+        raise AssertionError("a finished model of the same recipe must be reused")
+
+    monkeypatch.setattr(pretrain, "fit_pool", no_fit)
+    assert pretrain.pretrain(cfg, tmp_path / "out") == path  # idempotent
+    again = pretrain.leave_one_corpus_out(cfg, tmp_path / "out")
+    assert again["a"]["speaker_norm"] == res["a"]["speaker_norm"]
+    other = config.with_value(cfg, "seed", 1)  # another recipe is refit
+    with pytest.raises(AssertionError, match="reused"):
+        pretrain.pretrain(other, tmp_path / "out")
     assert set(res) == {"a", "b"} and res["a"]["train"] == ["b"]
     assert 0 <= res["a"]["speaker_norm"]["ua"] <= 1 and "svm" in res["a"]
     loco_md = (tmp_path / "out" / "loco.md").read_text()

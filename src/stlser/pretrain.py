@@ -136,13 +136,38 @@ def _features(df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
     return expert.load_matrix(df, list(cfg.model.functionals), cfg.cache_dir, cfg.train.progress)
 
 
+def recipe_digest(cfg: ExperimentConfig) -> str:
+    """What decides the general model: the pooled corpora, seed, model and feature settings."""
+    import hashlib
+    import json
+
+    what = {
+        "pool": sorted(cfg.data.pool),
+        "seed": cfg.seed,
+        "model": dataclasses.asdict(cfg.model),
+        "features": dataclasses.asdict(cfg.features),
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def pretrain(cfg: ExperimentConfig, out: str | Path) -> Path:
     """Train the general model on every corpus of ``data.pool``; writes `model.pt`,
-    `model.onnx` and `pretrain.json` into `out`. Returns the artefact's path."""
+    `model.onnx` and `pretrain.json` into `out`. Returns the artefact's path.
+
+    Idempotent: a finished model in `out` made by the same recipe (:func:`recipe_digest`,
+    stored in pretrain.json) is reused, not refit."""
+    import json
+
     from stlser.export import export_onnx
 
     t0 = time.time()
     out = Path(out)
+    digest = recipe_digest(cfg)
+    done = out / "pretrain.json"
+    if (out / "model.pt").exists() and done.exists():
+        if json.loads(done.read_text()).get("recipe_sha256") == digest:
+            log.info(f"general model: {out / 'model.pt'} was made by this recipe; reused")
+            return out / "model.pt"
     out.mkdir(parents=True, exist_ok=True)
     df = pool_manifest(cfg.data.root, list(cfg.data.pool))
     X = _features(df, cfg)
@@ -150,9 +175,8 @@ def pretrain(cfg: ExperimentConfig, out: str | Path) -> Path:
     meta = {"corpus": "+".join(info["corpora"]), "seed": cfg.seed, **info}
     path = expert.save(out / "model.pt", model, cfg, labels, meta)
     export_onnx(path, out / "model.onnx")
-    write_json(
-        out / "pretrain.json", {**meta, "labels": labels, "seconds": round(time.time() - t0, 1)}
-    )
+    seconds = round(time.time() - t0, 1)
+    write_json(done, {**meta, "labels": labels, "seconds": seconds, "recipe_sha256": digest})
     log.info(
         f"general model: {len(labels)} labels, {info['n']} utterances, {info['speakers']} speakers → {path}"
     )
@@ -198,7 +222,11 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
         one = dataclasses.replace(
             cfg, data=dataclasses.replace(cfg.data, pool=[c for c in pool if c != entry])
         )
-        model, labels, info = fit_pool(X[~test], train_df, one)
+        # the model without this corpus is kept (out/without-<corpus>/): fine-tuning it on the
+        # held-out corpus is the leak-free fine-tuning experiment; a rerun reuses it
+        model, art = expert.from_artefact(pretrain(one, out / f"without-{held}"))
+        labels = list(art["labels"])
+        info = {"corpora": sorted(set(train_df["corpus"]))}
         shared = [lab for lab in labels if lab in set(df["label"][test])]
         rows = test & df["label"].isin(shared).to_numpy()
         y = np.asarray([shared.index(v) for v in df["label"][rows]])
