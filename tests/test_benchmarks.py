@@ -251,17 +251,7 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     systems default and svm over seeds 0 and 1: one row per system, the paired UA difference
     to the SVM filled in for `default`; a second call with --only-finished trains nothing and
     prints the same numbers (a seed that was never run is left out, not invented)."""
-    import numpy as np
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    wav = tmp_path / "corpora" / "emodb" / "wav"
-    wav.mkdir(parents=True)
-    for spk in ("03", "08", "09", "10"):
-        for code in "WLEAFTN":
-            for text in ("a01", "b02"):
-                x = benchlib.speechlike(float(rng.uniform(0.6, 1.0)), rng)
-                sf.write(str(wav / f"{spk}{text}{code}a.wav"), x, benchlib.SR, subtype="PCM_16")
+    _mini_corpora(tmp_path / "corpora")
     common = [
         "--root",
         str(tmp_path / "corpora"),
