@@ -166,6 +166,14 @@ def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path,
     assert a.label == b.label
     res = pretrain.leave_one_corpus_out(cfg, tmp_path / "out")
     assert (tmp_path / "out" / "without-a" / "model.pt").exists()  # kept for fine-tuning
+    # fitted from the pooled rows it was handed: the same model pretrain makes on its own
+    alone = pretrain.pretrain(config.with_value(cfg, "data.pool", ["synth=b"]), tmp_path / "b")
+    for got, want in zip(
+        expert.from_artefact(tmp_path / "out" / "without-a" / "model.pt")[0].state_dict().values(),
+        expert.from_artefact(alone)[0].state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(got, want)
 
     def no_fit(*a, **k):
         raise AssertionError("a finished model of the same recipe must be reused")

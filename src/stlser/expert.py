@@ -280,11 +280,9 @@ def init_priors(spec: str, sets: list[str], labels: list[str]) -> list[Prior]:
     Labels are matched by name; the run's labels the model lacks start from zero. A model of
     another kind, other functional sets, or no shared label is refused with ValueError.
     """
-    from stlser.recognizer import resolve_model_path
+    from stlser.recognizer import resolve_init_path
 
-    path = resolve_model_path(spec, shipped=".pt")
-    if path.suffix == ".onnx":
-        raise ValueError(f"model.init {spec}: {path} is an ONNX file; give its model.pt")
+    path = resolve_init_path(spec)
     art = safe_torch_load(path, "model.init artefact")
     if not is_expert(art):
         raise ValueError(

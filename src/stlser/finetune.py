@@ -26,7 +26,7 @@ from torch import Tensor
 from stlser.config import ExperimentConfig, FeatureConfig, ModelConfig
 from stlser.expert import is_expert
 from stlser.model import STLSER, load_artefact
-from stlser.recognizer import resolve_model_path
+from stlser.recognizer import resolve_init_path
 from stlser.safety import safe_torch_load
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ def load_init(cfg: ExperimentConfig, n_features: int) -> Init:
     """The network artefact named by ``cfg.model.init``, checked against this run's model
     config and input width (`n_features`); ValueError names every differing key."""
     spec = str(cfg.model.init)
-    path = resolve_model_path(spec, shipped=".pt")
-    if path.suffix.lower() == ".onnx":
-        raise ValueError(f"model.init {spec}: {path} is an ONNX file; give its model.pt")
+    path = resolve_init_path(spec)
     art = safe_torch_load(path, "model.init artefact")
     if is_expert(art):
         what = "the shipped general model" if spec == "base" else str(path)

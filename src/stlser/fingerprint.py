@@ -67,9 +67,9 @@ def folds_hash(folds: list) -> str:
 
 def init_hash(spec: str) -> str:
     """sha256 of the file `model.init` names (``"base"``: the shipped model)."""
-    from stlser.recognizer import resolve_model_path
+    from stlser.recognizer import resolve_init_path
 
-    return hashlib.sha256(resolve_model_path(spec, shipped=".pt").read_bytes()).hexdigest()
+    return hashlib.sha256(resolve_init_path(spec).read_bytes()).hexdigest()
 
 
 def compute(cfg: Any, df: Any, folds: list) -> dict[str, Any]:

@@ -104,9 +104,7 @@ def fit_pool(
     for i, head in enumerate(model.heads):
         Zi = Z[:, bounds[i] : bounds[i + 1]]
         best = (-1.0, cfg.model.l2_grid[0])
-        for l2 in cfg.model.l2_grid if len(va) else cfg.model.l2_grid[:1]:
-            if not len(va):
-                break
+        for l2 in cfg.model.l2_grid if len(va) else []:
             h = expert.fit_head(expert.Head(dims[i], len(labels)), Zi[tr], y[tr], l2, mask=mask[tr])
             with torch.no_grad():
                 ua = _masked_ua(
@@ -150,12 +148,17 @@ def recipe_digest(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def pretrain(cfg: ExperimentConfig, out: str | Path) -> Path:
+def pretrain(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    pooled: tuple[pd.DataFrame, np.ndarray] | None = None,
+) -> Path:
     """Train the general model on every corpus of ``data.pool``; writes `model.pt`,
     `model.onnx` and `pretrain.json` into `out`. Returns the artefact's path.
 
     Idempotent: a finished model in `out` made by the same recipe (:func:`recipe_digest`,
-    stored in pretrain.json) is reused, not refit."""
+    stored in pretrain.json) is reused, not refit. `pooled` is the pool's manifest and its
+    functionals (rows aligned) when the caller already has them (:func:`leave_one_corpus_out`)."""
     import json
 
     from stlser.export import export_onnx
@@ -169,8 +172,10 @@ def pretrain(cfg: ExperimentConfig, out: str | Path) -> Path:
             log.info(f"general model: {out / 'model.pt'} was made by this recipe; reused")
             return out / "model.pt"
     out.mkdir(parents=True, exist_ok=True)
-    df = pool_manifest(cfg.data.root, list(cfg.data.pool))
-    X = _features(df, cfg)
+    if pooled is None:
+        df = pool_manifest(cfg.data.root, list(cfg.data.pool))
+        pooled = (df, _features(df, cfg))
+    df, X = pooled
     model, labels, info = fit_pool(X, df, cfg)
     meta = {"corpus": "+".join(info["corpora"]), "seed": cfg.seed, **info}
     path = expert.save(out / "model.pt", model, cfg, labels, meta)
@@ -224,9 +229,9 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
         )
         # the model without this corpus is kept (out/without-<corpus>/): fine-tuning it on the
         # held-out corpus is the leak-free fine-tuning experiment; a rerun reuses it
-        model, art = expert.from_artefact(pretrain(one, out / f"without-{held}"))
+        path = pretrain(one, out / f"without-{held}", (train_df, X[~test]))
+        model, art = expert.from_artefact(path)
         labels = list(art["labels"])
-        info = {"corpora": sorted(set(train_df["corpus"]))}
         shared = [lab for lab in labels if lab in set(df["label"][test])]
         rows = test & df["label"].isin(shared).to_numpy()
         y = np.asarray([shared.index(v) for v in df["label"][rows]])
@@ -237,7 +242,7 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
         res = {
             "labels": shared,
             "dropped": int(test.sum() - rows.sum()),
-            "train": info["corpora"],
+            "train": sorted(set(train_df["corpus"])),
             "speaker_norm": _scores(y, lp_spk.argmax(1).numpy(), shared),
             "global_norm": _scores(y, p_glob.argmax(1).numpy(), shared),
         }

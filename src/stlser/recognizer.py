@@ -364,3 +364,12 @@ def resolve_model_path(path: str | os.PathLike | None = None, shipped: str = ".p
             "use the model.pt artefact written beside it (its run folder)"
         )
     return p
+
+
+def resolve_init_path(spec: str) -> Path:
+    """The `model.pt` that ``model.init`` names (``"base"``: the shipped model's torch artefact);
+    an ONNX file holds no trainable weights and is refused."""
+    path = resolve_model_path(spec, shipped=".pt")
+    if path.suffix.lower() == ".onnx":
+        raise ValueError(f"model.init {spec}: {path} is an ONNX file; give its model.pt")
+    return path
