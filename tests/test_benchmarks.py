@@ -16,6 +16,7 @@ import bench_accuracy  # noqa: E402
 import bench_features  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_scaling  # noqa: E402
+import bench_selection  # noqa: E402
 import bench_service  # noqa: E402
 import bench_training  # noqa: E402
 import benchlib  # noqa: E402
@@ -301,3 +302,56 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     partial = bench_accuracy.main([*common, "--seeds", "0,1,2", "--only-finished"])
     assert [r[col["seeds"]] for r in tables(partial)[key]] == ["0,1", "0,1"]
     assert tables(partial)[key][0][col[gap]] == rows[0][col[gap]]
+
+
+def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeypatch):
+    """Recipe candidates see only the fold's training speakers and are scored on its
+    validation speakers; speed-perturbed copies are computed once and reused."""
+    import numpy as np
+
+    _mini_corpora(tmp_path / "corpora")
+    seen: list[tuple[set, set]] = []
+    real = bench_selection.candidates
+
+    def spying(args):
+        recipes = real(args)
+
+        def spy(d, rows, target, rng):
+            seen.append((set(d.spk[rows]), set(d.spk[target])))
+            return recipes["base"](d, rows, target, rng)
+
+        return {**recipes, "spy": spy}
+
+    monkeypatch.setattr(bench_selection, "candidates", spying)
+    common = [
+        "--root",
+        str(tmp_path / "corpora"),
+        "--corpora",
+        "emodb",
+        "--seeds",
+        "0",
+        "--aug-dir",
+        str(tmp_path / "aug"),
+        "--set",
+        "split.val_speakers=1",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    md = bench_selection.main(
+        [*common, "--candidates", "base,spy,aug", "--out", str(tmp_path / "s.md")]
+    )
+    rows = tables(md)[("corpus", "candidate", "val UA (mean ± sd over seeds)", "− base", "s/seed")]
+    assert [r[1] for r in rows] == ["base", "spy", "aug"]
+    assert rows[1][3] == "+0.0"  # the spy is the base recipe
+    for r in rows:
+        assert 0 <= float(r[2]) <= 100
+    assert len(seen) == 4  # one call per LOSO fold
+    tested = set()
+    for train, val in seen:
+        assert len(train) == 2 and len(val) == 1 and not train & val
+        tested |= {"03", "08", "09", "10"} - train - val
+    assert tested == {"03", "08", "09", "10"}  # every test speaker held out of both
+    cached = list((tmp_path / "aug").glob("speed-*.npy"))
+    assert len(cached) == 1 and np.load(cached[0]).shape[:2] == (56, 2)
+    with pytest.raises(SystemExit):
+        bench_selection.main([*common, "--candidates", "nope"])

@@ -1,0 +1,390 @@
+"""Recipe candidates for the default recognizer, scored on validation speakers only.
+
+    python benchmarks/bench_selection.py --corpora emodb,casia --seeds 0,1,2
+    python benchmarks/bench_selection.py --corpora casia --candidates base,loso
+
+For every fold of `configs/<corpus>_loso.yaml` (and each seed, which draws the validation
+speakers), a candidate recipe is given the fold's *training* speakers only, does whatever inner
+selection it needs on them, and is scored on the fold's validation speakers. The test speaker is
+never passed in, so these numbers can choose a recipe (docs/model.md). Printed: UA pooled over
+the validation utterances of all folds, mean ± sd over seeds, and the paired difference to
+``base`` (the recipe shipped before this comparison) with a bootstrap interval.
+
+Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE functionals):
+
+* ``base``    one held-out inner speaker picks each head's L2, refit, heads averaged (the
+  recipe of `stlser.expert.fit_fold` when it has only these speakers)
+* ``loso``    each head's L2 by pooled UA over inner leave-one-speaker-out, refit on all
+* ``bag``     ``loso``, then the inner models and the refit averaged (a speaker bagging)
+* ``pool``    ``loso`` with the other shared corpora added to the training rows (weight
+  ``--pool-weight``, the softmax of each row limited to its corpus's labels)
+* ``self``    ``loso``, then transductive self-training on the (unlabelled) scored speaker:
+  its confident predictions join the training rows as pseudo-labels for two rounds
+* ``aug``     ``loso`` with speed-perturbed copies (``--speeds``, Kaldi-style: tempo, pitch and
+  formants scale together) of the training rows added, each (speaker, factor) normalised as a
+  speaker of its own: more "speakers" for corpora that have few
+* ``base-aug`` ``base`` with the same copies
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as bl  # noqa: E402
+
+from stlser import config, corpora, degenerate, expert, splits  # noqa: E402
+from stlser.baseline import normalize_functionals  # noqa: E402
+
+GRID = [0.001, 0.01, 0.1, 1.0]
+SETS = ["egemaps", "compare"]
+DIMS = expert.set_dims(SETS)
+BOUNDS = np.cumsum([0, *DIMS])
+POOL = ("emodb", "casia", "nemo")
+
+
+@dataclass
+class Data:
+    """One corpus's normalised functionals and labels (rows of the manifest)."""
+
+    Z: np.ndarray
+    y: np.ndarray
+    spk: np.ndarray
+    labels: list[str]
+    mask: np.ndarray  # [N, C] labels each row's corpus has (all True for the corpus itself)
+    extra: Data | None = None  # other corpora, mapped to this corpus's labels
+    aug: np.ndarray | None = (
+        None  # [N, F, D] speed-perturbed copies, each (speaker, factor) normalised
+    )
+
+
+def load(corpus: str, root: Path, overrides: list[str]) -> tuple[Data, object]:
+    cfg = config.load(
+        f"{corpus}_loso.yaml", [f"data.root={root}", "train.progress=false", *overrides]
+    )
+    df, _ = corpora.build_manifest(cfg.data.corpus, cfg.data.root, labels=cfg.data.labels)
+    X = expert.load_matrix(df, SETS, cfg.cache_dir, False).astype(np.float64)
+    spk = df["speaker"].astype(str).to_numpy()
+    glob = sorted(degenerate.global_speakers(df, cfg.features))
+    Z, _ = normalize_functionals(X, spk, "speaker", None, glob)
+    labels = sorted(df["label"].unique().tolist())
+    y = np.asarray([labels.index(v) for v in df["label"].astype(str)])
+    data = Data(Z, y, spk, labels, np.ones((len(y), len(labels)), bool))
+    return data, (cfg, df)
+
+
+def add_pool(data: Data, corpus: str, root: Path, overrides: list[str]) -> None:
+    """The other shared corpora, labels mapped by name to `data.labels` (unshared labels dropped)."""
+    from stlser import pretrain
+
+    others = [c for c in POOL if c != corpus and (root / c).is_dir()]
+    df = pretrain.pool_manifest(root, others)
+    cfg = config.load(f"{corpus}_loso.yaml", ["train.progress=false", *overrides])
+    df = df[df["label"].isin(data.labels)].reset_index(drop=True)
+    X = expert.load_matrix(df, SETS, cfg.cache_dir, False).astype(np.float64)
+    spk = df["speaker"].astype(str).to_numpy()
+    Z, _ = normalize_functionals(X, spk, "speaker", None, ())
+    y = np.asarray([data.labels.index(v) for v in df["label"]])
+    have = df.groupby("corpus")["label"].agg(set).to_dict()
+    mask = np.asarray([[lab in have[c] for lab in data.labels] for c in df["corpus"]], bool)
+    data.extra = Data(Z, y, spk, data.labels, mask)
+
+
+# ------------------------------------------------------------------------------ recipe parts
+def ua(y: np.ndarray, pred: np.ndarray) -> float:
+    return expert._ua(y, pred)
+
+
+def fit(
+    d: Data,
+    rows: np.ndarray,
+    head: int,
+    l2: float,
+    extra_w: float = 0.0,
+    pseudo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    aug: bool = False,
+) -> expert.Head:
+    """One head fitted on `rows` (+ the pool, + pseudo-labelled rows (Z, y, weight))."""
+    sl = slice(BOUNDS[head], BOUNDS[head + 1])
+    X, y, m = d.Z[rows, sl], d.y[rows], d.mask[rows]
+    w = np.ones(len(rows))
+    if extra_w and d.extra is not None:
+        e = d.extra
+        X = np.concatenate([X, e.Z[:, sl]])
+        y = np.concatenate([y, e.y])
+        m = np.concatenate([m, e.mask])
+        w = np.concatenate([w, np.full(len(e.y), extra_w)])
+    if aug and d.aug is not None:
+        for k in range(d.aug.shape[1]):
+            X = np.concatenate([X, d.aug[rows, k, sl]])
+            y = np.concatenate([y, d.y[rows]])
+            m = np.concatenate([m, d.mask[rows]])
+            w = np.concatenate([w, np.ones(len(rows))])
+    if pseudo is not None:
+        X = np.concatenate([X, pseudo[0][:, sl]])
+        y = np.concatenate([y, pseudo[1]])
+        m = np.concatenate([m, np.ones((len(pseudo[1]), m.shape[1]), bool)])
+        w = np.concatenate([w, pseudo[2]])
+    h = expert.Head(DIMS[head], len(d.labels))
+    return fit_weighted(h, X, y, l2, m, w)
+
+
+def fit_weighted(
+    head: expert.Head, X: np.ndarray, y: np.ndarray, l2: float, mask: np.ndarray, w: np.ndarray
+) -> expert.Head:
+    """`expert.fit_head` with per-row weights (class balance computed on the weighted rows)."""
+    Xt = torch.as_tensor(X, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    wt = torch.as_tensor(w, dtype=torch.float32)
+    C = head.linear.out_features
+    center, scale = Xt.mean(0), Xt.std(0).clamp_min(1e-5)
+    head.center.copy_(center)
+    head.scale.copy_(scale)
+    Zt = (Xt - center) / scale
+    mass = torch.zeros(C).index_add_(0, yt, wt).clamp_min(1e-6)
+    rw = wt / mass[yt]
+    rw = rw / rw.sum()
+    W = torch.zeros(Xt.shape[1], C, requires_grad=True)
+    b = torch.zeros(C, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [W, b], lr=1.0, max_iter=100, history_size=20, line_search_fn="strong_wolfe"
+    )
+    absent = ~torch.as_tensor(mask, dtype=torch.bool)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = (Zt @ W + b).masked_fill(absent, -1e4)
+        ce = torch.nn.functional.cross_entropy(logits, yt, reduction="none")
+        loss = (ce * rw).sum() + l2 * (W**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        head.linear.weight.copy_(W.T)
+        head.linear.bias.copy_(b)
+    return head
+
+
+def lp(h: expert.Head, d: Data, rows: np.ndarray, head: int) -> torch.Tensor:
+    with torch.no_grad():
+        return h(torch.as_tensor(d.Z[rows, BOUNDS[head] : BOUNDS[head + 1]], dtype=torch.float32))
+
+
+def pick_l2(
+    d: Data, rows: np.ndarray, head: int, inner: list[np.ndarray], extra_w: float, aug=False
+):
+    """L2 with the best pooled UA over the inner held-out speaker groups; and their models."""
+    best = (-1.0, GRID[0], [])
+    for l2 in GRID:
+        preds, ys, models = [], [], []
+        for held in inner:
+            keep = np.setdiff1d(rows, held)
+            h = fit(d, keep, head, l2, extra_w, aug=aug)
+            preds.append(lp(h, d, held, head).argmax(1).numpy())
+            ys.append(d.y[held])
+            models.append(h)
+        score = ua(np.concatenate(ys), np.concatenate(preds))
+        if score > best[0]:
+            best = (score, l2, models)
+    return best[1], best[2]
+
+
+def groups(d: Data, rows: np.ndarray) -> list[np.ndarray]:
+    """Row groups of each speaker among `rows`."""
+    s = d.spk[rows]
+    return [rows[s == v] for v in sorted(set(s))]
+
+
+# ------------------------------------------------------------------------------- candidates
+Recipe = Callable[[Data, np.ndarray, np.ndarray, np.random.Generator], torch.Tensor]
+
+
+def make_holdout(aug: bool = False) -> Recipe:
+    """One held-out inner speaker (drawn by the seed) picks each head's L2; refit on all."""
+
+    def recipe(d: Data, rows: np.ndarray, target: np.ndarray, rng) -> torch.Tensor:
+        g = groups(d, rows)
+        held = g[int(rng.integers(len(g)))]
+        out = 0
+        for i in range(len(DIMS)):
+            l2, _ = pick_l2(d, rows, i, [held], 0.0, aug)
+            out = out + lp(fit(d, rows, i, l2, aug=aug), d, target, i) / len(DIMS)
+        return out
+
+    return recipe
+
+
+def make_loso(
+    bag: bool = False, extra_w: float = 0.0, self_train: bool = False, aug: bool = False
+) -> Recipe:
+    def recipe(d: Data, rows: np.ndarray, target: np.ndarray, rng) -> torch.Tensor:
+        out = 0
+        chosen = []
+        for i in range(len(DIMS)):
+            l2, inner = pick_l2(d, rows, i, groups(d, rows), extra_w, aug)
+            chosen.append(l2)
+            full = fit(d, rows, i, l2, extra_w, aug=aug)
+            parts = [lp(full, d, target, i)]
+            if bag:
+                parts += [lp(h, d, target, i) for h in inner]
+            out = out + torch.stack(parts).mean(0) / len(DIMS)
+        if self_train:
+            for _ in range(2):
+                p = out.exp()
+                conf, lab = p.max(1)
+                pseudo = (d.Z[target], lab.numpy(), conf.numpy())
+                out = 0
+                for i in range(len(DIMS)):
+                    h = fit(d, rows, i, chosen[i], extra_w, pseudo)
+                    out = out + lp(h, d, target, i) / len(DIMS)
+        return out
+
+    return recipe
+
+
+def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
+    return {
+        "base": make_holdout(),
+        "loso": make_loso(),
+        "bag": make_loso(bag=True),
+        "pool": make_loso(extra_w=args.pool_weight),
+        "self": make_loso(self_train=True),
+        "aug": make_loso(aug=True),
+        "base-aug": make_holdout(aug=True),
+    }
+
+
+def _speed_functionals(args: tuple[str, tuple[float, ...]]) -> np.ndarray:
+    """Functionals of one file's speed-perturbed copies: factor a resamples by 1/a and plays
+    at 16 kHz (Kaldi's speed perturbation: tempo, pitch and formants all scale by a)."""
+    from stlser import audio, smile
+
+    path, factors = args
+    x = audio.load(path)
+    return np.stack(
+        [
+            np.concatenate(
+                [
+                    smile.functionals(audio.resample(x, int(round(16_000 * a)), 16_000), 16_000, s)
+                    for s in SETS
+                ]
+            )
+            for a in factors
+        ]
+    )
+
+
+def add_aug(d: Data, df, out: Path, factors: tuple[float, ...]) -> None:
+    """Speed-perturbed functionals of every row (computed once, kept in `out`), each
+    (speaker, factor) group normalised by its own statistics, as a new speaker would be."""
+    import hashlib
+    from concurrent.futures import ProcessPoolExecutor
+
+    from stlser.utils import save_npy, usable_cores
+
+    files = "\n".join(df["path"].astype(str)) + repr(factors)
+    key = hashlib.sha1(files.encode()).hexdigest()[:16]
+    path = out / f"speed-{key}.npy"
+    if path.exists():
+        A = np.load(path)
+    else:
+        jobs = [(str(p), factors) for p in df["path"]]
+        with ProcessPoolExecutor(usable_cores()) as ex:
+            A = np.stack(list(ex.map(_speed_functionals, jobs, chunksize=8)))
+        out.mkdir(parents=True, exist_ok=True)
+        save_npy(path, A.astype(np.float32))
+    A = A.astype(np.float64)
+    A[~np.isfinite(A)] = 0.0
+    for k in range(A.shape[1]):
+        A[:, k], _ = normalize_functionals(A[:, k], d.spk, "speaker", None, ())
+    d.aug = A
+
+
+# ------------------------------------------------------------------------------------ table
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpora", default="emodb,casia")
+    ap.add_argument("--candidates", default="base,loso,bag,pool,self")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--root", type=Path, default=None, help="folder holding the corpora")
+    ap.add_argument("--pool-weight", type=float, default=0.3)
+    ap.add_argument("--aug-dir", default=str(bl.REPO_ROOT / "runs" / "selection"))
+    ap.add_argument("--speeds", type=float, nargs="+", default=[0.9, 1.1])
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = ap.parse_args(argv)
+    recipes = candidates(args)
+    names = [c for c in args.candidates.split(",") if c]
+    if set(names) - set(recipes):
+        ap.error(f"unknown candidates {sorted(set(names) - set(recipes))}; from {list(recipes)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    rows_out = []
+    for corpus in args.corpora.split(","):
+        root = args.root / corpus if args.root else bl.corpus_root(corpus)
+        d, (cfg, df) = load(corpus, root, args.overrides)
+        if "pool" in names:
+            add_pool(d, corpus, root.parent, args.overrides)
+        if any("aug" in n for n in names):
+            add_aug(d, df, Path(args.aug_dir), tuple(args.speeds))
+        pos = {u: i for i, u in enumerate(df["utt_id"].astype(str))}
+        preds = {n: {} for n in names}
+        yv = {}
+        t0 = {n: 0.0 for n in names}
+        for seed in seeds:
+            folds = splits.from_config(df, cfg.split, seed)
+            for n in names:
+                rng = np.random.default_rng(seed)
+                ys, ps = [], []
+                for f in folds:
+                    tr = np.asarray([pos[u] for u in f.train])
+                    va = np.asarray([pos[u] for u in f.val])
+                    t = time.time()
+                    out = recipes[n](d, tr, va, rng)
+                    t0[n] += time.time() - t
+                    ys.append(d.y[va])
+                    ps.append(out.argmax(1).numpy())
+                preds[n][seed] = np.concatenate(ps)
+                yv[seed] = np.concatenate(ys)
+                print(
+                    f"{corpus} seed {seed} {n}: val UA {100 * ua(yv[seed], preds[n][seed]):.1f}",
+                    flush=True,
+                )
+        for n in names:
+            uas = np.array([ua(yv[s], preds[n][s]) for s in seeds])
+            diff = ""
+            if n != "base" and "base" in names:
+                dd = [ua(yv[s], preds[n][s]) - ua(yv[s], preds["base"][s]) for s in seeds]
+                diff = f"{100 * np.mean(dd):+.1f}"
+            sd = f" ± {100 * uas.std(ddof=1):.1f}" if len(uas) > 1 else ""
+            rows_out.append(
+                [corpus, n, f"{100 * uas.mean():.1f}{sd}", diff, f"{t0[n] / len(seeds):.0f}"]
+            )
+    md = "\n\n".join(
+        [
+            "## Recipe candidates on validation speakers (the test speaker never seen)",
+            f"`{bl.nice_cmdline()}`",
+            bl.md_table(
+                ["corpus", "candidate", "val UA (mean ± sd over seeds)", "− base", "s/seed"],
+                rows_out,
+            ),
+        ]
+    )
+    if args.out:
+        from stlser.utils import write_text
+
+        write_text(args.out, md + "\n")
+    print(md)
+    return md
+
+
+if __name__ == "__main__":
+    main()
