@@ -134,44 +134,7 @@ def fit(
         m = np.concatenate([m, np.ones((len(pseudo[1]), m.shape[1]), bool)])
         w = np.concatenate([w, pseudo[2]])
     h = expert.Head(DIMS[head], len(d.labels))
-    return fit_weighted(h, X, y, l2, m, w)
-
-
-def fit_weighted(
-    head: expert.Head, X: np.ndarray, y: np.ndarray, l2: float, mask: np.ndarray, w: np.ndarray
-) -> expert.Head:
-    """`expert.fit_head` with per-row weights (class balance computed on the weighted rows)."""
-    Xt = torch.as_tensor(X, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.long)
-    wt = torch.as_tensor(w, dtype=torch.float32)
-    C = head.linear.out_features
-    center, scale = Xt.mean(0), Xt.std(0).clamp_min(1e-5)
-    head.center.copy_(center)
-    head.scale.copy_(scale)
-    Zt = (Xt - center) / scale
-    mass = torch.zeros(C).index_add_(0, yt, wt).clamp_min(1e-6)
-    rw = wt / mass[yt]
-    rw = rw / rw.sum()
-    W = torch.zeros(Xt.shape[1], C, requires_grad=True)
-    b = torch.zeros(C, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [W, b], lr=1.0, max_iter=100, history_size=20, line_search_fn="strong_wolfe"
-    )
-    absent = ~torch.as_tensor(mask, dtype=torch.bool)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        logits = (Zt @ W + b).masked_fill(absent, -1e4)
-        ce = torch.nn.functional.cross_entropy(logits, yt, reduction="none")
-        loss = (ce * rw).sum() + l2 * (W**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        head.linear.weight.copy_(W.T)
-        head.linear.bias.copy_(b)
-    return head
+    return expert.fit_head(h, X, y, l2, mask=m, weight=w)
 
 
 def lp(h: expert.Head, d: Data, rows: np.ndarray, head: int) -> torch.Tensor:

@@ -27,6 +27,23 @@ def test_fit_head_separates_and_is_deterministic():
     assert c.linear.weight.norm() < a.linear.weight.norm()
 
 
+def test_row_weights_balance_classes_by_their_weighted_mass():
+    """Uniform weights give the unweighted fit; a row weighted 0 only moves the standardisation
+    (its loss term vanishes), and down-weighting one class's rows is undone by the balancing."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 30)
+    X = rng.normal(size=(90, 8)) + 2.0 * np.eye(3, 8)[y]
+    plain = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2)
+    ones = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2, weight=np.full(90, 3.0))
+    torch.testing.assert_close(ones.linear.weight, plain.linear.weight, atol=1e-4, rtol=1e-4)
+    w = np.where(y == 0, 0.25, 1.0)  # class 0 is lighter, but balancing restores its mass
+    scaled = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2, weight=w)
+    torch.testing.assert_close(scaled.linear.weight, plain.linear.weight, atol=1e-4, rtol=1e-4)
+    w = np.where(np.arange(90) % 2 == 0, 1.0, 0.05)  # half the rows nearly ignored
+    odd = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2, weight=w)
+    assert not torch.allclose(odd.linear.weight, plain.linear.weight, atol=1e-3)
+
+
 def test_heads_average_log_probabilities():
     torch.manual_seed(0)
     m = expert.ExpertModel([4, 6], 3).eval()

@@ -125,13 +125,15 @@ def fit_head(
     max_iter: int = 100,
     mask: np.ndarray | None = None,
     prior: Prior | None = None,
+    weight: np.ndarray | None = None,
 ) -> Head:
     """Class-balanced multinomial logistic regression by full-batch L-BFGS (deterministic).
 
     The objective is the class-weighted mean cross-entropy + ``l2 · ||W − W₀||²``, W₀ = 0, or a
     pretrained head's weights (`prior`, fine-tuning: the fit starts there and is pulled toward
     it, so a small corpus moves it only as far as its evidence warrants). ``mask[N, C]`` (bool)
-    limits each row's softmax to the labels its corpus has (multi-corpus training).
+    limits each row's softmax to the labels its corpus has (multi-corpus training). ``weight[N]``
+    weighs rows (e.g. extra corpora or pseudo-labels); classes are balanced by their weighted mass.
     """
     Xt = torch.as_tensor(X, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -140,8 +142,12 @@ def fit_head(
     head.center.copy_(center)
     head.scale.copy_(scale)
     Z = (Xt - center) / scale
-    count = torch.bincount(yt, minlength=n_classes).float().clamp_min(1)
-    w = (len(yt) / (n_classes * count))[yt]
+    if weight is None:
+        count = torch.bincount(yt, minlength=n_classes).float().clamp_min(1)
+        w = (len(yt) / (n_classes * count))[yt]
+    else:
+        wt = torch.as_tensor(weight, dtype=torch.float32)
+        w = wt / torch.zeros(n_classes).index_add_(0, yt, wt).clamp_min(1e-6)[yt]
     w = w / w.sum()
     W0 = torch.zeros(Xt.shape[1], n_classes)
     b0 = torch.zeros(n_classes)
