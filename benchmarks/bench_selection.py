@@ -7,8 +7,8 @@ For every fold of `configs/<corpus>_loso.yaml` (and each seed, which draws the v
 speakers), a candidate recipe is given the fold's *training* speakers only, does whatever inner
 selection it needs on them, and is scored on the fold's validation speakers. The test speaker is
 never passed in, so these numbers can choose a recipe (docs/model.md). Printed: UA pooled over
-the validation utterances of all folds, mean ± sd over seeds, and the paired difference to
-``base`` (the recipe shipped before this comparison) with a bootstrap interval.
+the validation utterances of all folds, mean ± sd over seeds, and the mean over seeds of the
+paired difference to ``base`` (the recipe shipped before this comparison), same folds.
 
 Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE functionals):
 
@@ -61,9 +61,8 @@ class Data:
     labels: list[str]
     mask: np.ndarray  # [N, C] labels each row's corpus has (all True for the corpus itself)
     extra: Data | None = None  # other corpora, mapped to this corpus's labels
-    aug: np.ndarray | None = (
-        None  # [N, F, D] speed-perturbed copies, each (speaker, factor) normalised
-    )
+    # [N, F, D] speed-perturbed copies, each (speaker, factor) normalised
+    aug: np.ndarray | None = None
 
 
 def load(corpus: str, root: Path, overrides: list[str]) -> tuple[Data, object]:
@@ -81,21 +80,18 @@ def load(corpus: str, root: Path, overrides: list[str]) -> tuple[Data, object]:
     return data, (cfg, df)
 
 
-def add_pool(data: Data, corpus: str, root: Path, overrides: list[str]) -> None:
+def add_pool(data: Data, corpus: str, root: Path, cache_dir: str | None) -> None:
     """The other shared corpora, labels mapped by name to `data.labels` (unshared labels dropped)."""
     from stlser import pretrain
 
     others = [c for c in POOL if c != corpus and (root / c).is_dir()]
     df = pretrain.pool_manifest(root, others)
-    cfg = config.load(f"{corpus}_loso.yaml", ["train.progress=false", *overrides])
     df = df[df["label"].isin(data.labels)].reset_index(drop=True)
-    X = expert.load_matrix(df, SETS, cfg.cache_dir, False).astype(np.float64)
+    X = expert.load_matrix(df, SETS, cache_dir, False).astype(np.float64)
     spk = df["speaker"].astype(str).to_numpy()
     Z, _ = normalize_functionals(X, spk, "speaker", None, ())
     y = np.asarray([data.labels.index(v) for v in df["label"]])
-    have = df.groupby("corpus")["label"].agg(set).to_dict()
-    mask = np.asarray([[lab in have[c] for lab in data.labels] for c in df["corpus"]], bool)
-    data.extra = Data(Z, y, spk, data.labels, mask)
+    data.extra = Data(Z, y, spk, data.labels, pretrain._label_mask(df, data.labels))
 
 
 # ------------------------------------------------------------------------------ recipe parts
@@ -207,7 +203,7 @@ def make_loso(
                 pseudo = (d.Z[target], lab.numpy(), conf.numpy())
                 out = 0
                 for i in range(len(DIMS)):
-                    h = fit(d, rows, i, chosen[i], extra_w, pseudo)
+                    h = fit(d, rows, i, chosen[i], extra_w, pseudo, aug)
                     out = out + lp(h, d, target, i) / len(DIMS)
         return out
 
@@ -295,7 +291,7 @@ def main(argv: list[str] | None = None) -> str:
         root = args.root / corpus if args.root else bl.corpus_root(corpus)
         d, (cfg, df) = load(corpus, root, args.overrides)
         if "pool" in names:
-            add_pool(d, corpus, root.parent, args.overrides)
+            add_pool(d, corpus, root.parent, cfg.cache_dir)
         if any("aug" in n for n in names):
             add_aug(d, df, Path(args.aug_dir), tuple(args.speeds))
         pos = {u: i for i, u in enumerate(df["utt_id"].astype(str))}
