@@ -24,6 +24,14 @@ Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE func
   formants scale together) of the training rows added, each (speaker, factor) normalised as a
   speaker of its own: more "speakers" for corpora that have few
 * ``base-aug`` ``base`` with the same copies
+* ``bal``     ``base``, then each scored speaker's posteriors balanced (Sinkhorn) so the
+  classes it is given match the training speakers' class frequencies (label-free, transductive
+  like the per-speaker normalisation; acted corpora give each speaker every class)
+* ``bal-u``   the same, balanced to equal class counts
+
+``--sets`` (repeatable) runs every candidate with other functional sets, one head per set, e.g.
+``--sets egemaps,compare --sets egemaps,compare,is10``; the first combination's ``base`` is the
+reference of the "− base" column.
 """
 
 from __future__ import annotations
@@ -49,6 +57,14 @@ SETS = ["egemaps", "compare"]
 DIMS = expert.set_dims(SETS)
 BOUNDS = np.cumsum([0, *DIMS])
 POOL = ("emodb", "casia", "nemo")
+
+
+def use_sets(sets: list[str]) -> None:
+    """The functional sets the candidates use, one head each."""
+    global SETS, DIMS, BOUNDS
+    SETS = list(sets)
+    DIMS = expert.set_dims(SETS)
+    BOUNDS = np.cumsum([0, *DIMS])
 
 
 @dataclass
@@ -210,6 +226,24 @@ def make_loso(
     return recipe
 
 
+def make_balanced(uniform: bool = False) -> Recipe:
+    """`base`, then each scored speaker's posteriors balanced to the training class shares."""
+    inner = make_holdout()
+
+    def recipe(d: Data, rows: np.ndarray, target: np.ndarray, rng) -> torch.Tensor:
+        out = inner(d, rows, target, rng)
+        C = len(d.labels)
+        share = np.ones(C) / C if uniform else np.bincount(d.y[rows], minlength=C) / len(rows)
+        res = out.clone()
+        s = d.spk[target]
+        for v in sorted(set(s)):
+            at = np.flatnonzero(s == v)
+            res[at] = expert.balance(out[at], torch.as_tensor(share, dtype=torch.float32))
+        return res
+
+    return recipe
+
+
 def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
     return {
         "base": make_holdout(),
@@ -219,6 +253,8 @@ def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
         "self": make_loso(self_train=True),
         "aug": make_loso(aug=True),
         "base-aug": make_holdout(aug=True),
+        "bal": make_balanced(),
+        "bal-u": make_balanced(uniform=True),
     }
 
 
@@ -278,9 +314,24 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--pool-weight", type=float, default=0.3)
     ap.add_argument("--aug-dir", default=str(bl.REPO_ROOT / "runs" / "selection"))
     ap.add_argument("--speeds", type=float, nargs="+", default=[0.9, 1.1])
+    ap.add_argument(
+        "--sets",
+        action="append",
+        default=None,
+        metavar="A,B",
+        help="functional sets, one head each (stlser.smile; default egemaps,compare); repeat to "
+        "compare combinations: every candidate runs with each, '− base' is against `base` with "
+        "the first",
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = ap.parse_args(argv)
+    combos = [c.split(",") for c in (args.sets or ["egemaps,compare"])]
+    for c in combos:
+        try:
+            expert.set_dims(c)
+        except ValueError as e:
+            ap.error(str(e))
     recipes = candidates(args)
     names = [c for c in args.candidates.split(",") if c]
     if set(names) - set(recipes):
@@ -289,50 +340,61 @@ def main(argv: list[str] | None = None) -> str:
     rows_out = []
     for corpus in args.corpora.split(","):
         root = args.root / corpus if args.root else bl.corpus_root(corpus)
-        d, (cfg, df) = load(corpus, root, args.overrides)
-        if "pool" in names:
-            add_pool(d, corpus, root.parent, cfg.cache_dir)
-        if any("aug" in n for n in names):
-            add_aug(d, df, Path(args.aug_dir), tuple(args.speeds))
-        pos = {u: i for i, u in enumerate(df["utt_id"].astype(str))}
-        preds = {n: {} for n in names}
-        yv = {}
-        t0 = {n: 0.0 for n in names}
-        for seed in seeds:
-            folds = splits.from_config(df, cfg.split, seed)
-            for n in names:
-                rng = np.random.default_rng(seed)
-                ys, ps = [], []
-                for f in folds:
-                    tr = np.asarray([pos[u] for u in f.train])
-                    va = np.asarray([pos[u] for u in f.val])
-                    t = time.time()
-                    out = recipes[n](d, tr, va, rng)
-                    t0[n] += time.time() - t
-                    ys.append(d.y[va])
-                    ps.append(out.argmax(1).numpy())
-                preds[n][seed] = np.concatenate(ps)
-                yv[seed] = np.concatenate(ys)
-                print(
-                    f"{corpus} seed {seed} {n}: val UA {100 * ua(yv[seed], preds[n][seed]):.1f}",
-                    flush=True,
-                )
-        for n in names:
-            uas = np.array([ua(yv[s], preds[n][s]) for s in seeds])
+        preds: dict[str, dict[int, np.ndarray]] = {}
+        yv: dict[int, np.ndarray] = {}
+        t0: dict[str, float] = {}
+        for combo in combos:
+            use_sets(combo)
+            d, (cfg, df) = load(corpus, root, args.overrides)
+            if "pool" in names:
+                add_pool(d, corpus, root.parent, cfg.cache_dir)
+            if any("aug" in n for n in names):
+                add_aug(d, df, Path(args.aug_dir), tuple(args.speeds))
+            pos = {u: i for i, u in enumerate(df["utt_id"].astype(str))}
+            for seed in seeds:
+                folds = splits.from_config(df, cfg.split, seed)
+                for n in names:
+                    key = n if len(combos) == 1 else f"{n} [{'+'.join(combo)}]"
+                    rng = np.random.default_rng(seed)
+                    ys, ps = [], []
+                    for f in folds:
+                        tr = np.asarray([pos[u] for u in f.train])
+                        va = np.asarray([pos[u] for u in f.val])
+                        t = time.time()
+                        out = recipes[n](d, tr, va, rng)
+                        t0[key] = t0.get(key, 0.0) + time.time() - t
+                        ys.append(d.y[va])
+                        ps.append(out.argmax(1).numpy())
+                    preds.setdefault(key, {})[seed] = np.concatenate(ps)
+                    yv[seed] = np.concatenate(ys)
+                    print(
+                        f"{corpus} seed {seed} {key}: val UA "
+                        f"{100 * ua(yv[seed], preds[key][seed]):.1f}",
+                        flush=True,
+                    )
+        ref = next((k for k in preds if k.split(" [")[0] == "base"), None)
+        for key in preds:
+            uas = np.array([ua(yv[s], preds[key][s]) for s in seeds])
             diff = ""
-            if n != "base" and "base" in names:
-                dd = [ua(yv[s], preds[n][s]) - ua(yv[s], preds["base"][s]) for s in seeds]
-                diff = f"{100 * np.mean(dd):+.1f}"
+            if ref is not None and key != ref:
+                dd = [ua(yv[s], preds[key][s]) - ua(yv[s], preds[ref][s]) for s in seeds]
+                diff = f"{100 * np.mean(dd):+.1f} ({', '.join(f'{100 * x:+.1f}' for x in dd)})"
             sd = f" ± {100 * uas.std(ddof=1):.1f}" if len(uas) > 1 else ""
             rows_out.append(
-                [corpus, n, f"{100 * uas.mean():.1f}{sd}", diff, f"{t0[n] / len(seeds):.0f}"]
+                [corpus, key, f"{100 * uas.mean():.1f}{sd}", diff, f"{t0[key] / len(seeds):.0f}"]
             )
     md = "\n\n".join(
         [
             "## Recipe candidates on validation speakers (the test speaker never seen)",
             f"`{bl.nice_cmdline()}`",
             bl.md_table(
-                ["corpus", "candidate", "val UA (mean ± sd over seeds)", "− base", "s/seed"],
+                [
+                    "corpus",
+                    "candidate",
+                    "val UA (mean ± sd over seeds)",
+                    f"− {ref or 'base'} (per seed)",
+                    "s/seed",
+                ],
                 rows_out,
             ),
         ]

@@ -338,11 +338,12 @@ def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeyp
         f"cache_dir={tmp_path / 'cache'}",
     ]
     md = bench_selection.main(
-        [*common, "--candidates", "base,spy,aug", "--out", str(tmp_path / "s.md")]
+        [*common, "--candidates", "base,spy,aug,bal", "--out", str(tmp_path / "s.md")]
     )
-    rows = tables(md)[("corpus", "candidate", "val UA (mean ± sd over seeds)", "− base", "s/seed")]
-    assert [r[1] for r in rows] == ["base", "spy", "aug"]
-    assert rows[1][3] == "+0.0"  # the spy is the base recipe
+    head = ("corpus", "candidate", "val UA (mean ± sd over seeds)", "− base (per seed)", "s/seed")
+    rows = tables(md)[head]
+    assert [r[1] for r in rows] == ["base", "spy", "aug", "bal"]
+    assert rows[1][3] == "+0.0 (+0.0)"  # the spy is the base recipe
     for r in rows:
         assert 0 <= float(r[2]) <= 100
     assert len(seen) == 4  # one call per LOSO fold
@@ -355,3 +356,13 @@ def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeyp
     assert len(cached) == 1 and np.load(cached[0]).shape[:2] == (56, 2)
     with pytest.raises(SystemExit):
         bench_selection.main([*common, "--candidates", "nope"])
+    with pytest.raises(SystemExit):
+        bench_selection.main([*common, "--candidates", "base", "--sets", "egemaps,nope"])
+    # several functional-set combinations: one row each, against the first combination's base
+    md = bench_selection.main(
+        [*common, "--candidates", "base", "--sets", "egemaps", "--sets", "egemaps,is09"]
+    )
+    head = ("corpus", "candidate", "val UA (mean ± sd over seeds)", "− base [egemaps] (per seed)")
+    rows = tables(md)[(*head, "s/seed")]
+    assert [r[1] for r in rows] == ["base [egemaps]", "base [egemaps+is09]"]
+    assert rows[0][3] == "" and rows[1][3].count("(") == 1

@@ -44,6 +44,34 @@ def test_row_weights_balance_classes_by_their_weighted_mass():
     assert not torch.allclose(odd.linear.weight, plain.linear.weight, atol=1e-3)
 
 
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_row_space_fit_equals_the_full_fit(with_prior):
+    """More features than rows: the fit in the span of the rows reaches the same head (around a
+    zero centre or a pretrained one), at a fraction of the cost."""
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 12)
+    X = rng.normal(size=(36, 80)) + 1.5 * np.eye(3, 80)[y]
+    prior = None
+    if with_prior:
+        base = expert.fit_head(
+            expert.Head(80, 3), rng.normal(size=(60, 80)), np.arange(60) % 3, 1.0
+        )
+        prior = expert.Prior(base, [0, 1, 2])
+    kw = dict(l2=0.3, prior=prior, max_iter=500)
+    full = expert.fit_head(expert.Head(80, 3), X, y, row_space=False, **kw)
+    rows = expert.fit_head(expert.Head(80, 3), X, y, row_space=True, **kw)
+    torch.testing.assert_close(rows.linear.weight, full.linear.weight, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(rows.linear.bias, full.linear.bias, atol=2e-4, rtol=1e-3)
+
+
+def test_balance_gives_each_class_its_share_and_keeps_rows_distributions():
+    lp = torch.log_softmax(torch.randn(30, 4), -1)
+    share = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    out = expert.balance(lp, share).exp()
+    torch.testing.assert_close(out.sum(1), torch.ones(30))
+    torch.testing.assert_close(out.sum(0), 30 * share, atol=1e-3, rtol=1e-3)
+
+
 def test_heads_average_log_probabilities():
     torch.manual_seed(0)
     m = expert.ExpertModel([4, 6], 3).eval()

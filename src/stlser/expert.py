@@ -126,6 +126,7 @@ def fit_head(
     mask: np.ndarray | None = None,
     prior: Prior | None = None,
     weight: np.ndarray | None = None,
+    row_space: bool = True,
 ) -> Head:
     """Class-balanced multinomial logistic regression by full-batch L-BFGS (deterministic).
 
@@ -134,6 +135,10 @@ def fit_head(
     it, so a small corpus moves it only as far as its evidence warrants). ``mask[N, C]`` (bool)
     limits each row's softmax to the labels its corpus has (multi-corpus training). ``weight[N]``
     weighs rows (e.g. extra corpora or pseudo-labels); classes are balanced by their weighted mass.
+
+    With fewer rows than features (ComParE's 6,373 on a few hundred clips) and ``row_space``, the
+    fit runs in the span of the rows (thin SVD): the loss sees W only through Z·W and the penalty
+    pulls the rest of W − W₀ to zero, so the optimum is the same, at a fraction of the cost.
     """
     Xt = torch.as_tensor(X, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -153,29 +158,56 @@ def fit_head(
     b0 = torch.zeros(n_classes)
     if prior is not None:
         W0, b0 = prior.weights(center, scale)
-    W = W0.clone().requires_grad_(True)
+    basis = None  # W = W0 + basis · V: V is what L-BFGS moves
+    if row_space and Z.shape[0] < Z.shape[1]:
+        Zd = Z.double()
+        ev, U = torch.linalg.eigh(Zd @ Zd.T)  # Z Zᵀ = U diag(ev) Uᵀ; row space = Zᵀ U / √ev
+        keep = ev > ev[-1] * 1e-10
+        basis = (Zd.T @ U[:, keep] / ev[keep].sqrt()).float()
+    Zv = Z if basis is None else Z @ basis
+    offset = Z @ W0
+    V = torch.zeros(Zv.shape[1], n_classes, requires_grad=True)
     b = b0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
-        [W, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+        [V, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
     )
 
     absent = None if mask is None else ~torch.as_tensor(mask, dtype=torch.bool)
 
     def closure() -> Tensor:
         opt.zero_grad()
-        logits = Z @ W + b
+        logits = Zv @ V + offset + b
         if absent is not None:
             logits = logits.masked_fill(absent, -1e4)
         ce = nn.functional.cross_entropy(logits, yt, reduction="none")
-        loss = (ce * w).sum() + l2 * ((W - W0) ** 2).sum()
+        loss = (ce * w).sum() + l2 * (V**2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
+        W = W0 + (V if basis is None else basis @ V)
         head.linear.weight.copy_(W.T)
         head.linear.bias.copy_(b)
     return head
+
+
+def balance(log_probs: Tensor, share: Tensor, iters: int = 100) -> Tensor:
+    """One speaker's log-posteriors rescaled per class (Sinkhorn) so the classes sum to `share`.
+
+    Acted corpora give every speaker every class; a speaker whose voice the heads read as, say,
+    mostly angry gets that bias divided out, without any label. Each row stays a distribution.
+
+    >>> lp = torch.log(torch.tensor([[0.9, 0.1], [0.8, 0.2]]))
+    >>> balance(lp, torch.tensor([0.5, 0.5])).exp().sum(0).round(decimals=3).tolist()
+    [1.0, 1.0]
+    """
+    target = torch.log(share.clamp_min(1e-12) * len(log_probs))
+    lp = log_probs.double()
+    for _ in range(iters):
+        lp = lp + (target.double() - torch.logsumexp(lp, 0))
+        lp = lp - torch.logsumexp(lp, 1, keepdim=True)
+    return lp.to(log_probs.dtype)
 
 
 def _ua(y: np.ndarray, pred: np.ndarray) -> float:

@@ -15,6 +15,9 @@ import numpy as np
 FUNCTIONAL_SETS: dict[str, tuple[str, int]] = {
     "egemaps": ("eGeMAPSv02", 88),
     "compare": ("ComParE_2016", 6373),
+    "emobase": ("emobase", 988),
+    "is09": ("IS09", 384),
+    "is10": ("IS10", 1582),
 }
 
 

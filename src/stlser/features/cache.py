@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stlser import audio
+from stlser import audio, smile
 from stlser.config import FeatureConfig
 from stlser.features import frontend
 from stlser.features.frontend import compute, feature_key_config, front_end
@@ -25,8 +25,10 @@ from stlser.utils import save_npy, usable_cores, write_json
 
 #: Bump when the numbers a given config produces change; old cache entries then miss.
 FEATURE_VERSION = 1
-#: functional set → the cache's `what` for it.
-FUNCTIONAL_WHAT = {"egemaps": "functionals", "compare": "compare"}
+#: functional set → the cache's `what` for it (eGeMAPS keeps its historical name).
+FUNCTIONAL_WHAT = {
+    name: "functionals" if name == "egemaps" else name for name in smile.FUNCTIONAL_SETS
+}
 
 
 def _sha1(text: str) -> str:
@@ -46,12 +48,14 @@ class FeatureCache:
         self, cache_dir: str | os.PathLike, cfg: FeatureConfig, what: str = "frames"
     ) -> None:
         if what not in ("frames", *FUNCTIONAL_WHAT.values()):
-            raise ValueError(f"what must be 'frames', 'functionals' or 'compare', not {what!r}")
+            raise ValueError(
+                f"what must be 'frames' or one of {sorted(FUNCTIONAL_WHAT.values())}, not {what!r}"
+            )
         self.cfg = cfg.resolved()
         self.what = what
-        if what != "frames":  # eGeMAPS keeps its historical key; ComParE gets its own
+        if what != "frames":  # eGeMAPS keeps its historical key; every other set gets its own
             desc: dict[str, Any] = {
-                "kind": "egemaps_functionals" if what == "functionals" else "compare_functionals",
+                "kind": "egemaps_functionals" if what == "functionals" else f"{what}_functionals",
                 "sample_rate": self.cfg.sample_rate,
             }
         else:
@@ -275,7 +279,8 @@ def load_functionals(
 ) -> dict[str, np.ndarray]:
     """openSMILE functionals of every row → {utt_id: float32[D]}, cached under their own key.
 
-    ``feature_set``: ``egemaps`` (eGeMAPSv02, 88) or ``compare`` (ComParE_2016, 6,373)."""
+    ``feature_set``: a name of `stlser.smile.FUNCTIONAL_SETS`, e.g. ``egemaps`` (eGeMAPSv02, 88)
+    or ``compare`` (ComParE_2016, 6,373)."""
     if feature_set not in FUNCTIONAL_WHAT:
         raise ValueError(
             f"feature_set must be one of {sorted(FUNCTIONAL_WHAT)}, not {feature_set!r}"
