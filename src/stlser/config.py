@@ -102,7 +102,7 @@ class ModelConfig:
     # network: the paper's CNN-BiLSTM-STL on log-mel (below); expert: openSMILE functionals →
     # speaker normalisation → one logistic head per functional set (stlser.expert)
     kind: Literal["network", "expert"] = "network"
-    functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare"])  # expert
+    functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare", "is10"])  # expert
     l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # expert
     # fine-tuning: start from pretrained weights, "base" (the shipped general model) or the path
     # of a model.pt of the same kind. expert: each L2 of l2_grid is tried pulling toward zero and

@@ -1,4 +1,4 @@
-"""openSMILE functionals of a clip (eGeMAPSv02, ComParE_2016), torch-free.
+"""openSMILE functionals of a clip (eGeMAPSv02, ComParE_2016, IS10, …), torch-free.
 
 Shared by the feature cache, the expert recognizer and the torch-free ONNX runtime (whose graph
 for an expert model starts from these functionals).
