@@ -258,41 +258,38 @@ def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
     }
 
 
-def _speed_functionals(args: tuple[str, tuple[float, ...]]) -> np.ndarray:
-    """Functionals of one file's speed-perturbed copies: factor a resamples by 1/a and plays
-    at 16 kHz (Kaldi's speed perturbation: tempo, pitch and formants all scale by a)."""
+def _speed_functionals(args: tuple[str, tuple[float, ...], tuple[str, ...]]) -> np.ndarray:
+    """Functionals (`sets` concatenated) of one file's speed-perturbed copies: factor a resamples
+    by 1/a and plays at 16 kHz (Kaldi's speed perturbation: tempo, pitch and formants all scale
+    by a)."""
     from stlser import audio, smile
 
-    path, factors = args
+    path, factors, sets = args
     x = audio.load(path)
-    return np.stack(
-        [
-            np.concatenate(
-                [
-                    smile.functionals(audio.resample(x, int(round(16_000 * a)), 16_000), 16_000, s)
-                    for s in SETS
-                ]
-            )
-            for a in factors
-        ]
-    )
+    out = []
+    for a in factors:
+        y = audio.resample(x, int(round(16_000 * a)), 16_000)
+        out.append(np.concatenate([smile.functionals(y, 16_000, s) for s in sets]))
+    return np.stack(out)
 
 
 def add_aug(d: Data, df, out: Path, factors: tuple[float, ...]) -> None:
-    """Speed-perturbed functionals of every row (computed once, kept in `out`), each
-    (speaker, factor) group normalised by its own statistics, as a new speaker would be."""
+    """Speed-perturbed functionals of the sets in use for every row (computed once per set
+    combination, kept in `out`), each (speaker, factor) group normalised by its own statistics,
+    as a new speaker would be."""
     import hashlib
     from concurrent.futures import ProcessPoolExecutor
 
     from stlser.utils import save_npy, usable_cores
 
-    files = "\n".join(df["path"].astype(str)) + repr(factors)
+    sets = tuple(SETS)
+    files = "\n".join(df["path"].astype(str)) + repr(factors) + repr(sets)
     key = hashlib.sha1(files.encode()).hexdigest()[:16]
     path = out / f"speed-{key}.npy"
     if path.exists():
         A = np.load(path)
     else:
-        jobs = [(str(p), factors) for p in df["path"]]
+        jobs = [(str(p), factors, sets) for p in df["path"]]
         with ProcessPoolExecutor(usable_cores()) as ex:
             A = np.stack(list(ex.map(_speed_functionals, jobs, chunksize=8)))
         out.mkdir(parents=True, exist_ok=True)

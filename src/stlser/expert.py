@@ -1,11 +1,11 @@
 """The expert-feature recognizer (`model.kind: expert`, stlser's recommended recipe).
 
 openSMILE functionals of each utterance (by default eGeMAPSv02 88, ComParE_2016 6,373 and
-IS10 1,582), normalised
-per speaker with that speaker's label-free statistics (as the eGeMAPS + SVM baseline does;
-unseen speakers at inference get the training set's global statistics), one multinomial
-logistic regression per functional set (L2 strength chosen by UA on the fold's validation
-speakers, then refit on train + validation), and the heads' log-probabilities averaged.
+IS10 1,582), normalised per speaker with that speaker's label-free statistics (as the
+eGeMAPS + SVM baseline does; unseen speakers at inference get the training set's global
+statistics), one multinomial logistic regression per functional set (L2 strength chosen by UA
+on the fold's validation speakers, then refit on train + validation), and the heads'
+log-probabilities averaged.
 
 Why: under speaker-independent folds the from-scratch network loses to eGeMAPS + a linear SVM
 on the small corpora here; this recipe won on validation speakers (docs/model.md). The paper's
@@ -140,8 +140,8 @@ def fit_head(
     With at most a quarter as many rows as features (ComParE's 6,373 on a few hundred clips) and
     ``row_space``, the fit runs in the span of the rows: the loss sees W only through Z·W and the
     penalty pulls the rest of W − W₀ to zero, so the optimum is the same, at a fraction of the
-    cost (measured on a busy core: 400 × 6,373 fits 1.6–4× faster; at 3,000 rows the eigendecomposition
-    would cost more than it saves).
+    cost (measured on a busy core: 400 × 6,373 fits 1.6–4× faster; at 3,000 rows the
+    eigendecomposition would cost more than it saves).
     """
     Xt = torch.as_tensor(X, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
