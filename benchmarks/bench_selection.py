@@ -28,6 +28,11 @@ Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE func
   classes it is given match the training speakers' class frequencies (label-free, transductive
   like the per-speaker normalisation; acted corpora give each speaker every class)
 * ``bal-u``   the same, balanced to equal class counts
+* ``boaw``    ``base`` with a bag-of-audio-words head beside the functional heads: eGeMAPS
+  low-level descriptor frames (25 per 10 ms), z-scored per speaker; a codebook of
+  ``--boaw-words`` frames drawn from the training speakers' frames; each frame counts for its
+  ``--boaw-assign`` nearest words; log(1 + 100 · share) histogram → one more logistic head
+  (openXBOW's recipe: the distribution of frames, which functionals summarise by moments)
 
 ``--sets`` (repeatable) runs every candidate with other functional sets, one head per set, e.g.
 ``--sets egemaps,compare --sets egemaps,compare,is10``; the first combination's ``base`` is the
@@ -79,6 +84,9 @@ class Data:
     extra: Data | None = None  # other corpora, mapped to this corpus's labels
     # [N, F, D] speed-perturbed copies, each (speaker, factor) normalised
     aug: np.ndarray | None = None
+    # [sum of frames, 25] eGeMAPS LLD frames z-scored per speaker, and the row of each frame
+    frames: np.ndarray | None = None
+    owner: np.ndarray | None = None
 
 
 def load(corpus: str, root: Path, overrides: list[str]) -> tuple[Data, object]:
@@ -115,17 +123,22 @@ def ua(y: np.ndarray, pred: np.ndarray) -> float:
     return expert._ua(y, pred)
 
 
+def cols(head: int | None) -> slice:
+    """The columns of `Data.Z` one head reads (None: all of them)."""
+    return slice(None) if head is None else slice(BOUNDS[head], BOUNDS[head + 1])
+
+
 def fit(
     d: Data,
     rows: np.ndarray,
-    head: int,
+    head: int | None,
     l2: float,
     extra_w: float = 0.0,
     pseudo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     aug: bool = False,
 ) -> expert.Head:
     """One head fitted on `rows` (+ the pool, + pseudo-labelled rows (Z, y, weight))."""
-    sl = slice(BOUNDS[head], BOUNDS[head + 1])
+    sl = cols(head)
     X, y, m = d.Z[rows, sl], d.y[rows], d.mask[rows]
     w = np.ones(len(rows))
     if extra_w and d.extra is not None:
@@ -145,17 +158,17 @@ def fit(
         y = np.concatenate([y, pseudo[1]])
         m = np.concatenate([m, np.ones((len(pseudo[1]), m.shape[1]), bool)])
         w = np.concatenate([w, pseudo[2]])
-    h = expert.Head(DIMS[head], len(d.labels))
+    h = expert.Head(X.shape[1], len(d.labels))
     return expert.fit_head(h, X, y, l2, mask=m, weight=w)
 
 
-def lp(h: expert.Head, d: Data, rows: np.ndarray, head: int) -> torch.Tensor:
+def lp(h: expert.Head, d: Data, rows: np.ndarray, head: int | None) -> torch.Tensor:
     with torch.no_grad():
-        return h(torch.as_tensor(d.Z[rows, BOUNDS[head] : BOUNDS[head + 1]], dtype=torch.float32))
+        return h(torch.as_tensor(d.Z[rows, cols(head)], dtype=torch.float32))
 
 
 def pick_l2(
-    d: Data, rows: np.ndarray, head: int, inner: list[np.ndarray], extra_w: float, aug=False
+    d: Data, rows: np.ndarray, head: int | None, inner: list[np.ndarray], extra_w: float, aug=False
 ):
     """L2 with the best pooled UA over the inner held-out speaker groups; and their models."""
     best = (-1.0, GRID[0], [])
@@ -183,19 +196,75 @@ def groups(d: Data, rows: np.ndarray) -> list[np.ndarray]:
 Recipe = Callable[[Data, np.ndarray, np.ndarray, np.random.Generator], torch.Tensor]
 
 
-def make_holdout(aug: bool = False) -> Recipe:
-    """One held-out inner speaker (drawn by the seed) picks each head's L2; refit on all."""
+def make_holdout(aug: bool = False, boaw: tuple[int, int] | None = None) -> Recipe:
+    """One held-out inner speaker (drawn by the seed) picks each head's L2; refit on all.
+    With `boaw` (words, assignments) a bag-of-audio-words head joins the average."""
 
     def recipe(d: Data, rows: np.ndarray, target: np.ndarray, rng) -> torch.Tensor:
         g = groups(d, rows)
         held = g[int(rng.integers(len(g)))]
+        heads: list[tuple[Data, int | None]] = [(d, i) for i in range(len(DIMS))]
+        if boaw is not None:
+            book = np.random.default_rng(int(rows.sum()))  # leaves `rng`'s draws to `base`'s
+            H = histograms(d, rows, *boaw, book)
+            heads.append((Data(H, d.y, d.spk, d.labels, d.mask), None))
         out = 0
-        for i in range(len(DIMS)):
-            l2, _ = pick_l2(d, rows, i, [held], 0.0, aug)
-            out = out + lp(fit(d, rows, i, l2, aug=aug), d, target, i) / len(DIMS)
+        for dd, i in heads:
+            l2, _ = pick_l2(dd, rows, i, [held], 0.0, aug)
+            out = out + lp(fit(dd, rows, i, l2, aug=aug), dd, target, i) / len(heads)
         return out
 
     return recipe
+
+
+def histograms(
+    d: Data, rows: np.ndarray, words: int, assign: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Bag-of-audio-words of every row: a codebook drawn from the frames of `rows` (the
+    training speakers), each frame counted for its `assign` nearest words → log(1 + 100·share)."""
+    pool = np.flatnonzero(np.isin(d.owner, rows))
+    book = d.frames[rng.choice(pool, words, replace=False)]
+    H = np.zeros((len(d.y), words))
+    sq = (book**2).sum(1)
+    for s in range(0, len(d.frames), 50_000):
+        dist = sq[None] - 2 * d.frames[s : s + 50_000] @ book.T
+        near = np.argpartition(dist, assign, axis=1)[:, :assign]
+        np.add.at(H, (np.repeat(d.owner[s : s + 50_000], assign), near.ravel()), 1.0)
+    H /= np.maximum(np.bincount(d.owner, minlength=len(d.y)), 1)[:, None]
+    return np.log1p(100 * H)
+
+
+def _lld_frames(path: str) -> np.ndarray:
+    from stlser import audio, smile
+
+    ex = smile.smile("LowLevelDescriptors", "eGeMAPSv02")
+    return np.nan_to_num(ex.process_signal(smile.as_wave(audio.load(path)), 16_000).to_numpy())
+
+
+def add_frames(d: Data, df, out: Path) -> None:
+    """eGeMAPS LLD frames of every row (computed once, kept in `out`), z-scored per speaker."""
+    import hashlib
+    from concurrent.futures import ProcessPoolExecutor
+
+    from stlser.utils import save_npy, usable_cores
+
+    key = hashlib.sha1("\n".join(df["path"].astype(str)).encode()).hexdigest()[:16]
+    path = out / f"lld-{key}.npy"
+    if path.exists():
+        packed = np.load(path)
+    else:
+        with ProcessPoolExecutor(usable_cores()) as ex:
+            got = list(ex.map(_lld_frames, [str(p) for p in df["path"]], chunksize=8))
+        owner = np.repeat(np.arange(len(got)), [len(f) for f in got])
+        packed = np.concatenate([owner[:, None], np.concatenate(got)], axis=1)
+        out.mkdir(parents=True, exist_ok=True)
+        save_npy(path, packed.astype(np.float32))
+    d.owner = packed[:, 0].astype(int)
+    F = packed[:, 1:].astype(np.float64)
+    for v in sorted(set(d.spk)):
+        at = np.isin(d.owner, np.flatnonzero(d.spk == v))
+        F[at] = (F[at] - F[at].mean(0)) / (F[at].std(0) + 1e-8)
+    d.frames = F.astype(np.float32)
 
 
 def make_loso(
@@ -255,6 +324,7 @@ def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
         "base-aug": make_holdout(aug=True),
         "bal": make_balanced(),
         "bal-u": make_balanced(uniform=True),
+        "boaw": make_holdout(boaw=(args.boaw_words, args.boaw_assign)),
     }
 
 
@@ -311,6 +381,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--pool-weight", type=float, default=0.3)
     ap.add_argument("--aug-dir", default=str(bl.REPO_ROOT / "runs" / "selection"))
     ap.add_argument("--speeds", type=float, nargs="+", default=[0.9, 1.1])
+    ap.add_argument("--boaw-words", type=int, default=500)
+    ap.add_argument("--boaw-assign", type=int, default=10)
     ap.add_argument(
         "--sets",
         action="append",
@@ -347,6 +419,8 @@ def main(argv: list[str] | None = None) -> str:
                 add_pool(d, corpus, root.parent, cfg.cache_dir)
             if any("aug" in n for n in names):
                 add_aug(d, df, Path(args.aug_dir), tuple(args.speeds))
+            if "boaw" in names:
+                add_frames(d, df, Path(args.aug_dir))
             pos = {u: i for i, u in enumerate(df["utt_id"].astype(str))}
             for seed in seeds:
                 folds = splits.from_config(df, cfg.split, seed)

@@ -338,11 +338,15 @@ def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeyp
         f"cache_dir={tmp_path / 'cache'}",
     ]
     md = bench_selection.main(
-        [*common, "--candidates", "base,spy,aug,bal", "--out", str(tmp_path / "s.md")]
+        [
+            *common,
+            *("--candidates", "base,spy,aug,bal,boaw", "--boaw-words", "8", "--boaw-assign", "2"),
+            *("--out", str(tmp_path / "s.md")),
+        ]
     )
     head = ("corpus", "candidate", "val UA (mean ± sd over seeds)", "− base (per seed)", "s/seed")
     rows = tables(md)[head]
-    assert [r[1] for r in rows] == ["base", "spy", "aug", "bal"]
+    assert [r[1] for r in rows] == ["base", "spy", "aug", "bal", "boaw"]
     assert rows[1][3] == "+0.0 (+0.0)"  # the spy is the base recipe
     for r in rows:
         assert 0 <= float(r[2]) <= 100
@@ -354,6 +358,7 @@ def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeyp
     assert tested == {"03", "08", "09", "10"}  # every test speaker held out of both
     cached = list((tmp_path / "aug").glob("speed-*.npy"))
     assert len(cached) == 1 and np.load(cached[0]).shape[:2] == (56, 2)
+    assert len(list((tmp_path / "aug").glob("lld-*.npy"))) == 1
     with pytest.raises(SystemExit):
         bench_selection.main([*common, "--candidates", "nope"])
     with pytest.raises(SystemExit):
@@ -366,3 +371,25 @@ def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeyp
     rows = tables(md)[(*head, "s/seed")]
     assert [r[1] for r in rows] == ["base [egemaps]", "base [egemaps+is09]"]
     assert rows[0][3] == "" and rows[1][3].count("(") == 1
+
+
+def test_bench_selection_bag_of_words_draws_its_codebook_from_the_given_rows_only():
+    """The codebook of the bag-of-audio-words candidate comes from the training rows' frames,
+    and with one assignment per frame each histogram's shares sum to one."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    owner = np.repeat(np.arange(6), 20)
+    frames = rng.normal(size=(120, 3)).astype(np.float32)
+    frames[owner >= 3] += 100.0  # rows 3–5 (not given) live far away
+    y = np.arange(6) % 2
+    d = bench_selection.Data(
+        frames[:6], y, np.array(list("aabbcc")), ["x", "y"], np.ones((6, 2), bool)
+    )
+    d.frames, d.owner = frames, owner
+    H = bench_selection.histograms(d, np.arange(3), 5, 1, np.random.default_rng(1))
+    shares = np.expm1(H) / 100
+    assert H.shape == (6, 5)
+    np.testing.assert_allclose(shares.sum(1), 1.0, rtol=1e-6)
+    # every word is a frame of rows 0–2: the far rows' frames all fall on the same nearest word
+    assert (shares[3:] > 0).sum(1).max() == 1
