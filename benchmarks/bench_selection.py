@@ -261,8 +261,9 @@ def add_frames(d: Data, df, out: Path) -> None:
         save_npy(path, packed.astype(np.float32))
     d.owner = packed[:, 0].astype(int)
     F = packed[:, 1:].astype(np.float64)
+    frame_spk = d.spk[d.owner]
     for v in sorted(set(d.spk)):
-        at = np.isin(d.owner, np.flatnonzero(d.spk == v))
+        at = frame_spk == v
         F[at] = (F[at] - F[at].mean(0)) / (F[at].std(0) + 1e-8)
     d.frames = F.astype(np.float32)
 
