@@ -6,13 +6,15 @@
 
 Systems, per corpus, each on the folds of its config (seed k draws the validation speakers):
 
-* ``default``  the recommended recipe, `configs/<corpus>_loso.yaml` (stlser.expert)
+* ``default``  the expert recipe from scratch, `configs/<corpus>_loso.yaml` (stlser.expert)
 * ``paper5``   the paper's CNN-BiLSTM + 5 STL layers, `configs/paper_<corpus>_loso.yaml`
 * ``paper0``   the same network without STL (`model.stl_layers=0`)
 * ``svm``      eGeMAPS functionals + linear SVM (`stlser baseline`) on the folds of `<corpus>_loso`
-* ``finetuned`` the recommended recipe fine-tuned (`model.init`) from a general model pretrained
-  (`stlser pretrain`, configs/pretrain.yaml) on the *other* corpora only, so no test speaker
-  or corpus is seen; that model is kept in `<runs>/<corpus>/pretrained-without/`
+* ``finetuned`` the default recognizer: `configs/recommended.yaml` fine-tunes from ``base``, the
+  general model, which has heard these corpora; the leak-free equivalent fine-tunes (`model.init`)
+  from a general model pretrained (`stlser pretrain`, configs/pretrain.yaml) on the *other*
+  corpora only, so no test speaker or corpus is seen; that model is kept in
+  `<runs>/<corpus>/pretrained-without/`
 
 Every system is compared with the SVM *on the same folds and seed*: the table gives UA mean ± sd
 over seeds and the paired UA difference with a 95 % bootstrap interval (utterances resampled
@@ -42,11 +44,11 @@ from stlser.utils import write_text  # noqa: E402
 SYSTEMS = ("default", "paper5", "paper0", "svm", "finetuned")
 POOL = ("emodb", "casia", "nemo")
 NAMES = {
-    "default": "default recognizer (expert functionals)",
+    "default": "expert functionals from scratch",
     "paper5": "paper network, 5 STL",
     "paper0": "paper network, no STL",
     "svm": "eGeMAPS + linear SVM",
-    "finetuned": "default recognizer fine-tuned from the other corpora",
+    "finetuned": "default recognizer (expert, fine-tuned from the other corpora)",
 }
 GOAL = 5.0  # UA points above the SVM
 N_BOOT = 1000
@@ -210,7 +212,7 @@ FT_GOAL = 3.0  # UA points of fine-tuning over training from scratch (issue 13)
 
 
 def finetune_rows(corpus: str, args: argparse.Namespace, seeds: list[int]) -> list[list[str]]:
-    """Fine-tuned vs from scratch (the default recognizer), paired on the same folds and seed."""
+    """Fine-tuned (the default recognizer) vs from scratch, paired on the same folds and seed."""
     pairs = [
         (run_dir(args, corpus, "finetuned", k, []), run_dir(args, corpus, "default", k, []))
         for k in seeds

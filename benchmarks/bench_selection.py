@@ -14,6 +14,11 @@ Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE func
 
 * ``base``    one held-out inner speaker picks each head's L2, refit, heads averaged (the
   recipe of `stlser.expert.fit_fold` when it has only these speakers)
+* ``avg``     no inner choice: each head the mean of its fits at every L2 of the grid, on all
+  the training speakers (``model.l2_mode: average``)
+* ``avg-ft``  ``avg`` with the fits pulled toward each head of a pretrained model (``--init``,
+  made without this corpus: `benchmarks/bench_accuracy.py` keeps one in
+  ``<runs>/<corpus>/pretrained-without/``) averaged in as well (``model.init``)
 * ``loso``    each head's L2 by pooled UA over inner leave-one-speaker-out, refit on all
 * ``bag``     ``loso``, then the inner models and the refit averaged (a speaker bagging)
 * ``pool``    ``loso`` with the other shared corpora added to the training rows (weight
@@ -87,6 +92,7 @@ class Data:
     # [sum of frames, 25] eGeMAPS LLD frames z-scored per speaker, and the row of each frame
     frames: np.ndarray | None = None
     owner: np.ndarray | None = None
+    priors: list[expert.Prior] | None = None  # pretrained heads (``--init``), one per set
 
 
 def load(corpus: str, root: Path, overrides: list[str]) -> tuple[Data, object]:
@@ -136,8 +142,10 @@ def fit(
     extra_w: float = 0.0,
     pseudo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     aug: bool = False,
+    prior: expert.Prior | None = None,
 ) -> expert.Head:
-    """One head fitted on `rows` (+ the pool, + pseudo-labelled rows (Z, y, weight))."""
+    """One head fitted on `rows` (+ the pool, + pseudo-labelled rows (Z, y, weight)), pulled
+    toward zero or toward a pretrained head (`prior`)."""
     sl = cols(head)
     X, y, m = d.Z[rows, sl], d.y[rows], d.mask[rows]
     w = np.ones(len(rows))
@@ -159,7 +167,7 @@ def fit(
         m = np.concatenate([m, np.ones((len(pseudo[1]), m.shape[1]), bool)])
         w = np.concatenate([w, pseudo[2]])
     h = expert.Head(X.shape[1], len(d.labels))
-    return expert.fit_head(h, X, y, l2, mask=m, weight=w)
+    return expert.fit_head(h, X, y, l2, mask=m, weight=w, prior=prior)
 
 
 def lp(h: expert.Head, d: Data, rows: np.ndarray, head: int | None) -> torch.Tensor:
@@ -268,6 +276,23 @@ def add_frames(d: Data, df, out: Path) -> None:
     d.frames = F.astype(np.float32)
 
 
+def make_average(init: bool = False) -> Recipe:
+    """No inner choice: each head the average of its fits at every L2 of the grid on all the
+    training speakers (`stlser.expert.fit_fold(mode="average")`, `model.l2_mode: average`).
+    With `init`, also the fits pulled toward the pretrained heads of `Data.priors` (fine-tuning
+    from a model that never saw this corpus)."""
+
+    def recipe(d: Data, rows: np.ndarray, target: np.ndarray, rng) -> torch.Tensor:
+        out = 0
+        for i in range(len(DIMS)):
+            priors = [None, d.priors[i]] if init else [None]
+            h = expert.average_heads([fit(d, rows, i, l2, prior=p) for p in priors for l2 in GRID])
+            out = out + lp(h, d, target, i) / len(DIMS)
+        return out
+
+    return recipe
+
+
 def make_loso(
     bag: bool = False, extra_w: float = 0.0, self_train: bool = False, aug: bool = False
 ) -> Recipe:
@@ -317,6 +342,8 @@ def make_balanced(uniform: bool = False) -> Recipe:
 def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
     return {
         "base": make_holdout(),
+        "avg": make_average(),
+        "avg-ft": make_average(init=True),
         "loso": make_loso(),
         "bag": make_loso(bag=True),
         "pool": make_loso(extra_w=args.pool_weight),
@@ -382,6 +409,12 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--pool-weight", type=float, default=0.3)
     ap.add_argument("--aug-dir", default=str(bl.REPO_ROOT / "runs" / "selection"))
     ap.add_argument("--speeds", type=float, nargs="+", default=[0.9, 1.1])
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="avg-ft's pretrained model; {corpus} is replaced by the corpus "
+        "(e.g. runs/accuracy/{corpus}/pretrained-without/model.pt)",
+    )
     ap.add_argument("--boaw-words", type=int, default=500)
     ap.add_argument("--boaw-assign", type=int, default=10)
     ap.add_argument(
@@ -422,6 +455,10 @@ def main(argv: list[str] | None = None) -> str:
                 add_aug(d, df, Path(args.aug_dir), tuple(args.speeds))
             if "boaw" in names:
                 add_frames(d, df, Path(args.aug_dir))
+            if "avg-ft" in names:
+                if not args.init:
+                    ap.error("avg-ft needs --init (a pretrained model made without the corpus)")
+                d.priors = expert.init_priors(args.init.format(corpus=corpus), SETS, d.labels)
             pos = {u: i for i, u in enumerate(df["utt_id"].astype(str))}
             for seed in seeds:
                 folds = splits.from_config(df, cfg.split, seed)

@@ -19,6 +19,7 @@ from stlser.cli import main
         ("train.batch_size=0", "outside"),
         ("model.stl_dropout=1.5", "outside"),
         ("train.jobs=two", "must be a number"),
+        ("model.l2_mode=best", "select | average"),
     ],
 )
 def test_bad_values_fail_at_load(override, words):

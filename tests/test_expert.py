@@ -87,6 +87,43 @@ def test_heads_average_log_probabilities():
     assert torch.allclose(m(x).sum(1), torch.ones(5))
 
 
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_average_mode_heads_are_the_mean_of_every_l2_fit(with_prior):
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(3), 20)
+    Z = rng.normal(size=(60, 9)) + np.eye(3, 9)[y]
+    train, val, grid = np.arange(0, 40), np.arange(40, 60), [0.01, 1.0]
+    prior = expert.fit_head(expert.Head(4, 3), Z[:, 5:], y, 0.1) if with_prior else None
+    priors = [None, expert.Prior(prior, [0, 1, 2])] if with_prior else None
+    model, sel = expert.fit_fold(Z, y, [5, 4], 3, train, val, grid, priors, mode="average")
+    assert sel["val_ua"] is None and sel["l2"] == [grid, grid] and sel["l2_mode"] == "average"
+    rows = np.concatenate([train, val])  # the validation rows are fitted too: nothing is chosen
+    for i, sl in enumerate([slice(0, 5), slice(5, 9)]):
+        cands = [(l2, None) for l2 in grid]
+        if with_prior and i == 1:
+            cands += [(l2, priors[1]) for l2 in grid]
+            assert sel["l2_centre"] == ["zero", "zero+pretrained"]
+        fits = [
+            expert.fit_head(expert.Head(Z[:, sl].shape[1], 3), Z[rows, sl], y[rows], l2, prior=p)
+            for l2, p in cands
+        ]
+        want = torch.stack([f.linear.weight for f in fits]).mean(0)
+        assert torch.allclose(model.heads[i].linear.weight, want, atol=1e-6)
+    # the merged head is exact: its log-probabilities are the log-softmax of the fits' mean logits
+    fits = [expert.fit_head(expert.Head(5, 3), Z[rows, :5], y[rows], l2) for l2 in grid]
+    z = torch.as_tensor(Z[:, :5], dtype=torch.float32)
+    with torch.no_grad():
+        logits = torch.stack([f.linear((z - f.center) / f.scale) for f in fits]).mean(0)
+        assert torch.allclose(model.heads[0](z), torch.log_softmax(logits, -1), atol=1e-5)
+
+
+def test_average_heads_refuses_heads_of_other_rows():
+    a, b = expert.Head(2, 2), expert.Head(2, 2)
+    b.center.fill_(1.0)
+    with pytest.raises(ValueError, match="different rows"):
+        expert.average_heads([a, b])
+
+
 def test_unknown_functional_set_is_refused():
     with pytest.raises(ValueError, match="model.functionals"):
         expert.set_dims(["egemaps", "mfcc"])
@@ -273,6 +310,17 @@ def test_fit_head_with_prior_is_pulled_toward_it():
     assert acc > 0.9  # little pull: the data wins
 
 
+def test_model_init_warns_when_the_model_heard_this_corpus(expert_run, caplog):
+    init = str(expert_run / "fold_00" / "model.pt")  # trained on the synthetic corpus
+    sets, labels = ["egemaps", "compare", "is10"], ["angry", "happy"]
+    with caplog.at_level("WARNING", logger="stlser.expert"):
+        expert.init_priors(init, sets, labels, corpus="csv")
+    assert "not speaker-independent" not in caplog.text
+    with caplog.at_level("WARNING", logger="stlser.expert"):
+        expert.init_priors(init, sets, labels, corpus="synth")
+    assert "trained on synth itself" in caplog.text
+
+
 def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus, tmp_path):
     from stlser import experiments
     from stlser.results import RunReport
@@ -289,6 +337,10 @@ def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus,
     ]
     run = experiments.crossval(config.load("recommended.yaml", overrides), tmp_path / "ft")
     assert RunReport.load(run / "report.json").ua > 0.5
+    fold = json.loads((run / "fold_00" / "fold.json").read_text())
+    assert fold["l2_centre"] == ["zero+pretrained"] * 3  # recommended: l2_mode average
+    overrides.append("model.l2_mode=select")
+    run = experiments.crossval(config.load("recommended.yaml", overrides), tmp_path / "sel")
     fold = json.loads((run / "fold_00" / "fold.json").read_text())
     assert set(fold["l2_centre"]) <= {"zero", "pretrained"} and len(fold["l2_centre"]) == 3
     # a huge L2 toward zero predicts chance, toward the pretrained heads keeps them: validation

@@ -104,10 +104,13 @@ class ModelConfig:
     kind: Literal["network", "expert"] = "network"
     functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare", "is10"])  # expert
     l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # expert
+    # expert: "select" fits each head at every L2 and keeps the one the validation speakers
+    # score best; "average" keeps no choice: each head is the mean of its fits at every L2
+    l2_mode: Literal["select", "average"] = "select"
     # fine-tuning: start from pretrained weights, "base" (the shipped general model) or the path
-    # of a model.pt of the same kind. expert: each L2 of l2_grid is tried pulling toward zero and
-    # toward the pretrained weights, validation picks; network: compatible weights loaded, the
-    # classifier mapped by label
+    # of a model.pt of the same kind. expert: each L2 of l2_grid is fitted pulling toward zero and
+    # toward the pretrained weights (l2_mode select: validation picks one; average: all averaged);
+    # network: compatible weights loaded, the classifier mapped by label
     init: str | None = None
     channels: list[int] = field(default_factory=lambda: [16, 32, 48, 72, 96, 128])
     pool_time: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1, 1])

@@ -195,6 +195,29 @@ def fit_head(
     return head
 
 
+def average_heads(heads: list[Head]) -> Head:
+    """One head whose logits are the mean of `heads`' logits (same fitting rows, so the same
+    centre/scale). Exact for the model: its output is the softmax of the heads' mean
+    log-probabilities, and each row's log-softmax constant cancels in that softmax.
+
+    >>> a, b = Head(2, 2), Head(2, 2)
+    >>> m = average_heads([a, b])
+    >>> x = torch.randn(3, 2)
+    >>> bool(torch.allclose(m.linear(x), (a.linear(x) + b.linear(x)) / 2, atol=1e-6))
+    True
+    """
+    first = heads[0]
+    if any(not torch.equal(h.center, first.center) for h in heads):
+        raise ValueError("average_heads: the heads were fitted on different rows")
+    out = Head(first.linear.in_features, first.linear.out_features)
+    with torch.no_grad():
+        out.center.copy_(first.center)
+        out.scale.copy_(first.scale)
+        out.linear.weight.copy_(torch.stack([h.linear.weight for h in heads]).mean(0))
+        out.linear.bias.copy_(torch.stack([h.linear.bias for h in heads]).mean(0))
+    return out
+
+
 def balance(log_probs: Tensor, share: Tensor, iters: int = 100) -> Tensor:
     """One speaker's log-posteriors rescaled per class (Sinkhorn) so the classes sum to `share`.
 
@@ -226,13 +249,21 @@ def fit_fold(
     val: np.ndarray,
     grid: list[float],
     priors: list[Prior] | None = None,
+    mode: str = "select",
 ) -> tuple[ExpertModel, dict[str, Any]]:
-    """Choose each head's L2 on the validation rows (fitting on `train`), refit on train + val.
+    """Fit each head on the fold's training speakers (`train` + `val`; the test rows are never
+    passed in). `Z` holds normalised functionals (the sets concatenated).
 
-    `Z` holds normalised functionals (the sets concatenated); the test rows are never passed in.
-    With `priors` (one per head, :func:`init_priors`: fine-tuning) each L2 is tried twice, pulling
-    toward zero and toward the pretrained head, and validation picks the pair (ties go to zero,
-    so a pretrained model that does not help the validation speakers is not used).
+    ``mode="select"``: each head's L2 is the grid value with the best UA on the validation rows
+    (fitting on `train`), then refit on train + val. ``mode="average"``: no choice; each head is
+    the average (:func:`average_heads`) of its fits at every L2 of the grid on train + val (the
+    choice on one or two validation speakers is noisy, and averaging won on validation speakers,
+    docs/model.md); no validation UA is measured then.
+
+    With `priors` (one per head, :func:`init_priors`: fine-tuning) each L2 is tried twice,
+    pulling toward zero and toward the pretrained head: "select" picks the pair on validation
+    (ties go to zero, so a pretrained model that does not help the validation speakers is not
+    used), "average" averages all of them.
     """
     priors = priors or [None] * len(dims)
     model = ExpertModel(dims, n_classes)
@@ -245,6 +276,14 @@ def fit_fold(
         cands = [(l2, None) for l2 in grid]
         if priors[i] is not None:
             cands += [(l2, priors[i]) for l2 in grid]
+        if mode == "average":
+            fits = [
+                fit_head(Head(dims[i], n_classes), Zi[fit], y[fit], l2, prior=p) for l2, p in cands
+            ]
+            head.load_state_dict(average_heads(fits).state_dict())
+            chosen.append(list(grid))
+            centre.append("zero" if priors[i] is None else "zero+pretrained")
+            continue
         # no validation speakers: the first L2, toward the pretrained head when there is one
         fallback = cands[len(grid) if priors[i] is not None else 0]
         best = (-1.0, fallback, None)
@@ -264,8 +303,11 @@ def fit_fold(
         if best[2] is not None:
             val_lp += best[2] / len(dims)
         fit_head(head, Zi[fit], y[fit], l2, prior=prior)
-    fused = _ua(y[val], val_lp.argmax(1).numpy()) if len(val) else None
-    sel = {"l2": chosen, "val_ua_heads": val_ua, "val_ua": fused}
+    if mode == "average":
+        sel: dict[str, Any] = {"l2": chosen, "l2_mode": mode, "val_ua": None}
+    else:
+        fused = _ua(y[val], val_lp.argmax(1).numpy()) if len(val) else None
+        sel = {"l2": chosen, "l2_mode": mode, "val_ua_heads": val_ua, "val_ua": fused}
     if any(p is not None for p in priors):
         sel["l2_centre"] = centre
     return model.eval(), sel
@@ -314,12 +356,16 @@ def from_artefact(path: str | Path, art: dict | None = None) -> tuple[ExpertMode
     return rebuild(path, build, art["state_dict"]), art
 
 
-def init_priors(spec: str, sets: list[str], labels: list[str]) -> list[Prior]:
+def init_priors(
+    spec: str, sets: list[str], labels: list[str], corpus: str | None = None
+) -> list[Prior]:
     """The heads of a pretrained expert model (``"base"``, the shipped general model, or a
     `model.pt` path) as fine-tuning priors for a run with functional `sets` and `labels`.
 
     Labels are matched by name; the run's labels the model lacks start from zero. A model of
-    another kind, other functional sets, or no shared label is refused with ValueError.
+    another kind, other functional sets, or no shared label is refused with ValueError. A model
+    trained on the run's `corpus` (e.g. ``base`` on EmoDB) has heard its test speakers: that is
+    logged as a warning, since scores are then not speaker-independent.
     """
     from stlser.recognizer import resolve_init_path
 
@@ -343,6 +389,15 @@ def init_priors(spec: str, sets: list[str], labels: list[str]) -> list[Prior]:
         raise ValueError(
             f"model.init {spec} is incompatible: no label in common (init {names}, "
             f"this run {list(labels)})"
+        )
+    meta = art.get("meta") or {}
+    seen = meta.get("corpora") or [meta.get("corpus")]
+    if corpus is not None and corpus in seen:
+        log.warning(
+            f"model.init {spec} was trained on {corpus} itself: its speakers, the test speakers "
+            "of this run among them, were seen in pretraining, so these scores are not "
+            "speaker-independent (for an honest score, pretrain without this corpus: "
+            "benchmarks/bench_accuracy.py --systems finetuned does)"
         )
     new = [v for v, c in zip(labels, cols, strict=True) if c < 0]
     log.info(
@@ -398,7 +453,9 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
     mode = cfg.features.normalize if cfg.features.normalize != "utterance" else "none"
     preds, infos = [], []
     picked = runs.chosen(cfg, folds)
-    priors = init_priors(cfg.model.init, sets, labels) if cfg.model.init else None
+    priors = None
+    if cfg.model.init:
+        priors = init_priors(cfg.model.init, sets, labels, cfg.data.corpus)
     for n, i in enumerate(picked):
         fold = folds[i]
         tr, va, te = (
@@ -407,7 +464,9 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
         )
         fit = np.concatenate([tr, va])
         Z, _ = normalize_functionals(X, speakers, mode, fit, glob)
-        model, sel = fit_fold(Z, y, dims, len(labels), tr, va, list(cfg.model.l2_grid), priors)
+        model, sel = fit_fold(
+            Z, y, dims, len(labels), tr, va, list(cfg.model.l2_grid), priors, cfg.model.l2_mode
+        )
         raw = torch.as_tensor(X[fit], dtype=torch.float32)
         model.mean.copy_(raw.mean(0))
         model.std.copy_(raw.std(0).clamp_min(1e-5))
@@ -431,9 +490,10 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
         write_json(fdir / "fold.json", {**info, **sel})
         infos.append(info)
         test_ua = _ua(y[[pos[u] for u in ids]], probs.argmax(1).numpy())
+        vua = "–" if sel["val_ua"] is None else f"{100 * sel['val_ua']:.1f}"
+        l2 = sel["l2"] if cfg.model.l2_mode == "select" else f"averaged over {cfg.model.l2_grid}"
         log.info(
-            f"fold {n + 1}/{len(picked)} {fold.name}: L2 {sel['l2']} val UA "
-            f"{100 * (sel['val_ua'] or 0):.1f} → test UA {100 * test_ua:.1f}"
+            f"fold {n + 1}/{len(picked)} {fold.name}: L2 {l2} val UA {vua} → test UA {100 * test_ua:.1f}"
         )
     import pandas as pd
 
@@ -444,7 +504,11 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
         "normalize": mode,
         "features": " + ".join(f"{s} ({d})" for s, d in zip(sets, dims, strict=True)),
         "classifier": "one class-balanced logistic regression per set, log-probabilities averaged",
-        "selection": "L2 per head by UA on the validation speakers; refit on train+val",
+        "selection": (
+            "L2 per head by UA on the validation speakers; refit on train+val"
+            if cfg.model.l2_mode == "select"
+            else "each head the average of its fits at every L2 of the grid on train+val"
+        ),
         "n_params": int(sum(p.numel() for p in model.parameters())),
         "speaker_normalisation": speaker_norm,
         "feature_seconds": round(t_feat, 2),

@@ -97,12 +97,21 @@ def fit_pool(
     Z = _normalise(X, df, cfg)
     dims = expert.set_dims(list(cfg.model.functionals))
     bounds = np.cumsum([0, *dims])
-    va = _val_rows(df, cfg.seed)
+    select = cfg.model.l2_mode == "select"
+    va = _val_rows(df, cfg.seed) if select else np.zeros(0, np.int64)  # average: none needed
     tr = np.setdiff1d(np.arange(len(df)), va)
     model = expert.ExpertModel(dims, len(labels))
-    chosen = []
+    chosen: list[Any] = []
     for i, head in enumerate(model.heads):
         Zi = Z[:, bounds[i] : bounds[i + 1]]
+        if not select:  # no choice: the mean of the fits at every L2
+            fits = [
+                expert.fit_head(expert.Head(dims[i], len(labels)), Zi, y, l2, mask=mask)
+                for l2 in cfg.model.l2_grid
+            ]
+            head.load_state_dict(expert.average_heads(fits).state_dict())
+            chosen.append(list(cfg.model.l2_grid))
+            continue
         best = (-1.0, cfg.model.l2_grid[0])
         for l2 in cfg.model.l2_grid if len(va) else []:
             h = expert.fit_head(expert.Head(dims[i], len(labels)), Zi[tr], y[tr], l2, mask=mask[tr])
