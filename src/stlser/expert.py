@@ -14,6 +14,10 @@ network stays available as ``model.kind: network``.
 The artefact (`model.pt`, format ``stlser-expert/1``) holds tensors and plain values only and
 loads with ``weights_only=True``; the ONNX export takes the functionals as its input (openSMILE
 runs before the graph, in `stlser.onnx_runtime`).
+
+Why this is one module: the head, its fit, the fold recipe built on it (select or average over
+the L2 grid, fine-tuning priors), the artefact and the cross-validation loop are one recognizer,
+read together as `stlser.model` is for the network; split, each part would import the others.
 """
 
 from __future__ import annotations
