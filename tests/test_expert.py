@@ -162,6 +162,33 @@ def test_crossval_writes_report_and_artefacts(expert_run):
     assert art["format"] == expert.FORMAT and model.dims == [88, 6373, 1582]
 
 
+def test_crossval_in_two_processes_matches_one(expert_run, tmp_path, synth_corpus):
+    import pandas as pd
+
+    from stlser import experiments
+
+    cfg = config.load(
+        "recommended.yaml",
+        [
+            "data.corpus=synth",
+            f"data.root={synth_corpus}",
+            "split.val_speakers=1",
+            f"cache_dir={expert_run.parent / 'cache'}",
+            "train.progress=false",
+            "train.jobs=2",
+        ],
+    )
+    run = experiments.crossval(cfg, tmp_path / "two")
+    one = pd.read_csv(expert_run / "predictions.csv")
+    two = pd.read_csv(run / "predictions.csv")
+    assert list(one["utt_id"]) == list(two["utt_id"])  # folds reassembled in their order
+    probs = [c for c in one.columns if c.startswith("prob_")]
+    assert probs and np.abs(one[probs].to_numpy() - two[probs].to_numpy()).max() < 1e-4
+    assert sorted(p.name for p in run.glob("fold_*")) == sorted(
+        p.name for p in expert_run.glob("fold_*")
+    )
+
+
 def test_recognizer_onnx_and_service_agree(expert_run, tmp_path):
     from fastapi.testclient import TestClient
 
