@@ -183,7 +183,7 @@ def test_onnx_garbage_is_a_model_load_error(tmp_path):
 # ------------------------------------------------------- 2. resume never mixes configs
 def _fake_training(monkeypatch):
     """crossval without features or training: each unit writes fold.json and uniform probs."""
-    from stlser import experiments, features
+    from stlser import experiments, features, runs
 
     calls: list[str] = []
 
@@ -191,7 +191,7 @@ def _fake_training(monkeypatch):
         return {u: np.zeros((50, 40), np.float32) for u in df["utt_id"]}
 
     def train_unit(unit):
-        labels = experiments._WORKER["labels"]
+        labels = runs.WORKER["labels"]
         calls.append(str(unit.dir))
         unit.dir.mkdir(parents=True, exist_ok=True)
         info = {"best_epoch": 1, "epochs_run": 1, "n_params": 1, "seconds": 0.0}

@@ -87,28 +87,11 @@ def fold_data(
     )
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _init_unit_worker(
-    df: pd.DataFrame,
-    feats: dict[str, np.ndarray],
-    threads: int,
-    labels: list[str],
-    resume: bool,
-    callbacks: StageCallbacks | None,
-) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    _WORKER.update(df=df, feats=feats, labels=labels, resume=resume, callbacks=callbacks)
-
-
 def _train_unit(unit: runs.Unit) -> dict[str, Any]:
     """Train one (fold, member) and return its fold info with the test probabilities."""
     from stlser.training import train_fold
 
-    w = _WORKER
+    w = runs.WORKER
     data = fold_data(unit.cfg, w["df"], w["feats"], unit.fold, w["labels"])
     info = train_fold(unit.cfg, data, unit.dir, resume=w["resume"], callbacks=w["callbacks"])
     info["val_speakers"] = list(unit.fold.val_speakers)
@@ -182,25 +165,13 @@ def crossval(
         )
 
     jobs = max(1, min(cfg.train.jobs, len(todo)))
-    if jobs == 1:
-        _WORKER.update(df=df, feats=feats, labels=labels, resume=resume, callbacks=callbacks)
-        try:
-            runs.run_units(todo, _train_unit, finish)
-        finally:
-            _WORKER.clear()
-    else:
-        threads = cfg.train.num_threads or max(1, usable_cores() // jobs)
+    state = {"df": df, "feats": feats, "labels": labels, "resume": resume, "callbacks": callbacks}
+    threads = cfg.train.num_threads or max(1, usable_cores() // jobs)
+    if jobs > 1:
         quiet = dataclasses.replace(cfg.train, progress=False)
         todo = [dataclasses.replace(u, cfg=dataclasses.replace(u.cfg, train=quiet)) for u in todo]
         log.info(f"training {len(todo)} models in {jobs} processes, {threads} torch thread(s) each")
-        runs.run_units(
-            todo,
-            _train_unit,
-            finish,
-            jobs=jobs,
-            initializer=_init_unit_worker,
-            initargs=(df, feats, threads, labels, resume, callbacks),
-        )
+    runs.run_units(todo, _train_unit, finish, state, jobs=jobs, threads=threads)
 
     preds, fold_infos, n_params, speed = [], [], 0, []
     for pos, i in enumerate(picked):

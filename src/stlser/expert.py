@@ -427,22 +427,15 @@ def load_matrix(df: Any, sets: list[str], cache_dir: str | None, progress: bool)
     return X
 
 
-_FOLD: dict[str, Any] = {}  # what every fold's fit reads (set in the worker processes too)
-
-
-def _init_fold_worker(state: dict[str, Any], threads: int) -> None:
-    torch.set_num_threads(threads)
-    _FOLD.update(state)
-
-
 def _fit_part(part: tuple[int, np.ndarray, np.ndarray, np.ndarray]) -> tuple:
     """One fold of :func:`crossval`: normalise with the training speakers' statistics, fit the
     heads (:func:`fit_fold`), score the test rows. A module-level function so `train.jobs` > 1
     can run folds in spawned processes."""
+    from stlser import runs
     from stlser.baseline import normalize_functionals
 
     _, tr, va, te = part
-    s = _FOLD
+    s = runs.WORKER
     X = s["X"]
     fit = np.concatenate([tr, va])
     Z, _ = normalize_functionals(X, s["speakers"], s["mode"], fit, s["glob"])
@@ -498,9 +491,8 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
             for part in (fold.train, fold.val, fold.test)
         )
         parts.append((i, tr, va, te))
-    state = {"X": X, "y": y, "speakers": speakers, "mode": mode, "glob": glob, "dims": dims}
-    state |= {"n_classes": len(labels), "grid": list(cfg.model.l2_grid), "priors": priors}
-    state["l2_mode"] = cfg.model.l2_mode
+    state = dict(X=X, y=y, speakers=speakers, mode=mode, glob=glob, dims=dims, priors=priors)
+    state.update(n_classes=len(labels), grid=list(cfg.model.l2_grid), l2_mode=cfg.model.l2_mode)
     done: dict[int, tuple[Any, dict[str, Any]]] = {}  # fold index → (predictions, info)
 
     def finish(part: tuple, result: tuple[ExpertModel, dict[str, Any], Tensor]) -> None:
@@ -532,23 +524,10 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
         )
 
     jobs = max(1, min(cfg.train.jobs, len(parts)))
-    if jobs == 1:
-        _FOLD.update(state)
-        try:
-            runs.run_units(parts, _fit_part, finish)
-        finally:
-            _FOLD.clear()
-    else:  # each process gets its own copy of the functionals (spawned: nothing shared)
-        threads = cfg.train.num_threads or max(1, usable_cores() // jobs)
+    threads = cfg.train.num_threads or max(1, usable_cores() // jobs)
+    if jobs > 1:  # each process gets its own copy of the functionals (spawned: nothing shared)
         log.info(f"fitting {len(parts)} folds in {jobs} processes, {threads} torch thread(s) each")
-        runs.run_units(
-            parts,
-            _fit_part,
-            finish,
-            jobs=jobs,
-            initializer=_init_fold_worker,
-            initargs=(state, threads),
-        )
+    runs.run_units(parts, _fit_part, finish, state, jobs=jobs, threads=threads)
     preds = [done[i][0] for i in picked]
     infos = [done[i][1] for i in picked]
     import pandas as pd

@@ -148,27 +148,43 @@ def plan_units(
     return todo, done
 
 
+WORKER: dict[str, Any] = {}  # the `state` of the running :func:`run_units` (in its processes too)
+
+
+def _init_worker(state: dict[str, Any], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    WORKER.update(state)
+
+
 def run_units(
-    units: Iterable[Unit],
-    work: Callable[[Unit], Any],
-    on_done: Callable[[Unit, Any], None],
+    units: Iterable[Unit] | Iterable[Any],
+    work: Callable[[Any], Any],
+    on_done: Callable[[Any, Any], None],
+    state: dict[str, Any],
     jobs: int = 1,
-    initializer: Callable[..., None] | None = None,
-    initargs: tuple = (),
+    threads: int = 1,
 ) -> None:
-    """`work(unit)` for every unit, then `on_done(unit, result)`. With `jobs` > 1 the units run
-    in that many spawned processes (`work` and `initializer` must be importable functions)."""
+    """`work(unit)` for every unit, then `on_done(unit, result)`; `work` reads what the units
+    share from :data:`WORKER`, which holds `state` while they run. With `jobs` > 1 the units run
+    in that many spawned processes, each with its own copy of `state` and `threads` torch
+    threads (`work` must be an importable function)."""
     units = list(units)
     if jobs <= 1:
-        for u in units:
-            on_done(u, work(u))
+        WORKER.update(state)
+        try:
+            for u in units:
+                on_done(u, work(u))
+        finally:
+            WORKER.clear()
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(
-        jobs, mp_context=ctx, initializer=initializer, initargs=initargs
+        jobs, mp_context=ctx, initializer=_init_worker, initargs=(state, threads)
     ) as pool:
         pending = {pool.submit(work, u): u for u in units}
         while pending:
