@@ -19,6 +19,10 @@ Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE func
 * ``avg-ft``  ``avg`` with the fits pulled toward each head of a pretrained model (``--init``,
   made without this corpus: `benchmarks/bench_accuracy.py` keeps one in
   ``<runs>/<corpus>/pretrained-without/``) averaged in as well (``model.init``)
+* ``avg-ft-aug`` ``avg-ft`` with the speed-perturbed copies of ``aug`` (below) as extra rows
+* ``avg-ft2`` ``avg-ft`` with the fits toward the pretrained heads counted twice (2/3 of the mean)
+* ``avg-ft2-aug`` both of the above
+* ``avg-ft10`` ``avg-ft`` with one more fit toward the pretrained heads, at L2 10 (closer to them)
 * ``loso``    each head's L2 by pooled UA over inner leave-one-speaker-out, refit on all
 * ``bag``     ``loso``, then the inner models and the refit averaged (a speaker bagging)
 * ``pool``    ``loso`` with the other shared corpora added to the training rows (weight
@@ -276,17 +280,24 @@ def add_frames(d: Data, df, out: Path) -> None:
     d.frames = F.astype(np.float32)
 
 
-def make_average(init: bool = False) -> Recipe:
+def make_average(
+    init: bool = False, aug: bool = False, prior_weight: int = 1, prior_grid: tuple = ()
+) -> Recipe:
     """No inner choice: each head the average of its fits at every L2 of the grid on all the
     training speakers (`stlser.expert.fit_fold(mode="average")`, `model.l2_mode: average`).
     With `init`, also the fits pulled toward the pretrained heads of `Data.priors` (fine-tuning
-    from a model that never saw this corpus)."""
+    from a model that never saw this corpus), counted `prior_weight` times, at the L2s of the
+    grid and of `prior_grid`. With `aug`, the speed-perturbed copies join the rows."""
 
     def recipe(d: Data, rows: np.ndarray, target: np.ndarray, rng) -> torch.Tensor:
         out = 0
         for i in range(len(DIMS)):
-            priors = [None, d.priors[i]] if init else [None]
-            h = expert.average_heads([fit(d, rows, i, l2, prior=p) for p in priors for l2 in GRID])
+            fits = [fit(d, rows, i, l2, aug=aug) for l2 in GRID]
+            if init:
+                pulled = [fit(d, rows, i, l2, aug=aug, prior=d.priors[i]) for l2 in GRID]
+                pulled += [fit(d, rows, i, l2, aug=aug, prior=d.priors[i]) for l2 in prior_grid]
+                fits += pulled * prior_weight
+            h = expert.average_heads(fits)
             out = out + lp(h, d, target, i) / len(DIMS)
         return out
 
@@ -344,6 +355,10 @@ def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
         "base": make_holdout(),
         "avg": make_average(),
         "avg-ft": make_average(init=True),
+        "avg-ft-aug": make_average(init=True, aug=True),
+        "avg-ft2": make_average(init=True, prior_weight=2),
+        "avg-ft10": make_average(init=True, prior_grid=(10.0,)),
+        "avg-ft2-aug": make_average(init=True, aug=True, prior_weight=2),
         "loso": make_loso(),
         "bag": make_loso(bag=True),
         "pool": make_loso(extra_w=args.pool_weight),
@@ -366,7 +381,7 @@ def _speed_functionals(args: tuple[str, tuple[float, ...], tuple[str, ...]]) -> 
     x = audio.load(path)
     out = []
     for a in factors:
-        y = audio.resample(x, int(round(16_000 * a)), 16_000)
+        y = audio.speed_perturb(x, a)
         out.append(np.concatenate([smile.functionals(y, 16_000, s) for s in sets]))
     return np.stack(out)
 
@@ -428,6 +443,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--ref", default="base", help="the candidate of the paired − column")
     args = ap.parse_args(argv)
     combos = [c.split(",") for c in (args.sets or ["egemaps,compare"])]
     for c in combos:
@@ -455,7 +471,7 @@ def main(argv: list[str] | None = None) -> str:
                 add_aug(d, df, Path(args.aug_dir), tuple(args.speeds))
             if "boaw" in names:
                 add_frames(d, df, Path(args.aug_dir))
-            if "avg-ft" in names:
+            if any(n.startswith("avg-ft") for n in names):
                 if not args.init:
                     ap.error("avg-ft needs --init (a pretrained model made without the corpus)")
                 d.priors = expert.init_priors(args.init.format(corpus=corpus), SETS, d.labels)
@@ -481,7 +497,7 @@ def main(argv: list[str] | None = None) -> str:
                         f"{100 * ua(yv[seed], preds[key][seed]):.1f}",
                         flush=True,
                     )
-        ref = next((k for k in preds if k.split(" [")[0] == "base"), None)
+        ref = next((k for k in preds if k.split(" [")[0] == args.ref), None)
         for key in preds:
             uas = np.array([ua(yv[s], preds[key][s]) for s in seeds])
             diff = ""
@@ -501,7 +517,7 @@ def main(argv: list[str] | None = None) -> str:
                     "corpus",
                     "candidate",
                     "val UA (mean ± sd over seeds)",
-                    f"− {ref or 'base'} (per seed)",
+                    f"− {ref or args.ref} (per seed)",
                     "s/seed",
                 ],
                 rows_out,

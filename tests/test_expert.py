@@ -117,6 +117,47 @@ def test_average_mode_heads_are_the_mean_of_every_l2_fit(with_prior):
         assert torch.allclose(model.heads[0](z), torch.log_softmax(logits, -1), atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["average", "select"])
+def test_speed_copies_join_the_fits_of_the_rows_they_copy(mode):
+    rng = np.random.default_rng(4)
+    y = np.tile(np.repeat(np.arange(3), 20), 2)  # rows 60-119: the copies of rows 0-59
+    Z = rng.normal(size=(120, 6)) + np.eye(3, 6)[y]
+    tr, va, grid = np.arange(0, 40), np.arange(40, 60), [0.01, 1.0]
+    got, sel = expert.fit_fold(Z, y, [6], 3, tr, va, grid, mode=mode, copies=(tr + 60, va + 60))
+    if mode == "average":  # the same as fitting the copies as rows of their own
+        rows = np.r_[tr, va, tr + 60, va + 60]
+        want, _ = expert.fit_fold(Z, y, [6], 3, rows, va[:0], grid, mode=mode)
+        want = want.heads[0].linear.weight
+    else:  # candidates fit train + its copies and are scored on the original val rows only
+        _, ref = expert.fit_fold(Z, y, [6], 3, np.r_[tr, tr + 60], va, grid, mode=mode)
+        assert sel["l2"] == ref["l2"] and sel["val_ua"] == ref["val_ua"]
+        rows = np.r_[tr, va, tr + 60, va + 60]  # the refit: every row and every copy
+        h = expert.fit_head(expert.Head(6, 3), Z[rows], y[rows], sel["l2"][0])
+        want = h.linear.weight
+    assert torch.allclose(got.heads[0].linear.weight, want, atol=1e-5)
+
+
+def test_speed_copies_are_cached_apart_and_perturbed(tmp_path):
+    from stlser import audio, smile
+    from stlser.config import FeatureConfig
+    from stlser.features import FeatureCache
+
+    t = np.arange(16_000) / 16_000
+    wave = (0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.3 * t))).astype(np.float32)
+    path = tmp_path / "a.wav"
+    audio.write_wav(path, wave)
+    cfg = FeatureConfig(kind="egemaps")
+    plain, fast = (FeatureCache(tmp_path, cfg, "functionals", v) for v in (1.0, 1.1))
+    assert plain.key(path) != fast.key(path) and plain.root != fast.root
+    want = smile.functionals(audio.speed_perturb(audio.load(path), 1.1), 16_000, "egemaps")
+    assert np.allclose(fast.get_or_compute(path), want)
+    assert not np.allclose(plain.get_or_compute(path), want)
+    with pytest.raises(ValueError, match="functionals only"):
+        FeatureCache(tmp_path, cfg, "frames", 1.1)
+    with pytest.raises(ValueError, match="model.speeds"):
+        config.load(None, ["model.speeds=[1.0, 1.1]"])
+
+
 def test_average_heads_refuses_heads_of_other_rows():
     a, b = expert.Head(2, 2), expert.Head(2, 2)
     b.center.fill_(1.0)
@@ -189,6 +230,40 @@ def test_crossval_in_one_process_matches_two(expert_run, tmp_path, synth_corpus)
     assert sorted(p.name for p in run.glob("fold_*")) == sorted(
         p.name for p in expert_run.glob("fold_*")
     )
+
+
+def test_crossval_with_speed_copies(expert_run, tmp_path, synth_corpus):
+    import pandas as pd
+
+    from stlser import experiments
+    from stlser.results import RunReport
+
+    over = [
+        "data.corpus=synth",
+        f"data.root={synth_corpus}",
+        "split.val_speakers=1",
+        f"cache_dir={expert_run.parent / 'cache'}",
+        "train.progress=false",
+        "model.init=null",
+        "model.functionals=[egemaps]",
+    ]
+    runs = {
+        v: experiments.crossval(
+            config.load("recommended.yaml", [*over, f"model.speeds={v}"]), tmp_path / str(i)
+        )
+        for i, v in enumerate(["[]", "[0.9,1.1]"])
+    }
+    rep = RunReport.load(runs["[0.9,1.1]"] / "report.json")
+    assert rep.extra["speed_copies"] == [0.9, 1.1] and rep.ua > 0.5
+    base = RunReport.load(runs["[]"] / "report.json")
+    assert [f.n for f in rep.folds] == [f.n for f in base.folds]  # the originals tested
+    fold = json.loads((runs["[0.9,1.1]"] / "fold_00" / "fold.json").read_text())
+    assert (
+        fold["n_train"] == json.loads((runs["[]"] / "fold_00" / "fold.json").read_text())["n_train"]
+    )
+    a, b = (pd.read_csv(r / "predictions.csv") for r in runs.values())
+    probs = [c for c in a.columns if c.startswith("prob_")]
+    assert np.abs(a[probs].to_numpy() - b[probs].to_numpy()).max() > 1e-3  # the copies count
 
 
 def test_recognizer_onnx_and_service_agree(expert_run, tmp_path):

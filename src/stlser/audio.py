@@ -226,6 +226,16 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray
     return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
 
 
+def speed_perturb(x: np.ndarray, factor: float, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Kaldi's speed perturbation: `x` played `factor` times faster (tempo, pitch and formants
+    all scale by it; the result has ``len(x) / factor`` samples at the same rate).
+
+    >>> speed_perturb(np.zeros(16_000, np.float32), 1.25).shape
+    (12800,)
+    """
+    return resample(x, int(round(sr * factor)), sr)
+
+
 def to_mono(x: np.ndarray) -> np.ndarray:
     """Average channels of a (frames, channels) array; pass 1-D through."""
     return x.mean(axis=1) if x.ndim == 2 else x

@@ -107,6 +107,10 @@ class ModelConfig:
     # expert: "select" fits each head at every L2 and keeps the one the validation speakers
     # score best; "average" keeps no choice: each head is the mean of its fits at every L2
     l2_mode: Literal["select", "average"] = "select"
+    # expert: speed-perturbed copies of the training clips (Kaldi's speed perturbation, e.g.
+    # [0.9, 1.1]) join the training rows, each (speaker, factor) normalised as a speaker of its
+    # own; training only (prediction never perturbs). [] = off
+    speeds: list[float] = field(default_factory=list)
     # fine-tuning: start from pretrained weights, "base" (the shipped general model) or the path
     # of a model.pt of the same kind. expert: each L2 of l2_grid is fitted pulling toward zero and
     # toward the pretrained weights (l2_mode select: validation picks one; average: all averaged);
@@ -139,6 +143,17 @@ class ModelConfig:
         if not self.l2_grid or min(self.l2_grid) < 0:
             raise ValueError(
                 f"config model.l2_grid must be non-negative numbers, got {self.l2_grid}"
+            )
+        try:
+            self.speeds = [float(v) for v in self.speeds]
+        except (TypeError, ValueError):
+            raise ValueError(f"config model.speeds must be numbers, got {self.speeds!r}") from None
+        if any(not 0.5 <= v <= 2.0 or v == 1.0 for v in self.speeds) or len(set(self.speeds)) < len(
+            self.speeds
+        ):
+            raise ValueError(
+                f"config model.speeds must be distinct factors in [0.5, 2] other than 1, "
+                f"got {self.speeds}"
             )
 
 

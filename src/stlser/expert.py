@@ -254,6 +254,7 @@ def fit_fold(
     grid: list[float],
     priors: list[Prior] | None = None,
     mode: str = "select",
+    copies: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[ExpertModel, dict[str, Any]]:
     """Fit each head on the fold's training speakers (`train` + `val`; the test rows are never
     passed in). `Z` holds normalised functionals (the sets concatenated).
@@ -268,10 +269,16 @@ def fit_fold(
     pulling toward zero and toward the pretrained head: "select" picks the pair on validation
     (ties go to zero, so a pretrained model that does not help the validation speakers is not
     used), "average" averages all of them.
+
+    `copies` (rows of `Z`: the speed-perturbed copies of the train rows, of the val rows) join
+    every fit the rows they copy join; validation scores the original val rows only.
     """
     priors = priors or [None] * len(dims)
     model = ExpertModel(dims, n_classes)
     fit = np.concatenate([train, val])
+    if copies is not None:
+        train = np.concatenate([train, copies[0]])
+        fit = np.concatenate([fit, *copies])
     bounds = np.cumsum([0, *dims])
     chosen, centre, val_ua = [], [], []
     val_lp = torch.zeros(len(val), n_classes)
@@ -412,13 +419,16 @@ def init_priors(
 
 
 # ------------------------------------------------------------------------- cross-validation
-def load_matrix(df: Any, sets: list[str], cache_dir: str | None, progress: bool) -> np.ndarray:
-    """Functionals of every manifest row (sets concatenated) → float32[N, D], via the cache."""
+def load_matrix(
+    df: Any, sets: list[str], cache_dir: str | None, progress: bool, speed: float = 1.0
+) -> np.ndarray:
+    """Functionals of every manifest row (sets concatenated) → float32[N, D], via the cache;
+    with `speed` ≠ 1, of each clip speed-perturbed by that factor."""
     from stlser.features import load_functionals
 
     parts = []
     for s in sets:
-        got = load_functionals(df, cache_dir, progress=progress, feature_set=s)
+        got = load_functionals(df, cache_dir, progress=progress, feature_set=s, speed=speed)
         parts.append(np.stack([np.asarray(got[str(u)], np.float32) for u in df["utt_id"]]))
     X = np.concatenate(parts, axis=1)
     bad = ~np.isfinite(X)
@@ -436,11 +446,16 @@ def _fit_part(part: tuple[int, np.ndarray, np.ndarray, np.ndarray]) -> tuple:
 
     _, tr, va, te = part
     s = runs.WORKER
-    X = s["X"]
+    X, n = s["X"], s["n"]  # rows n, 2n, …: the speed-perturbed copies of rows 0 … n−1
     fit = np.concatenate([tr, va])
-    Z, _ = normalize_functionals(X, s["speakers"], s["mode"], fit, s["glob"])
+    copies = None
+    if len(X) > n:
+        k = np.arange(1, len(X) // n)[:, None] * n
+        copies = ((tr + k).ravel(), (va + k).ravel())
+    every = fit if copies is None else np.concatenate([fit, *copies])
+    Z, _ = normalize_functionals(X, s["speakers"], s["mode"], every, s["glob"])
     model, sel = fit_fold(
-        Z, s["y"], s["dims"], s["n_classes"], tr, va, s["grid"], s["priors"], s["l2_mode"]
+        Z, s["y"], s["dims"], s["n_classes"], tr, va, s["grid"], s["priors"], s["l2_mode"], copies
     )
     raw = torch.as_tensor(X[fit], dtype=torch.float32)
     model.mean.copy_(raw.mean(0))
@@ -472,12 +487,28 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
     dims = set_dims(sets)
     log.info(f"{cfg.name}: functionals {'+'.join(sets)} of {len(df)} utterances")
     X = load_matrix(df, sets, cfg.cache_dir, cfg.train.progress).astype(np.float64)
-    t_feat = time.time() - t0
     speakers = df["speaker"].astype(str).to_numpy()
     index = {lab: i for i, lab in enumerate(labels)}
     y = np.asarray([index[v] for v in df["label"].astype(str)])
     pos = {u: i for i, u in enumerate(df["utt_id"].astype(str))}
     glob = sorted(degenerate.global_speakers(df, cfg.features))
+    n = len(X)
+    if cfg.model.speeds:  # each (speaker, speed) normalised as a speaker of its own
+        log.info(f"speed-perturbed copies {cfg.model.speeds} of every clip join the training rows")
+        X = np.concatenate(
+            [X]
+            + [
+                load_matrix(df, sets, cfg.cache_dir, cfg.train.progress, a)
+                for a in cfg.model.speeds
+            ]
+        ).astype(np.float64)
+        tags = [f"@{a}" for a in cfg.model.speeds]
+        speakers = np.concatenate(
+            [speakers] + [np.asarray([v + t for v in speakers]) for t in tags]
+        )
+        glob = glob + [g + t for t in tags for g in glob]
+        y = np.tile(y, len(cfg.model.speeds) + 1)
+    t_feat = time.time() - t0
     mode = cfg.features.normalize if cfg.features.normalize != "utterance" else "none"
     picked = runs.chosen(cfg, folds)
     priors = None
@@ -491,7 +522,7 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
             for part in (fold.train, fold.val, fold.test)
         )
         parts.append((i, tr, va, te))
-    state = dict(X=X, y=y, speakers=speakers, mode=mode, glob=glob, dims=dims, priors=priors)
+    state = dict(X=X, n=n, y=y, speakers=speakers, mode=mode, glob=glob, dims=dims, priors=priors)
     state.update(n_classes=len(labels), grid=list(cfg.model.l2_grid), l2_mode=cfg.model.l2_mode)
     done: dict[int, tuple[Any, dict[str, Any]]] = {}  # fold index → (predictions, info)
 
@@ -545,6 +576,7 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
             else "each head the average of its fits at every L2 of the grid on train+val"
         ),
         "n_params": int(sum(p.numel() for p in ExpertModel(dims, len(labels)).parameters())),
+        "speed_copies": list(cfg.model.speeds),
         "speaker_normalisation": speaker_norm,
         "feature_seconds": round(t_feat, 2),
         "seconds": round(time.time() - t0, 2),

@@ -41,23 +41,33 @@ class FeatureCache:
     The key hashes the file's absolute path, size and mtime_ns, the feature config (sorted JSON,
     without ``normalize``, which does not change features) and FEATURE_VERSION: an edited file
     or a changed config misses. ``what="functionals"`` caches eGeMAPS functionals under a
-    distinct key. Entries are written atomically; an unreadable entry counts as a miss.
+    distinct key; ``speed`` ≠ 1 (functionals only) caches those of the clip speed-perturbed by that
+    factor (:func:`stlser.audio.speed_perturb`), under a key of their own. Entries are written atomically; an unreadable entry counts as a miss.
     """
 
     def __init__(
-        self, cache_dir: str | os.PathLike, cfg: FeatureConfig, what: str = "frames"
+        self,
+        cache_dir: str | os.PathLike,
+        cfg: FeatureConfig,
+        what: str = "frames",
+        speed: float = 1.0,
     ) -> None:
         if what not in ("frames", *FUNCTIONAL_WHAT.values()):
             raise ValueError(
                 f"what must be 'frames' or one of {sorted(FUNCTIONAL_WHAT.values())}, not {what!r}"
             )
+        if speed != 1.0 and (what == "frames" or not 0.5 <= speed <= 2.0):
+            raise ValueError(f"speed {speed} is for functionals only, within [0.5, 2]")
         self.cfg = cfg.resolved()
         self.what = what
+        self.speed = float(speed)
         if what != "frames":  # eGeMAPS keeps its historical key; every other set gets its own
             desc: dict[str, Any] = {
                 "kind": "egemaps_functionals" if what == "functionals" else f"{what}_functionals",
                 "sample_rate": self.cfg.sample_rate,
             }
+            if self.speed != 1.0:
+                desc["speed"] = self.speed
         else:
             desc = feature_key_config(self.cfg)
         self.config = {**desc, "what": what, "feature_version": FEATURE_VERSION}
@@ -90,6 +100,8 @@ class FeatureCache:
     def compute(self, path: str | os.PathLike) -> np.ndarray:
         """Decode `path` and compute its features (no cache involved)."""
         wave = audio.load(path, sr=self.cfg.sample_rate)
+        if self.speed != 1.0:
+            wave = audio.speed_perturb(wave, self.speed, self.cfg.sample_rate)
         try:
             if self.what != "frames":
                 set_name = next(k for k, w in FUNCTIONAL_WHAT.items() if w == self.what)
@@ -126,9 +138,10 @@ def _work(
     what: str,
     items: list[tuple[str, str | None]],
     keep: bool,
+    speed: float = 1.0,
 ) -> list[Any]:
     """Compute (and store) the features of `items` [(path, key)]; return arrays or shapes."""
-    cache = FeatureCache(cache_dir or ".", cfg, what)
+    cache = FeatureCache(cache_dir or ".", cfg, what, speed)
     out: list[Any] = []
     for path, key in items:
         arr = cache.compute(path)
@@ -167,10 +180,11 @@ def _run(
     progress: bool,
     keep: bool,
     what: str = "frames",
+    speed: float = 1.0,
 ) -> tuple[dict[str, Any], int, int]:
     """Shared engine of load_features / fill_cache / load_functionals → (results, hits, misses)."""
     cfg = cfg.resolved()
-    cache = FeatureCache(cache_dir or ".", cfg, what)
+    cache = FeatureCache(cache_dir or ".", cfg, what, speed)
     root = str(cache_dir) if cache_dir is not None else None
     by_path: dict[str, list[str]] = {}
     for utt, path in zip(df["utt_id"].astype(str), df["path"].astype(str), strict=True):
@@ -190,7 +204,7 @@ def _run(
 
         bar = tqdm(
             total=len(misses),
-            desc=f"features ({what})",
+            desc=f"features ({what})" if speed == 1.0 else f"features ({what}, speed {speed})",
             unit="file",
             file=sys.stderr,
             disable=not progress or len(misses) < 20,
@@ -201,10 +215,10 @@ def _run(
             if n_proc <= 1 or len(misses) < 4:
                 with _single_thread():
                     for path, key in misses:
-                        got[path] = _work(root, cfg, what, [(path, key)], keep)[0]
+                        got[path] = _work(root, cfg, what, [(path, key)], keep, speed)[0]
                         bar.update(1)
             else:
-                _run_pool(misses, n_proc, root, cfg, what, keep, got, bar.update)
+                _run_pool(misses, n_proc, root, cfg, what, keep, got, bar.update, speed)
         finally:
             bar.close()
     out = {utt: got[path] for path, utts in by_path.items() for utt in utts}
@@ -220,6 +234,7 @@ def _run_pool(
     keep: bool,
     got: dict[str, Any],
     step: Callable[[int], Any],
+    speed: float = 1.0,
 ) -> None:
     import multiprocessing as mp
 
@@ -236,7 +251,8 @@ def _run_pool(
         n_proc, mp_context=mp.get_context(method), initializer=_init_worker
     ) as ex:
         futures = {
-            ex.submit(_work, root, cfg, what, chunk, keep): chunk for chunk in _chunks(misses, size)
+            ex.submit(_work, root, cfg, what, chunk, keep, speed): chunk
+            for chunk in _chunks(misses, size)
         }
         pending = set(futures)
         while pending:
@@ -276,18 +292,19 @@ def load_functionals(
     progress: bool = True,
     sample_rate: int = audio.SAMPLE_RATE,
     feature_set: str = "egemaps",
+    speed: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """openSMILE functionals of every row → {utt_id: float32[D]}, cached under their own key.
 
     ``feature_set``: a name of `stlser.smile.FUNCTIONAL_SETS`, e.g. ``egemaps`` (eGeMAPSv02, 88)
-    or ``compare`` (ComParE_2016, 6,373)."""
+    or ``compare`` (ComParE_2016, 6,373). ``speed`` ≠ 1: of the speed-perturbed clips."""
     if feature_set not in FUNCTIONAL_WHAT:
         raise ValueError(
             f"feature_set must be one of {sorted(FUNCTIONAL_WHAT)}, not {feature_set!r}"
         )
     cfg = FeatureConfig(kind="egemaps", sample_rate=sample_rate)
     what = FUNCTIONAL_WHAT[feature_set]
-    out, _, _ = _run(df, cfg, cache_dir, workers, progress, keep=True, what=what)
+    out, _, _ = _run(df, cfg, cache_dir, workers, progress, keep=True, what=what, speed=speed)
     return out
 
 
