@@ -100,7 +100,7 @@ def pretrained_without(corpus: str, args: argparse.Namespace) -> Path:
     if not (out / "model.pt").exists():
         root = args.root or bl.corpus_root(corpus).parent
         others = [c for c in POOL if c != corpus and (root / c).is_dir()]
-        same = [o for o in args.overrides if not o.startswith(("data.", "split."))]
+        same = [o for o in args.overrides if not o.startswith(("data.", "split.", "model.speeds"))]
         cfg = config.load(
             "pretrain.yaml",
             [f"data.root={root}", f"data.pool=[{','.join(others)}]", "train.progress=false", *same],

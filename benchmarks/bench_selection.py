@@ -371,44 +371,13 @@ def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
     }
 
 
-def _speed_functionals(args: tuple[str, tuple[float, ...], tuple[str, ...]]) -> np.ndarray:
-    """Functionals (`sets` concatenated) of one file's speed-perturbed copies: factor a resamples
-    by 1/a and plays at 16 kHz (Kaldi's speed perturbation: tempo, pitch and formants all scale
-    by a)."""
-    from stlser import audio, smile
-
-    path, factors, sets = args
-    x = audio.load(path)
-    out = []
-    for a in factors:
-        y = audio.speed_perturb(x, a)
-        out.append(np.concatenate([smile.functionals(y, 16_000, s) for s in sets]))
-    return np.stack(out)
-
-
-def add_aug(d: Data, df, out: Path, factors: tuple[float, ...]) -> None:
-    """Speed-perturbed functionals of the sets in use for every row (computed once per set
-    combination, kept in `out`), each (speaker, factor) group normalised by its own statistics,
-    as a new speaker would be."""
-    import hashlib
-    from concurrent.futures import ProcessPoolExecutor
-
-    from stlser.utils import save_npy, usable_cores
-
-    sets = tuple(SETS)
-    files = "\n".join(df["path"].astype(str)) + repr(factors) + repr(sets)
-    key = hashlib.sha1(files.encode()).hexdigest()[:16]
-    path = out / f"speed-{key}.npy"
-    if path.exists():
-        A = np.load(path)
-    else:
-        jobs = [(str(p), factors, sets) for p in df["path"]]
-        with ProcessPoolExecutor(usable_cores()) as ex:
-            A = np.stack(list(ex.map(_speed_functionals, jobs, chunksize=8)))
-        out.mkdir(parents=True, exist_ok=True)
-        save_npy(path, A.astype(np.float32))
-    A = A.astype(np.float64)
-    A[~np.isfinite(A)] = 0.0
+def add_aug(d: Data, df, cache_dir: str | None, factors: tuple[float, ...]) -> None:
+    """Speed-perturbed functionals of the sets in use for every row (`model.speeds`, through the
+    feature cache), each (speaker, factor) group normalised by its own statistics, as a new
+    speaker would be."""
+    A = np.stack(
+        [expert.load_matrix(df, SETS, cache_dir, True, a).astype(np.float64) for a in factors], 1
+    )
     for k in range(A.shape[1]):
         A[:, k], _ = normalize_functionals(A[:, k], d.spk, "speaker", None, ())
     d.aug = A
@@ -468,7 +437,7 @@ def main(argv: list[str] | None = None) -> str:
             if "pool" in names:
                 add_pool(d, corpus, root.parent, cfg.cache_dir)
             if any("aug" in n for n in names):
-                add_aug(d, df, Path(args.aug_dir), tuple(args.speeds))
+                add_aug(d, df, cfg.cache_dir, tuple(args.speeds))
             if "boaw" in names:
                 add_frames(d, df, Path(args.aug_dir))
             if any(n.startswith("avg-ft") for n in names):

@@ -195,7 +195,7 @@ def test_crossval_writes_report_and_artefacts(expert_run):
 
     rep = RunReport.load(expert_run / "report.json")
     assert len(rep.folds) == 4 and rep.speaker_independent
-    assert rep.extra["system"] == expert.SYSTEM
+    assert rep.extra["system"] == expert.SYSTEM and rep.extra["speed_copies"] == [0.9, 1.1]
     assert rep.ua > 0.5  # 4 classes of strongly different synthetic prosody; chance 0.25
     fold = json.loads((expert_run / "fold_00" / "fold.json").read_text())
     assert len(fold["l2"]) == 3 and fold["val_speakers"]
@@ -217,6 +217,7 @@ def test_crossval_in_one_process_matches_two(expert_run, tmp_path, synth_corpus)
             f"cache_dir={expert_run.parent / 'cache'}",
             "train.progress=false",
             "train.jobs=1",
+            "train.num_threads=1",  # as each of the two processes has: J alone differs
         ],
     )
     # the fixture's run (recommended.yaml as shipped) fitted its folds in two processes

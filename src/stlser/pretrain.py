@@ -148,10 +148,13 @@ def recipe_digest(cfg: ExperimentConfig) -> str:
     import hashlib
     import json
 
+    model = dataclasses.asdict(cfg.model)
+    if not model["speeds"]:  # a key added later, at its off value: the models made before match
+        del model["speeds"]
     what = {
         "pool": sorted(cfg.data.pool),
         "seed": cfg.seed,
-        "model": dataclasses.asdict(cfg.model),
+        "model": model,
         "features": dataclasses.asdict(cfg.features),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
@@ -172,6 +175,11 @@ def pretrain(
 
     from stlser.export import export_onnx
 
+    if cfg.model.speeds:
+        raise ValueError(
+            "model.speeds: the general model is fitted without speed-perturbed copies "
+            "(pretrain does not make them); remove the key from the pretrain config"
+        )
     t0 = time.time()
     out = Path(out)
     digest = recipe_digest(cfg)

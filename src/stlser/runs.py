@@ -167,17 +167,22 @@ def run_units(
     threads: int = 1,
 ) -> None:
     """`work(unit)` for every unit, then `on_done(unit, result)`; `work` reads what the units
-    share from :data:`WORKER`, which holds `state` while they run. With `jobs` > 1 the units run
-    in that many spawned processes, each with its own copy of `state` and `threads` torch
-    threads (`work` must be an importable function)."""
+    share from :data:`WORKER`, which holds `state` while they run, with `threads` torch threads.
+    With `jobs` > 1 the units run in that many spawned processes, each with its own copy of
+    `state` (`work` must be an importable function)."""
     units = list(units)
     if jobs <= 1:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # as a worker process would: rounding depends on it
         WORKER.update(state)
         try:
             for u in units:
                 on_done(u, work(u))
         finally:
             WORKER.clear()
+            torch.set_num_threads(before)
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
