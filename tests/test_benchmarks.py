@@ -306,8 +306,8 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
 
 def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeypatch):
     """Recipe candidates see only the fold's training speakers and are scored on its
-    validation speakers; speed-perturbed copies are computed once and reused."""
-    import numpy as np
+    validation speakers; speed-perturbed copies come from the feature cache."""
+    import json
 
     _mini_corpora(tmp_path / "corpora")
     seen: list[tuple[set, set]] = []
@@ -356,8 +356,12 @@ def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeyp
         assert len(train) == 2 and len(val) == 1 and not train & val
         tested |= {"03", "08", "09", "10"} - train - val
     assert tested == {"03", "08", "09", "10"}  # every test speaker held out of both
-    cached = list((tmp_path / "aug").glob("speed-*.npy"))
-    assert len(cached) == 1 and np.load(cached[0]).shape[:2] == (56, 2)
+    # the copies are the feature cache's: one entry per clip and (set, speed), under its own key
+    by_speed: dict[float, int] = {}
+    for conf in (tmp_path / "cache").glob("*/config.json"):
+        speed = json.loads(conf.read_text()).get("speed", 1.0)
+        by_speed[speed] = by_speed.get(speed, 0) + len(list(conf.parent.glob("*/*.npy")))
+    assert by_speed == {1.0: 2 * 56, 0.9: 2 * 56, 1.1: 2 * 56}  # eGeMAPS and ComParE
     assert len(list((tmp_path / "aug").glob("lld-*.npy"))) == 1
     with pytest.raises(SystemExit):
         bench_selection.main([*common, "--candidates", "nope"])
