@@ -482,3 +482,22 @@ def test_model_init_refuses_incompatible_models(expert_run, tmp_path, change, ma
     exc = FileNotFoundError if change.get("missing") else ValueError
     with pytest.raises(exc, match=match):
         expert.init_priors(str(init), sets, labels)
+
+
+def test_pretrain_refuses_speed_copies(tmp_path):
+    from stlser import pretrain
+
+    cfg = config.load("pretrain.yaml", [f"data.root={tmp_path}", "model.speeds=[0.9,1.1]"])
+    with pytest.raises(ValueError, match="model.speeds"):
+        pretrain.pretrain(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    # off, the key leaves the digest as it was before the key existed (made models still match)
+    import dataclasses
+    import hashlib
+
+    plain = config.load("pretrain.yaml", [f"data.root={tmp_path}"])
+    model = {k: v for k, v in dataclasses.asdict(plain.model).items() if k != "speeds"}
+    what = {"pool": sorted(plain.data.pool), "seed": plain.seed, "model": model}
+    what["features"] = dataclasses.asdict(plain.features)
+    old = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    assert pretrain.recipe_digest(plain) == old
