@@ -26,7 +26,6 @@ from stlser.results import RunReport
 from stlser.utils import (
     clean_stale_temps,
     save_npy,
-    usable_cores,
     write_csv,
 )
 
@@ -166,12 +165,12 @@ def crossval(
 
     jobs = max(1, min(cfg.train.jobs, len(todo)))
     state = {"df": df, "feats": feats, "labels": labels, "resume": resume, "callbacks": callbacks}
-    threads = cfg.train.num_threads or max(1, usable_cores() // jobs)
     if jobs > 1:
+        threads = runs.worker_threads(cfg.train.num_threads, jobs)
         quiet = dataclasses.replace(cfg.train, progress=False)
         todo = [dataclasses.replace(u, cfg=dataclasses.replace(u.cfg, train=quiet)) for u in todo]
         log.info(f"training {len(todo)} models in {jobs} processes, {threads} torch thread(s) each")
-    runs.run_units(todo, _train_unit, finish, state, jobs=jobs, threads=threads)
+    runs.run_units(todo, _train_unit, finish, state, jobs=jobs, threads=cfg.train.num_threads)
 
     preds, fold_infos, n_params, speed = [], [], 0, []
     for pos, i in enumerate(picked):

@@ -476,7 +476,7 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
     """
     from stlser import degenerate, evaluation, runs
     from stlser.evaluation import predictions_table
-    from stlser.utils import usable_cores, write_csv, write_json
+    from stlser.utils import write_csv, write_json
 
     t0 = time.time()
     run = runs.resolve_output(cfg, out)
@@ -555,10 +555,10 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
         )
 
     jobs = max(1, min(cfg.train.jobs, len(parts)))
-    threads = cfg.train.num_threads or max(1, usable_cores() // jobs)
     if jobs > 1:  # each process gets its own copy of the functionals (spawned: nothing shared)
+        threads = runs.worker_threads(cfg.train.num_threads, jobs)
         log.info(f"fitting {len(parts)} folds in {jobs} processes, {threads} torch thread(s) each")
-    runs.run_units(parts, _fit_part, finish, state, jobs=jobs, threads=threads)
+    runs.run_units(parts, _fit_part, finish, state, jobs=jobs, threads=cfg.train.num_threads)
     preds = [done[i][0] for i in picked]
     infos = [done[i][1] for i in picked]
     import pandas as pd

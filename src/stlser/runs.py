@@ -151,6 +151,14 @@ def plan_units(
 WORKER: dict[str, Any] = {}  # the `state` of the running :func:`run_units` (in its processes too)
 
 
+def worker_threads(requested: int | None, jobs: int) -> int:
+    """Torch threads of each of `jobs` worker processes: `requested` (``train.num_threads``),
+    else an equal share of the usable cores."""
+    from stlser.utils import usable_cores
+
+    return requested or max(1, usable_cores() // jobs)
+
+
 def _init_worker(state: dict[str, Any], threads: int) -> None:
     import torch
 
@@ -164,18 +172,20 @@ def run_units(
     on_done: Callable[[Any, Any], None],
     state: dict[str, Any],
     jobs: int = 1,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> None:
     """`work(unit)` for every unit, then `on_done(unit, result)`; `work` reads what the units
-    share from :data:`WORKER`, which holds `state` while they run, with `threads` torch threads.
-    With `jobs` > 1 the units run in that many spawned processes, each with its own copy of
-    `state` (`work` must be an importable function)."""
+    share from :data:`WORKER`, which holds `state` while they run. With `jobs` > 1 the units run
+    in that many spawned processes, each with its own copy of `state` and
+    :func:`worker_threads` torch threads (`work` must be an importable function). In this
+    process, `threads` (if given) holds for the run, and the process's own count otherwise
+    (e.g. ``OMP_NUM_THREADS``)."""
     units = list(units)
     if jobs <= 1:
         import torch
 
         before = torch.get_num_threads()
-        torch.set_num_threads(threads)  # as a worker process would: rounding depends on it
+        torch.set_num_threads(threads or before)  # rounding of the fits depends on it
         WORKER.update(state)
         try:
             for u in units:
@@ -189,7 +199,10 @@ def run_units(
 
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(
-        jobs, mp_context=ctx, initializer=_init_worker, initargs=(state, threads)
+        jobs,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(state, worker_threads(threads, jobs)),
     ) as pool:
         pending = {pool.submit(work, u): u for u in units}
         while pending:
