@@ -97,6 +97,10 @@ class FeatureConfig:
         return self.n_mels * self.input_channels
 
 
+#: Speed-perturbation factors allowed (`model.speeds`, the feature cache's ``speed``).
+SPEED_RANGE = (0.5, 2.0)
+
+
 @dataclass
 class ModelConfig:
     # network: the paper's CNN-BiLSTM-STL on log-mel (below); expert: openSMILE functionals →
@@ -148,11 +152,12 @@ class ModelConfig:
             self.speeds = [float(v) for v in self.speeds]
         except (TypeError, ValueError):
             raise ValueError(f"config model.speeds must be numbers, got {self.speeds!r}") from None
-        if any(not 0.5 <= v <= 2.0 or v == 1.0 for v in self.speeds) or len(set(self.speeds)) < len(
+        lo, hi = SPEED_RANGE
+        if any(not lo <= v <= hi or v == 1.0 for v in self.speeds) or len(set(self.speeds)) < len(
             self.speeds
         ):
             raise ValueError(
-                f"config model.speeds must be distinct factors in [0.5, 2] other than 1, "
+                f"config model.speeds must be distinct factors in [{lo}, {hi}] other than 1, "
                 f"got {self.speeds}"
             )
 

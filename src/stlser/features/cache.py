@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from stlser import audio, smile
-from stlser.config import FeatureConfig
+from stlser.config import SPEED_RANGE, FeatureConfig
 from stlser.features import frontend
 from stlser.features.frontend import compute, feature_key_config, front_end
 from stlser.utils import save_npy, usable_cores, write_json
@@ -56,8 +56,9 @@ class FeatureCache:
             raise ValueError(
                 f"what must be 'frames' or one of {sorted(FUNCTIONAL_WHAT.values())}, not {what!r}"
             )
-        if speed != 1.0 and (what == "frames" or not 0.5 <= speed <= 2.0):
-            raise ValueError(f"speed {speed} is for functionals only, within [0.5, 2]")
+        lo, hi = SPEED_RANGE
+        if speed != 1.0 and (what == "frames" or not lo <= speed <= hi):
+            raise ValueError(f"speed {speed} is for functionals only, within [{lo}, {hi}]")
         self.cfg = cfg.resolved()
         self.what = what
         self.speed = float(speed)
