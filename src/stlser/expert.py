@@ -122,6 +122,22 @@ class Prior:
         return W0, b0
 
 
+class _RowsTimes(torch.autograd.Function):
+    """``Z @ V`` for a tall Z[N, D] and a narrow V[D, C], given Z and its transpose Zt
+    (contiguous): computed as ``(Vᵀ Zt)ᵀ`` and its gradient as ``(Gᵀ Z)ᵀ``, so that both
+    products stream the matrices in memory order. torch's ``Z @ V`` and, worse, the backward's
+    ``Zᵀ @ G`` do not (one CPU core, 12,000 × 6,373 × 6: 0.93 s → 0.13 s per step)."""
+
+    @staticmethod
+    def forward(ctx: Any, V: Tensor, Z: Tensor, Zt: Tensor) -> Tensor:
+        ctx.Z = Z
+        return (V.T @ Zt).T
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+        return (g.T @ ctx.Z).T, None, None
+
+
 def fit_head(
     head: Head,
     X: np.ndarray,
@@ -172,7 +188,8 @@ def fit_head(
         keep = ev > ev[-1] * 1e-10
         basis = (Zd.T @ U[:, keep] / ev[keep].sqrt()).float()
     Zv = Z if basis is None else Z @ basis
-    offset = Z @ W0
+    Zvt = Zv.T.contiguous()  # both layouts: each product then reads memory in order
+    offset = Z @ W0 if prior is not None else 0.0
     V = torch.zeros(Zv.shape[1], n_classes, requires_grad=True)
     b = b0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
@@ -183,7 +200,7 @@ def fit_head(
 
     def closure() -> Tensor:
         opt.zero_grad()
-        logits = Zv @ V + offset + b
+        logits = _RowsTimes.apply(V, Zv, Zvt) + offset + b
         if absent is not None:
             logits = logits.masked_fill(absent, -1e4)
         ce = nn.functional.cross_entropy(logits, yt, reduction="none")
