@@ -23,6 +23,12 @@ network systems on k grouped folds instead of LOSO for corpora named in `--group
 default: LOSO of the network does not fit in a session there); their SVM partner then runs on
 the same grouped folds. Runs go to `--runs` (default `runs/accuracy/<corpus>/<system>/seed<k>`)
 and are reused when finished, so an interrupted call continues.
+
+`--archive DIR` (what `make bench-accuracy` passes: `docs/results/accuracy_runs`) keeps what the
+table needs of every finished run, committed and small: its report.json, config.yaml and
+predictions (utterance, fold, speaker, label, prediction; gzip). A run missing under `--runs` but
+present in the archive is read from there and not trained again, so the table can be
+regenerated, and completed run by run, in a fresh checkout.
 """
 
 from __future__ import annotations
@@ -68,12 +74,61 @@ def run_dir(
     return args.runs / corpus / f"{system}{tag}" / f"seed{seed}"
 
 
+def archive_dir(
+    args: argparse.Namespace, corpus: str, system: str, seed: int, split: list[str]
+) -> Path | None:
+    if args.archive is None:
+        return None
+    return args.archive / run_dir(args, corpus, system, seed, split).relative_to(args.runs)
+
+
+#: The predictions' columns the table needs (the scores are left out of the archive).
+KEPT = ["utt_id", "fold", "speaker", "label", "pred"]
+
+
+def keep(run: Path, dest: Path) -> None:
+    """Copy what the table reads of a finished run into the archive (atomic writes)."""
+    from stlser.utils import atomic_path
+
+    pred = pd.read_csv(run / "predictions.csv", dtype={"utt_id": str, "speaker": str})
+    with atomic_path(dest / "predictions.csv.gz") as tmp:
+        pred[KEPT].to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+    for name in ("config.yaml", "report.json"):  # report last: it marks the copy finished
+        if (run / name).exists():
+            write_text(dest / name, (run / name).read_text())
+
+
+def finished(
+    args: argparse.Namespace, corpus: str, system: str, seed: int, split: list[str]
+) -> Path | None:
+    """The folder holding this run's report.json: the run itself (archived on the way, when
+    --archive is set), else its archived copy; None if neither exists."""
+    out = run_dir(args, corpus, system, seed, split)
+    kept = archive_dir(args, corpus, system, seed, split)
+    if (out / "report.json").exists():
+        if kept is not None:
+            keep(out, kept)
+        return out
+    if kept is not None and (kept / "report.json").exists():
+        return kept
+    return None
+
+
+def read_predictions(where: Path) -> pd.DataFrame:
+    """A run's predictions.csv, or the archive's predictions.csv.gz."""
+    path = where / "predictions.csv"
+    if not path.exists():
+        path = where / "predictions.csv.gz"
+    return pd.read_csv(path, dtype={"utt_id": str, "speaker": str})
+
+
 def run_one(
     corpus: str, system: str, seed: int, split: list[str], args: argparse.Namespace
 ) -> RunReport | None:
     out = run_dir(args, corpus, system, seed, split)
-    if (out / "report.json").exists():
-        return RunReport.load(out / "report.json")
+    have = finished(args, corpus, system, seed, split)
+    if have is not None:
+        return RunReport.load(have / "report.json")
     if args.only_finished:
         return None
     root = args.root / corpus if args.root else bl.corpus_root(corpus)
@@ -88,7 +143,9 @@ def run_one(
         experiments.baseline(cfg, out)
     else:
         experiments.crossval(cfg, out, resume=True)
-    return RunReport.load(out / "report.json")
+    have = finished(args, corpus, system, seed, split)
+    assert have is not None, f"{out} finished without a report.json"
+    return RunReport.load(have / "report.json")
 
 
 def pretrained_without(corpus: str, args: argparse.Namespace) -> Path:
@@ -125,8 +182,7 @@ def paired(runs: list[tuple[Path, Path]], seed: int = 0) -> tuple[float, float, 
     rng = np.random.default_rng(seed)
     diffs, boots = [], []
     for sys_dir, svm_dir in runs:
-        a = pd.read_csv(sys_dir / "predictions.csv", dtype={"utt_id": str})
-        b = pd.read_csv(svm_dir / "predictions.csv", dtype={"utt_id": str})
+        a, b = read_predictions(sys_dir), read_predictions(svm_dir)
         m = a[["utt_id", "label", "pred"]].merge(
             b[["utt_id", "pred"]], on="utt_id", suffixes=("", "_svm")
         )
@@ -174,12 +230,11 @@ def rows_for(
         if system != "svm":
             pairs = []
             for k in done:
-                svm = run_one(corpus, "svm", k, split, args)
-                if svm is not None:
+                if run_one(corpus, "svm", k, split, args) is not None:
                     pairs.append(
                         (
-                            run_dir(args, corpus, system, k, split),
-                            run_dir(args, corpus, "svm", k, split),
+                            finished(args, corpus, system, k, split),
+                            finished(args, corpus, "svm", k, split),
                         )
                     )
             if pairs:
@@ -214,12 +269,10 @@ FT_GOAL = 3.0  # UA points of fine-tuning over training from scratch (issue 13)
 def finetune_rows(corpus: str, args: argparse.Namespace, seeds: list[int]) -> list[list[str]]:
     """Fine-tuned (the default recognizer) vs from scratch, paired on the same folds and seed."""
     pairs = [
-        (run_dir(args, corpus, "finetuned", k, []), run_dir(args, corpus, "default", k, []))
+        (finished(args, corpus, "finetuned", k, []), finished(args, corpus, "default", k, []))
         for k in seeds
     ]
-    pairs = [
-        (a, b) for a, b in pairs if (a / "report.json").exists() and (b / "report.json").exists()
-    ]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
     if not pairs:
         return []
     d, lo, hi = paired(pairs)
@@ -240,6 +293,13 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--runs", type=Path, default=bl.REPO_ROOT / "runs" / "accuracy")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--only-finished", action="store_true", help="train nothing; table what exists")
+    ap.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        help="keep each finished run's report and predictions here; read runs missing under "
+        "--runs from here (make bench-accuracy: docs/results/accuracy_runs)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
@@ -280,7 +340,9 @@ def report(rows: list[list[str]], args: argparse.Namespace, ft_rows: list[list[s
             "## Accuracy: default recognizer, paper network, eGeMAPS + SVM (speaker-independent)",
             f"`{bl.nice_cmdline()}`",
             bl.facts_table(),
-            f"Overrides: {', '.join(args.overrides) or 'none'}. Runs: `{args.runs}`. UA is pooled "
+            f"Overrides: {', '.join(args.overrides) or 'none'}. Runs: `{args.runs}`"
+            + (f", else the archived copies in `{args.archive}`" if args.archive else "")
+            + ". UA is pooled "
             "over all test utterances of a run; mean ± sd over seeds (the seed draws the "
             "validation speakers and the network's initialisation). Minutes: wall time of the "
             "call that trained the run.",

@@ -4,6 +4,7 @@ and must produce its markdown tables with the expected columns. Times are never 
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -302,6 +303,15 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     partial = bench_accuracy.main([*common, "--seeds", "0,1,2", "--only-finished"])
     assert [r[col["seeds"]] for r in tables(partial)[key]] == ["0,1", "0,1"]
     assert tables(partial)[key][0][col[gap]] == rows[0][col[gap]]
+
+    # the archive keeps what the table needs; without the runs it gives the same table
+    kept = ["--archive", str(tmp_path / "kept")]
+    bench_accuracy.main([*common, "--seeds", "0,1", "--only-finished", *kept])
+    assert (tmp_path / "kept" / "emodb" / "svm" / "seed1" / "predictions.csv.gz").exists()
+    shutil.rmtree(tmp_path / "runs")
+    assert tables(bench_accuracy.main([*common, "--seeds", "0,1", "--only-finished"]))[key] != rows
+    restored = bench_accuracy.main([*common, "--seeds", "0,1", *kept])  # trains nothing
+    assert tables(restored)[key] == rows
 
 
 def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeypatch):
