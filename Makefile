@@ -34,7 +34,9 @@ bench: $(STAMP)
 # Default recognizer, paper network (0/5 STL) and eGeMAPS + SVM on EmoDB, CASIA and nEMO,
 # seeds 0-2, resumable (runs/accuracy); several hours on 2 cores for the network systems.
 bench-accuracy: $(STAMP)
-	$(BIN)/python benchmarks/bench_accuracy.py --archive docs/results/accuracy_runs --out docs/results/accuracy.md
+	$(BIN)/python benchmarks/bench_accuracy.py --archive docs/results/accuracy_runs \
+		--earlier docs/results/accuracy_emodb_network.md --earlier docs/results/accuracy_nemo_network.md \
+		--out docs/results/accuracy.md
 
 # The general model shipped in the package (src/stlser/models/base.{pt,onnx}) from every corpus
 # under ../shared/corpora, plus its leave-one-corpus-out scores (runs/pretrained/loco.md).

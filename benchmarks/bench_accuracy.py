@@ -294,6 +294,14 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--only-finished", action="store_true", help="train nothing; table what exists")
     ap.add_argument(
+        "--earlier",
+        type=Path,
+        action="append",
+        default=[],
+        help="a report of this script made before runs were archived: its rows for systems "
+        "that have no run here are appended, marked with their source (repeatable)",
+    )
+    ap.add_argument(
         "--archive",
         type=Path,
         default=None,
@@ -326,7 +334,28 @@ def main(argv: list[str] | None = None) -> str:
     return md
 
 
+def earlier_rows(rows: list[list[str]], paths: list[Path]) -> list[list[str]]:
+    """Rows of earlier reports (`--earlier`) for (corpus, system) pairs `rows` has not run,
+    each with its source file in front."""
+    missing = {(r[0], r[1]) for r in rows if r[4] == "not run"}
+    out = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == len(HEADERS) and (cells[0], cells[1]) in missing:
+                out.append([f"`{path.name}`", *cells])
+    return out
+
+
 def report(rows: list[list[str]], args: argparse.Namespace, ft_rows: list[list[str]]) -> str:
+    old = []
+    if args.earlier and (got := earlier_rows(rows, args.earlier)):
+        old = [
+            "### Earlier measurements of the systems not run above (their runs were not kept)",
+            "Copied from the reports named in the first column, made by this script before runs "
+            "were archived (each report names its command and machine).",
+            bl.md_table(["source", *HEADERS], got),
+        ]
     ft = []
     if ft_rows:
         ft = [
@@ -348,6 +377,7 @@ def report(rows: list[list[str]], args: argparse.Namespace, ft_rows: list[list[s
             "call that trained the run.",
             bl.md_table(HEADERS, rows),
             *ft,
+            *old,
         ]
     )
 

@@ -487,18 +487,44 @@ def test_model_init_refuses_incompatible_models(expert_run, tmp_path, change, ma
         expert.init_priors(str(init), sets, labels)
 
 
-def test_pretrain_refuses_speed_copies(tmp_path):
-    from stlser import pretrain
-
-    cfg = config.load("pretrain.yaml", [f"data.root={tmp_path}", "model.speeds=[0.9,1.1]"])
-    with pytest.raises(ValueError, match="model.speeds"):
-        pretrain.pretrain(cfg, tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # refused before anything is written
-    # off, the key leaves the digest as it was before the key existed (made models still match)
+def test_pretrain_fits_speed_copies_as_speakers_of_their_own(synth_corpus, tmp_path):
+    """model.speeds in pretraining: each row's copies join the pooled fit, their (speaker,
+    factor) normalised apart; the model's global statistics stay those of the originals; the
+    recipe digest changes (a model made without copies is refit), and off, the key leaves the
+    digest as it was before the key existed (models made then still match)."""
     import dataclasses
     import hashlib
 
-    plain = config.load("pretrain.yaml", [f"data.root={tmp_path}"])
+    from stlser import pretrain
+
+    root = tmp_path / "pool"
+    root.mkdir()
+    (root / "a").symlink_to(synth_corpus, target_is_directory=True)
+    over = [
+        f"data.root={root}",
+        "data.pool=[synth=a]",
+        "model.functionals=[egemaps]",
+        f"cache_dir={tmp_path / 'cache'}",
+        "train.progress=false",
+    ]
+    plain = config.load("pretrain.yaml", over)
+    fast = config.load("pretrain.yaml", [*over, "model.speeds=[0.9,1.1]"])
+    assert pretrain.recipe_digest(fast) != pretrain.recipe_digest(plain)
+    a = pretrain.pretrain(plain, tmp_path / "plain")
+    b = pretrain.pretrain(fast, tmp_path / "fast")
+    info = json.loads((tmp_path / "fast" / "pretrain.json").read_text())
+    before = json.loads((tmp_path / "plain" / "pretrain.json").read_text())
+    assert info["speed_copies"] == [0.9, 1.1] and before["speed_copies"] == []
+    assert info["n"] == before["n"]  # utterances, not rows
+    ma, mb = expert.from_artefact(a)[0], expert.from_artefact(b)[0]
+    assert torch.equal(ma.mean, mb.mean) and torch.equal(ma.std, mb.std)  # originals only
+    assert not torch.allclose(ma.heads[0].linear.weight, mb.heads[0].linear.weight, atol=1e-3)
+    # the copies are the perturbed clips' own functionals, 2 × the rows
+    df = pretrain.pool_manifest(root, ["synth=a"])
+    copies = pretrain._copies(df, fast)
+    assert len(copies) == 2 and all(c.shape == (len(df), 88) for c in copies)
+    both, _ = pretrain.with_copies(df, pretrain._features(df, fast), copies, [0.9, 1.1])
+    assert len(both) == 3 * len(df) and both["speaker"].str.endswith("@1.1").sum() == len(df)
     model = {k: v for k, v in dataclasses.asdict(plain.model).items() if k != "speeds"}
     what = {"pool": sorted(plain.data.pool), "seed": plain.seed, "model": model}
     what["features"] = dataclasses.asdict(plain.features)

@@ -86,20 +86,40 @@ def _masked_ua(lp: torch.Tensor, y: np.ndarray, mask: np.ndarray, corpus: np.nda
     )
 
 
+def with_copies(
+    df: pd.DataFrame, X: np.ndarray, copies: list[np.ndarray], speeds: list[float]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The pool's rows followed by their speed-perturbed copies (`copies[k]`: functionals of
+    every row at `speeds[k]`), each (speaker, factor) a speaker of its own (``spk@0.9``), as
+    crossval treats them (`stlser.expert.crossval`)."""
+    if not copies:
+        return df, X
+    extra = [df.assign(speaker=df["speaker"].astype(str) + f"@{a}") for a in speeds]
+    return pd.concat([df, *extra], ignore_index=True), np.concatenate([X, *copies])
+
+
 def fit_pool(
-    X: np.ndarray, df: pd.DataFrame, cfg: ExperimentConfig
+    X: np.ndarray,
+    df: pd.DataFrame,
+    cfg: ExperimentConfig,
+    copies: list[np.ndarray] | None = None,
 ) -> tuple[expert.ExpertModel, list[str], dict[str, Any]]:
-    """Fit the expert recipe on a pooled manifest (rows aligned with `X`)."""
+    """Fit the expert recipe on a pooled manifest (rows aligned with `X`); `copies`: the
+    functionals of the rows' speed-perturbed copies, one array per factor of model.speeds,
+    joining the fits (the validation speakers' copies left out when L2 is chosen)."""
+    n = len(df)
+    df_all, X_all = with_copies(df, X, copies or [], list(cfg.model.speeds))
     labels = [v for v in VOCAB if v in set(df["label"])]
-    y = np.asarray([labels.index(v) for v in df["label"]])
-    mask = _label_mask(df, labels)
-    corpus = df["corpus"].astype(str).to_numpy()
-    Z = _normalise(X, df, cfg)
+    y = np.asarray([labels.index(v) for v in df_all["label"]])
+    mask = _label_mask(df_all, labels)
+    corpus = df_all["corpus"].astype(str).to_numpy()
+    Z = _normalise(X_all, df_all, cfg)
     dims = expert.set_dims(list(cfg.model.functionals))
     bounds = np.cumsum([0, *dims])
     select = cfg.model.l2_mode == "select"
     va = _val_rows(df, cfg.seed) if select else np.zeros(0, np.int64)  # average: none needed
-    tr = np.setdiff1d(np.arange(len(df)), va)
+    held = (va[None] + n * np.arange(len(X_all) // n)[:, None]).ravel()  # va and its copies
+    tr = np.setdiff1d(np.arange(len(X_all)), held)
     model = expert.ExpertModel(dims, len(labels))
     chosen: list[Any] = []
     for i, head in enumerate(model.heads):
@@ -131,9 +151,10 @@ def fit_pool(
         "val_speakers": sorted(df["speaker"].iloc[va].unique().tolist()),
         "corpora": sorted(set(corpus)),
         "n": int(len(df)),
+        "speed_copies": list(cfg.model.speeds) if copies else [],
         "speakers": int(df["speaker"].nunique()),
         "labels_per_corpus": {
-            c: sorted(set(df["label"][corpus == c])) for c in sorted(set(corpus))
+            c: sorted(set(df_all["label"][corpus == c])) for c in sorted(set(corpus))
         },
     }
     return model.eval(), labels, info
@@ -141,6 +162,12 @@ def fit_pool(
 
 def _features(df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
     return expert.load_matrix(df, list(cfg.model.functionals), cfg.cache_dir, cfg.train.progress)
+
+
+def _copies(df: pd.DataFrame, cfg: ExperimentConfig) -> list[np.ndarray]:
+    """Functionals of every row speed-perturbed by each factor of model.speeds (cached)."""
+    sets, cache = list(cfg.model.functionals), cfg.cache_dir
+    return [expert.load_matrix(df, sets, cache, cfg.train.progress, a) for a in cfg.model.speeds]
 
 
 def recipe_digest(cfg: ExperimentConfig) -> str:
@@ -163,23 +190,19 @@ def recipe_digest(cfg: ExperimentConfig) -> str:
 def pretrain(
     cfg: ExperimentConfig,
     out: str | Path,
-    pooled: tuple[pd.DataFrame, np.ndarray] | None = None,
+    pooled: tuple[pd.DataFrame, np.ndarray, list[np.ndarray]] | None = None,
 ) -> Path:
     """Train the general model on every corpus of ``data.pool``; writes `model.pt`,
     `model.onnx` and `pretrain.json` into `out`. Returns the artefact's path.
 
     Idempotent: a finished model in `out` made by the same recipe (:func:`recipe_digest`,
-    stored in pretrain.json) is reused, not refit. `pooled` is the pool's manifest and its
-    functionals (rows aligned) when the caller already has them (:func:`leave_one_corpus_out`)."""
+    stored in pretrain.json) is reused, not refit. `pooled` is the pool's manifest, its
+    functionals and those of its speed-perturbed copies (one array per factor of model.speeds;
+    rows aligned) when the caller already has them (:func:`leave_one_corpus_out`)."""
     import json
 
     from stlser.export import export_onnx
 
-    if cfg.model.speeds:
-        raise ValueError(
-            "model.speeds: the general model is fitted without speed-perturbed copies "
-            "(pretrain does not make them); remove the key from the pretrain config"
-        )
     t0 = time.time()
     out = Path(out)
     digest = recipe_digest(cfg)
@@ -191,9 +214,9 @@ def pretrain(
     out.mkdir(parents=True, exist_ok=True)
     if pooled is None:
         df = pool_manifest(cfg.data.root, list(cfg.data.pool))
-        pooled = (df, _features(df, cfg))
-    df, X = pooled
-    model, labels, info = fit_pool(X, df, cfg)
+        pooled = (df, _features(df, cfg), _copies(df, cfg))
+    df, X, copies = pooled
+    model, labels, info = fit_pool(X, df, cfg, copies)
     meta = {"corpus": "+".join(info["corpora"]), "seed": cfg.seed, **info}
     path = expert.save(out / "model.pt", model, cfg, labels, meta)
     export_onnx(path, out / "model.onnx")
@@ -229,6 +252,7 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
     pool = list(cfg.data.pool)
     df = pool_manifest(cfg.data.root, pool)
     X = _features(df, cfg)
+    copies = _copies(df, cfg)
     Z_all = _normalise(X, df, cfg)
     sets = list(cfg.model.functionals)
     dims = expert.set_dims(sets)
@@ -246,7 +270,9 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
         )
         # the model without this corpus is kept (out/without-<corpus>/): fine-tuning it on the
         # held-out corpus is the leak-free fine-tuning experiment; a rerun reuses it
-        path = pretrain(one, out / f"without-{held}", (train_df, X[~test]))
+        path = pretrain(
+            one, out / f"without-{held}", (train_df, X[~test], [c[~test] for c in copies])
+        )
         model, art = expert.from_artefact(path)
         labels = list(art["labels"])
         shared = [lab for lab in labels if lab in set(df["label"][test])]
