@@ -488,8 +488,9 @@ def crossval(cfg: ExperimentConfig, out: str | Path | None) -> Path:
 
     Functionals come from the feature cache, so a repeated run costs seconds; it is recomputed
     from the cache rather than resumed. With `train.jobs` J > 1 the folds are fitted in J
-    processes (each a copy of the functionals; about 10 min a fold on one core for nEMO's
-    4,000 training rows); the models do not depend on J beyond float rounding.
+    processes (each a copy of the functionals; about 1.5 min a fold on one core for nEMO's
+    12,000 training rows with the speed copies); the models do not depend on J beyond float
+    rounding.
     """
     from stlser import degenerate, evaluation, runs
     from stlser.evaluation import predictions_table
