@@ -49,13 +49,15 @@ def main(argv: list[str] | None = None) -> str:
     named = [
         (v.partition("=")[0], [o for o in v.partition("=")[2].split(";") if o]) for v in variants
     ]
-    pool = [c for c in args.corpora.split(",") if c]
+    pool = [c for c in args.corpora.split(",") if c]  # reader names, or reader=folder
     if len(pool) < 3:
         ap.error("the pool needs three corpora: one held out, two to validate on")
     root = args.root or bl.corpus_root(pool[0]).parent
+    folder = {e: e.partition("=")[2] or e for e in pool}  # what results are keyed by
     rows, gains = [], {name: [] for name, _ in named[1:]}
-    for held in pool:
-        others = [c for c in pool if c != held]
+    for entry in pool:
+        held = folder[entry]
+        others = [c for c in pool if c != entry]
         uas = {}
         for name, sets in named:
             cfg = config.load(
@@ -69,10 +71,10 @@ def main(argv: list[str] | None = None) -> str:
                 ],
             )
             res = pretrain.leave_one_corpus_out(cfg, args.runs / f"without-{held}" / name)
-            uas[name] = {c: res[c]["speaker_norm"]["ua"] for c in others}
+            uas[name] = {folder[c]: res[folder[c]]["speaker_norm"]["ua"] for c in others}
         ref = named[0][0]
-        for c in others:
-            trained = [o for o in others if o != c][0]
+        for c in [folder[o] for o in others]:
+            trained = [folder[o] for o in others if folder[o] != c][0]
             row = [held, f"{trained} → {c}"]
             for name, _ in named:
                 row.append(f"{100 * uas[name][c]:.1f}")

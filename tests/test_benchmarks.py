@@ -325,6 +325,47 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     assert later == [["`old.md`", *row]]  # not the SVM (run here) nor CASIA (not asked)
 
 
+def test_bench_pretrain_never_reads_the_held_out_corpus(tmp_path):
+    """Each held-out corpus's recipes are fitted and scored on the other two corpora only, both
+    ways; the variants' differences are paired on the same pairs."""
+    import json
+
+    import bench_pretrain
+
+    _mini_corpora(tmp_path / "corpora")
+    (tmp_path / "corpora" / "casia2").symlink_to(tmp_path / "corpora" / "casia")
+    md = bench_pretrain.main(
+        [
+            "--root",
+            str(tmp_path / "corpora"),
+            "--corpora",
+            "emodb,casia,casia=casia2",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--variant",
+            "none=model.speeds=[]",
+            "--variant",
+            "strong=model.l2_grid=[10.0]",
+            "--set",
+            "model.functionals=[egemaps]",
+            "--set",
+            f"cache_dir={tmp_path / 'cache'}",
+        ]
+    )
+    rows = tables(md)[
+        ("held out (never read)", "validation pair", "UA none", "UA strong", "strong − none")
+    ]
+    assert len(rows) == 6
+    for held, pair, a, b, d in rows:
+        trained, scored = pair.split(" → ")
+        assert held not in (trained, scored) and trained != scored
+        assert abs(float(b) - float(a) - float(d)) < 0.11
+    for info in (tmp_path / "runs").glob("without-*/*/without-*/pretrain.json"):
+        held = info.parts[-4].removeprefix("without-")
+        assert held not in json.loads(info.read_text())["corpora"]
+    assert len(list((tmp_path / "runs").glob("without-*/*/without-*/pretrain.json"))) == 12
+
+
 def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeypatch):
     """Recipe candidates see only the fold's training speakers and are scored on its
     validation speakers; speed-perturbed copies come from the feature cache."""
