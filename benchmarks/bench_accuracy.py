@@ -327,11 +327,7 @@ def main(argv: list[str] | None = None) -> str:
         md = report(rows, args, ft_rows)
         if args.out:  # after every corpus, so an interrupted call keeps what it measured
             write_text(args.out, md + "\n")
-    md = report(rows, args, ft_rows)
-    if args.out:
-        write_text(args.out, md + "\n")
-    print(md)
-    return md
+    return bl.emit(report(rows, args, ft_rows), args.out)
 
 
 def earlier_rows(rows: list[list[str]], paths: list[Path]) -> list[list[str]]:

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 
 from stlser import config, pretrain  # noqa: E402
-from stlser.utils import write_text  # noqa: E402
 
 POOL = ("emodb", "casia", "nemo")
 
@@ -100,10 +99,7 @@ def main(argv: list[str] | None = None) -> str:
             bl.md_table([f"variant − {named[0][0]}", "mean over pairs", "pairs gained"], summary),
         ]
     )
-    if args.out:
-        write_text(args.out, md + "\n")
-    print(md)
-    return md
+    return bl.emit(md, args.out)
 
 
 if __name__ == "__main__":

@@ -493,12 +493,7 @@ def main(argv: list[str] | None = None) -> str:
             ),
         ]
     )
-    if args.out:
-        from stlser.utils import write_text
-
-        write_text(args.out, md + "\n")
-    print(md)
-    return md
+    return bl.emit(md, args.out)
 
 
 if __name__ == "__main__":

@@ -416,3 +416,13 @@ def cli(main: Callable[..., str], doc: str | None, argv: list[str] | None = None
     t0 = time.perf_counter()
     print(facts_table() + "\n\n" + main(a.quick))
     print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+def emit(report: str, out: Path | None) -> str:
+    """Print a script's report and, with `out`, also write it there (atomically)."""
+    from stlser.utils import write_text
+
+    if out:
+        write_text(out, report + "\n")
+    print(report)
+    return report
