@@ -94,6 +94,8 @@ def with_copies(
     crossval treats them (`stlser.expert.crossval`)."""
     if not copies:
         return df, X
+    if len(copies) != len(speeds) or any(c.shape != X.shape for c in copies):
+        raise ValueError(f"with_copies: {len(copies)} copies of {X.shape} for speeds {speeds}")
     extra = [df.assign(speaker=df["speaker"].astype(str) + f"@{a}") for a in speeds]
     return pd.concat([df, *extra], ignore_index=True), np.concatenate([X, *copies])
 
