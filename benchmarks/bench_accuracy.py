@@ -47,7 +47,7 @@ from stlser import config, experiments  # noqa: E402
 from stlser.results import RunReport  # noqa: E402
 from stlser.utils import write_text  # noqa: E402
 
-SYSTEMS = ("default", "paper5", "paper0", "svm", "finetuned")
+SYSTEMS = ("finetuned", "default", "paper5", "paper0", "svm")  # table order: the default first
 POOL = ("emodb", "casia", "nemo")
 NAMES = {
     "default": "expert functionals from scratch",
