@@ -88,11 +88,16 @@ KEPT = ["utt_id", "fold", "speaker", "label", "pred"]
 
 def keep(run: Path, dest: Path) -> None:
     """Copy what the table reads of a finished run into the archive (atomic writes)."""
+    import gzip
+
     from stlser.utils import atomic_path
 
+    report = (run / "report.json").read_text()
+    if (dest / "report.json").exists() and (dest / "report.json").read_text() == report:
+        return  # kept already
     pred = pd.read_csv(run / "predictions.csv", dtype={"utt_id": str, "speaker": str})
-    with atomic_path(dest / "predictions.csv.gz") as tmp:
-        pred[KEPT].to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+    with atomic_path(dest / "predictions.csv.gz") as tmp:  # no name, no time: same bytes
+        tmp.write_bytes(gzip.compress(pred[KEPT].to_csv(index=False).encode(), mtime=0))
     for name in ("config.yaml", "report.json"):  # report last: it marks the copy finished
         if (run / name).exists():
             write_text(dest / name, (run / name).read_text())
