@@ -27,6 +27,15 @@ def test_fit_head_separates_and_is_deterministic():
     assert c.linear.weight.norm() < a.linear.weight.norm()
 
 
+def test_rows_times_is_z_at_v_with_its_gradient():
+    """fit_head's product (both layouts of the rows) equals Z @ V, and its gradient is exact."""
+    Z = torch.randn(7, 5, dtype=torch.float64)
+    V = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    Zt = Z.T.contiguous()
+    assert torch.allclose(expert._RowsTimes.apply(V, Z, Zt), Z @ V)
+    assert torch.autograd.gradcheck(lambda v: expert._RowsTimes.apply(v, Z, Zt), (V,))
+
+
 def test_row_weights_balance_classes_by_their_weighted_mass():
     """Uniform weights give the unweighted fit; a row weighted 0 only moves the standardisation
     (its loss term vanishes), and down-weighting one class's rows is undone by the balancing."""
