@@ -106,17 +106,26 @@ def keep(run: Path, dest: Path) -> None:
 def finished(
     args: argparse.Namespace, corpus: str, system: str, seed: int, split: list[str]
 ) -> Path | None:
-    """The folder holding this run's report.json: the run itself (archived on the way, when
-    --archive is set), else its archived copy; None if neither exists."""
+    """The folder holding this run's report.json: the run itself, else its archived copy
+    (--archive); None if neither exists."""
     out = run_dir(args, corpus, system, seed, split)
     kept = archive_dir(args, corpus, system, seed, split)
     if (out / "report.json").exists():
-        if kept is not None:
-            keep(out, kept)
         return out
     if kept is not None and (kept / "report.json").exists():
         return kept
     return None
+
+
+def load_run(
+    args: argparse.Namespace, corpus: str, system: str, seed: int, split: list[str]
+) -> RunReport | None:
+    """The run's report (None if not finished); a finished run is archived first (--archive)."""
+    have = finished(args, corpus, system, seed, split)
+    kept = archive_dir(args, corpus, system, seed, split)
+    if have is not None and kept is not None and have != kept:
+        keep(have, kept)
+    return None if have is None else RunReport.load(have / "report.json")
 
 
 def read_predictions(where: Path) -> pd.DataFrame:
@@ -131,11 +140,9 @@ def run_one(
     corpus: str, system: str, seed: int, split: list[str], args: argparse.Namespace
 ) -> RunReport | None:
     out = run_dir(args, corpus, system, seed, split)
-    have = finished(args, corpus, system, seed, split)
-    if have is not None:
-        return RunReport.load(have / "report.json")
-    if args.only_finished:
-        return None
+    got = load_run(args, corpus, system, seed, split)
+    if got is not None or args.only_finished:
+        return got
     root = args.root / corpus if args.root else bl.corpus_root(corpus)
     sets = [f"data.root={root}", f"seed={seed}", "train.progress=false", *split, *args.overrides]
     name = f"paper_{corpus}_loso.yaml" if system.startswith("paper") else f"{corpus}_loso.yaml"
@@ -148,9 +155,9 @@ def run_one(
         experiments.baseline(cfg, out)
     else:
         experiments.crossval(cfg, out, resume=True)
-    have = finished(args, corpus, system, seed, split)
-    assert have is not None, f"{out} finished without a report.json"
-    return RunReport.load(have / "report.json")
+    got = load_run(args, corpus, system, seed, split)
+    assert got is not None, f"{out} finished without a report.json"
+    return got
 
 
 def pretrained_without(corpus: str, args: argparse.Namespace) -> Path:
