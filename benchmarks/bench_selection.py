@@ -23,6 +23,10 @@ Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE func
 * ``avg-ft2`` ``avg-ft`` with the fits toward the pretrained heads counted twice (2/3 of the mean)
 * ``avg-ft2-aug`` both of the above
 * ``avg-ft10`` ``avg-ft`` with one more fit toward the pretrained heads, at L2 10 (closer to them)
+* ``avg-aug`` ``avg`` with the speed copies (the corpus configs' recipe: from scratch)
+* ``avg-aug-pool``, ``avg-ft-aug-pool`` ``avg-aug`` and ``avg-ft-aug`` with the other shared
+  corpora's rows in every fit (weight ``--pool-weight``): how much the general model's
+  training data would give beyond its heads as a prior
 * ``loso``    each head's L2 by pooled UA over inner leave-one-speaker-out, refit on all
 * ``bag``     ``loso``, then the inner models and the refit averaged (a speaker bagging)
 * ``pool``    ``loso`` with the other shared corpora added to the training rows (weight
@@ -281,21 +285,28 @@ def add_frames(d: Data, df, out: Path) -> None:
 
 
 def make_average(
-    init: bool = False, aug: bool = False, prior_weight: int = 1, prior_grid: tuple = ()
+    init: bool = False,
+    aug: bool = False,
+    prior_weight: int = 1,
+    prior_grid: tuple = (),
+    extra_w: float = 0.0,
 ) -> Recipe:
     """No inner choice: each head the average of its fits at every L2 of the grid on all the
     training speakers (`stlser.expert.fit_fold(mode="average")`, `model.l2_mode: average`).
     With `init`, also the fits pulled toward the pretrained heads of `Data.priors` (fine-tuning
     from a model that never saw this corpus), counted `prior_weight` times, at the L2s of the
-    grid and of `prior_grid`. With `aug`, the speed-perturbed copies join the rows."""
+    grid and of `prior_grid`. With `aug`, the speed-perturbed copies join the rows; with
+    `extra_w`, the other corpora's rows (`add_pool`) at that weight."""
 
     def recipe(d: Data, rows: np.ndarray, target: np.ndarray, rng) -> torch.Tensor:
         out = 0
         for i in range(len(DIMS)):
-            fits = [fit(d, rows, i, l2, aug=aug) for l2 in GRID]
+            fits = [fit(d, rows, i, l2, extra_w, aug=aug) for l2 in GRID]
             if init:
-                pulled = [fit(d, rows, i, l2, aug=aug, prior=d.priors[i]) for l2 in GRID]
-                pulled += [fit(d, rows, i, l2, aug=aug, prior=d.priors[i]) for l2 in prior_grid]
+                pulled = [
+                    fit(d, rows, i, l2, extra_w, aug=aug, prior=d.priors[i])
+                    for l2 in (*GRID, *prior_grid)
+                ]
                 fits += pulled * prior_weight
             h = expert.average_heads(fits)
             out = out + lp(h, d, target, i) / len(DIMS)
@@ -359,6 +370,9 @@ def candidates(args: argparse.Namespace) -> dict[str, Recipe]:
         "avg-ft2": make_average(init=True, prior_weight=2),
         "avg-ft10": make_average(init=True, prior_grid=(10.0,)),
         "avg-ft2-aug": make_average(init=True, aug=True, prior_weight=2),
+        "avg-aug": make_average(aug=True),
+        "avg-aug-pool": make_average(aug=True, extra_w=args.pool_weight),
+        "avg-ft-aug-pool": make_average(init=True, aug=True, extra_w=args.pool_weight),
         "loso": make_loso(),
         "bag": make_loso(bag=True),
         "pool": make_loso(extra_w=args.pool_weight),
@@ -434,7 +448,7 @@ def main(argv: list[str] | None = None) -> str:
         for combo in combos:
             use_sets(combo)
             d, (cfg, df) = load(corpus, root, args.overrides)
-            if "pool" in names:
+            if any("pool" in n for n in names):
                 add_pool(d, corpus, root.parent, cfg.cache_dir)
             if any("aug" in n for n in names):
                 add_aug(d, df, cfg.cache_dir, tuple(args.speeds))

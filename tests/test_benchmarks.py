@@ -368,7 +368,8 @@ def test_bench_pretrain_never_reads_the_held_out_corpus(tmp_path):
 
 def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeypatch):
     """Recipe candidates see only the fold's training speakers and are scored on its
-    validation speakers; speed-perturbed copies come from the feature cache."""
+    validation speakers; speed-perturbed copies come from the feature cache; the pool is the
+    other corpora."""
     import json
 
     _mini_corpora(tmp_path / "corpora")
@@ -402,13 +403,14 @@ def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeyp
     md = bench_selection.main(
         [
             *common,
-            *("--candidates", "base,spy,aug,bal,boaw", "--boaw-words", "8", "--boaw-assign", "2"),
+            *("--candidates", "base,spy,aug,bal,boaw,avg-aug-pool"),
+            *("--boaw-words", "8", "--boaw-assign", "2"),
             *("--out", str(tmp_path / "s.md")),
         ]
     )
     head = ("corpus", "candidate", "val UA (mean ± sd over seeds)", "− base (per seed)", "s/seed")
     rows = tables(md)[head]
-    assert [r[1] for r in rows] == ["base", "spy", "aug", "bal", "boaw"]
+    assert [r[1] for r in rows] == ["base", "spy", "aug", "bal", "boaw", "avg-aug-pool"]
     assert rows[1][3] == "+0.0 (+0.0)"  # the spy is the base recipe
     for r in rows:
         assert 0 <= float(r[2]) <= 100
@@ -423,7 +425,8 @@ def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeyp
     for conf in (tmp_path / "cache").glob("*/config.json"):
         speed = json.loads(conf.read_text()).get("speed", 1.0)
         by_speed[speed] = by_speed.get(speed, 0) + len(list(conf.parent.glob("*/*.npy")))
-    assert by_speed == {1.0: 2 * 56, 0.9: 2 * 56, 1.1: 2 * 56}  # eGeMAPS and ComParE
+    # eGeMAPS and ComParE; at speed 1 also the pool's rows: CASIA's 24 clips, never perturbed
+    assert by_speed == {1.0: 2 * (56 + 24), 0.9: 2 * 56, 1.1: 2 * 56}
     assert len(list((tmp_path / "aug").glob("lld-*.npy"))) == 1
     with pytest.raises(SystemExit):
         bench_selection.main([*common, "--candidates", "nope"])
