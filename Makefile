@@ -35,7 +35,7 @@ bench: $(STAMP)
 # seeds 0-2, resumable (runs/accuracy); several hours on 2 cores for the network systems.
 bench-accuracy: $(STAMP)
 	$(BIN)/python benchmarks/bench_accuracy.py --archive docs/results/accuracy_runs \
-		--earlier docs/results/accuracy_emodb_network.md --earlier docs/results/accuracy_nemo_network.md \
+		--earlier docs/results/accuracy_nemo_network.md \
 		--out docs/results/accuracy.md
 
 # The general model shipped in the package (src/stlser/models/base.{pt,onnx}) from every corpus
