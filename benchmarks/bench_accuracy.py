@@ -43,7 +43,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 
-from stlser import config, experiments  # noqa: E402
+from stlser import config  # noqa: E402
 from stlser.results import RunReport  # noqa: E402
 from stlser.utils import write_text  # noqa: E402
 
@@ -152,9 +152,9 @@ def run_one(
         sets.append(f"model.init={pretrained_without(corpus, args)}")
     cfg = config.load(name, sets)
     if system == "svm":
-        experiments.baseline(cfg, out)
+        driver.baseline(cfg, out)
     else:
-        experiments.crossval(cfg, out, resume=True)
+        driver.crossval(cfg, out, resume=True)
     got = load_run(args, corpus, system, seed, split)
     assert got is not None, f"{out} finished without a report.json"
     return got

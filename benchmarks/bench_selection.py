@@ -13,7 +13,7 @@ paired difference to ``base`` (the recipe shipped before this comparison), same 
 Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE functionals):
 
 * ``base``    one held-out inner speaker picks each head's L2, refit, heads averaged (the
-  recipe of `stlser.expert.fit_fold` when it has only these speakers)
+  recipe of `stlser.heads.fit_heads` when it has only these speakers)
 * ``avg``     no inner choice: each head the mean of its fits at every L2 of the grid, on all
   the training speakers (``model.l2_mode: average``)
 * ``avg-ft``  ``avg`` with the fits pulled toward each head of a pretrained model (``--init``,
@@ -66,13 +66,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
-
-from stlser import config, corpora, degenerate, expert, splits  # noqa: E402
 from stlser.baseline import normalize_functionals  # noqa: E402
+
+from stlser import config, corpora, degenerate, heads, metrics, splits  # noqa: E402
+from stlser.kinds import expert, functionals
 
 GRID = [0.001, 0.01, 0.1, 1.0]
 SETS = ["egemaps", "compare"]
-DIMS = expert.set_dims(SETS)
+DIMS = functionals.set_dims(SETS)
 BOUNDS = np.cumsum([0, *DIMS])
 POOL = ("emodb", "casia", "nemo")
 
@@ -81,7 +82,7 @@ def use_sets(sets: list[str]) -> None:
     """The functional sets the candidates use, one head each."""
     global SETS, DIMS, BOUNDS
     SETS = list(sets)
-    DIMS = expert.set_dims(SETS)
+    DIMS = functionals.set_dims(SETS)
     BOUNDS = np.cumsum([0, *DIMS])
 
 
@@ -100,7 +101,7 @@ class Data:
     # [sum of frames, 25] eGeMAPS LLD frames z-scored per speaker, and the row of each frame
     frames: np.ndarray | None = None
     owner: np.ndarray | None = None
-    priors: list[expert.Prior] | None = None  # pretrained heads (``--init``), one per set
+    priors: list[heads.Prior] | None = None  # pretrained heads (``--init``), one per set
 
 
 def load(corpus: str, root: Path, overrides: list[str]) -> tuple[Data, object]:
@@ -108,7 +109,7 @@ def load(corpus: str, root: Path, overrides: list[str]) -> tuple[Data, object]:
         f"{corpus}_loso.yaml", [f"data.root={root}", "train.progress=false", *overrides]
     )
     df, _ = corpora.build_manifest(cfg.data.corpus, cfg.data.root, labels=cfg.data.labels)
-    X = expert.load_matrix(df, SETS, cfg.cache_dir, False).astype(np.float64)
+    X = functionals.load_matrix(df, SETS, cfg.cache_dir, False).astype(np.float64)
     spk = df["speaker"].astype(str).to_numpy()
     glob = sorted(degenerate.global_speakers(df, cfg.features))
     Z, _ = normalize_functionals(X, spk, "speaker", None, glob)
@@ -125,7 +126,7 @@ def add_pool(data: Data, corpus: str, root: Path, cache_dir: str | None) -> None
     others = [c for c in POOL if c != corpus and (root / c).is_dir()]
     df = pretrain.pool_manifest(root, others)
     df = df[df["label"].isin(data.labels)].reset_index(drop=True)
-    X = expert.load_matrix(df, SETS, cache_dir, False).astype(np.float64)
+    X = functionals.load_matrix(df, SETS, cache_dir, False).astype(np.float64)
     spk = df["speaker"].astype(str).to_numpy()
     Z, _ = normalize_functionals(X, spk, "speaker", None, ())
     y = np.asarray([data.labels.index(v) for v in df["label"]])
@@ -134,7 +135,7 @@ def add_pool(data: Data, corpus: str, root: Path, cache_dir: str | None) -> None
 
 # ------------------------------------------------------------------------------ recipe parts
 def ua(y: np.ndarray, pred: np.ndarray) -> float:
-    return expert._ua(y, pred)
+    return metrics.ua(y, pred)
 
 
 def cols(head: int | None) -> slice:
@@ -150,8 +151,8 @@ def fit(
     extra_w: float = 0.0,
     pseudo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     aug: bool = False,
-    prior: expert.Prior | None = None,
-) -> expert.Head:
+    prior: heads.Prior | None = None,
+) -> heads.Head:
     """One head fitted on `rows` (+ the pool, + pseudo-labelled rows (Z, y, weight)), pulled
     toward zero or toward a pretrained head (`prior`)."""
     sl = cols(head)
@@ -174,11 +175,11 @@ def fit(
         y = np.concatenate([y, pseudo[1]])
         m = np.concatenate([m, np.ones((len(pseudo[1]), m.shape[1]), bool)])
         w = np.concatenate([w, pseudo[2]])
-    h = expert.Head(X.shape[1], len(d.labels))
-    return expert.fit_head(h, X, y, l2, mask=m, weight=w, prior=prior)
+    h = heads.Head(X.shape[1], len(d.labels))
+    return heads.fit_head(h, X, y, l2, mask=m, weight=w, prior=prior)
 
 
-def lp(h: expert.Head, d: Data, rows: np.ndarray, head: int | None) -> torch.Tensor:
+def lp(h: heads.Head, d: Data, rows: np.ndarray, head: int | None) -> torch.Tensor:
     with torch.no_grad():
         return h(torch.as_tensor(d.Z[rows, cols(head)], dtype=torch.float32))
 
@@ -292,7 +293,7 @@ def make_average(
     extra_w: float = 0.0,
 ) -> Recipe:
     """No inner choice: each head the average of its fits at every L2 of the grid on all the
-    training speakers (`stlser.expert.fit_fold(mode="average")`, `model.l2_mode: average`).
+    training speakers (`stlser.heads.fit_heads(mode="average")`, `model.l2_mode: average`).
     With `init`, also the fits pulled toward the pretrained heads of `Data.priors` (fine-tuning
     from a model that never saw this corpus), counted `prior_weight` times, at the L2s of the
     grid and of `prior_grid`. With `aug`, the speed-perturbed copies join the rows; with
@@ -308,7 +309,7 @@ def make_average(
                     for l2 in (*GRID, *prior_grid)
                 ]
                 fits += pulled * prior_weight
-            h = expert.average_heads(fits)
+            h = heads.average_heads(fits)
             out = out + lp(h, d, target, i) / len(DIMS)
         return out
 
@@ -355,7 +356,7 @@ def make_balanced(uniform: bool = False) -> Recipe:
         s = d.spk[target]
         for v in sorted(set(s)):
             at = np.flatnonzero(s == v)
-            res[at] = expert.balance(out[at], torch.as_tensor(share, dtype=torch.float32))
+            res[at] = heads.balance(out[at], torch.as_tensor(share, dtype=torch.float32))
         return res
 
     return recipe
@@ -390,7 +391,7 @@ def add_aug(d: Data, df, cache_dir: str | None, factors: tuple[float, ...]) -> N
     feature cache), each (speaker, factor) group normalised by its own statistics, as a new
     speaker would be."""
     A = np.stack(
-        [expert.load_matrix(df, SETS, cache_dir, True, a).astype(np.float64) for a in factors], 1
+        [functionals.load_matrix(df, SETS, cache_dir, True, a).astype(np.float64) for a in factors], 1
     )
     for k in range(A.shape[1]):
         A[:, k], _ = normalize_functionals(A[:, k], d.spk, "speaker", None, ())
@@ -431,7 +432,7 @@ def main(argv: list[str] | None = None) -> str:
     combos = [c.split(",") for c in (args.sets or ["egemaps,compare"])]
     for c in combos:
         try:
-            expert.set_dims(c)
+            functionals.set_dims(c)
         except ValueError as e:
             ap.error(str(e))
     recipes = candidates(args)

@@ -1,4 +1,4 @@
-"""eGeMAPS functionals + linear SVM baseline (stlser.baseline) on synthetic functionals."""
+"""eGeMAPS functionals + linear SVM baseline (the `svm` kind) on synthetic functionals."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stlser import baseline, config, evaluation
+from stlser import config, driver, features, kinds, metrics, reports
+from stlser.kinds import svm
 from stlser.splits import Fold
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -53,50 +54,77 @@ def loso(df: pd.DataFrame) -> list[Fold]:
     return folds
 
 
+def cross_validate(X, df, folds, normalize="speaker", selection="val", out=None):
+    """The svm kind's fit on every fold (features given) → (predictions, report rows)."""
+    import tempfile
+
+    kind = kinds.get("svm")
+    cfg = config.from_dict(
+        {"model": {"kind": "svm", "selection": selection}, "features": {"normalize": normalize}}
+    )
+    labels = sorted(df.label.unique())
+    data = {
+        "X": np.asarray(X, np.float64),
+        "y": df.label.astype(str).to_numpy(),
+        "speakers": df.speaker.astype(str).to_numpy(),
+        "glob": [],
+        "labels": labels,
+        "pos": {u: i for i, u in enumerate(df.utt_id.astype(str))},
+    }
+    preds, rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in folds:
+            o = kind.fit(cfg, data, f, Path(out or tmp))
+            preds.append(
+                reports.predictions_table(df, list(f.test), f.name, labels, o.scores, "score", o.pred)
+            )
+            rows.append({"fold": f.name, "test_speakers": f.test_speakers, **o.row})
+    return pd.concat(preds, ignore_index=True), rows
+
+
 def test_normalize_functionals_modes():
     df, X = synthetic(per_class=5)
     spk = df.speaker.to_numpy()
-    Z, mode = baseline.normalize_functionals(X, spk, "speaker")
+    Z, mode = features.normalize_functionals(X, spk, "speaker")
     assert mode == "speaker"
     for s in SPEAKERS:
         np.testing.assert_allclose(Z[spk == s].mean(0), 0, atol=1e-6)
         np.testing.assert_allclose(Z[spk == s].std(0), 1, atol=1e-6)
     fit = np.flatnonzero(spk != "s4")
-    G, mode = baseline.normalize_functionals(X, spk, "global", fit_idx=fit)
+    G, mode = features.normalize_functionals(X, spk, "global", fit_idx=fit)
     np.testing.assert_allclose(G[fit].mean(0), 0, atol=1e-6)
     # Rows outside the fitting set do not influence the statistics.
     X2 = X.copy()
     X2[spk == "s4"] += 100.0
-    G2, _ = baseline.normalize_functionals(X2, spk, "global", fit_idx=fit)
+    G2, _ = features.normalize_functionals(X2, spk, "global", fit_idx=fit)
     np.testing.assert_allclose(G2[fit], G[fit])
-    N, mode = baseline.normalize_functionals(X, spk, "utterance")
+    N, mode = features.normalize_functionals(X, spk, "utterance")
     assert mode == "none" and np.array_equal(N, X.astype(np.float64))
     with pytest.raises(ValueError, match="normalize"):
-        baseline.normalize_functionals(X, spk, "bogus")
+        features.normalize_functionals(X, spk, "bogus")
 
 
-def test_run_baseline_beats_chance_and_writes_report(tmp_path, capsys):
+def test_svm_kind_beats_chance_and_its_artefact_reproduces_its_scores(tmp_path):
     df, X = synthetic()
-    cfg = config.load(None, ["features.normalize=speaker", "name=synthetic-baseline"])
-    r = baseline.run_baseline(cfg, tmp_path, df=df, folds=loso(df), functionals=X)
-    assert "fold 4/4" in capsys.readouterr().out
-    assert r.ua > 0.8  # chance is 0.25
-    assert r.system == "egemaps+linear-svm" and r.speaker_independent is True
-    # Linear one-vs-one SVM: 6 class pairs × (88 weights + 1 bias).
-    assert r.n_params == 6 * 89
-    for name in ("report.json", "report.md", "confusion.png", "predictions.csv"):
-        assert (tmp_path / name).stat().st_size > 0
-    evaluation.validate_report(json.loads((tmp_path / "report.json").read_text()))
-    assert config.load(tmp_path / "config.yaml").name == "synthetic-baseline"
-    assert "numpy" in json.loads((tmp_path / "environment.json").read_text())
-    pred = pd.read_csv(tmp_path / "predictions.csv", dtype=str)
-    assert sorted(pred.utt_id) == sorted(df.utt_id)  # every utterance tested exactly once
-    assert {"utt_id", "fold", "speaker", "label", "pred"} <= set(pred.columns)
-    for fold in r.folds:
-        spk = set(pred.speaker[pred.fold == fold.fold])
-        assert spk == set(fold.test_speakers)
-        assert fold.extra["C"] in baseline.GRID_C
-        assert fold.extra["selection"] == "validation speakers"
+    folds = loso(df)
+    preds, rows = cross_validate(X, df, folds[:1], out=tmp_path)
+    assert metrics.compute(preds.label, preds.pred, CLASSES)["ua"] > 0.8  # chance is 0.25
+    assert rows[0]["C"] in (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    assert rows[0]["selection"] == "validation speakers"
+    # the artefact: scaler + one-vs-one hyperplanes as tensors, scikit-learn's scores exactly
+    import torch
+
+    kind, art, path = kinds.read(tmp_path / "model.pt")
+    assert kind.name == "svm" and art["labels"] == CLASSES
+    model = kind.load(path, art)
+    Z, _ = features.normalize_functionals(X, df.speaker, "speaker")
+    test = [df.utt_id.tolist().index(u) for u in folds[0].test]
+    with torch.no_grad():
+        got = model.scores(torch.as_tensor(Z[test], dtype=torch.float32)).numpy()
+    want = preds[[f"score_{c}" for c in CLASSES]].to_numpy(float)
+    assert np.abs(got - want).max() < 1e-3
+    assert (got.argmax(1) == want.argmax(1)).all()  # the SVM's own vote may break ties otherwise
+    assert kind.describe(art)["n_params"] > 6 * 88
 
 
 def test_speaker_normalisation_helps_on_speaker_shifted_data(tmp_path):
@@ -104,8 +132,8 @@ def test_speaker_normalisation_helps_on_speaker_shifted_data(tmp_path):
     folds = loso(df)
     uas = {}
     for mode in ("speaker", "none"):
-        preds, fold_dicts, _ = baseline.cross_validate(X, df, folds, normalize=mode, log=None)
-        uas[mode] = evaluation.compute(preds.label, preds.pred, CLASSES)["ua"]
+        preds, _ = cross_validate(X, df, folds, normalize=mode)
+        uas[mode] = metrics.compute(preds.label, preds.pred, CLASSES)["ua"]
     assert uas["speaker"] > uas["none"] + 0.1
 
 
@@ -114,14 +142,14 @@ def test_selection_uses_train_and_val_only(monkeypatch):
     folds = loso(df)
     pos = {u: i for i, u in enumerate(df.utt_id)}
     seen = []
-    real = baseline.select_params
+    real = svm.select_params
 
     def spy(Xs, y, groups, train_idx, val_idx, *a, **k):
         seen.append((set(train_idx.tolist()), set(val_idx.tolist())))
         return real(Xs, y, groups, train_idx, val_idx, *a, **k)
 
-    monkeypatch.setattr(baseline, "select_params", spy)
-    baseline.cross_validate(X, df, folds, normalize="speaker", log=None)
+    monkeypatch.setattr(svm, "select_params", spy)
+    cross_validate(X, df, folds, normalize="speaker")
     assert len(seen) == len(folds)
     for (tr, va), fold in zip(seen, folds, strict=True):
         test = {pos[u] for u in fold.test}
@@ -133,12 +161,12 @@ def test_test_labels_never_influence_choice_or_predictions():
     """Scrambling the test speaker's labels must change nothing but the scores."""
     df, X = synthetic(per_class=10, seed=3)
     fold = loso(df)[0]
-    preds, dicts, _ = baseline.cross_validate(X, df, [fold], normalize="speaker", log=None)
+    preds, dicts = cross_validate(X, df, [fold], normalize="speaker")
     df2 = df.copy()
     test_rows = df2.speaker == fold.test_speakers[0]
     rng = np.random.default_rng(0)
     df2.loc[test_rows, "label"] = rng.permutation(df2.loc[test_rows, "label"].to_numpy())
-    preds2, dicts2, _ = baseline.cross_validate(X, df2, [fold], normalize="speaker", log=None)
+    preds2, dicts2 = cross_validate(X, df2, [fold], normalize="speaker")
     assert (dicts[0]["C"], dicts[0]["class_weight"]) == (dicts2[0]["C"], dicts2[0]["class_weight"])
     assert preds.pred.tolist() == preds2.pred.tolist()
     assert preds.label.tolist() != preds2.label.tolist()
@@ -146,10 +174,10 @@ def test_test_labels_never_influence_choice_or_predictions():
 
 def test_select_params_without_validation_uses_training_groups():
     df, X = synthetic(per_class=8)
-    Z, _ = baseline.normalize_functionals(X, df.speaker, "speaker")
+    Z, _ = features.normalize_functionals(X, df.speaker, "speaker")
     y, g = df.label.to_numpy(), df.speaker.to_numpy()
     tr = np.flatnonzero(g != "s4")
-    sel = baseline.select_params(Z, y, g, tr, np.array([], dtype=int), grid_c=(0.01, 1.0))
+    sel = svm.select_params(Z, y, g, tr, np.array([], dtype=int), grid_c=(0.01, 1.0))
     assert sel.how == "group k-fold on training speakers"
     assert sel.C in (0.01, 1.0) and sel.val_ua > 0.6
     assert set(sel.scores) == {f"C={c:g},cw={w}" for c in (0.01, 1.0) for w in (None, "balanced")}
@@ -160,7 +188,7 @@ def test_inner_selection_never_sees_test_rows(monkeypatch):
     folds = loso(df)
     pos = {u: i for i, u in enumerate(df.utt_id)}
     seen = []
-    real = baseline.make_classifier
+    real = svm.make_classifier
 
     def spy(C, cw):
         clf = real(C, cw)
@@ -173,25 +201,15 @@ def test_inner_selection_never_sees_test_rows(monkeypatch):
         clf.fit = recording_fit
         return clf
 
-    monkeypatch.setattr(baseline, "make_classifier", spy)
-    preds, dicts, _ = baseline.cross_validate(
-        X, df, folds[:1], normalize="speaker", selection="inner", log=None
-    )
-    Z, _ = baseline.normalize_functionals(X, df.speaker, "speaker")
+    monkeypatch.setattr(svm, "make_classifier", spy)
+    preds, dicts = cross_validate(X, df, folds[:1], normalize="speaker", selection="inner")
+    Z, _ = features.normalize_functionals(X, df.speaker, "speaker")
     test_rows = {tuple(np.round(Z[pos[u]], 6)) for u in folds[0].test}
     assert len(seen) > 10 and all(not (s & test_rows) for s in seen)
     assert dicts[0]["selection"] == "group k-fold on train+val speakers"
-    assert evaluation.compute(preds.label, preds.pred, CLASSES)["ua"] > 0.5
-    with pytest.raises(ValueError, match="selection"):
-        baseline.cross_validate(X, df, folds, selection="test", log=None)
-
-
-def test_fold_with_unknown_utterance_is_an_error():
-    df, X = synthetic(per_class=3)
-    fold = loso(df)[0]
-    fold.test = [*fold.test, "nope"]
-    with pytest.raises(ValueError, match="nope"):
-        baseline.cross_validate(X, df, [fold], log=None)
+    assert metrics.compute(preds.label, preds.pred, CLASSES)["ua"] > 0.5
+    with pytest.raises(ValueError, match="model.selection"):
+        config.load(None, ["model.kind=svm", "model.selection=test"])
 
 
 def _tone_manifest(tmp_path: Path, per_class: int = 3) -> Path:
@@ -217,9 +235,10 @@ def _tone_manifest(tmp_path: Path, per_class: int = 3) -> Path:
 
 def test_extract_functionals_through_feature_cache(tmp_path, monkeypatch):
     from stlser import features
+    from stlser.kinds import functionals
 
     df = pd.read_csv(_tone_manifest(tmp_path, per_class=1), dtype=str)
-    X = baseline.extract_functionals(df, tmp_path / "cache", progress=False)
+    X = functionals.load_matrix(df, ["egemaps"], tmp_path / "cache", progress=False)
     assert X.shape == (len(df), 88) and X.dtype == np.float32 and np.all(np.isfinite(X))
     assert not np.allclose(X[0], X[1])
 
@@ -227,12 +246,13 @@ def test_extract_functionals_through_feature_cache(tmp_path, monkeypatch):
         raise AssertionError("recomputed despite the cache")
 
     monkeypatch.setattr(features.frontend, "egemaps_functionals", boom)
-    X2 = baseline.extract_functionals(df, tmp_path / "cache", progress=False)
+    X2 = functionals.load_matrix(df, ["egemaps"], tmp_path / "cache", progress=False)
     np.testing.assert_array_equal(X, X2)
 
 
 def test_run_baseline_from_manifest_config(tmp_path):
-    """End to end through experiments.prepare (same manifest/folds path as the network)."""
+    """End to end through the driver (the same manifest/folds path as every kind); the
+    report, config and artefacts of each fold are written."""
     m = _tone_manifest(tmp_path)
     cfg = config.load(
         None,
@@ -243,12 +263,18 @@ def test_run_baseline_from_manifest_config(tmp_path):
             "train.progress=false",
         ],
     )
-    r = baseline.run_baseline(cfg, tmp_path / "run")
+    from stlser.results import RunReport
+
+    r = RunReport.load(driver.baseline(cfg, tmp_path / "run") / "report.json")
+    assert r.system == "egemaps+linear-svm" and r.n_params == 6 * 89
     assert len(r.folds) == 4 and r.labels == sorted(CLASSES)
     assert r.speaker_independent is True
     assert r.ua > 0.5  # chance 0.25: pitch and level separate the classes
     for name in ("manifest.csv", "splits.json", "predictions.csv", "report.md", "config.yaml"):
         assert (tmp_path / "run" / name).exists()
+    assert config.load(tmp_path / "run" / "config.yaml").model.kind == "svm"
+    reports.validate_report(json.loads((tmp_path / "run" / "report.json").read_text()))
+    assert (tmp_path / "run" / "fold_00" / "model.pt").exists()
 
 
 def _corpus_root() -> Path | None:
@@ -276,7 +302,10 @@ def test_emodb_loso_baseline(tmp_path):
             f"cache_dir={tmp_path / 'cache'}",
         ],
     )
-    r = baseline.run_baseline(cfg, tmp_path / "run")
+    from stlser.results import RunReport
+
+    r = RunReport.load(driver.baseline(cfg, tmp_path / "run") / "report.json")
+    assert r.system == "egemaps+linear-svm" and r.n_params == 21 * 89
     assert len(r.folds) == 10 and r.speaker_independent is True
     assert len(r.labels) == 7 and r.n == 535
     assert r.ua > 0.72  # the lead's reference: ~0.795

@@ -122,7 +122,8 @@ def test_default_recognizer_beats_the_svm_on_emodb_loso(tmp_path) -> None:
     measured 89.4 vs 79.5 % UA with the speed copies of model.speeds (88.8 without;
     docs/results/accuracy.md); the check asks for a clear win. From a cold cache the copies make
     it extract three times the functionals (a few minutes on 2 cores)."""
-    from stlser import baseline, config, experiments
+    from stlser import baseline, config, driver
+    from stlser.kinds import svm
     from stlser.results import RunReport
 
     sets = [
@@ -131,7 +132,7 @@ def test_default_recognizer_beats_the_svm_on_emodb_loso(tmp_path) -> None:
         "train.progress=false",
     ]
     cfg = config.load("emodb_loso.yaml", sets)
-    run = experiments.crossval(cfg, tmp_path / "expert")
+    run = driver.crossval(cfg, tmp_path / "expert")
     ours = RunReport.load(run / "report.json")
     svm = baseline.run_baseline(cfg, tmp_path / "svm")
     assert len(ours.folds) == len(svm.folds) == 10

@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from stlser import config, expert, testing
+from stlser import config, heads, testing
+from stlser.kinds import expert, functionals
 
 
 def test_fit_head_separates_and_is_deterministic():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 40)
     X = rng.normal(size=(120, 20)) + 3.0 * np.eye(3, 20)[y]
-    a = expert.fit_head(expert.Head(20, 3), X, y, l2=1e-2)
-    b = expert.fit_head(expert.Head(20, 3), X, y, l2=1e-2)
+    a = heads.fit_head(heads.Head(20, 3), X, y, l2=1e-2)
+    b = heads.fit_head(heads.Head(20, 3), X, y, l2=1e-2)
     with torch.no_grad():
         lp = a(torch.as_tensor(X, dtype=torch.float32))
         assert torch.equal(lp, b(torch.as_tensor(X, dtype=torch.float32)))
     assert (lp.argmax(1).numpy() == y).mean() > 0.95
     # a stronger L2 shrinks the weights
-    c = expert.fit_head(expert.Head(20, 3), X, y, l2=10.0)
+    c = heads.fit_head(heads.Head(20, 3), X, y, l2=10.0)
     assert c.linear.weight.norm() < a.linear.weight.norm()
 
 
@@ -32,8 +33,8 @@ def test_rows_times_is_z_at_v_with_its_gradient():
     Z = torch.randn(7, 5, dtype=torch.float64)
     V = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     Zt = Z.T.contiguous()
-    assert torch.allclose(expert._RowsTimes.apply(V, Z, Zt), Z @ V)
-    assert torch.autograd.gradcheck(lambda v: expert._RowsTimes.apply(v, Z, Zt), (V,))
+    assert torch.allclose(heads._RowsTimes.apply(V, Z, Zt), Z @ V)
+    assert torch.autograd.gradcheck(lambda v: heads._RowsTimes.apply(v, Z, Zt), (V,))
 
 
 def test_row_weights_balance_classes_by_their_weighted_mass():
@@ -42,17 +43,17 @@ def test_row_weights_balance_classes_by_their_weighted_mass():
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(3), 30)
     X = rng.normal(size=(90, 8)) + 2.0 * np.eye(3, 8)[y]
-    plain = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2)
+    plain = heads.fit_head(heads.Head(8, 3), X, y, l2=1e-2)
     # float32 L-BFGS stops within ~2e-4 of the optimum (weights ~1.6); a wrong weighting
     # moves them by ~0.25 (the `odd` fit below)
     same = dict(atol=1e-3, rtol=1e-3)
-    ones = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2, weight=np.full(90, 3.0))
+    ones = heads.fit_head(heads.Head(8, 3), X, y, l2=1e-2, weight=np.full(90, 3.0))
     torch.testing.assert_close(ones.linear.weight, plain.linear.weight, **same)
     w = np.where(y == 0, 0.25, 1.0)  # class 0 is lighter, but balancing restores its mass
-    scaled = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2, weight=w)
+    scaled = heads.fit_head(heads.Head(8, 3), X, y, l2=1e-2, weight=w)
     torch.testing.assert_close(scaled.linear.weight, plain.linear.weight, **same)
     w = np.where(np.arange(90) % 2 == 0, 1.0, 0.05)  # half the rows nearly ignored
-    odd = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2, weight=w)
+    odd = heads.fit_head(heads.Head(8, 3), X, y, l2=1e-2, weight=w)
     assert not torch.allclose(odd.linear.weight, plain.linear.weight, atol=1e-3)
 
 
@@ -65,13 +66,13 @@ def test_row_space_fit_equals_the_full_fit(with_prior):
     X = rng.normal(size=(18, 80)) + 1.5 * np.eye(3, 80)[y]
     prior = None
     if with_prior:
-        base = expert.fit_head(
-            expert.Head(80, 3), rng.normal(size=(60, 80)), np.arange(60) % 3, 1.0
+        base = heads.fit_head(
+            heads.Head(80, 3), rng.normal(size=(60, 80)), np.arange(60) % 3, 1.0
         )
-        prior = expert.Prior(base, [0, 1, 2])
+        prior = heads.Prior(base, [0, 1, 2])
     kw = dict(l2=0.3, prior=prior, max_iter=500)
-    full = expert.fit_head(expert.Head(80, 3), X, y, row_space=False, **kw)
-    rows = expert.fit_head(expert.Head(80, 3), X, y, row_space=True, **kw)
+    full = heads.fit_head(heads.Head(80, 3), X, y, row_space=False, **kw)
+    rows = heads.fit_head(heads.Head(80, 3), X, y, row_space=True, **kw)
     torch.testing.assert_close(rows.linear.weight, full.linear.weight, atol=2e-4, rtol=1e-3)
     torch.testing.assert_close(rows.linear.bias, full.linear.bias, atol=2e-4, rtol=1e-3)
 
@@ -79,14 +80,14 @@ def test_row_space_fit_equals_the_full_fit(with_prior):
 def test_balance_gives_each_class_its_share_and_keeps_rows_distributions():
     lp = torch.log_softmax(torch.randn(30, 4), -1)
     share = torch.tensor([0.1, 0.2, 0.3, 0.4])
-    out = expert.balance(lp, share).exp()
+    out = heads.balance(lp, share).exp()
     torch.testing.assert_close(out.sum(1), torch.ones(30))
     torch.testing.assert_close(out.sum(0), 30 * share, atol=1e-3, rtol=1e-3)
 
 
 def test_heads_average_log_probabilities():
     torch.manual_seed(0)
-    m = expert.ExpertModel([4, 6], 3).eval()
+    m = heads.LogisticHeads([4, 6], 3).eval()
     z = torch.randn(5, 10)
     lp = m.log_probs(z)
     want = (m.heads[0](z[:, :4]) + m.heads[1](z[:, 4:])) / 2
@@ -105,9 +106,9 @@ def test_average_mode_heads_are_the_mean_of_every_l2_fit(with_prior):
     y = np.repeat(np.arange(3), 20)
     Z = rng.normal(size=(60, 9)) + np.eye(3, 9)[y]
     train, val, grid = np.arange(0, 40), np.arange(40, 60), [0.01, 1.0]
-    prior = expert.fit_head(expert.Head(4, 3), Z[:, 5:], y, 0.1) if with_prior else None
-    priors = [None, expert.Prior(prior, [0, 1, 2])] if with_prior else None
-    model, sel = expert.fit_fold(Z, y, [5, 4], 3, train, val, grid, priors, mode="average")
+    prior = heads.fit_head(heads.Head(4, 3), Z[:, 5:], y, 0.1) if with_prior else None
+    priors = [None, heads.Prior(prior, [0, 1, 2])] if with_prior else None
+    model, sel = heads.fit_heads(Z, y, [5, 4], 3, train, val, grid, priors, mode="average")
     assert sel["val_ua"] is None and sel["l2"] == [grid, grid] and sel["l2_mode"] == "average"
     rows = np.concatenate([train, val])  # the validation rows are fitted too: nothing is chosen
     for i, sl in enumerate([slice(0, 5), slice(5, 9)]):
@@ -116,13 +117,13 @@ def test_average_mode_heads_are_the_mean_of_every_l2_fit(with_prior):
             cands += [(l2, priors[1]) for l2 in grid]
             assert sel["l2_centre"] == ["zero", "zero+pretrained"]
         fits = [
-            expert.fit_head(expert.Head(Z[:, sl].shape[1], 3), Z[rows, sl], y[rows], l2, prior=p)
+            heads.fit_head(heads.Head(Z[:, sl].shape[1], 3), Z[rows, sl], y[rows], l2, prior=p)
             for l2, p in cands
         ]
         want = torch.stack([f.linear.weight for f in fits]).mean(0)
         assert torch.allclose(model.heads[i].linear.weight, want, atol=1e-6)
     # the merged head is exact: its log-probabilities are the log-softmax of the fits' mean logits
-    fits = [expert.fit_head(expert.Head(5, 3), Z[rows, :5], y[rows], l2) for l2 in grid]
+    fits = [heads.fit_head(heads.Head(5, 3), Z[rows, :5], y[rows], l2) for l2 in grid]
     z = torch.as_tensor(Z[:, :5], dtype=torch.float32)
     with torch.no_grad():
         logits = torch.stack([f.linear((z - f.center) / f.scale) for f in fits]).mean(0)
@@ -135,16 +136,16 @@ def test_speed_copies_join_the_fits_of_the_rows_they_copy(mode):
     y = np.tile(np.repeat(np.arange(3), 20), 2)  # rows 60-119: the copies of rows 0-59
     Z = rng.normal(size=(120, 6)) + np.eye(3, 6)[y]
     tr, va, grid = np.arange(0, 40), np.arange(40, 60), [0.01, 1.0]
-    got, sel = expert.fit_fold(Z, y, [6], 3, tr, va, grid, mode=mode, copies=(tr + 60, va + 60))
+    got, sel = heads.fit_heads(Z, y, [6], 3, tr, va, grid, mode=mode, copies=(tr + 60, va + 60))
     if mode == "average":  # the same as fitting the copies as rows of their own
         rows = np.r_[tr, va, tr + 60, va + 60]
-        want, _ = expert.fit_fold(Z, y, [6], 3, rows, va[:0], grid, mode=mode)
+        want, _ = heads.fit_heads(Z, y, [6], 3, rows, va[:0], grid, mode=mode)
         want = want.heads[0].linear.weight
     else:  # candidates fit train + its copies and are scored on the original val rows only
-        _, ref = expert.fit_fold(Z, y, [6], 3, np.r_[tr, tr + 60], va, grid, mode=mode)
+        _, ref = heads.fit_heads(Z, y, [6], 3, np.r_[tr, tr + 60], va, grid, mode=mode)
         assert sel["l2"] == ref["l2"] and sel["val_ua"] == ref["val_ua"]
         rows = np.r_[tr, va, tr + 60, va + 60]  # the refit: every row and every copy
-        h = expert.fit_head(expert.Head(6, 3), Z[rows], y[rows], sel["l2"][0])
+        h = heads.fit_head(heads.Head(6, 3), Z[rows], y[rows], sel["l2"][0])
         want = h.linear.weight
     assert torch.allclose(got.heads[0].linear.weight, want, atol=1e-5)
 
@@ -171,22 +172,22 @@ def test_speed_copies_are_cached_apart_and_perturbed(tmp_path):
 
 
 def test_average_heads_refuses_heads_of_other_rows():
-    a, b = expert.Head(2, 2), expert.Head(2, 2)
+    a, b = heads.Head(2, 2), heads.Head(2, 2)
     b.center.fill_(1.0)
     with pytest.raises(ValueError, match="different rows"):
-        expert.average_heads([a, b])
+        heads.average_heads([a, b])
 
 
 def test_unknown_functional_set_is_refused():
     with pytest.raises(ValueError, match="model.functionals"):
-        expert.set_dims(["egemaps", "mfcc"])
+        functionals.set_dims(["egemaps", "mfcc"])
     with pytest.raises(ValueError, match="model.kind"):
         config.load(None, ["model.kind=svm"])
 
 
 @pytest.fixture(scope="module")
 def expert_run(synth_corpus, tmp_path_factory):
-    from stlser import experiments
+    from stlser import driver
 
     out = tmp_path_factory.mktemp("expert")
     cfg = config.load(
@@ -199,7 +200,7 @@ def expert_run(synth_corpus, tmp_path_factory):
             "train.progress=false",
         ],
     )
-    return experiments.crossval(cfg, out / "run")
+    return driver.crossval(cfg, out / "run")
 
 
 def test_crossval_writes_report_and_artefacts(expert_run):
@@ -218,7 +219,7 @@ def test_crossval_writes_report_and_artefacts(expert_run):
 def test_crossval_in_one_process_matches_two(expert_run, tmp_path, synth_corpus):
     import pandas as pd
 
-    from stlser import experiments
+    from stlser import driver
 
     cfg = config.load(
         "recommended.yaml",
@@ -234,7 +235,7 @@ def test_crossval_in_one_process_matches_two(expert_run, tmp_path, synth_corpus)
     )
     # the fixture's run (recommended.yaml as shipped) fitted its folds in two processes
     assert config.load("recommended.yaml").train.jobs == 2
-    run = experiments.crossval(cfg, tmp_path / "one")
+    run = driver.crossval(cfg, tmp_path / "one")
     two = pd.read_csv(expert_run / "predictions.csv")
     one = pd.read_csv(run / "predictions.csv")
     assert list(one["utt_id"]) == list(two["utt_id"])  # folds reassembled in their order
@@ -248,7 +249,7 @@ def test_crossval_in_one_process_matches_two(expert_run, tmp_path, synth_corpus)
 def test_crossval_with_speed_copies(expert_run, tmp_path, synth_corpus):
     import pandas as pd
 
-    from stlser import experiments
+    from stlser import driver
     from stlser.results import RunReport
 
     over = [
@@ -261,7 +262,7 @@ def test_crossval_with_speed_copies(expert_run, tmp_path, synth_corpus):
         "model.functionals=[egemaps]",
     ]
     runs = {
-        v: experiments.crossval(
+        v: driver.crossval(
             config.load("recommended.yaml", [*over, f"model.speeds={v}"]), tmp_path / str(i)
         )
         for i, v in enumerate(["[]", "[0.9,1.1]"])
@@ -311,8 +312,8 @@ def test_label_mask_keeps_each_row_to_its_corpus_labels():
     X = rng.normal(size=(90, 8)) + 2.0 * np.eye(3, 8)[y]
     mask = np.ones((90, 3), bool)
     mask[:60, 2] = False  # the first corpus has no label 2 (its rows are labels 0 and 1)
-    h = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2, mask=mask)
-    free = expert.fit_head(expert.Head(8, 3), X, y, l2=1e-2)
+    h = heads.fit_head(heads.Head(8, 3), X, y, l2=1e-2, mask=mask)
+    free = heads.fit_head(heads.Head(8, 3), X, y, l2=1e-2)
     assert not torch.equal(h.linear.weight, free.linear.weight)  # the mask changes the fit
     with torch.no_grad():
         lp = h(torch.as_tensor(X, dtype=torch.float32))
@@ -395,10 +396,10 @@ def test_prior_reexpresses_the_pretrained_head_exactly():
     """Before any step, a head started from a Prior gives the pretrained logits, whatever the
     new fit's standardisation; labels the pretrained head lacks start at zero."""
     torch.manual_seed(0)
-    old = expert.Head(5, 3)
+    old = heads.Head(5, 3)
     old.center.copy_(torch.randn(5))
     old.scale.copy_(torch.rand(5) + 0.5)
-    prior = expert.Prior(old, [2, 0, -1])  # new labels: old 2, old 0, one new label
+    prior = heads.Prior(old, [2, 0, -1])  # new labels: old 2, old 0, one new label
     center, scale = torch.randn(5), torch.rand(5) + 0.5
     W0, b0 = prior.weights(center, scale)
     x = torch.randn(7, 5)
@@ -412,14 +413,14 @@ def test_fit_head_with_prior_is_pulled_toward_it():
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(2), 30)
     X = rng.normal(size=(60, 8)) + 1.5 * np.eye(2, 8)[y]
-    base = expert.fit_head(expert.Head(8, 2), X, y, l2=1e-2)
-    flipped = expert.Head(8, 2)  # a "pretrained" head that predicts the opposite
+    base = heads.fit_head(heads.Head(8, 2), X, y, l2=1e-2)
+    flipped = heads.Head(8, 2)  # a "pretrained" head that predicts the opposite
     flipped.center.copy_(base.center)
     flipped.scale.copy_(base.scale)
     with torch.no_grad():
         flipped.linear.weight.copy_(base.linear.weight.flip(0))
-    strong = expert.fit_head(expert.Head(8, 2), X, y, l2=1e3, prior=expert.Prior(flipped, [0, 1]))
-    weak = expert.fit_head(expert.Head(8, 2), X, y, l2=1e-4, prior=expert.Prior(flipped, [0, 1]))
+    strong = heads.fit_head(heads.Head(8, 2), X, y, l2=1e3, prior=heads.Prior(flipped, [0, 1]))
+    weak = heads.fit_head(heads.Head(8, 2), X, y, l2=1e-4, prior=heads.Prior(flipped, [0, 1]))
     w = flipped.linear.weight
     assert (strong.linear.weight - w).norm() < 0.05 * w.norm()  # held at the prior
     with torch.no_grad():
@@ -439,7 +440,7 @@ def test_model_init_warns_when_the_model_heard_this_corpus(expert_run, caplog):
 
 
 def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus, tmp_path):
-    from stlser import experiments
+    from stlser import driver
     from stlser.results import RunReport
 
     init = expert_run / "fold_00" / "model.pt"
@@ -452,18 +453,18 @@ def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus,
         "train.progress=false",
         f"model.init={init}",
     ]
-    run = experiments.crossval(config.load("recommended.yaml", overrides), tmp_path / "ft")
+    run = driver.crossval(config.load("recommended.yaml", overrides), tmp_path / "ft")
     assert RunReport.load(run / "report.json").ua > 0.5
     fold = json.loads((run / "fold_00" / "fold.json").read_text())
     assert fold["l2_centre"] == ["zero+pretrained"] * 3  # recommended: l2_mode average
     overrides.append("model.l2_mode=select")
-    run = experiments.crossval(config.load("recommended.yaml", overrides), tmp_path / "sel")
+    run = driver.crossval(config.load("recommended.yaml", overrides), tmp_path / "sel")
     fold = json.loads((run / "fold_00" / "fold.json").read_text())
     assert set(fold["l2_centre"]) <= {"zero", "pretrained"} and len(fold["l2_centre"]) == 3
     # a huge L2 toward zero predicts chance, toward the pretrained heads keeps them: validation
     # picks the pretrained centre, and the heads equal the pretrained ones
     pinned = config.load("recommended.yaml", [*overrides, "model.l2_grid=[1e6]"])
-    run = experiments.crossval(pinned, tmp_path / "pinned")
+    run = driver.crossval(pinned, tmp_path / "pinned")
     src, _ = expert.from_artefact(init)
     got, _ = expert.from_artefact(run / "fold_00" / "model.pt")
     assert (

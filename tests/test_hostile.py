@@ -183,7 +183,7 @@ def test_onnx_garbage_is_a_model_load_error(tmp_path):
 # ------------------------------------------------------- 2. resume never mixes configs
 def _fake_training(monkeypatch):
     """crossval without features or training: each unit writes fold.json and uniform probs."""
-    from stlser import experiments, features, runs
+    from stlser import features, runs
 
     calls: list[str] = []
 
@@ -224,12 +224,12 @@ def test_resume_with_other_settings_is_refused(synth_corpus, tmp_path, monkeypat
     """Must fix 2: --resume with another seed / model / split refuses, names the differing keys,
     and writes nothing; the same settings (or only jobs/threads changed) resume; --force
     resumes and records what differed."""
-    from stlser import experiments
+    from stlser import driver
     from stlser.fingerprint import ResumeMismatch
 
     calls = _fake_training(monkeypatch)
     run = tmp_path / "run"
-    experiments.crossval(_synth_cfg(synth_corpus, tmp_path), run)
+    driver.crossval(_synth_cfg(synth_corpus, tmp_path), run)
     assert len(calls) == 2 and (run / "fingerprint.json").exists()
     before = {p: p.read_bytes() for p in (run / "config.yaml", run / "splits.json")}
     for extra, key in [
@@ -238,22 +238,22 @@ def test_resume_with_other_settings_is_refused(synth_corpus, tmp_path, monkeypat
         (["split.protocol=loso"], "split.protocol"),
     ]:
         with pytest.raises(ResumeMismatch, match=key):
-            experiments.crossval(_synth_cfg(synth_corpus, tmp_path, *extra), run, resume=True)
+            driver.crossval(_synth_cfg(synth_corpus, tmp_path, *extra), run, resume=True)
         assert {p: p.read_bytes() for p in before} == before  # nothing rewritten
     assert len(calls) == 2
     # unchanged results-wise: everything reused, nothing retrained
-    experiments.crossval(
+    driver.crossval(
         _synth_cfg(synth_corpus, tmp_path, "train.jobs=3", "train.num_threads=1"), run, resume=True
     )
     assert len(calls) == 2
-    experiments.crossval(_synth_cfg(synth_corpus, tmp_path, "seed=5"), run, resume=True, force=True)
+    driver.crossval(_synth_cfg(synth_corpus, tmp_path, "seed=5"), run, resume=True, force=True)
     fp = json.loads((run / "fingerprint.json").read_text())
     assert any(d.startswith("seed") for d in fp["forced_over"])
     assert main(["crossval", "--set", "seed=7", "-o", str(run), "--resume"]) == 2
 
 
 def test_resume_refuses_a_changed_manifest(tmp_path, synth_corpus, monkeypatch):
-    from stlser import corpora, experiments
+    from stlser import corpora, driver
     from stlser.fingerprint import ResumeMismatch
 
     _fake_training(monkeypatch)
@@ -261,11 +261,11 @@ def test_resume_refuses_a_changed_manifest(tmp_path, synth_corpus, monkeypatch):
     m = tmp_path / "manifest.csv"
     df.to_csv(m, index=False)
     cfg = _synth_cfg(synth_corpus, tmp_path, f"data.manifest={m}")
-    experiments.crossval(cfg, tmp_path / "run")
+    driver.crossval(cfg, tmp_path / "run")
     df.loc[0, "label"] = "sad" if df.loc[0, "label"] != "sad" else "happy"
     df.to_csv(m, index=False)
     with pytest.raises(ResumeMismatch, match="manifest content"):
-        experiments.crossval(cfg, tmp_path / "run", resume=True)
+        driver.crossval(cfg, tmp_path / "run", resume=True)
 
 
 # --------------------------------------------------------------- 3. decoding is bounded
@@ -513,15 +513,15 @@ def test_checkpoint_writes_are_atomic_beside_the_target(tmp_path, monkeypatch):
 
 
 def test_next_run_removes_stale_temp_files(synth_corpus, tmp_path, monkeypatch):
-    from stlser import experiments
+    from stlser import driver
 
     _fake_training(monkeypatch)
     run = tmp_path / "run"
-    experiments.crossval(_synth_cfg(synth_corpus, tmp_path), run)
+    driver.crossval(_synth_cfg(synth_corpus, tmp_path), run)
     stale = run / "fold_00" / "checkpoints" / ".last.ckpt.k3j4h5g6.tmp"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"partial")
-    experiments.crossval(_synth_cfg(synth_corpus, tmp_path), run, resume=True)
+    driver.crossval(_synth_cfg(synth_corpus, tmp_path), run, resume=True)
     assert not stale.exists()
 
 
@@ -623,8 +623,9 @@ def _degenerate_df(synth_corpus) -> pd.DataFrame:
 def test_degenerate_speakers_are_found_and_fall_back_to_global(synth_corpus):
     """Must fix 6: a one-emotion speaker is detected; speaker normalisation uses global
     statistics for them (network and baseline), per-speaker statistics for the others."""
-    from stlser import degenerate, features
     from stlser.baseline import normalize_functionals
+
+    from stlser import degenerate, features
     from stlser.config import FeatureConfig
 
     df = _degenerate_df(synth_corpus)
@@ -654,7 +655,7 @@ def test_degenerate_speakers_are_found_and_fall_back_to_global(synth_corpus):
 def test_degenerate_speakers_are_warned_and_recorded(
     synth_corpus, tmp_path, monkeypatch, capsys, caplog
 ):
-    from stlser import experiments
+    from stlser import driver
     from stlser.results import RunReport
 
     _fake_training(monkeypatch)
@@ -662,7 +663,7 @@ def test_degenerate_speakers_are_warned_and_recorded(
     df = _degenerate_df(synth_corpus)
     m = tmp_path / "manifest.csv"
     df.to_csv(m, index=False)
-    run = experiments.crossval(
+    run = driver.crossval(
         _synth_cfg(synth_corpus, tmp_path, f"data.manifest={m}"), tmp_path / "run"
     )
     rep = json.loads((run / "report.json").read_text())
@@ -680,7 +681,8 @@ def test_degenerate_speakers_are_warned_and_recorded(
 
 
 def test_fold_data_applies_the_fallback(synth_corpus):
-    from stlser import config, experiments, splits
+    from stlser import config, splits
+    from stlser.kinds import network
 
     df = _degenerate_df(synth_corpus)
     spk0 = sorted(df["speaker"].unique())[0]
@@ -692,7 +694,7 @@ def test_fold_data_applies_the_fallback(synth_corpus):
         for u, s in zip(df["utt_id"], df["speaker"], strict=True)
     }
     labels = sorted(df["label"].unique())
-    data = experiments.fold_data(cfg, df, feats, fold, labels)
+    data = network.fold_data(cfg, df, feats, fold, labels)
     every = dict(
         zip(
             fold.train + fold.val + fold.test,

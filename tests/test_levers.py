@@ -224,7 +224,7 @@ def test_label_smoothing_and_speaker_head_live_in_the_training_module():
 @pytest.fixture(scope="module")
 def lever_run(synth_corpus, tmp_path_factory):
     """One LOSO fold (two training speakers), two epochs, tiny network, every lever on."""
-    from stlser import experiments
+    from stlser import driver
 
     tmp = tmp_path_factory.mktemp("levers")
     cfg = config.load(
@@ -241,11 +241,11 @@ def lever_run(synth_corpus, tmp_path_factory):
             *LEVERS,
         ],
     )
-    return experiments.crossval(cfg, tmp / "run"), tmp / "cache"
+    return driver.crossval(cfg, tmp / "run"), tmp / "cache"
 
 
 def test_every_lever_on_trains_reports_and_predicts(lever_run, synth_corpus):
-    from stlser import experiments
+    from stlser import driver
     from stlser.inference import Recognizer
     from stlser.results import RunReport
 
@@ -266,7 +266,7 @@ def test_every_lever_on_trains_reports_and_predicts(lever_run, synth_corpus):
     pred = rec.predict(clip)
     assert pred.label in rec.labels and abs(sum(pred.probabilities.values()) - 1) < 1e-5
     # scoring the artefact again (evaluate: cached features, window averaging) = crossval
-    ev = experiments.evaluate(
+    ev = driver.evaluate(
         run / "fold_00" / "model.pt", run / "manifest.csv", run / "ev", cache_dir=str(cache)
     )
     a = pd.read_csv(run / "predictions.csv").set_index("utt_id")

@@ -35,9 +35,9 @@ def _cfg(corpus, tmp_path, extra=()):
 
 
 def test_loss_decreases_and_report_schema(synth_corpus, tmp_path):
-    from stlser import evaluation, experiments
+    from stlser import driver, reports
 
-    run = experiments.crossval(
+    run = driver.crossval(
         _cfg(synth_corpus, tmp_path, ["train.max_epochs=6"]), tmp_path / "run"
     )
     log = pd.read_csv(run / "fold_00" / "logs" / "metrics.csv")
@@ -45,7 +45,7 @@ def test_loss_decreases_and_report_schema(synth_corpus, tmp_path):
     assert len(train_loss) == 6
     assert train_loss[-1] < train_loss[0] * 0.9
     rep = json.loads((run / "report.json").read_text())
-    evaluation.validate_report(rep)
+    reports.validate_report(rep)
     for key in (
         "wa",
         "ua",
@@ -86,17 +86,17 @@ def test_loss_decreases_and_report_schema(synth_corpus, tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_run(synth_corpus, tmp_path):
-    from stlser import experiments
+    from stlser import driver
     from stlser.testing import CrashAfter, SimulatedCrash
 
-    full = experiments.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "full")
+    full = driver.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "full")
     with pytest.raises(SimulatedCrash):
-        experiments.crossval(
+        driver.crossval(
             _cfg(synth_corpus, tmp_path), tmp_path / "cut", callbacks=CrashAfter(2)
         )
     assert (tmp_path / "cut" / "fold_00" / "checkpoints" / "last.ckpt").exists()
     assert not (tmp_path / "cut" / "report.json").exists()
-    resumed = experiments.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "cut", resume=True)
+    resumed = driver.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "cut", resume=True)
     a = pd.read_csv(full / "predictions.csv")
     b = pd.read_csv(resumed / "predictions.csv")
     probs = [c for c in a.columns if c.startswith("prob_")]
@@ -112,19 +112,19 @@ def test_resume_reproduces_uninterrupted_run(synth_corpus, tmp_path):
 
 
 def test_seeded_runs_are_identical(synth_corpus, tmp_path):
-    from stlser import experiments
+    from stlser import driver
 
-    a = experiments.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "a")
-    b = experiments.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "b")
+    a = driver.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "a")
+    b = driver.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "b")
     pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
     pd.testing.assert_frame_equal(pa, pb)
 
 
 def test_evaluate_checkpoint_matches_crossval_predictions(synth_corpus, tmp_path):
-    from stlser import experiments
+    from stlser import driver
 
-    run = experiments.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "r")
-    out = experiments.evaluate(
+    run = driver.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=2"]), tmp_path / "r")
+    out = driver.evaluate(
         run / "fold_00" / "model.pt",
         run / "manifest.csv",
         tmp_path / "ev",
@@ -145,7 +145,7 @@ def test_evaluate_checkpoint_matches_crossval_predictions(synth_corpus, tmp_path
 @pytest.mark.corpus
 def test_emodb_one_fold_learns(shared_corpora, tmp_path):
     """Real-corpus smoke check: one LOSO fold of EmoDB, a few epochs, clearly above chance."""
-    from stlser import experiments
+    from stlser import driver
 
     cfg = config.load(
         "paper_emodb_loso.yaml",
@@ -157,7 +157,7 @@ def test_emodb_one_fold_learns(shared_corpora, tmp_path):
             "train.progress=false",
         ],
     )
-    run = experiments.crossval(cfg, tmp_path / "run")
+    run = driver.crossval(cfg, tmp_path / "run")
     rep = json.loads((run / "report.json").read_text())
     assert rep["folds"][0]["test_speakers"] == ["03"]
     assert rep["folds"][0]["n"] == 49
@@ -166,7 +166,7 @@ def test_emodb_one_fold_learns(shared_corpora, tmp_path):
 
 def test_every_training_option_runs(synth_corpus, tmp_path):
     """SpecAugment, mixup, tempo and gain perturbation, class weights, UA monitor: one short run."""
-    from stlser import experiments
+    from stlser import driver
 
     opts = [
         "train.max_epochs=2",
@@ -177,7 +177,7 @@ def test_every_training_option_runs(synth_corpus, tmp_path):
         "train.class_weights=true",
         "train.monitor=val_ua",
     ]
-    run = experiments.crossval(_cfg(synth_corpus, tmp_path, opts), tmp_path / "opts")
+    run = driver.crossval(_cfg(synth_corpus, tmp_path, opts), tmp_path / "opts")
     log = pd.read_csv(run / "fold_00" / "logs" / "metrics.csv")
     assert np.isfinite(log["train_loss"].dropna()).all() and len(log["val_ua"].dropna()) == 2
 
@@ -185,11 +185,11 @@ def test_every_training_option_runs(synth_corpus, tmp_path):
 def test_ensemble_in_parallel_equals_sequential(synth_corpus, tmp_path):
     """Two models per fold trained in two processes give exactly what one process gives, and
     the fold's probabilities are the mean of its members'."""
-    from stlser import evaluation, experiments
+    from stlser import driver, reports
 
     extra = ["train.max_epochs=2", "train.ensemble=2", "split.folds=[0,1]", "train.num_threads=1"]
-    seq = experiments.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "seq")
-    par = experiments.crossval(
+    seq = driver.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "seq")
+    par = driver.crossval(
         _cfg(synth_corpus, tmp_path, [*extra, "train.jobs=2"]), tmp_path / "par"
     )
     a, b = pd.read_csv(seq / "predictions.csv"), pd.read_csv(par / "predictions.csv")
@@ -197,7 +197,7 @@ def test_ensemble_in_parallel_equals_sequential(synth_corpus, tmp_path):
     pd.testing.assert_frame_equal(a, b)
     for run in (seq, par):
         rep = json.loads((run / "report.json").read_text())
-        evaluation.validate_report(rep)
+        reports.validate_report(rep)
         assert rep["ensemble"] == 2
         for f, fold in enumerate(rep["folds"]):
             fdir = run / f"fold_{f:02d}"
@@ -207,7 +207,7 @@ def test_ensemble_in_parallel_equals_sequential(synth_corpus, tmp_path):
             got = pd.read_csv(fdir / "predictions.csv")[prob_cols].to_numpy()
             np.testing.assert_allclose(got, (m0 + m1) / 2, atol=2e-6)
     # resume reuses every finished member: nothing is retrained, the report is unchanged
-    again = experiments.crossval(
+    again = driver.crossval(
         _cfg(synth_corpus, tmp_path, [*extra, "train.jobs=2"]), tmp_path / "par", resume=True
     )
     pd.testing.assert_frame_equal(a, pd.read_csv(again / "predictions.csv"))
@@ -216,11 +216,11 @@ def test_ensemble_in_parallel_equals_sequential(synth_corpus, tmp_path):
 def test_refit_trains_on_train_and_val_and_resumes_exactly(synth_corpus, tmp_path):
     """The refit stage retrains on train + val for the best epoch count; a crash inside it
     resumes without re-entering stage 1 and ends where the uninterrupted run ends."""
-    from stlser import experiments
+    from stlser import driver
     from stlser.testing import CrashAfter, SimulatedCrash
 
     extra = ["train.max_epochs=3", "train.refit=true", "train.monitor=val_loss"]
-    full = experiments.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "full")
+    full = driver.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "full")
     fold = json.loads((full / "fold_00" / "fold.json").read_text())
     refit_log = pd.read_csv(full / "fold_00" / "refit" / "logs" / "metrics.csv")
     assert fold["refit"] and sorted(refit_log["epoch"].dropna().unique()) == list(
@@ -232,13 +232,13 @@ def test_refit_trains_on_train_and_val_and_resumes_exactly(synth_corpus, tmp_pat
     assert fold["train_utterances"] == len(f0["train"]) + len(f0["val"])
 
     with pytest.raises(SimulatedCrash):
-        experiments.crossval(
+        driver.crossval(
             _cfg(synth_corpus, tmp_path, extra),
             tmp_path / "cut",
             callbacks=CrashAfter(1, stage="refit"),
         )
     assert (tmp_path / "cut" / "fold_00" / "stage1.json").exists()
-    resumed = experiments.crossval(
+    resumed = driver.crossval(
         _cfg(synth_corpus, tmp_path, extra), tmp_path / "cut", resume=True
     )
     a, b = pd.read_csv(full / "predictions.csv"), pd.read_csv(resumed / "predictions.csv")

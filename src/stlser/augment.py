@@ -13,12 +13,12 @@ function does exactly what it did before planes existed.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from stlser.config import TrainConfig
 
 
 def random_gain(
@@ -108,20 +108,20 @@ def apply(
     x: Tensor,
     lengths: Tensor,
     gen: torch.Generator,
-    tc: dict[str, Any],
+    tc: TrainConfig,
     gain_scale: float,
     channels: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """The augmentations switched on in the train config `tc` (a dict of TrainConfig); the
+    """The augmentations switched on in the train config `tc`; the
     feature axis holds `channels` planes (module docstring). The tempo change stretches Δ and
     ΔΔ with the rest (not rescaled by the factor: a deliberate approximation, ≤ the stretch)."""
-    if tc["gain_db"]:
+    if tc.gain_db:
         width = x.shape[-1] // channels if channels > 1 else None
-        x = random_gain(x, gen, tc["gain_db"], gain_scale, width)
-    if tc.get("time_stretch"):
-        x, lengths = time_stretch(x, lengths, gen, tc["time_stretch"])
-    if tc.get("freq_warp"):
-        x = random_freq_warp(x, gen, tc["freq_warp"], channels)
-    if tc["specaugment"]:
+        x = random_gain(x, gen, tc.gain_db, gain_scale, width)
+    if tc.time_stretch:
+        x, lengths = time_stretch(x, lengths, gen, tc.time_stretch)
+    if tc.freq_warp:
+        x = random_freq_warp(x, gen, tc.freq_warp, channels)
+    if tc.specaugment:
         x = spec_augment(x, lengths, gen, channels=channels)
     return x, lengths

@@ -1,18 +1,28 @@
 """Typed experiment configuration: one YAML file per experiment, `--set a.b=c` overrides.
 
-Sections map one-to-one to the pipeline: data → split → features → model → train.
-Unknown keys are an error (a typo must not silently fall back to a default).
+Sections map one-to-one to the pipeline: data → split → features → model → train. The `model`
+section is one variant per recogniser kind, chosen by ``model.kind`` (:data:`MODEL_CONFIGS`):
+each variant holds only its own keys. Every value is checked when the config is built — type
+(a number where a number belongs, finite), range, choice, and the relations between keys — and
+a bad value raises :class:`ConfigError` naming the key, before any work starts. Unknown keys are
+an error (a typo must not silently fall back to a default).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import math
+import types
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+
+class ConfigError(ValueError):
+    """A config value, key or file that cannot be used; the message names it."""
 
 
 @dataclass
@@ -37,15 +47,19 @@ class SplitConfig:
 
 @dataclass
 class FeatureConfig:
+    """Frame features of the network, and the normalisation every kind applies.
+
+    ``preset: authors`` reproduces the authors' librosa recipe (n_fft 2048, hop 512, 10 s clips)
+    and is applied when the config is built. ``n_fft`` None means the next power of two ≥ the
+    window (:attr:`fft_size`)."""
+
     kind: Literal["logmel", "mfcc", "egemaps"] = "logmel"
-    preset: Literal["default", "authors"] = (
-        "default"  # authors: librosa defaults (: n_fft 2048, hop 512, 10 s)
-    )
+    preset: Literal["default", "authors"] = "default"
     sample_rate: int = 16_000
     n_mels: int = 40
     win_ms: float = 25.0
     hop_ms: float = 10.0
-    n_fft: int | None = None  # None → next power of two ≥ window
+    n_fft: int | None = None
     fmin: float = 0.0
     fmax: float | None = None
     n_mfcc: int = 40
@@ -61,19 +75,28 @@ class FeatureConfig:
     # stored as [static | Δ | ΔΔ] on the feature axis, read by the network as 3 input channels
     deltas: bool = False
 
-    def resolved(self) -> FeatureConfig:
-        """Apply the preset: `authors` reproduces the authors' librosa recipe."""
-        c = dataclasses.replace(self)
-        if c.preset == "authors":
-            c.n_fft, c.win_ms, c.hop_ms, c.fixed_seconds = 2048, 2048 / 16, 512 / 16, 10.0
-        elif c.preset != "default":
-            raise ValueError(f"unknown features.preset {c.preset!r} (default | authors)")
-        if c.deltas and c.kind not in ("logmel", "mfcc"):
-            raise ValueError(f"features.deltas needs kind logmel or mfcc, not {c.kind!r}")
-        if c.n_fft is None:
-            win = int(round(c.win_ms * c.sample_rate / 1000))
-            c.n_fft = 1 << (win - 1).bit_length()
-        return c
+    def __post_init__(self) -> None:
+        if self.preset == "authors":
+            self.n_fft, self.win_ms, self.hop_ms, self.fixed_seconds = 2048, 128.0, 32.0, 10.0
+
+    def check(self) -> None:
+        if self.deltas and self.kind not in ("logmel", "mfcc"):
+            raise ConfigError(
+                f"config features.deltas needs kind logmel or mfcc, not {self.kind!r}"
+            )
+        if self.win_length < 1 or self.hop_length < 1:
+            raise ConfigError(
+                f"config features.win_ms={self.win_ms} / hop_ms={self.hop_ms} give less than one "
+                f"sample at {self.sample_rate} Hz"
+            )
+        if self.n_fft is not None and self.n_fft < self.win_length:
+            raise ConfigError(
+                f"config features.n_fft={self.n_fft} is shorter than the window "
+                f"({self.win_length} samples)"
+            )
+        top = self.sample_rate / 2
+        if self.fmax is not None and not self.fmin < self.fmax <= top:
+            raise ConfigError(f"config features.fmax={self.fmax} must lie in (fmin, {top:g}]")
 
     @property
     def win_length(self) -> int:
@@ -82,6 +105,11 @@ class FeatureConfig:
     @property
     def hop_length(self) -> int:
         return int(round(self.hop_ms * self.sample_rate / 1000))
+
+    @property
+    def fft_size(self) -> int:
+        """``n_fft``, or the next power of two ≥ the window."""
+        return self.n_fft or 1 << (max(1, self.win_length) - 1).bit_length()
 
     @property
     def input_channels(self) -> int:
@@ -99,26 +127,17 @@ class FeatureConfig:
 
 #: Speed-perturbation factors allowed (`model.speeds`, the feature cache's ``speed``).
 SPEED_RANGE = (0.5, 2.0)
+#: Functional sets a functionals-based kind may name (`stlser.smile.FUNCTIONAL_SETS`).
+FUNCTIONAL_SET_NAMES = ("egemaps", "compare", "is10", "is09", "emobase")
 
 
 @dataclass
-class ModelConfig:
-    # network: the paper's CNN-BiLSTM-STL on log-mel (below); expert: openSMILE functionals →
-    # speaker normalisation → one logistic head per functional set (stlser.expert)
-    kind: Literal["network", "expert"] = "network"
-    functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare", "is10"])  # expert
-    l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # expert
-    # expert: "select" fits each head at every L2 and keeps the one the validation speakers
-    # score best; "average" keeps no choice: each head is the mean of its fits at every L2
-    l2_mode: Literal["select", "average"] = "select"
-    # expert: speed-perturbed copies of the training clips (Kaldi's speed perturbation, e.g.
-    # [0.9, 1.1]) join the training rows, each (speaker, factor) normalised as a speaker of its
-    # own; training only (prediction never perturbs). [] = off
-    speeds: list[float] = field(default_factory=list)
-    # fine-tuning: start from pretrained weights, "base" (the shipped general model) or the path
-    # of a model.pt of the same kind. expert: each L2 of l2_grid is fitted pulling toward zero and
-    # toward the pretrained weights (l2_mode select: validation picks one; average: all averaged);
-    # network: compatible weights loaded, the classifier mapped by label
+class NetworkConfig:
+    """The paper's CNN-BiLSTM-STL on frame features (`stlser.kinds.network`)."""
+
+    kind: Literal["network"] = "network"
+    # fine-tuning: start from the weights of another network's model.pt (compatible weights
+    # loaded, the classifier mapped by label)
     init: str | None = None
     channels: list[int] = field(default_factory=lambda: [16, 32, 48, 72, 96, 128])
     pool_time: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1, 1])
@@ -137,29 +156,116 @@ class ModelConfig:
     # the fold's training speakers); training only, never in model.pt or ONNX. 0 = off
     speaker_adversarial: float = 0.0
 
-    def __post_init__(self) -> None:
-        try:  # YAML 1.1 reads "1e-3" as a string
-            self.l2_grid = [float(v) for v in self.l2_grid]
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"config model.l2_grid must be numbers, got {self.l2_grid!r}"
-            ) from None
+    def check(self) -> None:
+        n = len(self.channels)
+        if not n or not len(self.pool_time) == len(self.pool_freq) == n:
+            raise ConfigError(
+                "config model.channels, model.pool_time and model.pool_freq must be non-empty "
+                f"lists of one length (got {n}, {len(self.pool_time)}, {len(self.pool_freq)})"
+            )
+        for key in ("channels", "pool_time", "pool_freq"):
+            if any(v < 1 for v in getattr(self, key)):
+                raise ConfigError(f"config model.{key} must hold positive integers")
+        if (2 * self.d_lstm) % self.stl_heads:
+            raise ConfigError(
+                f"config model.stl_heads={self.stl_heads} must divide the model width "
+                f"2·d_lstm = {2 * self.d_lstm}"
+            )
+
+
+@dataclass
+class ExpertConfig:
+    """Functionals → speaker normalisation → one logistic head per set (`stlser.kinds.expert`)."""
+
+    kind: Literal["expert"] = "expert"
+    functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare", "is10"])
+    l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
+    # "select" fits each head at every L2 and keeps the one the validation speakers score best;
+    # "average": each head is the mean of its fits at every L2
+    l2_mode: Literal["select", "average"] = "select"
+    # speed-perturbed copies of the training clips (Kaldi's speed perturbation, e.g. [0.9, 1.1])
+    # join the training rows, each (speaker, factor) normalised as a speaker of its own;
+    # training only (prediction never perturbs). [] = off
+    speeds: list[float] = field(default_factory=list)
+    # fine-tuning: "base" (the shipped general model) or the path of an expert model.pt: each L2
+    # of l2_grid is fitted pulling toward zero and toward the pretrained weights
+    init: str | None = None
+
+    def check(self) -> None:
+        _check_sets(self.functionals)
         if not self.l2_grid or min(self.l2_grid) < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"config model.l2_grid must be non-negative numbers, got {self.l2_grid}"
             )
-        try:
-            self.speeds = [float(v) for v in self.speeds]
-        except (TypeError, ValueError):
-            raise ValueError(f"config model.speeds must be numbers, got {self.speeds!r}") from None
         lo, hi = SPEED_RANGE
         if any(not lo <= v <= hi or v == 1.0 for v in self.speeds) or len(set(self.speeds)) < len(
             self.speeds
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"config model.speeds must be distinct factors in [{lo}, {hi}] other than 1, "
                 f"got {self.speeds}"
             )
+
+
+@dataclass
+class SvmConfig:
+    """The classic baseline: functionals + StandardScaler + linear SVM (`stlser.kinds.svm`)."""
+
+    kind: Literal["svm"] = "svm"
+    functionals: list[str] = field(default_factory=lambda: ["egemaps"])
+    c_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    class_weights: list[Literal["none", "balanced"]] = field(
+        default_factory=lambda: ["none", "balanced"]
+    )
+    # "val": C × class weight by UA on the fold's validation speakers; "inner": by group k-fold
+    # over the training and validation speakers
+    selection: Literal["val", "inner"] = "val"
+
+    def check(self) -> None:
+        _check_sets(self.functionals)
+        if not self.c_grid or min(self.c_grid) <= 0:
+            raise ConfigError(f"config model.c_grid must be positive numbers, got {self.c_grid}")
+        if not self.class_weights:
+            raise ConfigError("config model.class_weights must name at least one of none, balanced")
+
+
+def _check_sets(sets: list[str]) -> None:
+    unknown = [s for s in sets if s not in FUNCTIONAL_SET_NAMES]
+    if unknown or not sets or len(set(sets)) < len(sets):
+        raise ConfigError(
+            f"config model.functionals={sets} must name distinct sets from: "
+            + " | ".join(FUNCTIONAL_SET_NAMES)
+        )
+
+
+#: model.kind → its config variant. A new kind adds its own (`register_model_config`).
+MODEL_CONFIGS: dict[str, type] = {
+    "network": NetworkConfig,
+    "expert": ExpertConfig,
+    "svm": SvmConfig,
+}
+ModelConfig = NetworkConfig | ExpertConfig | SvmConfig
+
+
+def known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `d` that are fields of the dataclass `cls` (stored settings written by
+    another version, e.g. an artefact's, may hold others)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def model_from_dict(d: dict[str, Any]) -> Any:
+    """The model config variant of a stored ``model_config`` (an artefact's), its keys of other
+    kinds left out."""
+    cls = MODEL_CONFIGS.get(str(d.get("kind", "network")))
+    if cls is None:
+        raise ConfigError(f"model.kind={d.get('kind')!r} is not one of: {', '.join(MODEL_CONFIGS)}")
+    return cls(**known_fields(cls, d))
+
+
+def register_model_config(kind: str, cls: type) -> None:
+    """Make ``model.kind: <kind>`` build `cls` (a dataclass whose first field is `kind`)."""
+    MODEL_CONFIGS[kind] = cls
 
 
 @dataclass
@@ -186,18 +292,27 @@ class TrainConfig:
     # average the posteriors of crop-length windows at 50 % hop (stored in model.pt). 0 = off
     crop_seconds: float = 0.0
     crops_per_utterance: int = 1  # each training utterance appears this many times per epoch
-    precision: str = "32-true"  # 32-true | bf16-mixed
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "64-true"] = "32-true"
     bucket: bool = True  # batch utterances of similar length to cut padding
     num_threads: int = 0  # 0 = torch default (per process; see jobs)
     jobs: int = 1  # folds (and ensemble members) trained at once, each in its own process
-    ensemble: int = (
-        1  # models per fold, each with its own seed and validation speakers; probabilities averaged
-    )
+    # models per fold, each with its own seed and validation speakers; probabilities averaged
+    ensemble: int = 1
     deterministic: bool = True
-    accelerator: str = "cpu"
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
     devices: int = 1
     log_every_n_steps: int = 10
     progress: bool = True
+
+    def check(self) -> None:
+        if self.accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    f"config train.accelerator={self.accelerator!r}: no CUDA device on this "
+                    "machine (use cpu)"
+                )
 
 
 @dataclass
@@ -207,7 +322,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=NetworkConfig)  # one of MODEL_CONFIGS, by model.kind
     train: TrainConfig = field(default_factory=TrainConfig)
     cache_dir: str = ".cache/stlser"
 
@@ -215,65 +330,205 @@ class ExperimentConfig:
         return asdict(self)
 
 
-#: section → field → (lowest, highest) allowed value, inclusive; None = unbounded.
-_POS, _NONNEG, _RATE = (1, None), (0, None), (0.0, 1.0)
-_RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
-    "split": {"k": (2, None), "val_speakers": _NONNEG, "val_fraction": _RATE},
-    "features": {"sample_rate": _POS, "n_mels": _POS, "n_mfcc": _POS, "win_ms": _NONNEG},
-    "model": {"kernel": _POS, "d_lstm": _POS, "stl_layers": _NONNEG, "stl_heads": _POS},
-    "train": {"lr": _NONNEG, "weight_decay": _NONNEG, "batch_size": _POS, "max_epochs": _POS},
+# ---------------------------------------------------------------------------------- checks
+Check = tuple[Callable[[float], bool], str]
+_POS: Check = (lambda v: v >= 1, ">= 1")
+_NONNEG: Check = (lambda v: v >= 0, ">= 0")
+_GT0: Check = (lambda v: v > 0, "> 0")
+_RATE: Check = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_OPEN_RATE: Check = (lambda v: 0 < v < 1, "in (0, 1)")
+_SHARE: Check = (lambda v: 0 < v <= 1, "in (0, 1]")
+_BELOW1: Check = (lambda v: 0 <= v <= 0.99, "in [0, 0.99]")
+#: section → field → (test, description); a value failing its test is refused.
+_RANGES: dict[str, dict[str, Check]] = {
+    "": {"seed": _NONNEG},
+    "split": {
+        "k": (lambda v: v >= 2, ">= 2"),
+        "val_speakers": _NONNEG,
+        "val_fraction": _RATE,
+        "test_fraction": _OPEN_RATE,
+    },
+    "features": {
+        "sample_rate": (lambda v: v >= 4000, ">= 4000"),
+        "n_mels": _POS,
+        "n_mfcc": _POS,
+        "win_ms": _GT0,
+        "hop_ms": _GT0,
+        "n_fft": _POS,
+        "fmin": _NONNEG,
+        "fmax": _GT0,
+        "fixed_seconds": _GT0,
+        "degenerate_share": _SHARE,
+        "degenerate_min_utts": _NONNEG,
+    },
+    "model": {
+        "kernel": _POS,
+        "d_lstm": _POS,
+        "stl_layers": _NONNEG,
+        "stl_heads": _POS,
+        "stl_ff": _POS,
+        "cnn_dropout": _BELOW1,
+        "stl_dropout": _BELOW1,
+        "agg_kernel": _POS,
+        "speaker_adversarial": _NONNEG,
+    },
+    "train": {
+        "lr": _GT0,
+        "weight_decay": _NONNEG,
+        "batch_size": _POS,
+        "max_epochs": _POS,
+        "min_epochs": _NONNEG,
+        "patience": _NONNEG,
+        "freeze_epochs": _NONNEG,
+        "mixup": _NONNEG,
+        "gain_db": _NONNEG,
+        "time_stretch": _BELOW1,
+        "freq_warp": _BELOW1,
+        "label_smoothing": _BELOW1,
+        "crop_seconds": _NONNEG,
+        "crops_per_utterance": _POS,
+        "num_threads": _NONNEG,
+        "jobs": _POS,
+        "ensemble": _POS,
+        "devices": _POS,
+        "log_every_n_steps": _POS,
+    },
 }
-_RANGES["split"].update(test_fraction=_RATE)
-_RANGES["features"].update(hop_ms=_NONNEG, fmin=_NONNEG)
-_RANGES["features"].update(degenerate_share=_RATE, degenerate_min_utts=_NONNEG)
-_RANGES["model"].update(stl_ff=_POS, cnn_dropout=_RATE, stl_dropout=_RATE, agg_kernel=_POS)
-_RANGES["train"].update(min_epochs=_NONNEG, patience=_NONNEG, mixup=_NONNEG, gain_db=_NONNEG)
-_RANGES["train"].update(time_stretch=(0.0, 0.99), freq_warp=(0.0, 0.99), num_threads=_NONNEG)
-_RANGES["train"].update(freeze_epochs=_NONNEG)
-_RANGES["model"].update(speaker_adversarial=_NONNEG)  # λ of the speaker head, 0 = off
-_RANGES["train"].update(label_smoothing=(0.0, 0.99))  # cross-entropy label smoothing
-_RANGES["train"].update(crop_seconds=_NONNEG)  # training crop length (s), 0 = whole utterances
-_RANGES["train"].update(crops_per_utterance=_POS)  # copies (crops) of each utterance per epoch
-_RANGES["train"].update(jobs=_POS, ensemble=_POS, devices=_POS, log_every_n_steps=_POS)
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return "one of: " + " | ".join(map(str, get_args(hint)))
+    if get_origin(hint) is list:
+        return f"a list of {_describe(get_args(hint)[0])}"
+    if get_origin(hint) in (Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        return " or ".join(_describe(a) for a in inner) + " (or null)"
+    return {
+        int: "an integer",
+        float: "a finite number",
+        bool: "true or false",
+        str: "a string",
+    }.get(hint, str(hint))
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """`value` as the type `hint` says (ints for int, finite floats for float, ...), or
+    ConfigError naming `key`."""
+
+    def bad() -> ConfigError:
+        return ConfigError(f"config {key}={value!r} must be {_describe(hint)}")
+
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        for a in inner:
+            try:
+                return _typed(value, a, key)
+            except ConfigError:
+                continue
+        raise bad()
+    if origin is Literal:
+        if value in get_args(hint) and type(value) is type(
+            next(a for a in get_args(hint) if a == value)
+        ):
+            return value
+        raise bad()
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad()
+        return [_typed(v, get_args(hint)[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise bad()
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        if not math.isfinite(value):
+            raise bad()
+        return float(value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    return value
 
 
 def _check(cls: type, obj: Any, where: str) -> None:
-    """Allowed values: Literal choices and the ranges in `_RANGES`; ValueError names the key."""
+    """Types, then the ranges in `_RANGES`, then the variant's own `check()`."""
     hints = get_type_hints(cls)
     section = where.rstrip(".")
     for f in fields(cls):
-        value, hint = getattr(obj, f.name), hints[f.name]
-        if get_origin(hint) is Literal and value not in get_args(hint):
-            choices = " | ".join(map(str, get_args(hint)))
-            raise ValueError(f"config {where}{f.name}={value!r} is not one of: {choices}")
-        lo, hi = _RANGES.get(section, {}).get(f.name, (None, None))
-        if lo is None and hi is None or value is None:
+        if f.name in _SECTIONS and cls is ExperimentConfig:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config {where}{f.name} must be a number, got {value!r}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-            raise ValueError(f"config {where}{f.name}={value!r} is outside {span}")
+        key = f"{where}{f.name}"
+        value = _typed(getattr(obj, f.name), hints[f.name], key)
+        object.__setattr__(obj, f.name, value)
+        test = _RANGES.get(section, {}).get(f.name)
+        if test is None or value is None:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if not test[0](v):
+                raise ConfigError(f"config {key}={value!r} must be {test[1]}")
+    if hasattr(obj, "check"):
+        obj.check()
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        name = where.rstrip(".") or "the config file"
+        raise ConfigError(f"config {name} must be a mapping of keys to values, got {data!r}")
+    if cls is ExperimentConfig and "model" in data:
+        data = {**data, "model": data["model"] or {}}
+    if where == "model.":
+        kind = data.get("kind", "network")
+        if kind not in MODEL_CONFIGS:
+            raise ConfigError(
+                f"config model.kind={kind!r} is not one of: " + " | ".join(MODEL_CONFIGS)
+            )
+        cls = MODEL_CONFIGS[kind]
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
-    for key, value in (data or {}).items():
+    for key, value in data.items():
         if key not in known:
-            raise KeyError(f"unknown config key {where}{key!r}; known: {', '.join(sorted(known))}")
+            scope = f" for model.kind={data.get('kind', 'network')}" if where == "model." else ""
+            raise ConfigError(
+                f"unknown config key {where}{key!r}{scope}; known: {', '.join(sorted(known))}"
+            )
         sub = _SECTIONS.get(key) if cls is ExperimentConfig else None
         kwargs[key] = _build(sub, value, f"{key}.") if sub else value
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config {where.rstrip('.') or 'file'}: {e}") from None
     _check(cls, obj, where)
     return obj
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "split": SplitConfig,
     "features": FeatureConfig,
-    "model": ModelConfig,
+    "model": NetworkConfig,  # the variant is chosen by model.kind in _build
     "train": TrainConfig,
 }
 
@@ -287,10 +542,13 @@ def parse_value(v: Any) -> Any:
     YAML 1.1) becomes a float."""
     if not isinstance(v, str):
         return v
-    x = yaml.safe_load(v)
+    try:
+        x = yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
     if isinstance(x, str):
         try:
-            return float(x)
+            return float(x) if x.strip().lower() not in ("nan", "inf", "-inf") else x
         except ValueError:
             return x
     return x
@@ -299,7 +557,7 @@ def parse_value(v: Any) -> Any:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b=c` → (["a", "b"], parsed c)."""
     if "=" not in item:
-        raise ValueError(f"--set expects key=value, got {item!r}")
+        raise ConfigError(f"--set expects key=value, got {item!r}")
     key, value = item.split("=", 1)
     return key.strip().split("."), parse_value(value)
 
@@ -310,8 +568,13 @@ def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str,
     for item in overrides or []:
         path, value = parse_override(item)
         node = d
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
+        for i, k in enumerate(path[:-1]):
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(
+                    f"--set {item}: config {'.'.join(path[: i + 1])} is a value, not a section"
+                )
+            node = nxt
         node[path[-1]] = value
     return d
 
@@ -323,26 +586,52 @@ def with_value(cfg: ExperimentConfig, key: str, value: Any) -> ExperimentConfig:
     parts = key.split(".")
     for p in parts[:-1]:
         if not isinstance(node.get(p), dict):
-            raise KeyError(f"unknown config key {key!r}")
+            raise ConfigError(f"unknown config key {key!r}")
         node = node[p]
     if parts[-1] not in node:
-        raise KeyError(f"unknown config key {key!r}; known: {', '.join(sorted(node))}")
+        raise ConfigError(f"unknown config key {key!r}; known: {', '.join(sorted(node))}")
     node[parts[-1]] = value
     return from_dict(d)
 
 
+def with_model(cfg: ExperimentConfig, model: Any) -> ExperimentConfig:
+    """A copy of `cfg` with another model section (e.g. another kind's defaults), checked."""
+    d = cfg.to_dict()
+    d["model"] = asdict(model)
+    return from_dict(d)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping (safe YAML: no tags that build objects); ConfigError says why
+    a file cannot be used."""
+    p = Path(path)
+    if not p.exists():
+        packaged = Path(__file__).parent / "configs" / p.name
+        if packaged.exists():
+            p = packaged
+        else:
+            raise ConfigError(f"config {path} not found")
+    if not p.is_file():
+        raise ConfigError(f"config {path} is not a file")
+    try:
+        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config {path} is not valid YAML{at}: {problem}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(d).__name__}")
+    return d
+
+
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (or start from defaults), apply `--set` overrides, validate."""
-    d: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            packaged = Path(__file__).parent / "configs" / p.name
-            if packaged.exists():
-                p = packaged
-            else:
-                raise FileNotFoundError(f"config {path} not found")
-        d = yaml.safe_load(p.read_text()) or {}
+    """Read a YAML config (or start from defaults), apply `--set` overrides, check it all."""
+    d = read_yaml(path) if path else {}
     return from_dict(apply_overrides(d, overrides))
 
 

@@ -10,7 +10,7 @@ few utterances the statistics are unstable as well.
 at least `max_share` (when the corpus has several labels), or they have fewer than `min_utts`
 utterances. With ``features.speaker_fallback = "global"`` (the default) they are normalised with
 the training set's global statistics instead (`stlser.features.normalize_all`,
-`stlser.baseline.normalize_functionals`); ``"off"`` keeps plain speaker normalisation. The
+`stlser.features.normalize_functionals`); ``"off"`` keeps plain speaker normalisation. The
 decision is logged loudly and recorded in the run's report.
 
 Caveat: the label distribution of a *test* speaker is used to decide how that speaker is

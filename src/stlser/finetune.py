@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from stlser.config import ExperimentConfig, FeatureConfig, ModelConfig
-from stlser.expert import is_expert
-from stlser.model import STLSER, load_artefact
+from stlser.config import ExperimentConfig, FeatureConfig, NetworkConfig
+from stlser.model import ARTEFACT_FORMAT, STLSER, load_artefact
 from stlser.recognizer import resolve_init_path
 from stlser.safety import safe_torch_load
 
@@ -61,7 +60,7 @@ class Init:
 
 def _differences(art: dict, cfg: ExperimentConfig, n_features: int) -> list[str]:
     """`model.KEY a (init) != b (this run)` for every architecture or input-width mismatch."""
-    theirs, ours = asdict(ModelConfig(**art["model_config"])), asdict(cfg.model)
+    theirs, ours = asdict(NetworkConfig(**art["model_config"])), asdict(cfg.model)
     diffs = [
         f"model.{k} {theirs[k]} (init) != {ours[k]} (this run)"
         for k in ARCH_KEYS
@@ -90,13 +89,14 @@ def load_init(cfg: ExperimentConfig, n_features: int) -> Init:
     spec = str(cfg.model.init)
     path = resolve_init_path(spec)
     art = safe_torch_load(path, "model.init artefact")
-    if is_expert(art):
+    fmt = art.get("format") if isinstance(art, dict) else None
+    if fmt != ARTEFACT_FORMAT:
         what = "the shipped general model" if spec == "base" else str(path)
         raise ValueError(
-            f"model.init {spec} is incompatible: {what} is an expert model (openSMILE "
-            "functionals + logistic heads) with no network weights, this run is "
-            "model.kind=network (use model.kind=expert to fine-tune it, or give model.init the "
-            "model.pt of a network run)"
+            f"model.init {spec} is incompatible: {what} is not a network model (format "
+            f"{fmt!r}) and has no network weights, this run is model.kind=network (give "
+            "model.init the model.pt of a network run; the shipped model fine-tunes with "
+            "model.kind=expert)"
         )
     net, art = load_artefact(path, art)  # checks format, checksum and that the weights fit
     diffs = _differences(art, cfg, n_features)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stlser import __version__, windows
-from stlser.config import ExperimentConfig, FeatureConfig, ModelConfig
+from stlser.config import ExperimentConfig, FeatureConfig, NetworkConfig, model_from_dict
 from stlser.safety import check_artefact, plain, rebuild, safe_torch_load, weights_digest
 from stlser.utils import atomic_path
 
@@ -167,7 +167,7 @@ class Aggregator(nn.Module):
 class STLSER(nn.Module):
     """CNN-BiLSTM with stacked transformer layers; `forward(feats, lengths) -> logits`."""
 
-    def __init__(self, cfg: ModelConfig, n_features: int, n_classes: int, in_channels: int = 1):
+    def __init__(self, cfg: NetworkConfig, n_features: int, n_classes: int, in_channels: int = 1):
         super().__init__()
         n = len(cfg.channels)
         if not (len(cfg.pool_time) == len(cfg.pool_freq) == n):
@@ -338,7 +338,7 @@ def load_artefact(path: str | Path, art: dict | None = None) -> tuple[STLSER, di
     art = check_artefact(path, art, ARTEFACT_FORMAT)
 
     def build() -> STLSER:
-        cfg, n = ModelConfig(**art["model_config"]), art["n_features"]
+        cfg, n = model_from_dict({**art["model_config"], "kind": "network"}), art["n_features"]
         channels = FeatureConfig(**art["feature_config"]).input_channels
         return STLSER(cfg, n, len(art["labels"]), channels)
 

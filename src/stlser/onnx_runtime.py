@@ -53,9 +53,9 @@ class OnnxRecognizer(BaseRecognizer):
             raise ModelLoadError(p, f"not a readable ONNX model ({first})") from None
         self.meta: dict[str, Any] = read_metadata(self.session)
         names = [i.name for i in self.session.get_inputs()]
-        #: expert-feature graphs take openSMILE functionals, computed here before the graph
+        #: graphs over functionals (any kind) take openSMILE functionals, computed here first
         self.sets: list[str] = []
-        if names == ["functionals"] and self.meta.get("kind") == "expert":
+        if names == ["functionals"]:
             try:
                 self.sets = [str(s) for s in json.loads(self.meta["functionals"])]
             except (KeyError, ValueError, TypeError) as e:

@@ -3,8 +3,8 @@
 The corpora of ``data.pool`` (each under ``data.root/<name>`` in its release layout) are read
 into one manifest (utterance and speaker ids prefixed with the corpus), labels mapped to one
 vocabulary (:data:`VOCAB`); each utterance's softmax is limited to the labels its corpus has
-(the loss mask of `stlser.expert.fit_head`). The recognizer is the expert recipe
-(`stlser.expert`); L2 is chosen on one validation speaker per corpus, then the model is refit
+(the loss mask of `stlser.heads.fit_head`). The recognizer is the expert recipe
+(`stlser.kinds.expert`, ``model.kind: expert``); L2 is chosen on one validation speaker per corpus, then the model is refit
 on every speaker. :func:`leave_one_corpus_out` scores the recipe on each corpus after training
 on the others, beside an eGeMAPS + linear SVM trained on the same corpora.
 """
@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stlser import expert
+from stlser import heads
 from stlser.config import ExperimentConfig
+from stlser.kinds import expert, functionals
+from stlser.metrics import ua
 from stlser.utils import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -51,14 +53,14 @@ def pool_manifest(root: str | Path, corpora: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _label_mask(df: pd.DataFrame, labels: list[str]) -> np.ndarray:
+def label_mask(df: pd.DataFrame, labels: list[str]) -> np.ndarray:
     have = df.groupby("corpus")["label"].agg(set).to_dict()
     return np.asarray([[lab in have[c] for lab in labels] for c in df["corpus"]], dtype=bool)
 
 
 def _normalise(X: np.ndarray, df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
     from stlser import degenerate
-    from stlser.baseline import normalize_functionals
+    from stlser.features import normalize_functionals
 
     glob = sorted(degenerate.global_speakers(df, cfg.features))
     mode = cfg.features.normalize if cfg.features.normalize != "utterance" else "none"
@@ -81,9 +83,7 @@ def _val_rows(df: pd.DataFrame, seed: int) -> np.ndarray:
 def _masked_ua(lp: torch.Tensor, y: np.ndarray, mask: np.ndarray, corpus: np.ndarray) -> float:
     """Mean over corpora of UA, each corpus's prediction limited to its own labels."""
     pred = lp.masked_fill(~torch.as_tensor(mask), -1e9).argmax(1).numpy()
-    return float(
-        np.mean([expert._ua(y[corpus == c], pred[corpus == c]) for c in np.unique(corpus)])
-    )
+    return float(np.mean([ua(y[corpus == c], pred[corpus == c]) for c in np.unique(corpus)]))
 
 
 def with_copies(
@@ -91,7 +91,7 @@ def with_copies(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The pool's rows followed by their speed-perturbed copies (`copies[k]`: functionals of
     every row at `speeds[k]`), each (speaker, factor) a speaker of its own (``spk@0.9``), as
-    crossval treats them (`stlser.expert.crossval`)."""
+    crossval treats them (`stlser.kinds.expert`)."""
     if not copies:
         return df, X
     if len(copies) != len(speeds) or any(c.shape != X.shape for c in copies):
@@ -105,7 +105,7 @@ def fit_pool(
     df: pd.DataFrame,
     cfg: ExperimentConfig,
     copies: list[np.ndarray] | None = None,
-) -> tuple[expert.ExpertModel, list[str], dict[str, Any]]:
+) -> tuple[heads.LogisticHeads, list[str], dict[str, Any]]:
     """Fit the expert recipe on a pooled manifest (rows aligned with `X`); `copies`: the
     functionals of the rows' speed-perturbed copies, one array per factor of model.speeds,
     joining the fits (the validation speakers' copies left out when L2 is chosen)."""
@@ -113,43 +113,36 @@ def fit_pool(
     df_all, X_all = with_copies(df, X, copies or [], list(cfg.model.speeds))
     labels = [v for v in VOCAB if v in set(df["label"])]
     y = np.asarray([labels.index(v) for v in df_all["label"]])
-    mask = _label_mask(df_all, labels)
+    mask = label_mask(df_all, labels)
     corpus = df_all["corpus"].astype(str).to_numpy()
     Z = _normalise(X_all, df_all, cfg)
-    dims = expert.set_dims(list(cfg.model.functionals))
-    bounds = np.cumsum([0, *dims])
+    dims = functionals.set_dims(list(cfg.model.functionals))
     select = cfg.model.l2_mode == "select"
     va = _val_rows(df, cfg.seed) if select else np.zeros(0, np.int64)  # average: none needed
     held = (va[None] + n * np.arange(len(X_all) // n)[:, None]).ravel()  # va and its copies
     tr = np.setdiff1d(np.arange(len(X_all)), held)
-    model = expert.ExpertModel(dims, len(labels))
-    chosen: list[Any] = []
-    for i, head in enumerate(model.heads):
-        Zi = Z[:, bounds[i] : bounds[i + 1]]
-        if not select:  # no choice: the mean of the fits at every L2
-            fits = [
-                expert.fit_head(expert.Head(dims[i], len(labels)), Zi, y, l2, mask=mask)
-                for l2 in cfg.model.l2_grid
-            ]
-            head.load_state_dict(expert.average_heads(fits).state_dict())
-            chosen.append(list(cfg.model.l2_grid))
-            continue
-        best = (-1.0, cfg.model.l2_grid[0])
-        for l2 in cfg.model.l2_grid if len(va) else []:
-            h = expert.fit_head(expert.Head(dims[i], len(labels)), Zi[tr], y[tr], l2, mask=mask[tr])
-            with torch.no_grad():
-                ua = _masked_ua(
-                    h(torch.as_tensor(Zi[va], dtype=torch.float32)), y[va], mask[va], corpus[va]
-                )
-            if ua > best[0]:
-                best = (ua, l2)
-        chosen.append(best[1])
-        expert.fit_head(head, Zi, y, best[1], mask=mask)
+
+    def score(lp: torch.Tensor, val: np.ndarray) -> float:
+        return _masked_ua(lp, y[val], mask[val], corpus[val])
+
+    model, sel = heads.fit_heads(
+        Z,
+        y,
+        dims,
+        len(labels),
+        tr,
+        va,
+        list(cfg.model.l2_grid),
+        mode=cfg.model.l2_mode,
+        mask=mask,
+        score=score,
+        refit=np.arange(len(X_all)),
+    )
     raw = torch.as_tensor(X, dtype=torch.float32)
     model.mean.copy_(raw.mean(0))
     model.std.copy_(raw.std(0).clamp_min(1e-5))
     info = {
-        "l2": chosen,
+        "l2": sel["l2"],
         "val_speakers": sorted(df["speaker"].iloc[va].unique().tolist()),
         "corpora": sorted(set(corpus)),
         "n": int(len(df)),
@@ -163,13 +156,28 @@ def fit_pool(
 
 
 def _features(df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
-    return expert.load_matrix(df, list(cfg.model.functionals), cfg.cache_dir, cfg.train.progress)
+    return functionals.load_matrix(
+        df, list(cfg.model.functionals), cfg.cache_dir, cfg.train.progress
+    )
 
 
 def _copies(df: pd.DataFrame, cfg: ExperimentConfig) -> list[np.ndarray]:
     """Functionals of every row speed-perturbed by each factor of model.speeds (cached)."""
     sets, cache = list(cfg.model.functionals), cfg.cache_dir
-    return [expert.load_matrix(df, sets, cache, cfg.train.progress, a) for a in cfg.model.speeds]
+    return [
+        functionals.load_matrix(df, sets, cache, cfg.train.progress, a) for a in cfg.model.speeds
+    ]
+
+
+def check(cfg: ExperimentConfig) -> None:
+    """The general model is the expert recipe over a pool of corpora: refuse anything else
+    before work starts."""
+    if cfg.model.kind != "expert":
+        raise ValueError(f"stlser pretrain fits model.kind=expert, not {cfg.model.kind!r}")
+    if cfg.model.init:
+        raise ValueError("stlser pretrain starts from zero: model.init must be null")
+    if not cfg.data.pool:
+        raise ValueError("stlser pretrain needs data.pool (the corpora under data.root)")
 
 
 def recipe_digest(cfg: ExperimentConfig) -> str:
@@ -205,6 +213,7 @@ def pretrain(
 
     from stlser.export import export_onnx
 
+    check(cfg)
     t0 = time.time()
     out = Path(out)
     digest = recipe_digest(cfg)
@@ -232,10 +241,10 @@ def pretrain(
 
 # ------------------------------------------------------------------ leave-one-corpus-out
 def _scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    from stlser import evaluation
+    from stlser import metrics
 
     ys, ps = [labels[i] for i in y], [labels[i] for i in pred]
-    m = evaluation.compute(ys, ps, labels)
+    m = metrics.compute(ys, ps, labels)
     conf = np.zeros((len(labels), len(labels)), np.int64)
     np.add.at(conf, (np.asarray(y, np.int64), np.asarray(pred, np.int64)), 1)
     return {"ua": m["ua"], "wa": m["wa"], "n": int(len(y)), "confusion": conf.tolist()}
@@ -247,7 +256,7 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
     (as in crossval) and by the stored global statistics (what `stlser predict` does with one
     clip), and an eGeMAPS + linear SVM fitted on the same corpora (C on the same validation
     speakers). Writes `loco.json` and `loco.md` into `out`."""
-    from stlser.baseline import make_classifier
+    from stlser.kinds.svm import make_classifier
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +266,7 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
     copies = _copies(df, cfg)
     Z_all = _normalise(X, df, cfg)
     sets = list(cfg.model.functionals)
-    dims = expert.set_dims(sets)
+    dims = functionals.set_dims(sets)
     eg = None  # the eGeMAPS columns, for the SVM beside the recipe
     if "egemaps" in sets:
         start = sum(dims[: sets.index("egemaps")])
@@ -306,9 +315,9 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
             best = (-1.0, 1.0)
             for c in (1e-3, 1e-2, 1e-1, 1.0):
                 clf = make_classifier(c, "balanced").fit(Ztr[trn], ytr[trn])
-                ua = expert._ua(ytr[va], clf.predict(Ztr[va]))
-                if ua > best[0]:
-                    best = (ua, c)
+                got = ua(ytr[va], clf.predict(Ztr[va]))
+                if got > best[0]:
+                    best = (got, c)
             clf = make_classifier(best[1], "balanced").fit(Ztr, ytr)
             cls = [str(c) for c in clf[-1].classes_]
             dec = clf.decision_function(Z_all[rows][:, eg])[:, [cls.index(lab) for lab in shared]]

@@ -1,7 +1,7 @@
 """Typed run results: `FoldResult` (one fold's test scores) and `RunReport` (a scored run).
 
 The network, the eGeMAPS baseline and `stlser evaluate` all produce a `RunReport` through
-:func:`stlser.evaluation.write_report`; `report.json` is ``RunReport.to_dict()`` and
+:func:`stlser.reports.write_report`; `report.json` is ``RunReport.to_dict()`` and
 ``RunReport.load(path)`` reads it back, checking every field (a broken file raises
 ValueError listing its problems). Facts a system adds (``val_ua``, ``C``, ``members``,
 ``ensemble``, ...) travel in ``extra`` and are written at the top level of the JSON.

@@ -1,7 +1,9 @@
-"""The life of a run folder, shared by the network (`experiments.crossval`) and the baseline.
+"""The life of a run folder, for the evaluation driver (`stlser.driver`).
 
-1. :func:`prepare`: manifest and checked folds for the config, written into the folder;
-2. :func:`write_run_header`: the resolved ``config.yaml`` and ``environment.json``;
+1. :func:`lock`: one writer per run folder;
+2. :func:`prepare`: manifest and checked folds for the config (nothing written), then
+   :func:`write_inputs` (``manifest.csv``, ``splits.json``) and :func:`write_run_header`
+   (the resolved ``config.yaml`` and ``environment.json``) once every check has passed;
 3. :func:`plan_units`: the (fold, ensemble member) units of work, and which are already
    finished (``fold.json`` + ``probs.npy``) and may be reused on ``--resume``;
 4. :func:`run_units`: run the rest in this process or on a local process pool.
@@ -46,16 +48,38 @@ def write_run_header(cfg: ExperimentConfig, run_dir: Path) -> None:
     write_json(run_dir / "environment.json", env)
 
 
+class RunBusy(RuntimeError):
+    """Another process is writing into the run folder."""
+
+
+def lock(run_dir: Path) -> Any:
+    """Hold the run folder for this process (released when the returned handle is closed or
+    the process ends); RunBusy if another process holds it. Creates the folder."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".stlser.lock", "a+")  # noqa: SIM115 (held for the run's life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunBusy(
+            f"another stlser process is writing into {run_dir}; wait for it or choose another "
+            "--output"
+        ) from None
+    return handle
+
+
 def prepare(
     cfg: ExperimentConfig,
-    run_dir: Path,
     check: Callable[[pd.DataFrame, list[Fold]], None] | None = None,
-) -> tuple[pd.DataFrame, list[Fold], list[str]]:
-    """Manifest, leak-checked folds and sorted labels for the config; manifest.csv and
-    splits.json are written into the run directory.
+) -> tuple[pd.DataFrame, list[Fold], list[str], list]:
+    """Manifest, leak-checked folds, sorted labels and the unreadable files for the config;
+    nothing is written. `check(df, folds)`, if given, runs on them (the resume guard).
 
-    `check(df, folds)`, if given, runs before anything is written (the resume guard,
-    `stlser.fingerprint`)."""
+    Refused (ValueError): a corpus with fewer than two classes, ``split.folds`` naming a fold
+    the protocol does not have, a chosen fold whose training speakers hold fewer than two
+    classes."""
     skipped: list = []
     if cfg.data.manifest:
         df = corpora.read_manifest(cfg.data.manifest)
@@ -63,15 +87,38 @@ def prepare(
         if not cfg.data.root:
             raise ValueError("config needs data.root (corpus folder) or data.manifest")
         df, skipped = corpora.build_manifest(cfg.data.corpus, cfg.data.root, labels=cfg.data.labels)
+    labels = sorted(df["label"].astype(str).unique().tolist())
+    if len(labels) < 2:
+        raise ValueError(
+            f"the corpus has {len(labels)} class(es) ({', '.join(labels) or 'none'}): emotion "
+            "recognition needs at least two"
+        )
     folds = splits.from_config(df, cfg.split, cfg.seed)
+    wanted = cfg.split.folds or []
+    if any(not 0 <= i < len(folds) for i in wanted):
+        raise ValueError(
+            f"config split.folds={list(wanted)}: the {cfg.split.protocol} protocol gives "
+            f"{len(folds)} folds (indices 0 to {len(folds) - 1})"
+        )
+    label_of = dict(zip(df["utt_id"].astype(str), df["label"].astype(str), strict=True))
+    for i in chosen(cfg, folds):
+        seen = {label_of[str(u)] for u in [*folds[i].train, *folds[i].val]}
+        if len(seen) < 2:
+            raise ValueError(
+                f"fold {folds[i].name}: its training speakers hold {len(seen)} class(es) "
+                f"({', '.join(sorted(seen))}); no recogniser can be fitted"
+            )
     if check is not None:
         check(df, folds)
+    return df, folds, labels, skipped
+
+
+def write_inputs(run_dir: Path, df: pd.DataFrame, skipped: list, folds: list[Fold]) -> None:
+    """``manifest.csv`` (+ ``skipped.csv``) and ``splits.json`` of a run."""
     corpora.write_manifest(df, skipped, run_dir / "manifest.csv")
     if skipped:
         log.warning("%d unreadable files skipped (see %s)", len(skipped), run_dir / "skipped.csv")
     splits.save(folds, run_dir / "splits.json")
-    labels = sorted(df["label"].unique().tolist())
-    return df, folds, labels
 
 
 def chosen(cfg: ExperimentConfig, folds: Sequence[Fold]) -> list[int]:
@@ -159,9 +206,25 @@ def worker_threads(requested: int | None, jobs: int) -> int:
     return requested or max(1, usable_cores() // jobs)
 
 
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed run leaves no worker)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def _init_worker(state: dict[str, Any], threads: int) -> None:
     import torch
 
+    _die_with_parent()
+    from stlser import logs
+
+    logs.quiet_third_party()
     torch.set_num_threads(threads)
     WORKER.update(state)
 
@@ -210,15 +273,3 @@ def run_units(
             for fut in finished:
                 u = pending.pop(fut)
                 on_done(u, fut.result())
-
-
-def report_header(system: str, cfg: ExperimentConfig, folds: Sequence[dict]) -> dict[str, Any]:
-    """The `extra` fields every run report starts with (system, config, corpus, protocol,
-    whether every fold was speaker-independent)."""
-    return {
-        "system": system,
-        "config": cfg.name,
-        "corpus": cfg.data.corpus,
-        "protocol": cfg.split.protocol,
-        "speaker_independent": all(f["speaker_independent"] for f in folds),
-    }

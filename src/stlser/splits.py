@@ -261,7 +261,7 @@ def make_folds(
 
 def from_config(df: pd.DataFrame, split: Any, seed: int) -> list[Fold]:
     """The folds a `config.SplitConfig` describes, checked for leaks (the one place configs
-    become folds: experiments, the baseline and `stlser splits` all call this)."""
+    become folds: the evaluation driver and `stlser splits` call this)."""
     folds = make_folds(
         df,
         split.protocol,

@@ -90,7 +90,7 @@ class SimulatedCrash(RuntimeError):
 
 @dataclass(frozen=True)
 class CrashAfter:
-    """Training hook for `experiments.crossval(..., callbacks=CrashAfter(n))`: raise
+    """Training hook for `driver.crossval(..., callbacks=CrashAfter(n))`: raise
     SimulatedCrash after epoch `epoch` of training stage `stage` (``early_stopping`` or
     ``refit``). Picklable, so it also reaches worker processes."""
 

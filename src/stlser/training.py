@@ -38,8 +38,8 @@ from stlser.batching import (  # noqa: F401 (re-exported)
     stage_loader,
 )
 from stlser.checkpoint_io import AtomicCheckpointIO, load_checkpoint
-from stlser.config import ExperimentConfig, ModelConfig
-from stlser.evaluation import METRICS
+from stlser.config import ExperimentConfig, TrainConfig, known_fields, model_from_dict
+from stlser.metrics import METRICS
 from stlser.model import (  # noqa: F401 (collate, predict, load_artefact: re-exported)
     STLSER,
     collate,
@@ -75,10 +75,11 @@ class SERModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.labels = labels
-        self.tc = train_cfg
-        self.model = STLSER(ModelConfig(**model_cfg), n_features, len(labels), in_channels)
+        self.tc = TrainConfig(**known_fields(TrainConfig, train_cfg))
+        mc = model_from_dict({**model_cfg, "kind": "network"})
+        self.model = STLSER(mc, n_features, len(labels), in_channels)
         self.crop = crop  # frames; > 0: validation averages crop-length windows (stlser.windows)
-        self.adversarial = float(model_cfg.get("speaker_adversarial", 0.0))
+        self.adversarial = float(mc.speaker_adversarial)
         self.speaker_head = levers.speaker_head(self.model, n_speakers) if n_speakers else None
         w = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer(
@@ -98,7 +99,7 @@ class SERModule(L.LightningModule):
             logits,
             target,
             weight=self.class_weight if self.use_weights else None,
-            label_smoothing=self.tc.get("label_smoothing", 0.0),
+            label_smoothing=self.tc.label_smoothing,
         )
 
     def on_train_epoch_start(self) -> None:
@@ -106,7 +107,7 @@ class SERModule(L.LightningModule):
         # train.freeze_epochs: the CNN front end gets no gradient (so no Adam step, no weight
         # decay) in the first n epochs. The optimiser was built over every parameter, so the
         # front end is trained again from epoch n + 1; set per epoch, so --resume agrees.
-        n = int(self.tc.get("freeze_epochs", 0))
+        n = self.tc.freeze_epochs
         if n > 0:
             frozen = self.current_epoch < n
             finetune.set_front_end_trainable(self.model, not frozen)
@@ -115,7 +116,7 @@ class SERModule(L.LightningModule):
                 log.info(f"epoch {self.current_epoch + 1}: CNN front end {state}")
 
     def on_train_end(self) -> None:
-        if int(self.tc.get("freeze_epochs", 0)) > 0:  # stopped while frozen: leave it trainable
+        if self.tc.freeze_epochs > 0:  # stopped while frozen: leave it trainable
             finetune.set_front_end_trainable(self.model, True)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -133,8 +134,8 @@ class SERModule(L.LightningModule):
             feats, lengths, self._gen, self.tc, self.gain_scale, channels
         )
         lam, perm = 1.0, None
-        if self.tc["mixup"] > 0:
-            lam, perm = augment.mixup_draw(feats.shape[0], self.tc["mixup"], self._gen)
+        if self.tc.mixup > 0:
+            lam, perm = augment.mixup_draw(feats.shape[0], self.tc.mixup, self._gen)
             feats = lam * feats + (1 - lam) * feats[perm]
             lengths = torch.maximum(lengths, lengths[perm])
         z = self.model.embed(feats, lengths)["zL"]
@@ -186,9 +187,7 @@ class SERModule(L.LightningModule):
         self._val.clear()
 
     def configure_optimizers(self):
-        return torch.optim.Adam(
-            self.parameters(), lr=self.tc["lr"], weight_decay=self.tc["weight_decay"]
-        )
+        return torch.optim.Adam(self.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
 
 
 #: ``callbacks(stage) -> [Callback, ...]``: extra Lightning callbacks for a training stage,

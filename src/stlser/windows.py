@@ -28,7 +28,7 @@ def crop_frames(crop_seconds: float, fc: FeatureConfig) -> int:
     """Window (crop) length in feature frames for `crop_seconds`; 0 = windowing off."""
     if not crop_seconds or crop_seconds <= 0:
         return 0
-    c = fc.resolved()
+    c = fc
     return max(1, int(round(float(crop_seconds) * c.sample_rate / c.hop_length)))
 
 

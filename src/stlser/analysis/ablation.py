@@ -174,7 +174,7 @@ def reproduce(
     are reused, interrupted ones resume). Then t-SNE and learning curves of the 5-layer runs,
     ``out/summary.json`` and ``out/report.md``, both generated from the run reports.
     """
-    from stlser import experiments
+    from stlser import driver
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,11 +188,10 @@ def reproduce(
             _log(f"reproduce: {name} already finished, reused")
             continue
         _log(f"reproduce: {name} → {run}")
-        experiments.crossval(cfg, run, resume=True)
+        driver.crossval(cfg, run, resume=True)
 
     protocols = list(dict.fromkeys(cfg.split.protocol for cfg in cells.values()))
     # The classic eGeMAPS + linear-SVM baseline on exactly the speaker-independent folds.
-    from stlser.baseline import run_baseline
 
     baselines = {}
     for protocol in protocols:
@@ -201,7 +200,7 @@ def reproduce(
         name = f"{protocol}_baseline"
         if not (out / name / "report.json").exists():
             _log(f"reproduce: {name} → {out / name}")
-            run_baseline(cells[f"{protocol}_stl5"], out / name)
+            driver.baseline(cells[f"{protocol}_stl5"], out / name)
         baselines[name] = out / name
     summary_cells = {name: _cell_summary(out / name, out) for name in [*cells, *baselines]}
     gains, embeds, figures = {}, {}, {}

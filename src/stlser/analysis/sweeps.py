@@ -52,7 +52,7 @@ def sweep(
     one resumes at its last finished fold. Writes ``sweep.csv`` (after every value) and
     ``sweep.png`` (UA and WA, mean ± std over folds). Returns the CSV path.
     """
-    from stlser import experiments
+    from stlser import driver
 
     raw = split_values(values) if isinstance(values, str) else list(values)
     if not raw:
@@ -70,7 +70,7 @@ def sweep(
         else:
             _log(f"sweep {param}={name} → {run}")
             c.name = f"{cfg.name}-{param}={name}"
-            experiments.crossval(c, run, resume=True)
+            driver.crossval(c, run, resume=True)
         rep = _report(run)
         ua_m, ua_s = fold_stats(rep, "ua")
         wa_m, wa_s = fold_stats(rep, "wa")

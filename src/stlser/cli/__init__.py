@@ -6,7 +6,6 @@ Imports are lazy so `stlser --help` and light commands start fast (Lightning cos
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -107,41 +106,41 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------- experiment commands
 def cmd_train(a: argparse.Namespace) -> int:
-    from stlser import experiments
+    from stlser import driver
 
-    out = experiments.train(_load_cfg(a), a.output, resume=a.resume, fold=a.fold, force=a.force)
+    out = driver.train(_load_cfg(a), a.output, resume=a.resume, fold=a.fold, force=a.force)
     print(f"run: {out}")
     return 0
 
 
 def cmd_crossval(a: argparse.Namespace) -> int:
-    from stlser import experiments
+    from stlser import driver
 
-    out = experiments.crossval(_load_cfg(a), a.output, resume=a.resume, force=a.force)
+    out = driver.crossval(_load_cfg(a), a.output, resume=a.resume, force=a.force)
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from stlser import experiments
+    from stlser import driver
 
-    out = experiments.evaluate(a.checkpoint, a.manifest, a.output)
+    out = driver.evaluate(a.model, a.manifest, a.output, cache_dir=a.cache_dir)
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
 
 def cmd_baseline(a: argparse.Namespace) -> int:
-    from stlser import experiments
+    from stlser import driver
 
-    out = experiments.baseline(_load_cfg(a), a.output)
+    out = driver.baseline(_load_cfg(a), a.output)
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from stlser import experiments
+    from stlser import driver
 
-    experiments.demo(a.output)
+    driver.demo(a.output)
     return 0
 
 
@@ -224,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stlser", description="Speech emotion recognition with stacked transformer layers."
     )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also show third-party tips and warnings"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("manifest", help="scan a corpus in its release layout → manifest CSV")
@@ -287,13 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_crossval)
 
-    s = sub.add_parser("evaluate", help="score a checkpoint on a manifest")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("evaluate", help="score a trained model of any kind on a manifest")
+    s.add_argument(
+        "--model",
+        "--checkpoint",
+        dest="model",
+        default="base",
+        help="model.pt of any kind, a run folder, or 'base' (the shipped model, the default)",
+    )
+    s.add_argument("--cache-dir", default=".cache/stlser")
     s.add_argument("--manifest", required=True)
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("baseline", help="eGeMAPS functionals + linear SVM on the same folds")
+    s = sub.add_parser(
+        "baseline",
+        help="eGeMAPS functionals + linear SVM (model.kind=svm) on the config's corpus and folds",
+    )
     _cfg_args(s)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_baseline)
@@ -385,21 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging() -> None:
-    """The library logs under ``stlser``; the CLI shows INFO and above on stderr."""
-    lg = logging.getLogger("stlser")
-    if not any(getattr(h, "_stlser_cli", False) for h in lg.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("[stlser] %(message)s"))
-        h._stlser_cli = True  # type: ignore[attr-defined]
-        lg.addHandler(h)
-    lg.setLevel(logging.INFO)
-    lg.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    from stlser import logs
+
+    logs.setup(args.verbose)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ from stlser.features.normalise import (
     Normalizer,
     frame_stats,
     normalize_all,
+    normalize_functionals,
 )
 
 __all__ = [
@@ -64,4 +65,5 @@ __all__ = [
     "n_frames",
     "normalise",
     "normalize_all",
+    "normalize_functionals",
 ]

@@ -59,7 +59,7 @@ class FeatureCache:
         lo, hi = SPEED_RANGE
         if speed != 1.0 and (what == "frames" or not lo <= speed <= hi):
             raise ValueError(f"speed {speed} is for functionals only, within [{lo}, {hi}]")
-        self.cfg = cfg.resolved()
+        self.cfg = cfg
         self.what = what
         self.speed = float(speed)
         if what != "frames":  # eGeMAPS keeps its historical key; every other set gets its own
@@ -184,7 +184,6 @@ def _run(
     speed: float = 1.0,
 ) -> tuple[dict[str, Any], int, int]:
     """Shared engine of load_features / fill_cache / load_functionals → (results, hits, misses)."""
-    cfg = cfg.resolved()
     cache = FeatureCache(cache_dir or ".", cfg, what, speed)
     root = str(cache_dir) if cache_dir is not None else None
     by_path: dict[str, list[str]] = {}

@@ -70,13 +70,13 @@ def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
 
     For ``kind="egemaps"`` this is openSMILE's count (50 ms analysis window, 10 ms hop).
     """
-    c = cfg.resolved()
+    c = cfg
     if c.kind == "egemaps":
         win, hop = round(0.05 * c.sample_rate), round(0.01 * c.sample_rate)
         return max(0, (int(n_samples) - win) // hop + 1)
     if c.fixed_seconds:
         n_samples = int(round(c.fixed_seconds * c.sample_rate))
-    return int(_frame_count(int(n_samples), int(c.n_fft), c.hop_length))
+    return int(_frame_count(int(n_samples), int(c.fft_size), c.hop_length))
 
 
 # ------------------------------------------------------------------------------- front end
@@ -185,12 +185,12 @@ class LogMel(nn.Module):
 
     def __init__(self, cfg: FeatureConfig, fft: bool = False) -> None:
         super().__init__()
-        c = cfg.resolved()
+        c = cfg
         if c.kind not in ("logmel", "mfcc"):
             raise ValueError(f"LogMel computes logmel or mfcc, not {c.kind!r}")
         self.kind = c.kind
         self.fft = bool(fft)
-        self.n_fft = int(c.n_fft)
+        self.n_fft = int(c.fft_size)
         self.hop = c.hop_length
         self.win_length = c.win_length
         self.n_bins = self.n_fft // 2 + 1
@@ -244,9 +244,11 @@ class LogMel(nn.Module):
 
 
 def feature_key_config(cfg: FeatureConfig) -> dict[str, Any]:
-    """The resolved config fields that determine the features (cache key and front-end reuse)."""
-    c = cfg.resolved()
+    """The config fields that determine the features (cache key and front-end reuse), with
+    the FFT size the window implies."""
+    c = cfg
     d = {k: v for k, v in asdict(c).items() if k not in _NOT_IN_KEY}
+    d["n_fft"] = c.fft_size
     if c.kind == "egemaps":
         return {"kind": "egemaps", "sample_rate": c.sample_rate}
     if c.kind != "mfcc":
@@ -277,7 +279,7 @@ FUNCTIONAL_SETS = smile_mod.FUNCTIONAL_SETS
 
 def compute(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Features of one mono utterance at ``cfg.sample_rate`` → float32 [T, F]."""
-    c = cfg.resolved()
+    c = cfg
     x = _as_wave(wave)
     if c.kind == "egemaps":
         df = _smile("LowLevelDescriptors").process_signal(x, c.sample_rate)

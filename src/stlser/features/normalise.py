@@ -1,5 +1,5 @@
 """Feature normalisation: statistics fitted on training data only (numpy, for the feature
-tables) and :class:`Normalize`, the same standardisation as a torch module for the waveform
+tables; :func:`normalize_functionals` for one vector per utterance) and :class:`Normalize`, the same standardisation as a torch module for the waveform
 pipeline (`stlser.inference.Pipeline`, hence the ONNX export). The floor and the modes are
 defined here once."""
 
@@ -182,3 +182,43 @@ class Normalize(nn.Module):
         else:
             x = (feats - self.mean) / self.std
         return torch.where(valid, x, torch.zeros_like(x))
+
+
+def normalize_functionals(
+    X: np.ndarray,
+    speakers: Sequence[Any],
+    mode: str,
+    fit_idx: np.ndarray | None = None,
+    global_speakers: Sequence[str] = (),
+) -> tuple[np.ndarray, str]:
+    """Return (normalised copy of X, mode actually applied).
+
+    ``speaker``: every speaker z-scored by its own statistics (no labels used).
+    ``global``: z-scored with the mean/std of the rows ``fit_idx`` (the fitting set).
+    ``none`` / ``utterance``: unchanged (utterance normalisation is undefined for functionals).
+    `global_speakers` (``speaker`` mode): these speakers are z-scored with the statistics of the
+    rows ``fit_idx`` instead of their own (the degenerate speakers of `stlser.degenerate`).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if mode == "speaker":
+        out = np.empty_like(X)
+        spk = np.asarray([str(s) for s in speakers])
+        skip = set(global_speakers)
+        ref = X if fit_idx is None else X[fit_idx]
+        for s in np.unique(spk):
+            rows = spk == s
+            out[rows] = _zscore(X[rows], ref if s in skip else X[rows])
+        return out, "speaker"
+    if mode == "global":
+        ref = X if fit_idx is None else X[fit_idx]
+        return _zscore(X, ref), "global"
+    if mode in ("none", "utterance"):
+        return X.copy(), "none"
+    raise ValueError(f"unknown features.normalize {mode!r} (none | global | speaker | utterance)")
+
+
+def _zscore(X: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    mean = ref.mean(axis=0)
+    std = ref.std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+    return (X - mean) / std
