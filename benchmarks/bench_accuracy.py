@@ -6,7 +6,7 @@
 
 Systems, per corpus, each on the folds of its config (seed k draws the validation speakers):
 
-* ``default``  the expert recipe from scratch, `configs/<corpus>_loso.yaml` (stlser.expert)
+* ``default``  the expert recipe from scratch, `configs/<corpus>_loso.yaml` (stlser.kinds.expert)
 * ``paper5``   the paper's CNN-BiLSTM + 5 STL layers, `configs/paper_<corpus>_loso.yaml`
 * ``paper0``   the same network without STL (`model.stl_layers=0`)
 * ``svm``      eGeMAPS functionals + linear SVM (`stlser baseline`) on the folds of `<corpus>_loso`
@@ -43,7 +43,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 
-from stlser import config  # noqa: E402
+from stlser import config, driver  # noqa: E402
 from stlser.results import RunReport  # noqa: E402
 from stlser.utils import write_text  # noqa: E402
 

@@ -66,7 +66,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
-from stlser.baseline import normalize_functionals  # noqa: E402
+from stlser.features import normalize_functionals  # noqa: E402
 
 from stlser import config, corpora, degenerate, heads, metrics, splits  # noqa: E402
 from stlser.kinds import expert, functionals
@@ -130,7 +130,7 @@ def add_pool(data: Data, corpus: str, root: Path, cache_dir: str | None) -> None
     spk = df["speaker"].astype(str).to_numpy()
     Z, _ = normalize_functionals(X, spk, "speaker", None, ())
     y = np.asarray([data.labels.index(v) for v in df["label"]])
-    data.extra = Data(Z, y, spk, data.labels, pretrain._label_mask(df, data.labels))
+    data.extra = Data(Z, y, spk, data.labels, pretrain.label_mask(df, data.labels))
 
 
 # ------------------------------------------------------------------------------ recipe parts

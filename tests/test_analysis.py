@@ -55,12 +55,12 @@ def test_sweep_csv_and_plot(swept):
 
 
 def test_sweep_reuses_finished_values(swept, monkeypatch):
-    from stlser import experiments
+    from stlser import driver
 
     def boom(*a, **k):
         raise AssertionError("a finished value was trained again")
 
-    monkeypatch.setattr(experiments, "crossval", boom)
+    monkeypatch.setattr(driver, "crossval", boom)
     cfg = config.load(None, FAST)
     before = pd.read_csv(swept)
     analysis.sweep(cfg, "model.stl_layers", [0, 1], swept.parent)
@@ -68,7 +68,7 @@ def test_sweep_reuses_finished_values(swept, monkeypatch):
 
 
 def test_sweep_rejects_unknown_key(tmp_path):
-    with pytest.raises(KeyError, match="stl_layerz"):
+    with pytest.raises(ValueError, match="stl_layerz"):
         analysis.sweep(config.load(None, FAST), "model.stl_layerz", "1", tmp_path / "s")
     assert not (tmp_path / "s").exists()
 

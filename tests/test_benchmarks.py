@@ -296,8 +296,8 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     def no_training(*a, **k):
         raise AssertionError("--only-finished must not train")
 
-    monkeypatch.setattr(bench_accuracy.experiments, "crossval", no_training)
-    monkeypatch.setattr(bench_accuracy.experiments, "baseline", no_training)
+    monkeypatch.setattr(bench_accuracy.driver, "crossval", no_training)
+    monkeypatch.setattr(bench_accuracy.driver, "baseline", no_training)
     again = bench_accuracy.main([*common, "--seeds", "0,1", "--only-finished"])
     assert tables(again)[key] == rows
     partial = bench_accuracy.main([*common, "--seeds", "0,1,2", "--only-finished"])

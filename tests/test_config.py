@@ -15,17 +15,60 @@ from stlser.cli import main
         ("split.protocol=lososo", "loso | loso-session"),
         ("features.normalize=speakers", "none | global | speaker | utterance"),
         ("model.aggregation=max", "conv1d"),
-        ("train.lr=-0.1", "outside"),
-        ("train.batch_size=0", "outside"),
-        ("model.stl_dropout=1.5", "outside"),
-        ("train.jobs=two", "must be a number"),
-        ("model.l2_mode=best", "select | average"),
+        ("train.lr=-0.1", "> 0"),
+        ("train.batch_size=0", ">= 1"),
+        ("model.stl_dropout=1.5", "[0, 0.99]"),
+        ("train.jobs=two", "an integer"),
+        ("seed=abc", "an integer"),
+        ("split.k=2.5", "an integer"),
+        ("train.max_epochs=inf", "an integer"),
+        ("train.lr=nan", "finite"),
+        ("train.batch_size=1.5", "an integer"),
+        ("train.precision=bogus", "32-true"),
+        ("model.stl_heads=5", "divide"),
+        ("features.win_ms=0", "> 0"),
+        ("train.class_weights=maybe", "true or false"),
+        ("features.degenerate_share=nan", "finite"),
+        ("train=5", "mapping"),
     ],
 )
 def test_bad_values_fail_at_load(override, words):
-    with pytest.raises(ValueError, match="config ") as e:
+    with pytest.raises(ValueError, match="config") as e:
         config.load(None, [override])
     assert words in str(e.value) and override.split("=")[0] in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model.kind=expert", "model.l2_grid=[.nan]"], "model.l2_grid"),
+        (["model.kind=expert", "model.functionals=[foo]"], "model.functionals"),
+        (["model.kind=expert", "model.l2_mode=best"], "select | average"),
+        (["model.kind=svm", "model.c_grid=[0]"], "model.c_grid"),
+        (["model.kind=svm", "model.init=base"], "model.init"),
+    ],
+)
+def test_bad_values_of_a_kind_fail_at_load(overrides, words):
+    with pytest.raises(ValueError, match="config") as e:
+        config.load(None, overrides)
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("!!python/object/apply:os.system ['true']", "not valid YAML"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("train: {lr: [1, 2\n", "not valid YAML (line"),
+        ("model: 3\n", "model must be a mapping"),
+    ],
+)
+def test_bad_config_files_are_refused_with_the_reason(tmp_path, text, words):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text.replace("\\n", "\n"))
+    with pytest.raises(ValueError, match="config") as e:
+        config.load(p)
+    assert words in str(e.value)
 
 
 def test_packaged_configs_load():

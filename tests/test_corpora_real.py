@@ -122,8 +122,7 @@ def test_default_recognizer_beats_the_svm_on_emodb_loso(tmp_path) -> None:
     measured 89.4 vs 79.5 % UA with the speed copies of model.speeds (88.8 without;
     docs/results/accuracy.md); the check asks for a clear win. From a cold cache the copies make
     it extract three times the functionals (a few minutes on 2 cores)."""
-    from stlser import baseline, config, driver
-    from stlser.kinds import svm
+    from stlser import config, driver
     from stlser.results import RunReport
 
     sets = [
@@ -134,6 +133,6 @@ def test_default_recognizer_beats_the_svm_on_emodb_loso(tmp_path) -> None:
     cfg = config.load("emodb_loso.yaml", sets)
     run = driver.crossval(cfg, tmp_path / "expert")
     ours = RunReport.load(run / "report.json")
-    svm = baseline.run_baseline(cfg, tmp_path / "svm")
+    svm = RunReport.load(driver.baseline(cfg, tmp_path / "svm") / "report.json")
     assert len(ours.folds) == len(svm.folds) == 10
     assert ours.ua >= 0.82 and ours.ua >= svm.ua + 0.03, (ours.ua, svm.ua)

@@ -1,4 +1,4 @@
-"""The expert-feature recognizer (stlser.expert): fitting, crossval, artefact, predict, ONNX,
+"""The expert-feature recognizer (`model.kind: expert`, stlser.kinds.expert and stlser.heads): fitting, crossval, artefact, predict, ONNX,
 service."""
 
 from __future__ import annotations
@@ -284,7 +284,8 @@ def test_recognizer_onnx_and_service_agree(expert_run, tmp_path):
     from fastapi.testclient import TestClient
 
     from stlser.export import export_onnx
-    from stlser.inference import ExpertRecognizer, Recognizer
+    from stlser.inference import Recognizer
+    from stlser.kinds.functionals import FunctionalsRecognizer as ExpertRecognizer
     from stlser.service import create_app
 
     rec = Recognizer.load(expert_run / "fold_00" / "model.pt")
@@ -431,10 +432,10 @@ def test_fit_head_with_prior_is_pulled_toward_it():
 def test_model_init_warns_when_the_model_heard_this_corpus(expert_run, caplog):
     init = str(expert_run / "fold_00" / "model.pt")  # trained on the synthetic corpus
     sets, labels = ["egemaps", "compare", "is10"], ["angry", "happy"]
-    with caplog.at_level("WARNING", logger="stlser.expert"):
+    with caplog.at_level("WARNING", logger="stlser.kinds.expert"):
         expert.init_priors(init, sets, labels, corpus="csv")
     assert "not speaker-independent" not in caplog.text
-    with caplog.at_level("WARNING", logger="stlser.expert"):
+    with caplog.at_level("WARNING", logger="stlser.kinds.expert"):
         expert.init_priors(init, sets, labels, corpus="synth")
     assert "trained on synth itself" in caplog.text
 

@@ -18,7 +18,8 @@ onnx = pytest.importorskip("onnx")
 
 from stlser.cli import main  # noqa: E402
 from stlser.export import export_onnx  # noqa: E402
-from stlser.inference import Pipeline, Recognizer  # noqa: E402
+from stlser.inference import Recognizer  # noqa: E402
+from stlser.kinds.network import Pipeline  # noqa: E402
 from stlser.model import count_parameters  # noqa: E402
 from stlser.onnx_runtime import OnnxRecognizer  # noqa: E402
 

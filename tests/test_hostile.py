@@ -183,7 +183,7 @@ def test_onnx_garbage_is_a_model_load_error(tmp_path):
 # ------------------------------------------------------- 2. resume never mixes configs
 def _fake_training(monkeypatch):
     """crossval without features or training: each unit writes fold.json and uniform probs."""
-    from stlser import features, runs
+    from stlser import driver, features, runs
 
     calls: list[str] = []
 
@@ -191,15 +191,18 @@ def _fake_training(monkeypatch):
         return {u: np.zeros((50, 40), np.float32) for u in df["utt_id"]}
 
     def train_unit(unit):
-        labels = runs.WORKER["labels"]
+        from stlser.kinds import FoldOutput
+
+        labels = runs.WORKER["data"]["labels"]
         calls.append(str(unit.dir))
         unit.dir.mkdir(parents=True, exist_ok=True)
         info = {"best_epoch": 1, "epochs_run": 1, "n_params": 1, "seconds": 0.0}
         (unit.dir / "fold.json").write_text(json.dumps(info))
-        return {**info, "probs": np.full((len(unit.fold.test), len(labels)), 1 / len(labels))}
+        probs = np.full((len(unit.fold.test), len(labels)), 1 / len(labels))
+        return FoldOutput(probs, info, {"best_epoch": 1})
 
     monkeypatch.setattr(features, "load_features", load_features)
-    monkeypatch.setattr(experiments, "_train_unit", train_unit)
+    monkeypatch.setattr(driver, "_fit_unit", train_unit)
     return calls
 
 

@@ -20,7 +20,8 @@ from stlser import testing
 from stlser.audio import AudioError
 from stlser.cli import main
 from stlser.cli import predict as predict_cli
-from stlser.inference import Pipeline, Recognizer, resolve_model_path
+from stlser.inference import Recognizer, resolve_model_path
+from stlser.kinds.network import Pipeline
 from stlser.recognizer import Prediction, Segment
 from stlser.vad import EnergyVAD, detect_speech, split_region
 

@@ -22,7 +22,8 @@ def test_shipped_files_match_the_model_card():
 
 
 def test_default_recognizer_loads_and_predicts_deterministically():
-    from stlser.inference import ExpertRecognizer, Recognizer
+    from stlser.inference import Recognizer
+    from stlser.kinds.functionals import FunctionalsRecognizer as ExpertRecognizer
 
     rec = Recognizer.load()
     assert isinstance(rec, ExpertRecognizer) and rec.labels == Recognizer.load("base").labels

@@ -6,6 +6,9 @@ each variant holds only its own keys. Every value is checked when the config is 
 (a number where a number belongs, finite), range, choice, and the relations between keys — and
 a bad value raises :class:`ConfigError` naming the key, before any work starts. Unknown keys are
 an error (a typo must not silently fall back to a default).
+
+Why this is one module: the sections, the model variants and the rules that check them are
+read together, and the loader has to know every one of them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from stlser.smile import FUNCTIONAL_SETS
 
 
 class ConfigError(ValueError):
@@ -81,9 +86,7 @@ class FeatureConfig:
 
     def check(self) -> None:
         if self.deltas and self.kind not in ("logmel", "mfcc"):
-            raise ConfigError(
-                f"config features.deltas needs kind logmel or mfcc, not {self.kind!r}"
-            )
+            raise ConfigError(f"config features.deltas needs kind logmel or mfcc, not {self.kind}")
         if self.win_length < 1 or self.hop_length < 1:
             raise ConfigError(
                 f"config features.win_ms={self.win_ms} / hop_ms={self.hop_ms} give less than one "
@@ -127,8 +130,8 @@ class FeatureConfig:
 
 #: Speed-perturbation factors allowed (`model.speeds`, the feature cache's ``speed``).
 SPEED_RANGE = (0.5, 2.0)
-#: Functional sets a functionals-based kind may name (`stlser.smile.FUNCTIONAL_SETS`).
-FUNCTIONAL_SET_NAMES = ("egemaps", "compare", "is10", "is09", "emobase")
+#: Functional sets a functionals-based kind may name.
+FUNCTIONAL_SET_NAMES = tuple(FUNCTIONAL_SETS)
 
 
 @dataclass
@@ -194,9 +197,7 @@ class ExpertConfig:
     def check(self) -> None:
         _check_sets(self.functionals)
         if not self.l2_grid or min(self.l2_grid) < 0:
-            raise ConfigError(
-                f"config model.l2_grid must be non-negative numbers, got {self.l2_grid}"
-            )
+            raise ConfigError(f"config model.l2_grid must be numbers >= 0, got {self.l2_grid}")
         lo, hi = SPEED_RANGE
         if any(not lo <= v <= hi or v == 1.0 for v in self.speeds) or len(set(self.speeds)) < len(
             self.speeds
@@ -296,8 +297,7 @@ class TrainConfig:
     bucket: bool = True  # batch utterances of similar length to cut padding
     num_threads: int = 0  # 0 = torch default (per process; see jobs)
     jobs: int = 1  # folds (and ensemble members) trained at once, each in its own process
-    # models per fold, each with its own seed and validation speakers; probabilities averaged
-    ensemble: int = 1
+    ensemble: int = 1  # models per fold (own seed, own validation speakers), scores averaged
     deterministic: bool = True
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
     devices: int = 1
@@ -339,61 +339,30 @@ _RATE: Check = (lambda v: 0 <= v <= 1, "in [0, 1]")
 _OPEN_RATE: Check = (lambda v: 0 < v < 1, "in (0, 1)")
 _SHARE: Check = (lambda v: 0 < v <= 1, "in (0, 1]")
 _BELOW1: Check = (lambda v: 0 <= v <= 0.99, "in [0, 0.99]")
+#: (test, keys): every listed ``section.key`` must pass the test (lists: every element).
+_RULES: list[tuple[Check, str]] = [
+    (_POS, "features.n_mels features.n_mfcc features.n_fft model.kernel model.d_lstm "
+     "model.stl_heads model.stl_ff model.agg_kernel train.batch_size train.max_epochs "
+     "train.crops_per_utterance train.jobs train.ensemble train.devices train.log_every_n_steps"),
+    (_NONNEG, ".seed split.val_speakers features.fmin features.degenerate_min_utts "
+     "model.stl_layers model.speaker_adversarial train.weight_decay train.min_epochs "
+     "train.patience train.freeze_epochs train.mixup train.gain_db train.crop_seconds "
+     "train.num_threads"),
+    (_GT0, "features.win_ms features.hop_ms features.fmax features.fixed_seconds train.lr"),
+    (_RATE, "split.val_fraction"),
+    (_OPEN_RATE, "split.test_fraction"),
+    (_SHARE, "features.degenerate_share"),
+    (_BELOW1, "model.cnn_dropout model.stl_dropout train.time_stretch train.freq_warp "
+     "train.label_smoothing"),
+    ((lambda v: v >= 2, ">= 2"), "split.k"),
+    ((lambda v: v >= 4000, ">= 4000"), "features.sample_rate"),
+]  # fmt: skip
 #: section → field → (test, description); a value failing its test is refused.
-_RANGES: dict[str, dict[str, Check]] = {
-    "": {"seed": _NONNEG},
-    "split": {
-        "k": (lambda v: v >= 2, ">= 2"),
-        "val_speakers": _NONNEG,
-        "val_fraction": _RATE,
-        "test_fraction": _OPEN_RATE,
-    },
-    "features": {
-        "sample_rate": (lambda v: v >= 4000, ">= 4000"),
-        "n_mels": _POS,
-        "n_mfcc": _POS,
-        "win_ms": _GT0,
-        "hop_ms": _GT0,
-        "n_fft": _POS,
-        "fmin": _NONNEG,
-        "fmax": _GT0,
-        "fixed_seconds": _GT0,
-        "degenerate_share": _SHARE,
-        "degenerate_min_utts": _NONNEG,
-    },
-    "model": {
-        "kernel": _POS,
-        "d_lstm": _POS,
-        "stl_layers": _NONNEG,
-        "stl_heads": _POS,
-        "stl_ff": _POS,
-        "cnn_dropout": _BELOW1,
-        "stl_dropout": _BELOW1,
-        "agg_kernel": _POS,
-        "speaker_adversarial": _NONNEG,
-    },
-    "train": {
-        "lr": _GT0,
-        "weight_decay": _NONNEG,
-        "batch_size": _POS,
-        "max_epochs": _POS,
-        "min_epochs": _NONNEG,
-        "patience": _NONNEG,
-        "freeze_epochs": _NONNEG,
-        "mixup": _NONNEG,
-        "gain_db": _NONNEG,
-        "time_stretch": _BELOW1,
-        "freq_warp": _BELOW1,
-        "label_smoothing": _BELOW1,
-        "crop_seconds": _NONNEG,
-        "crops_per_utterance": _POS,
-        "num_threads": _NONNEG,
-        "jobs": _POS,
-        "ensemble": _POS,
-        "devices": _POS,
-        "log_every_n_steps": _POS,
-    },
-}
+_RANGES: dict[str, dict[str, Check]] = {}
+for _test, _keys in _RULES:
+    for _key in _keys.split():
+        _section, _, _name = _key.rpartition(".")
+        _RANGES.setdefault(_section, {})[_name] = _test
 
 
 def _describe(hint: Any) -> str:
@@ -404,12 +373,8 @@ def _describe(hint: Any) -> str:
     if get_origin(hint) in (Union, types.UnionType):
         inner = [a for a in get_args(hint) if a is not type(None)]
         return " or ".join(_describe(a) for a in inner) + " (or null)"
-    return {
-        int: "an integer",
-        float: "a finite number",
-        bool: "true or false",
-        str: "a string",
-    }.get(hint, str(hint))
+    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
+    return names.get(hint, str(hint))
 
 
 def _typed(value: Any, hint: Any, key: str) -> Any:
@@ -441,8 +406,8 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise bad()
         return [_typed(v, get_args(hint)[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if isinstance(value, bool):
+    if hint in (bool, str):
+        if isinstance(value, hint):
             return value
         raise bad()
     if hint is int:
@@ -459,15 +424,13 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
                 value = float(value)
             except ValueError:
                 raise bad() from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad()
-        if not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise bad()
         return float(value)
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise bad()
     return value
 
 
@@ -512,7 +475,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if key not in known:
             scope = f" for model.kind={data.get('kind', 'network')}" if where == "model." else ""
             raise ConfigError(
-                f"unknown config key {where}{key!r}{scope}; known: {', '.join(sorted(known))}"
+                f"unknown config key '{where}{key}'{scope}; known: {', '.join(sorted(known))}"
             )
         sub = _SECTIONS.get(key) if cls is ExperimentConfig else None
         kwargs[key] = _build(sub, value, f"{key}.") if sub else value
@@ -596,9 +559,7 @@ def with_value(cfg: ExperimentConfig, key: str, value: Any) -> ExperimentConfig:
 
 def with_model(cfg: ExperimentConfig, model: Any) -> ExperimentConfig:
     """A copy of `cfg` with another model section (e.g. another kind's defaults), checked."""
-    d = cfg.to_dict()
-    d["model"] = asdict(model)
-    return from_dict(d)
+    return from_dict({**cfg.to_dict(), "model": asdict(model)})
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -151,12 +151,13 @@ def _run_folds(
         pred = res.scores.argmax(1) if res.pred is None else res.pred
         test = [label_of[str(u)] for u in fold.test]
         got = 100 * ua(np.asarray(test), np.asarray([labels[j] for j in pred]))
-        val = res.row.get("val_ua")
+        val, best = res.row.get("val_ua"), res.row.get("best_epoch")
+        said = [f"val UA {100 * val:.1f}" if isinstance(val, float) else ""]
+        said.append(f"best epoch {best}" if best is not None else "")
         log.info(
             f"fold {unit.pos + 1}/{len(picked)} {fold.name}"
             + (f" member {unit.member}" if n_members > 1 else "")
-            + (f": val UA {100 * val:.1f}" if isinstance(val, float) else ":")
-            + f" → test UA {got:.1f}"
+            + f": {', '.join(w for w in said if w) or 'fitted'} → test UA {got:.1f}"
         )
 
     jobs = max(1, min(cfg.train.jobs, len(todo)))
@@ -230,13 +231,16 @@ def train(
     return crossval(one, out, resume=resume, force=force)
 
 
-def baseline(cfg: ExperimentConfig, out: str | Path | None) -> Path:
+def baseline(
+    cfg: ExperimentConfig, out: str | Path | None, resume: bool = False, force: bool = False
+) -> Path:
     """The eGeMAPS + linear-SVM baseline (the `svm` kind with its default settings) on exactly
     the corpus, folds and normalisation of `cfg`."""
     from stlser.config import SvmConfig
 
     svm = config_mod.with_model(cfg, SvmConfig())
-    return crossval(svm, runs.resolve_output(cfg, out, suffix="-baseline"))
+    run = runs.resolve_output(cfg, out, suffix="-baseline")
+    return crossval(svm, run, resume=resume, force=force)
 
 
 def evaluate(

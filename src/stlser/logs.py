@@ -16,13 +16,21 @@ def verbose() -> bool:
     return os.environ.get("STLSER_VERBOSE", "") not in ("", "0")
 
 
-def quiet_third_party() -> None:
-    """Unless verbose: third-party loggers at ERROR, and warnings shown only when stlser
-    itself raises them."""
+def quiet_loggers() -> None:
+    """Unless verbose: third-party loggers at ERROR (Lightning sets its own to INFO when it is
+    imported, so the module that imports it calls this again)."""
     if verbose():
         return
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_third_party() -> None:
+    """For a process stlser runs (the CLI, its workers): unless verbose, third-party loggers
+    at ERROR and warnings shown only when stlser itself raises them."""
+    if verbose():
+        return
+    quiet_loggers()
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=r"stlser(\.|$)")
 

@@ -219,9 +219,9 @@ def _die_with_parent() -> None:
 
 
 def _init_worker(state: dict[str, Any], threads: int) -> None:
+    _die_with_parent()
     import torch
 
-    _die_with_parent()
     from stlser import logs
 
     logs.quiet_third_party()
@@ -261,15 +261,24 @@ def run_units(
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         jobs,
         mp_context=ctx,
         initializer=_init_worker,
         initargs=(state, worker_threads(threads, jobs)),
-    ) as pool:
+    )
+    try:
         pending = {pool.submit(work, u): u for u in units}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 u = pending.pop(fut)
                 on_done(u, fut.result())
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM) or a unit failed: stop the workers now rather than
+        # waiting for the units they are running; finished units are already on disk
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

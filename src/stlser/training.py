@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
-from stlser import augment, finetune, levers, windows
+from stlser import augment, finetune, levers, logs, windows
 from stlser.augment import freq_warp, spec_augment  # noqa: F401 (re-exported)
 from stlser.batching import (  # noqa: F401 (re-exported)
     EpochBatches,
@@ -51,8 +51,9 @@ from stlser.model import (  # noqa: F401 (collate, predict, load_artefact: re-ex
 from stlser.utils import write_csv, write_json
 
 log = logging.getLogger(__name__)
+logs.quiet_loggers()  # Lightning sets its loggers to INFO when imported: tips, "GPU available"
 #: Lightning warnings that say nothing about this setup (in-memory data, no loader workers).
-_QUIET = (".*does not have many workers.*", ".*LeafSpec.*")
+_QUIET = (".*does not have many workers.*", ".*LeafSpec.*", ".*smaller than the logging interval.*")
 
 
 # ------------------------------------------------------------------------------- module

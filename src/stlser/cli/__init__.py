@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 
 FORCE_HELP = (
@@ -132,7 +133,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_baseline(a: argparse.Namespace) -> int:
     from stlser import driver
 
-    out = driver.baseline(_load_cfg(a), a.output)
+    out = driver.baseline(_load_cfg(a), a.output, resume=a.resume, force=a.force)
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
@@ -308,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _cfg_args(s)
     s.add_argument("-o", "--output", required=True)
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=cmd_baseline)
 
     s = sub.add_parser("demo", help="synthesize → crossval → report on the built-in corpus")
@@ -399,8 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+
     from stlser import logs
 
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("terminated")
+
+    # SIGTERM stops a run as Ctrl-C does: workers killed, nothing half-written
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     logs.setup(args.verbose)
     try:
         return int(args.func(args) or 0)
@@ -410,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         print(f"stlser {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":

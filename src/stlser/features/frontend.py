@@ -54,7 +54,7 @@ from stlser.config import FeatureConfig
 LOG_FLOOR = 1e-6
 #: eGeMAPSv02 low-level descriptors per frame / functionals per clip.
 N_EGEMAPS_LLD = 25
-N_EGEMAPS_FUNCTIONALS = 88
+N_EGEMAPS_FUNCTIONALS = smile_mod.FUNCTIONAL_SETS["egemaps"][1]
 #: Fields of FeatureConfig that do not change the features (cache key and front-end reuse).
 _NOT_IN_KEY = {"normalize", "speaker_fallback", "degenerate_share", "degenerate_min_utts"}
 

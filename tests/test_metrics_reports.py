@@ -1,4 +1,4 @@
-"""Metrics, bootstrap intervals and report files (stlser.evaluation)."""
+"""Metrics, bootstrap intervals (stlser.metrics) and report files (stlser.reports)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stlser import evaluation as ev
+from stlser import metrics as ev
+from stlser import reports
 
 LABELS = ["a", "b", "c"]
 # Hand example, 10 utterances: 6 × a (all right), 2 × b (one right, one → a),
@@ -151,12 +152,12 @@ def test_write_report_files_schema_and_fold_numbers(tmp_path):
 
     df, folds = _predictions()
     extra = {"n_params": 1234, "seconds": 5.5, "system": "test", "speaker_independent": True}
-    r = ev.write_report(tmp_path, df, LABELS, folds, extra)
+    r = reports.write_report(tmp_path, df, LABELS, folds, extra)
     for name in ("report.json", "report.md", "confusion.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
     on_disk = json.loads((tmp_path / "report.json").read_text())
-    ev.validate_report(on_disk)
+    reports.validate_report(on_disk)
     assert on_disk["n_params"] == 1234 and on_disk["system"] == "test"
     assert on_disk["labels"] == LABELS
     assert on_disk["wa"] == pytest.approx(accuracy_score(df.label, df.pred))
@@ -196,20 +197,20 @@ def test_write_report_speaker_dependent_flag_and_mismatches(tmp_path):
     df, folds = _predictions()
     for f in folds:
         f["speaker_independent"] = False
-    r = ev.write_report(tmp_path, df, LABELS, folds, {})
+    r = reports.write_report(tmp_path, df, LABELS, folds, {})
     assert r.speaker_independent is False
     assert "NOT speaker-independent" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="not in `folds`"):
-        ev.write_report(tmp_path, df, LABELS, folds[:2], {})
+        reports.write_report(tmp_path, df, LABELS, folds[:2], {})
     extra_fold = [*folds, {"fold": "f4", "test_speakers": ["s4"], "best_epoch": None}]
     with pytest.raises(ValueError, match="no predictions"):
-        ev.write_report(tmp_path, df, LABELS, extra_fold, {})
+        reports.write_report(tmp_path, df, LABELS, extra_fold, {})
 
 
 def test_validate_report_rejects_broken_reports(tmp_path):
     df, folds = _predictions()
-    good = ev.write_report(tmp_path, df, LABELS, folds, {"n_params": 1, "seconds": 1.0}).to_dict()
-    ev.validate_report(good)
+    good = reports.write_report(tmp_path, df, LABELS, folds, {"n_params": 1, "seconds": 1.0}).to_dict()
+    reports.validate_report(good)
     for mutate, msg in (
         (lambda d: d.pop("ua"), "missing key 'ua'"),
         (lambda d: d.__setitem__("ua_ci95", [0.9, 0.1]), "ua_ci95"),
@@ -221,4 +222,4 @@ def test_validate_report_rejects_broken_reports(tmp_path):
         bad = json.loads(json.dumps(good))
         mutate(bad)
         with pytest.raises(ValueError, match=msg):
-            ev.validate_report(bad)
+            reports.validate_report(bad)
