@@ -28,14 +28,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Speed only (features, training step, inference, scaling, service) → docs/benchmarks.md.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all
 
-# Default recognizer, paper network (0/5 STL) and eGeMAPS + SVM on EmoDB, CASIA and nEMO,
-# seeds 0-2, resumable (runs/accuracy); several hours on 2 cores for the network systems.
+# Accuracy only: default recognizer, paper network (0/5 STL) and eGeMAPS + SVM on EmoDB, CASIA
+# and nEMO, seeds 0-2 → docs/results/accuracy.md. Runs archived in results/accuracy_runs are
+# read, not trained; missing runs are trained (resumable, runs/accuracy; needs the corpora;
+# several hours on 2 cores for the network systems).
 bench-accuracy: $(STAMP)
-	$(BIN)/python benchmarks/bench_accuracy.py --archive docs/results/accuracy_runs \
-		--earlier docs/results/accuracy_nemo_network.md \
+	$(BIN)/python -m benchmarks.bench_accuracy --archive results/accuracy_runs \
+		--earlier results/accuracy_nemo_network.md \
 		--out docs/results/accuracy.md
 
 # The general model shipped in the package (src/stlser/models/base.{pt,onnx}) from every corpus

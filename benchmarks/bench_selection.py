@@ -1,7 +1,7 @@
 """Recipe candidates for the default recognizer, scored on validation speakers only.
 
-    python benchmarks/bench_selection.py --corpora emodb,casia --seeds 0,1,2
-    python benchmarks/bench_selection.py --corpora casia --candidates base,loso
+    python -m benchmarks.bench_selection --corpora emodb,casia --seeds 0,1,2
+    python -m benchmarks.bench_selection --corpora casia --candidates base,loso
 
 For every fold of `configs/<corpus>_loso.yaml` (and each seed, which draws the validation
 speakers), a candidate recipe is given the fold's *training* speakers only, does whatever inner
@@ -55,7 +55,6 @@ reference of the "− base" column.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,11 +63,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
-
-from stlser import config, corpora, degenerate, expert, splits  # noqa: E402
-from stlser.baseline import normalize_functionals  # noqa: E402
+from benchmarks import benchlib as bl
+from stlser import config, corpora, degenerate, expert, splits
+from stlser.baseline import normalize_functionals
 
 GRID = [0.001, 0.01, 0.1, 1.0]
 SETS = ["egemaps", "compare"]

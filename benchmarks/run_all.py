@@ -1,9 +1,9 @@
 """Run the stlser benchmark suite and write one markdown report (`make bench`).
 
-    python benchmarks/run_all.py                      # full suite → docs/benchmarks.md
-    python benchmarks/run_all.py --quick              # tiny sizes → a temp file
-    python benchmarks/run_all.py --only training --out /tmp/train.md
-    python benchmarks/run_all.py --threads 1          # every measurement on one thread
+    python -m benchmarks.run_all                      # full suite → docs/benchmarks.md
+    python -m benchmarks.run_all --quick              # tiny sizes → a temp file
+    python -m benchmarks.run_all --only training --out /tmp/train.md
+    python -m benchmarks.run_all --threads 1          # every measurement on one thread
 
 The full suite is sized for about 10 minutes on 2 idle cores (hard limits on the torch.compile
 children keep the worst case under 45). Run it on an idle machine: other work on the CPU shows
@@ -25,10 +25,8 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
-
-from stlser.utils import write_text  # noqa: E402
+from benchmarks import benchlib as bl
+from stlser.utils import write_text
 
 #: Section name → script module, in run order.
 SCRIPTS = {
@@ -65,7 +63,7 @@ def run(
         print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
-            text = importlib.import_module(SCRIPTS[name]).main(quick)
+            text = importlib.import_module(f"benchmarks.{SCRIPTS[name]}").main(quick)
         except Exception as e:  # keep the other sections; say what failed
             ok = False
             tb = "".join(traceback.format_exception(e)).strip().splitlines()[-12:]
@@ -75,7 +73,7 @@ def run(
         parts.append(f"{text.rstrip()}\n\n_Section wall time: {took:.0f} s._\n")
     total = time.perf_counter() - t_all
     args = sys.argv[1:] if argv is None else argv
-    cmd = "python benchmarks/run_all.py" + "".join(f" {a}" for a in args)
+    cmd = "python -m benchmarks.run_all" + "".join(f" {a}" for a in args)
     mode = "quick mode: tiny sizes, the numbers mean little" if quick else "full suite"
     header = f"""# stlser benchmarks
 

@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import bench_accuracy  # noqa: E402
-import bench_features  # noqa: E402
-import bench_inference  # noqa: E402
-import bench_scaling  # noqa: E402
-import bench_selection  # noqa: E402
-import bench_service  # noqa: E402
-import bench_training  # noqa: E402
-import benchlib  # noqa: E402
-import run_all  # noqa: E402
+from benchmarks import (
+    bench_accuracy,
+    bench_features,
+    bench_inference,
+    bench_scaling,
+    bench_selection,
+    bench_service,
+    bench_training,
+    benchlib,
+    run_all,
+)
 
 SEP = re.compile(r"^\|(---\|)+$")
 
@@ -330,7 +328,7 @@ def test_bench_pretrain_never_reads_the_held_out_corpus(tmp_path):
     ways; the variants' differences are paired on the same pairs."""
     import json
 
-    import bench_pretrain
+    from benchmarks import bench_pretrain
 
     _mini_corpora(tmp_path / "corpora")
     (tmp_path / "corpora" / "casia2").symlink_to(tmp_path / "corpora" / "casia")
