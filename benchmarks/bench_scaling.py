@@ -74,8 +74,7 @@ def features_child(manifest: str, reps: int, cache_root: str) -> dict[str, Any]:
 def train_child(frames: list[int], copies: int, reps: int, batch: int) -> dict[str, Any]:
     """One epoch (forward + backward + Adam on every utterance) over `copies` × the corpus,
     with stlser's batch sampler (bucketing on) and collate; features held in memory."""
-    import bench_training as bt
-
+    from benchmarks import bench_training as bt
     from stlser.training import loader
 
     before = bl.current_rss_mb()
