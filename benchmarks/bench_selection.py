@@ -6,9 +6,9 @@
 For every fold of `configs/<corpus>_loso.yaml` (and each seed, which draws the validation
 speakers), a candidate recipe is given the fold's *training* speakers only, does whatever inner
 selection it needs on them, and is scored on the fold's validation speakers. The test speaker is
-never passed in, so these numbers can choose a recipe (docs/model.md). Printed: UA pooled over
-the validation utterances of all folds, mean ± sd over seeds, and the mean over seeds of the
-paired difference to ``base`` (the recipe shipped before this comparison), same folds.
+never passed in, so these numbers can choose a recipe (docs/decisions.md). Printed: UA pooled
+over the validation utterances of all folds, mean ± sd over seeds, and the mean over seeds of
+the paired difference to the reference (``base``, or ``--ref``), same folds.
 
 Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE functionals):
 
@@ -17,7 +17,7 @@ Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE func
 * ``avg``     no inner choice: each head the mean of its fits at every L2 of the grid, on all
   the training speakers (``model.l2_mode: average``)
 * ``avg-ft``  ``avg`` with the fits pulled toward each head of a pretrained model (``--init``,
-  made without this corpus: `benchmarks/bench_accuracy.py` keeps one in
+  made without this corpus: `python -m benchmarks.bench_accuracy` keeps one in
   ``<runs>/<corpus>/pretrained-without/``) averaged in as well (``model.init``)
 * ``avg-ft-aug`` ``avg-ft`` with the speed-perturbed copies of ``aug`` (below) as extra rows
 * ``avg-ft2`` ``avg-ft`` with the fits toward the pretrained heads counted twice (2/3 of the mean)
