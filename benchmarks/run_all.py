@@ -28,13 +28,13 @@ from pathlib import Path
 from benchmarks import benchlib as bl
 from stlser.utils import write_text
 
-#: Section name → script module, in run order.
+#: Section name → script module (importable name), in run order.
 SCRIPTS = {
-    "features": "bench_features",
-    "training": "bench_training",
-    "inference": "bench_inference",
-    "scaling": "bench_scaling",
-    "service": "bench_service",
+    "features": "benchmarks.bench_features",
+    "training": "benchmarks.bench_training",
+    "inference": "benchmarks.bench_inference",
+    "scaling": "benchmarks.bench_scaling",
+    "service": "benchmarks.bench_service",
 }
 DEFAULT_OUT = bl.REPO_ROOT / "docs" / "benchmarks.md"
 
@@ -63,7 +63,7 @@ def run(
         print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
-            text = importlib.import_module(f"benchmarks.{SCRIPTS[name]}").main(quick)
+            text = importlib.import_module(SCRIPTS[name]).main(quick)
         except Exception as e:  # keep the other sections; say what failed
             ok = False
             tb = "".join(traceback.format_exception(e)).strip().splitlines()[-12:]
