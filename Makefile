@@ -40,7 +40,7 @@ bench: $(STAMP)
 ACCURACY_ARGS ?=
 bench-accuracy: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_accuracy --archive results/accuracy_runs \
-		--earlier results/accuracy_nemo_network.md \
+		--rows-from results/accuracy_nemo_network.md \
 		--out docs/results/accuracy.md $(ACCURACY_ARGS)
 
 # The general model shipped in the package (src/stlser/models/base.{pt,onnx}) from every corpus

@@ -28,7 +28,7 @@ and are reused when finished, so an interrupted call continues.
 table needs of every finished run, committed and small: its report.json, config.yaml and
 predictions (utterance, fold, speaker, label, prediction; gzip). A run missing under `--runs` but
 present in the archive is read from there and not trained again, so the table can be
-regenerated, and completed run by run, in a fresh checkout. `--earlier REPORT` appends the
+regenerated, and completed run by run, in a fresh checkout. `--rows-from REPORT` appends the
 rows of another report of this script for systems that have neither a run nor an archived
 copy (`make bench-accuracy`: the nEMO network rows of `results/accuracy_nemo_network.md`).
 """
@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--only-finished", action="store_true", help="train nothing; table what exists")
     ap.add_argument(
-        "--earlier",
+        "--rows-from",
+        dest="earlier",
         type=Path,
         action="append",
         default=[],
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> str:
 
 
 def earlier_rows(rows: list[list[str]], paths: list[Path]) -> list[list[str]]:
-    """Rows of other reports (`--earlier`) for (corpus, system) pairs `rows` has not run,
+    """Rows of other reports (`--rows-from`) for (corpus, system) pairs `rows` has not run,
     each with its source file in front."""
     missing = {(r[0], r[1]) for r in rows if r[4] == "not run"}
     out = []

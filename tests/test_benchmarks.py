@@ -311,14 +311,14 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     restored = bench_accuracy.main([*common, "--seeds", "0,1", *kept])  # trains nothing
     assert tables(restored)[key] == rows
 
-    # --earlier: an older report's rows for systems not run here, marked with their source
+    # --rows-from: another report's rows for systems not run here, marked with their source
     old = tmp_path / "old.md"
     row = ["emodb", bench_accuracy.NAMES["paper5"], *rows[0][2:]]
     old.write_text(benchlib.md_table(list(key), [row, ["casia", *row[1:]], rows[1]]))
     only = [a for a in common if a != "default,svm"] + ["--seeds", "0,1", "--only-finished"]
     idx = only.index("--systems") + 1
     only.insert(idx, "default,svm,paper5")
-    md = bench_accuracy.main([*only, *kept, "--earlier", str(old)])
+    md = bench_accuracy.main([*only, *kept, "--rows-from", str(old)])
     later = next(v for k, v in tables(md).items() if k[0] == "source")
     assert later == [["`old.md`", *row]]  # not the SVM (run here) nor CASIA (not asked)
 
