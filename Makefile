@@ -28,15 +28,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Speed only (features, training step, inference, scaling, service) → docs/benchmarks.md.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all
 
-# Default recognizer, paper network (0/5 STL) and eGeMAPS + SVM on EmoDB, CASIA and nEMO,
-# seeds 0-2, resumable (runs/accuracy); several hours on 2 cores for the network systems.
+# Accuracy only: default recognizer, paper network (0/5 STL) and eGeMAPS + SVM on EmoDB, CASIA
+# and nEMO, seeds 0-2 → docs/results/accuracy.md. Runs archived in results/accuracy_runs are
+# read, not trained; missing runs are trained (resumable, runs/accuracy; needs the corpora;
+# several hours on 2 cores for the network systems). ACCURACY_ARGS=--only-finished trains
+# nothing: the table from the archive alone.
+ACCURACY_ARGS ?=
 bench-accuracy: $(STAMP)
-	$(BIN)/python benchmarks/bench_accuracy.py --archive docs/results/accuracy_runs \
-		--earlier docs/results/accuracy_nemo_network.md \
-		--out docs/results/accuracy.md
+	$(BIN)/python -m benchmarks.bench_accuracy --archive results/accuracy_runs \
+		--rows-from results/accuracy_nemo_network.md \
+		--out docs/results/accuracy.md $(ACCURACY_ARGS)
 
 # The general model shipped in the package (src/stlser/models/base.{pt,onnx}) from every corpus
 # under ../shared/corpora, plus its leave-one-corpus-out scores (runs/pretrained/loco.md).

@@ -1,8 +1,8 @@
 """Accuracy of the default recognizer, the paper's network and eGeMAPS + SVM, speaker-independent.
 
-    python benchmarks/bench_accuracy.py                                   # all systems, seeds 0-2
-    python benchmarks/bench_accuracy.py --corpora emodb --systems default,svm --seeds 0
-    python benchmarks/bench_accuracy.py --only-finished                   # re-print what exists
+    python -m benchmarks.bench_accuracy                                   # all systems, seeds 0-2
+    python -m benchmarks.bench_accuracy --corpora emodb --systems default,svm --seeds 0
+    python -m benchmarks.bench_accuracy --only-finished                   # re-print what exists
 
 Systems, per corpus, each on the folds of its config (seed k draws the validation speakers):
 
@@ -20,32 +20,31 @@ Every system is compared with the SVM *on the same folds and seed*: the table gi
 over seeds and the paired UA difference with a 95 % bootstrap interval (utterances resampled
 jointly for both systems, differences averaged over seeds). `--network-folds k` runs the
 network systems on k grouped folds instead of LOSO for corpora named in `--grouped` (nEMO by
-default: LOSO of the network does not fit in a session there); their SVM partner then runs on
+default: a LOSO of the network there takes days on 2 cores); their SVM partner then runs on
 the same grouped folds. Runs go to `--runs` (default `runs/accuracy/<corpus>/<system>/seed<k>`)
 and are reused when finished, so an interrupted call continues.
 
-`--archive DIR` (what `make bench-accuracy` passes: `docs/results/accuracy_runs`) keeps what the
+`--archive DIR` (what `make bench-accuracy` passes: `results/accuracy_runs`) keeps what the
 table needs of every finished run, committed and small: its report.json, config.yaml and
 predictions (utterance, fold, speaker, label, prediction; gzip). A run missing under `--runs` but
 present in the archive is read from there and not trained again, so the table can be
-regenerated, and completed run by run, in a fresh checkout.
+regenerated, and completed run by run, in a fresh checkout. `--rows-from REPORT` appends the
+rows of another report of this script for systems that have neither a run nor an archived
+copy (`make bench-accuracy`: the nEMO network rows of `results/accuracy_nemo_network.md`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
-
-from stlser import config, driver  # noqa: E402
-from stlser.results import RunReport  # noqa: E402
-from stlser.utils import write_text  # noqa: E402
+from benchmarks import benchlib as bl
+from stlser import config, driver
+from stlser.results import RunReport
+from stlser.utils import write_text
 
 SYSTEMS = ("finetuned", "default", "paper5", "paper0", "svm")  # table order: the default first
 POOL = ("emodb", "casia", "nemo")
@@ -306,19 +305,20 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--only-finished", action="store_true", help="train nothing; table what exists")
     ap.add_argument(
-        "--earlier",
+        "--rows-from",
+        dest="earlier",
         type=Path,
         action="append",
         default=[],
-        help="a report of this script made before runs were archived: its rows for systems "
-        "that have no run here are appended, marked with their source (repeatable)",
+        help="another report of this script: its rows for systems that have no run or archived "
+        "copy here are appended, marked with their source (repeatable)",
     )
     ap.add_argument(
         "--archive",
         type=Path,
         default=None,
         help="keep each finished run's report and predictions here; read runs missing under "
-        "--runs from here (make bench-accuracy: docs/results/accuracy_runs)",
+        "--runs from here (make bench-accuracy: results/accuracy_runs)",
     )
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> str:
 
 
 def earlier_rows(rows: list[list[str]], paths: list[Path]) -> list[list[str]]:
-    """Rows of earlier reports (`--earlier`) for (corpus, system) pairs `rows` has not run,
+    """Rows of other reports (`--rows-from`) for (corpus, system) pairs `rows` has not run,
     each with its source file in front."""
     missing = {(r[0], r[1]) for r in rows if r[4] == "not run"}
     out = []
@@ -359,9 +359,10 @@ def report(rows: list[list[str]], args: argparse.Namespace, ft_rows: list[list[s
     old = []
     if args.earlier and (got := earlier_rows(rows, args.earlier)):
         old = [
-            "### Earlier measurements of the systems not run above (their runs were not kept)",
-            "Copied from the reports named in the first column, made by this script before runs "
-            "were archived (each report names its command and machine).",
+            "### Systems without archived runs, copied from other reports",
+            "Rows copied from the reports named in the first column (each names its command and "
+            "machine); their predictions are not archived, so a call without --only-finished "
+            "trains these systems again.",
             bl.md_table(["source", *HEADERS], got),
         ]
     ft = []

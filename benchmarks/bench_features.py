@@ -1,7 +1,7 @@
 """Feature extraction speed: stlser's log-mel front end and disk cache against the authors'
 librosa recipe, on EmoDB (or the built-in synthetic corpus when EmoDB is absent).
 
-    python benchmarks/bench_features.py [--quick]
+    python -m benchmarks.bench_features [--quick]
 
 Rows, all in one run on the same files (OS page cache warm for every method):
 * stlser ``load_features`` with a fresh cache directory (cold: decode + log-mel + write .npy)
@@ -17,15 +17,13 @@ Rows, all in one run on the same files (OS page cache warm for every method):
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+from benchmarks import benchlib as bl
 
 SIZES = {
     # files: 0 = the whole corpus; synth_*: the fallback corpus when EmoDB is absent

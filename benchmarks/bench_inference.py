@@ -2,7 +2,7 @@
 `Recognizer` (torch eager), a torch.compile'd pipeline and ONNX Runtime, for one stream and 32
 streams, plus the throughput of `stlser predict` over a folder of files.
 
-    python benchmarks/bench_inference.py [--quick]
+    python -m benchmarks.bench_inference [--quick]
 
 Speed does not depend on the weights, so the model is a random-weight `model.pt` of the
 default configuration. A request is a 3 s float32 array at 16 kHz; its latency is the wall time
@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+from benchmarks import benchlib as bl
 
 SIZES = {
     "full": {

@@ -1,7 +1,7 @@
 """Recipes of the general model (`stlser pretrain`), chosen without the corpus they are for.
 
-    python benchmarks/bench_pretrain.py                       # speeds [] vs [0.9, 1.1]
-    python benchmarks/bench_pretrain.py --variant copies=model.speeds=[0.9,1.1]
+    python -m benchmarks.bench_pretrain                       # speeds [] vs [0.9, 1.1]
+    python -m benchmarks.bench_pretrain --variant copies=model.speeds=[0.9,1.1]
 
 The shipped model is judged by leave-one-corpus-out: trained on two corpora, scored on the
 third (`stlser pretrain --loco`). Choosing its recipe on those scores would tune on the test
@@ -16,15 +16,12 @@ share), and each variant's paired difference to the first. Runs go to `--runs` a
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
-
-from stlser import config, pretrain  # noqa: E402
+from benchmarks import benchlib as bl
+from stlser import config, pretrain
 
 POOL = ("emodb", "casia", "nemo")
 

@@ -3,7 +3,7 @@ training epoch on 1×, 2×, 4×, 8× a small synthetic corpus, and of `Recognize
 1, 10 and 60 minutes of audio. Time should grow linearly, memory stay flat (training holds its
 features in memory by design, so its memory grows by the size of the features).
 
-    python benchmarks/bench_scaling.py [--quick]
+    python -m benchmarks.bench_scaling [--quick]
 
 Every measurement runs in a fresh Python process. Peak memory is the process's peak resident
 set size (VmHWM) during the measured work (reset with ``/proc/self/clear_refs`` just before it;
@@ -14,7 +14,6 @@ that peak minus the resident size just before the work (after imports and setup)
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+from benchmarks import benchlib as bl
 
 SIZES = {
     "full": {
@@ -76,8 +74,7 @@ def features_child(manifest: str, reps: int, cache_root: str) -> dict[str, Any]:
 def train_child(frames: list[int], copies: int, reps: int, batch: int) -> dict[str, Any]:
     """One epoch (forward + backward + Adam on every utterance) over `copies` × the corpus,
     with stlser's batch sampler (bucketing on) and collate; features held in memory."""
-    import bench_training as bt
-
+    from benchmarks import bench_training as bt
     from stlser.training import loader
 
     before = bl.current_rss_mb()

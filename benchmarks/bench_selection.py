@@ -1,14 +1,14 @@
 """Recipe candidates for the default recognizer, scored on validation speakers only.
 
-    python benchmarks/bench_selection.py --corpora emodb,casia --seeds 0,1,2
-    python benchmarks/bench_selection.py --corpora casia --candidates base,loso
+    python -m benchmarks.bench_selection --corpora emodb,casia --seeds 0,1,2
+    python -m benchmarks.bench_selection --corpora casia --candidates base,loso
 
 For every fold of `configs/<corpus>_loso.yaml` (and each seed, which draws the validation
 speakers), a candidate recipe is given the fold's *training* speakers only, does whatever inner
 selection it needs on them, and is scored on the fold's validation speakers. The test speaker is
-never passed in, so these numbers can choose a recipe (docs/model.md). Printed: UA pooled over
-the validation utterances of all folds, mean ± sd over seeds, and the mean over seeds of the
-paired difference to ``base`` (the recipe shipped before this comparison), same folds.
+never passed in, so these numbers can choose a recipe (docs/decisions.md). Printed: UA pooled
+over the validation utterances of all folds, mean ± sd over seeds, and the mean over seeds of
+the paired difference to the reference (``base``, or ``--ref``), same folds.
 
 Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE functionals):
 
@@ -17,7 +17,7 @@ Candidates (each an expert recipe on speaker-normalised eGeMAPS ‖ ComParE func
 * ``avg``     no inner choice: each head the mean of its fits at every L2 of the grid, on all
   the training speakers (``model.l2_mode: average``)
 * ``avg-ft``  ``avg`` with the fits pulled toward each head of a pretrained model (``--init``,
-  made without this corpus: `benchmarks/bench_accuracy.py` keeps one in
+  made without this corpus: `python -m benchmarks.bench_accuracy` keeps one in
   ``<runs>/<corpus>/pretrained-without/``) averaged in as well (``model.init``)
 * ``avg-ft-aug`` ``avg-ft`` with the speed-perturbed copies of ``aug`` (below) as extra rows
 * ``avg-ft2`` ``avg-ft`` with the fits toward the pretrained heads counted twice (2/3 of the mean)
@@ -55,7 +55,6 @@ reference of the "− base" column.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,11 +63,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
-from stlser.features import normalize_functionals  # noqa: E402
-
-from stlser import config, corpora, degenerate, heads, metrics, splits  # noqa: E402
+from benchmarks import benchlib as bl
+from stlser import config, corpora, degenerate, heads, metrics, splits
+from stlser.features import normalize_functionals
 from stlser.kinds import expert, functionals
 
 GRID = [0.001, 0.01, 0.1, 1.0]
@@ -391,7 +388,8 @@ def add_aug(d: Data, df, cache_dir: str | None, factors: tuple[float, ...]) -> N
     feature cache), each (speaker, factor) group normalised by its own statistics, as a new
     speaker would be."""
     A = np.stack(
-        [functionals.load_matrix(df, SETS, cache_dir, True, a).astype(np.float64) for a in factors], 1
+        [functionals.load_matrix(df, SETS, cache_dir, True, a).astype(np.float64) for a in factors],
+        1,
     )
     for k in range(A.shape[1]):
         A[:, k], _ = normalize_functionals(A[:, k], d.spk, "speaker", None, ())

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+from benchmarks import benchlib as bl
 
 SIZES = {
     "quick": {

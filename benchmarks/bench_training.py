@@ -2,7 +2,7 @@
 against a large fp32 matmul measured in the same run, variants (channels_last, bf16 autocast,
 torch.compile, length bucketing) and a profiler table of the baseline step.
 
-    python benchmarks/bench_training.py [--quick]
+    python -m benchmarks.bench_training [--quick]
 
 A step is forward + cross-entropy + backward + Adam on one padded batch of random log-mel
 features whose lengths follow EmoDB's (1.2-9 s, mean 2.8 s, 100 frames per second).
@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+from benchmarks import benchlib as bl
 
 SIZES = {
     "full": {

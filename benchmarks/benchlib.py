@@ -1,8 +1,9 @@
 """Shared helpers of the benchmark scripts: machine facts, timing, markdown tables, synthetic
 speech-like audio, a random-weight model artefact and isolated (subprocess) measurements.
 
-Not part of the stlser package: the scripts in this folder put the folder on ``sys.path``
-(``python benchmarks/<script>.py`` does that by itself) and import this module as ``benchlib``.
+Not part of the stlser package: the scripts of this folder form the ``benchmarks`` package,
+run from the repository root as ``python -m benchmarks.<script>``; they import the installed
+``stlser`` and this module as ``from benchmarks import benchlib``.
 """
 
 from __future__ import annotations
@@ -352,15 +353,12 @@ def reset_peak_rss() -> bool:
 
 
 def run_isolated(module: str, func: str, kwargs: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Call `module.func(**kwargs)` (a module in this folder) in a fresh Python process and
+    """Call `module.func(**kwargs)` (a module of this package, e.g. ``"bench_scaling"``) in a
+    fresh Python process (started in the repository root, so ``benchmarks`` imports) and
     return its JSON-able dict result plus ``peak_rss_mb`` of that process (see `peak_rss_mb`;
     a function that calls `reset_peak_rss` makes it the peak of its measured work). A failure
     or a timeout raises RuntimeError carrying the end of the child's stderr."""
-    code = (
-        "import sys, json; "
-        f"sys.path.insert(0, {str(BENCH_DIR)!r}); "
-        "import benchlib; benchlib._child()"
-    )
+    code = "from benchmarks import benchlib; benchlib._child()"
     payload = json.dumps({"module": module, "func": func, "kwargs": kwargs})
     try:
         proc = subprocess.run(
@@ -385,7 +383,7 @@ def _child() -> None:
     import importlib
 
     req = json.loads(sys.stdin.read())
-    mod = importlib.import_module(req["module"])
+    mod = importlib.import_module(f"{__package__}.{req['module']}")
     res = dict(getattr(mod, req["func"])(**req["kwargs"]))
     res["peak_rss_mb"] = peak_rss_mb()
     sys.stdout.flush()
@@ -403,6 +401,11 @@ def sizes(table: dict[str, dict[str, Any]], quick: bool, overrides: dict[str, An
 
 
 def nice_cmdline() -> str:
+    """This process's command line as typed: ``python -m benchmarks.<script> …`` for a module
+    run with ``-m``, else the interpreter's name and ``sys.argv``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.startswith("benchmarks."):
+        return " ".join([Path(sys.executable).name, "-m", spec.name, *sys.argv[1:]])
     return " ".join([Path(sys.executable).name, *sys.argv])
 
 

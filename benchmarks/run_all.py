@@ -1,9 +1,9 @@
 """Run the stlser benchmark suite and write one markdown report (`make bench`).
 
-    python benchmarks/run_all.py                      # full suite → docs/benchmarks.md
-    python benchmarks/run_all.py --quick              # tiny sizes → a temp file
-    python benchmarks/run_all.py --only training --out /tmp/train.md
-    python benchmarks/run_all.py --threads 1          # every measurement on one thread
+    python -m benchmarks.run_all                      # full suite → docs/benchmarks.md
+    python -m benchmarks.run_all --quick              # tiny sizes → a temp file
+    python -m benchmarks.run_all --only training --out /tmp/train.md
+    python -m benchmarks.run_all --threads 1          # every measurement on one thread
 
 The full suite is sized for about 10 minutes on 2 idle cores (hard limits on the torch.compile
 children keep the worst case under 45). Run it on an idle machine: other work on the CPU shows
@@ -25,18 +25,16 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+from benchmarks import benchlib as bl
+from stlser.utils import write_text
 
-from stlser.utils import write_text  # noqa: E402
-
-#: Section name → script module, in run order.
+#: Section name → script module (importable name), in run order.
 SCRIPTS = {
-    "features": "bench_features",
-    "training": "bench_training",
-    "inference": "bench_inference",
-    "scaling": "bench_scaling",
-    "service": "bench_service",
+    "features": "benchmarks.bench_features",
+    "training": "benchmarks.bench_training",
+    "inference": "benchmarks.bench_inference",
+    "scaling": "benchmarks.bench_scaling",
+    "service": "benchmarks.bench_service",
 }
 DEFAULT_OUT = bl.REPO_ROOT / "docs" / "benchmarks.md"
 
@@ -75,7 +73,7 @@ def run(
         parts.append(f"{text.rstrip()}\n\n_Section wall time: {took:.0f} s._\n")
     total = time.perf_counter() - t_all
     args = sys.argv[1:] if argv is None else argv
-    cmd = "python benchmarks/run_all.py" + "".join(f" {a}" for a in args)
+    cmd = "python -m benchmarks.run_all" + "".join(f" {a}" for a in args)
     mode = "quick mode: tiny sizes, the numbers mean little" if quick else "full suite"
     header = f"""# stlser benchmarks
 

@@ -76,7 +76,9 @@ def cross_validate(X, df, folds, normalize="speaker", selection="val", out=None)
         for f in folds:
             o = kind.fit(cfg, data, f, Path(out or tmp))
             preds.append(
-                reports.predictions_table(df, list(f.test), f.name, labels, o.scores, "score", o.pred)
+                reports.predictions_table(
+                    df, list(f.test), f.name, labels, o.scores, "score", o.pred
+                )
             )
             rows.append({"fold": f.name, "test_speakers": f.test_speakers, **o.row})
     return pd.concat(preds, ignore_index=True), rows

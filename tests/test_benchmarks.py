@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import bench_accuracy  # noqa: E402
-import bench_features  # noqa: E402
-import bench_inference  # noqa: E402
-import bench_scaling  # noqa: E402
-import bench_selection  # noqa: E402
-import bench_service  # noqa: E402
-import bench_training  # noqa: E402
-import benchlib  # noqa: E402
-import run_all  # noqa: E402
+from benchmarks import (
+    bench_accuracy,
+    bench_features,
+    bench_inference,
+    bench_scaling,
+    bench_selection,
+    bench_service,
+    bench_training,
+    benchlib,
+    run_all,
+)
 
 SEP = re.compile(r"^\|(---\|)+$")
 
@@ -313,14 +311,14 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     restored = bench_accuracy.main([*common, "--seeds", "0,1", *kept])  # trains nothing
     assert tables(restored)[key] == rows
 
-    # --earlier: an older report's rows for systems not run here, marked with their source
+    # --rows-from: another report's rows for systems not run here, marked with their source
     old = tmp_path / "old.md"
     row = ["emodb", bench_accuracy.NAMES["paper5"], *rows[0][2:]]
     old.write_text(benchlib.md_table(list(key), [row, ["casia", *row[1:]], rows[1]]))
     only = [a for a in common if a != "default,svm"] + ["--seeds", "0,1", "--only-finished"]
     idx = only.index("--systems") + 1
     only.insert(idx, "default,svm,paper5")
-    md = bench_accuracy.main([*only, *kept, "--earlier", str(old)])
+    md = bench_accuracy.main([*only, *kept, "--rows-from", str(old)])
     later = next(v for k, v in tables(md).items() if k[0] == "source")
     assert later == [["`old.md`", *row]]  # not the SVM (run here) nor CASIA (not asked)
 
@@ -330,7 +328,7 @@ def test_bench_pretrain_never_reads_the_held_out_corpus(tmp_path):
     ways; the variants' differences are paired on the same pairs."""
     import json
 
-    import bench_pretrain
+    from benchmarks import bench_pretrain
 
     _mini_corpora(tmp_path / "corpora")
     (tmp_path / "corpora" / "casia2").symlink_to(tmp_path / "corpora" / "casia")

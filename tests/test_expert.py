@@ -66,9 +66,7 @@ def test_row_space_fit_equals_the_full_fit(with_prior):
     X = rng.normal(size=(18, 80)) + 1.5 * np.eye(3, 80)[y]
     prior = None
     if with_prior:
-        base = heads.fit_head(
-            heads.Head(80, 3), rng.normal(size=(60, 80)), np.arange(60) % 3, 1.0
-        )
+        base = heads.fit_head(heads.Head(80, 3), rng.normal(size=(60, 80)), np.arange(60) % 3, 1.0)
         prior = heads.Prior(base, [0, 1, 2])
     kw = dict(l2=0.3, prior=prior, max_iter=500)
     full = heads.fit_head(heads.Head(80, 3), X, y, row_space=False, **kw)

@@ -626,10 +626,9 @@ def _degenerate_df(synth_corpus) -> pd.DataFrame:
 def test_degenerate_speakers_are_found_and_fall_back_to_global(synth_corpus):
     """Must fix 6: a one-emotion speaker is detected; speaker normalisation uses global
     statistics for them (network and baseline), per-speaker statistics for the others."""
-    from stlser.baseline import normalize_functionals
-
     from stlser import degenerate, features
     from stlser.config import FeatureConfig
+    from stlser.features import normalize_functionals
 
     df = _degenerate_df(synth_corpus)
     spk0 = sorted(df["speaker"].unique())[0]

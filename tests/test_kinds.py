@@ -184,7 +184,10 @@ def test_evaluate_scores_a_run_of_every_kind(system, tmp_path_factory, one_torch
     one = work / f"{system}-fold0.csv"
     man[man.utt_id.isin(test.utt_id)].to_csv(one, index=False)
     out = work / f"{system}-evaluate"
-    assert main(["evaluate", "--model", str(run / "fold_00"), "--manifest", str(one), "-o", str(out)]) == 0
+    assert (
+        main(["evaluate", "--model", str(run / "fold_00"), "--manifest", str(one), "-o", str(out)])
+        == 0
+    )
     got = pd.read_csv(out / "predictions.csv", dtype=str)
     assert len(got) == len(test)
     if system != "svm":  # the SVM's runtime answers the argmax of its vote scores

@@ -209,7 +209,9 @@ def test_write_report_speaker_dependent_flag_and_mismatches(tmp_path):
 
 def test_validate_report_rejects_broken_reports(tmp_path):
     df, folds = _predictions()
-    good = reports.write_report(tmp_path, df, LABELS, folds, {"n_params": 1, "seconds": 1.0}).to_dict()
+    good = reports.write_report(
+        tmp_path, df, LABELS, folds, {"n_params": 1, "seconds": 1.0}
+    ).to_dict()
     reports.validate_report(good)
     for mutate, msg in (
         (lambda d: d.pop("ua"), "missing key 'ua'"),

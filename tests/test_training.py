@@ -37,9 +37,7 @@ def _cfg(corpus, tmp_path, extra=()):
 def test_loss_decreases_and_report_schema(synth_corpus, tmp_path):
     from stlser import driver, reports
 
-    run = driver.crossval(
-        _cfg(synth_corpus, tmp_path, ["train.max_epochs=6"]), tmp_path / "run"
-    )
+    run = driver.crossval(_cfg(synth_corpus, tmp_path, ["train.max_epochs=6"]), tmp_path / "run")
     log = pd.read_csv(run / "fold_00" / "logs" / "metrics.csv")
     train_loss = log["train_loss"].dropna().to_numpy()
     assert len(train_loss) == 6
@@ -91,9 +89,7 @@ def test_resume_reproduces_uninterrupted_run(synth_corpus, tmp_path):
 
     full = driver.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "full")
     with pytest.raises(SimulatedCrash):
-        driver.crossval(
-            _cfg(synth_corpus, tmp_path), tmp_path / "cut", callbacks=CrashAfter(2)
-        )
+        driver.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "cut", callbacks=CrashAfter(2))
     assert (tmp_path / "cut" / "fold_00" / "checkpoints" / "last.ckpt").exists()
     assert not (tmp_path / "cut" / "report.json").exists()
     resumed = driver.crossval(_cfg(synth_corpus, tmp_path), tmp_path / "cut", resume=True)
@@ -189,9 +185,7 @@ def test_ensemble_in_parallel_equals_sequential(synth_corpus, tmp_path):
 
     extra = ["train.max_epochs=2", "train.ensemble=2", "split.folds=[0,1]", "train.num_threads=1"]
     seq = driver.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "seq")
-    par = driver.crossval(
-        _cfg(synth_corpus, tmp_path, [*extra, "train.jobs=2"]), tmp_path / "par"
-    )
+    par = driver.crossval(_cfg(synth_corpus, tmp_path, [*extra, "train.jobs=2"]), tmp_path / "par")
     a, b = pd.read_csv(seq / "predictions.csv"), pd.read_csv(par / "predictions.csv")
     prob_cols = [c for c in a.columns if c.startswith("prob_")]
     pd.testing.assert_frame_equal(a, b)
@@ -238,9 +232,7 @@ def test_refit_trains_on_train_and_val_and_resumes_exactly(synth_corpus, tmp_pat
             callbacks=CrashAfter(1, stage="refit"),
         )
     assert (tmp_path / "cut" / "fold_00" / "stage1.json").exists()
-    resumed = driver.crossval(
-        _cfg(synth_corpus, tmp_path, extra), tmp_path / "cut", resume=True
-    )
+    resumed = driver.crossval(_cfg(synth_corpus, tmp_path, extra), tmp_path / "cut", resume=True)
     a, b = pd.read_csv(full / "predictions.csv"), pd.read_csv(resumed / "predictions.csv")
     probs = [c for c in a.columns if c.startswith("prob_")]
     np.testing.assert_allclose(a[probs].to_numpy(), b[probs].to_numpy(), atol=1e-5)
