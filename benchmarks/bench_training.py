@@ -72,11 +72,11 @@ def make_batch(batch: int, seed: int = 1) -> tuple[Any, Any, Any]:
 def make_model(channels_last: bool = False) -> tuple[Any, Any]:
     import torch
 
-    from stlser.config import ModelConfig, TrainConfig
+    from stlser.config import NetworkConfig, TrainConfig
     from stlser.model import STLSER
 
     torch.manual_seed(0)
-    model = STLSER(ModelConfig(), N_FEATURES, N_CLASSES).train()
+    model = STLSER(NetworkConfig(), N_FEATURES, N_CLASSES).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     tc = TrainConfig()

@@ -180,7 +180,9 @@ def test_unknown_functional_set_is_refused():
     with pytest.raises(ValueError, match="model.functionals"):
         functionals.set_dims(["egemaps", "mfcc"])
     with pytest.raises(ValueError, match="model.kind"):
-        config.load(None, ["model.kind=svm"])
+        config.load(None, ["model.kind=svn"])
+    with pytest.raises(ValueError, match="model.functionals"):
+        config.load(None, ["model.kind=expert", "model.functionals=[egemaps, mfcc]"])
 
 
 @pytest.fixture(scope="module")
@@ -479,7 +481,7 @@ def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus,
     [
         ({"functionals": ["egemaps"]}, "model.functionals"),
         ({"labels": ["x", "y"]}, "no label in common"),
-        ({"network": True}, "network model"),
+        ({"network": True}, "not an expert model"),
         ({"missing": True}, "not found"),
     ],
 )

@@ -58,8 +58,8 @@ def test_frame_count_formula(n):
 
 def test_authors_preset_fixed_length():
     cfg = FeatureConfig(preset="authors")
-    c = cfg.resolved()
-    assert (c.n_fft, c.hop_length, c.win_length, c.fixed_seconds) == (2048, 512, 2048, 10.0)
+    c = cfg
+    assert (c.fft_size, c.hop_length, c.win_length, c.fixed_seconds) == (2048, 512, 2048, 10.0)
     assert n_frames(5000, cfg) == n_frames(400_000, cfg) == 160_000 // 512 + 1 == 313
     assert features.compute(noise(3 * SR), cfg).shape == (313, 40)
     assert features.compute(noise(12 * SR), cfg).shape == (313, 40)
@@ -99,7 +99,7 @@ def test_librosa_parity(preset, kw):
     import librosa
 
     cfg = FeatureConfig(preset=preset)
-    c = cfg.resolved()
+    c = cfg
     y = noise(10 * SR, seed=3)
     ours = features.compute(y, cfg)  # fast rfft path
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_librosa_parity(preset, kw):
     ref = librosa.feature.melspectrogram(
         y=y,
         sr=SR,
-        n_fft=c.n_fft,
+        n_fft=c.fft_size,
         hop_length=c.hop_length,
         n_mels=40,
         center=True,

@@ -101,7 +101,7 @@ def test_incompatible_init_names_the_keys(tmp_path):
 def test_base_init_with_kind_network_is_refused(tmp_path, one_torch_thread):
     from stlser.training import train_fold
 
-    with pytest.raises(ValueError, match=r"expert model.*use model\.kind=expert"):
+    with pytest.raises(ValueError, match=r"not a network model.*model\.kind=expert"):
         train_fold(_cfg("base"), _data(), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
 

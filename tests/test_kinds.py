@@ -150,13 +150,14 @@ def test_a_new_kind_runs_crossval_evaluate_predict_and_export(toy_kind, corpus, 
 
     rec = Recognizer.load(run / "fold_00" / "model.pt")
     clip = equivalence.clip("angry", 0, 0)
-    p_torch = rec.predict(clip)
+    p_torch = rec.predict(clip, sample_rate=SAMPLE_RATE)
     assert p_torch.label in equivalence.LABELS
 
     onnx = export_onnx(run / "fold_00" / "model.pt", tmp_path / "toy.onnx")
-    p_onnx = OnnxRecognizer(onnx, threads=1).predict(clip)
+    p_onnx = OnnxRecognizer(onnx, threads=1).predict(clip, sample_rate=SAMPLE_RATE)
     assert p_onnx.label == p_torch.label
-    assert max(abs(p_onnx.probs[k] - p_torch.probs[k]) for k in p_torch.probs) < 1e-4
+    pt, po = p_torch.probabilities, p_onnx.probabilities
+    assert max(abs(po[k] - pt[k]) for k in pt) < 1e-4
 
     ev = driver.evaluate(run / "fold_00" / "model.pt", run / "manifest.csv", tmp_path / "ev")
     assert RunReport.load(ev / "report.json").n == 45
@@ -198,7 +199,7 @@ def test_evaluate_scores_the_shipped_model(tmp_path, corpus, one_torch_thread):
     from stlser.cli import main
     from stlser.results import RunReport
 
-    man = pd.read_csv(corpus / "corpus.csv").head(6)
+    man = pd.read_csv(corpus).head(6)
     m = tmp_path / "m.csv"
     man.to_csv(m, index=False)
     rc = main(["evaluate", "--model", "base", "--manifest", str(m), "-o", str(tmp_path / "ev")])

@@ -71,7 +71,7 @@ def test_levers_are_off_by_default_and_checked():
         with pytest.raises(ValueError, match=bad.split("=")[0].split(".")[1]):
             config.load(None, [bad])
     with pytest.raises(ValueError, match="deltas needs kind logmel or mfcc"):
-        FeatureConfig(kind="egemaps", deltas=True).resolved()
+        config.load(None, ["features.kind=egemaps", "features.deltas=true"])
     # the flag is in the feature cache key, and configs without it keep their old key
     plain, with_d = FeatureConfig(), FeatureConfig(deltas=True)
     assert "deltas" not in feature_key_config(plain)
@@ -207,7 +207,7 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
 
 
 def test_label_smoothing_and_speaker_head_live_in_the_training_module():
-    from stlser.config import ModelConfig, TrainConfig
+    from stlser.config import NetworkConfig, TrainConfig
     from stlser.training import SERModule
 
     mc = asdict(config.load(None, [*TINY, "model.speaker_adversarial=0.5"]).model)
@@ -216,7 +216,7 @@ def test_label_smoothing_and_speaker_head_live_in_the_training_module():
     torch.testing.assert_close(m._loss(logits, y), F.cross_entropy(logits, y, label_smoothing=0.2))
     assert m.speaker_head.out_features == 4
     assert not any("speaker" in k for k in m.model.state_dict())  # what model.pt saves
-    off = SERModule(asdict(ModelConfig(**{**mc, "speaker_adversarial": 0.0})), 40, ["a"], {})
+    off = SERModule(asdict(NetworkConfig(**{**mc, "speaker_adversarial": 0.0})), 40, ["a"], {})
     assert off.speaker_head is None
 
 

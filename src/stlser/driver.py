@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 def _fit_unit(unit: runs.Unit) -> FoldOutput:
     """Fit one (fold, member): a module-level function so worker processes can run it."""
     w = runs.WORKER
+    unit.dir.mkdir(parents=True, exist_ok=True)
     return w["kind"].fit(unit.cfg, w["data"], unit.fold, unit.dir, w["resume"], w["callbacks"])
 
 

@@ -206,20 +206,24 @@ def worker_threads(requested: int | None, jobs: int) -> int:
     return requested or max(1, usable_cores() // jobs)
 
 
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent dies (a killed run leaves no worker)."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed run leaves no worker);
+    a parent that died while this worker was starting ends it now."""
+    import os
+
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        except (OSError, AttributeError):
             pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def _init_worker(state: dict[str, Any], threads: int) -> None:
-    _die_with_parent()
+def _init_worker(state: dict[str, Any], threads: int, parent: int) -> None:
+    _die_with_parent(parent)
     import torch
 
     from stlser import logs
@@ -258,6 +262,7 @@ def run_units(
             torch.set_num_threads(before)
         return
     import multiprocessing as mp
+    import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
@@ -265,7 +270,7 @@ def run_units(
         jobs,
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(state, worker_threads(threads, jobs)),
+        initargs=(state, worker_threads(threads, jobs), os.getpid()),
     )
     try:
         pending = {pool.submit(work, u): u for u in units}

@@ -64,7 +64,7 @@ def make_artefact(
 ) -> Path:
     """A `model.pt` with seeded random weights (default model config, 40 log-mel features) and
     plausible global normaliser statistics (mean ≈ -5, std ≈ 2; seeded per-dimension jitter
-    unless `jitter` is false). `model_kw` overrides ModelConfig fields."""
+    unless `jitter` is false). `model_kw` overrides NetworkConfig fields."""
     import dataclasses
 
     import torch

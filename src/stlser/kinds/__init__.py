@@ -56,7 +56,7 @@ def for_artefact(art: Any, path: str | os.PathLike = "") -> Kind:
     known = sorted(f for k in KINDS.values() for f in k.formats)
     from stlser.safety import ModelLoadError
 
-    raise ModelLoadError(path, f"format {fmt!r} is not one of {known}")
+    raise ModelLoadError(path, f"not an stlser model (format {fmt!r}; known: {', '.join(known)})")
 
 
 def read(path: str | os.PathLike | None) -> tuple[Kind, dict[str, Any], Path]:

@@ -124,7 +124,7 @@ def init_priors(
             f"model.init {spec} was trained on {corpus} itself: its speakers, the test speakers "
             "of this run among them, were seen in pretraining, so these scores are not "
             "speaker-independent (for an honest score, pretrain without this corpus: "
-            "benchmarks/bench_accuracy.py --systems finetuned does)"
+            "python -m benchmarks.bench_accuracy --systems finetuned does)"
         )
     new = [v for v, c in zip(labels, cols, strict=True) if c < 0]
     log.info(
