@@ -68,20 +68,25 @@ def is_source(x: object) -> bool:
     return isinstance(x, (str, os.PathLike, bytes, bytearray)) or hasattr(x, "read")
 
 
-def decode(x: Any, sample_rate: int | None = None) -> np.ndarray:
+def decode(
+    x: Any, sample_rate: int | None = None, max_seconds: float | None = audio.MAX_CLIP_SECONDS
+) -> np.ndarray:
     """Any accepted input → validated 16 kHz mono float32 (raises AudioError for bad audio).
 
     Paths, bytes and binary file objects are decoded at their own rate (`sample_rate` is then
     ignored); arrays (``samples`` or ``samples × channels``, float or integer PCM) need it.
+    Files and arrays get the same limits, checked before decoding or resampling: a sample rate
+    of at least `audio.MIN_SAMPLE_RATE` and at most `max_seconds` of audio (default
+    `audio.MAX_CLIP_SECONDS`; longer recordings go through `segments`, which streams).
     """
     if is_source(x):
-        return audio.load(x)
+        return audio.load(x, max_seconds=max_seconds)
     if sample_rate is None:
         raise ValueError(
             "sample_rate is required when passing an array of samples "
             "(e.g. recognizer.predict(x, sample_rate=44100))"
         )
-    return audio.from_array(np.asarray(x), int(sample_rate))
+    return audio.from_array(np.asarray(x), sample_rate, max_seconds=max_seconds)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -244,7 +249,9 @@ class BaseRecognizer:
         else:
             if sample_rate is None:
                 raise ValueError("sample_rate is required when passing an array of samples")
-            arr = audio.resample(to_float(x), int(sample_rate))  # silence is allowed here
+            n, ch = audio.array_shape(x)
+            rate = audio.check_array(n, sample_rate, ch, max_seconds)
+            arr = audio.resample(to_float(x), rate)  # silence is allowed here
             if arr.size == 0:
                 raise AudioError("<array>", "no audio samples")
             blocks = iter_array_blocks(arr, max(1, int(block_seconds * SAMPLE_RATE)))
@@ -293,7 +300,9 @@ class BaseRecognizer:
         """
         if window <= 0 or hop <= 0:
             raise ValueError("window and hop must be > 0")
-        resample = _Resampler(int(sample_rate))
+        rate = audio.check_array(0, sample_rate, source="<stream>")  # >= MIN_SAMPLE_RATE
+        resample = _Resampler(rate)
+        guard = audio.PeakGuard("<stream>")  # running peak: chunks above 1.0 are scaled down
         win_n = max(1, int(round(window * SAMPLE_RATE)))
         hop_n = max(1, int(round(hop * SAMPLE_RATE)))
         buf = SampleBuffer()
@@ -306,7 +315,7 @@ class BaseRecognizer:
             return self._segment(p, a, t)
 
         for chunk in chunks:
-            buf.append(resample(to_float(chunk, "<stream>")))
+            buf.append(resample(guard(to_float(chunk, "<stream>", fit=False))))
             while buf.end >= due:
                 yield emit(due)
                 last_end = due

@@ -20,7 +20,7 @@ from stlser.utils import write_text
 
 #: `stlser predict` without --segments refuses longer files (one forward pass over an hour of
 #: audio needs gigabytes; the segments path streams instead).
-MAX_CLIP_SECONDS = 600.0
+MAX_CLIP_SECONDS = audio.MAX_CLIP_SECONDS
 
 
 #: File extensions per libsndfile major format (only the formats this libsndfile has are used).

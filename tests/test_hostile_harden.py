@@ -1,0 +1,159 @@
+"""Hardening round 2 (a hostile but fair user, continued): float audio above full scale,
+shipped-model naming, CSV/markdown injection, bounded memory, slow clients, clear errors.
+
+Each test fails on the code before the fix it covers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stlser import audio, testing
+from stlser.testing import SR, wav_bytes
+
+
+def speech(seconds: float = 1.5, sr: int = SR, seed: int = 0) -> np.ndarray:
+    """A voiced, speech-like clip (harmonics, amplitude modulation) at peak 1.0."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    ph = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * ph) / k for k in range(1, 8)) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    x = x + 0.01 * rng.normal(size=t.size)
+    return (x / np.max(np.abs(x))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return testing.make_artefact(tmp_path_factory.mktemp("harden_model") / "model.pt", jitter=False)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped general model (openSMILE functionals: the wrap-around shows there)."""
+    from stlser.inference import Recognizer
+
+    return Recognizer.load(None)
+
+
+# ------------------------------------------------------------ 1. float audio above full scale
+def _float_wav(path: Path, x: np.ndarray, subtype: str = "FLOAT") -> Path:
+    sf.write(path, x, SR, subtype=subtype)
+    return path
+
+
+def _same(a, b, tol=1e-4):
+    assert a.label == b.label
+    for k in a.probabilities:
+        assert abs(a.probabilities[k] - b.probabilities[k]) <= tol, (k, a, b)
+
+
+@pytest.mark.parametrize("gain", [1.5, 1e30])
+def test_float_above_full_scale_is_scaled_for_files_and_arrays(
+    tmp_path, shipped, model_path, gain, caplog
+):
+    """Before: a float WAV at peak 1.5 wrapped around in openSMILE (labels flip), x 1e30 gave
+    confident nonsense. Now: same prediction as at peak 1.0, with a warning naming the peak."""
+    from stlser.inference import Recognizer
+
+    x = speech()
+    ref_file = _float_wav(tmp_path / "ref.wav", x)
+    loud_file = _float_wav(tmp_path / "loud.wav", x * np.float32(gain))
+    for rec in (shipped, Recognizer.load(model_path)):
+        ref = rec.predict(ref_file)
+        with caplog.at_level(logging.WARNING, logger="stlser.audio"):
+            _same(rec.predict(loud_file), ref)
+        assert "loud.wav" in caplog.text and "scaled down to peak 1.0" in caplog.text
+        _same(rec.predict(x * gain, sample_rate=SR), ref)
+        _same(rec.predict(x.astype(np.float64) * gain, sample_rate=SR), ref)
+        _same(rec.predict(loud_file.read_bytes()), ref)
+        caplog.clear()
+
+
+def test_float64_far_beyond_float32_range_is_scaled_not_refused(shipped):
+    x = speech().astype(np.float64)
+    _same(shipped.predict(x * 1e300, sample_rate=SR), shipped.predict(x, sample_rate=SR))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_refused_everywhere(tmp_path, model_path, bad):
+    from stlser.inference import Recognizer
+
+    rec = Recognizer.load(model_path)
+    x = speech()
+    x[100] = bad
+    p = _float_wav(tmp_path / "bad.wav", x)
+    for call in (
+        lambda: rec.predict(p),
+        lambda: rec.predict(x, sample_rate=SR),
+        lambda: rec.segments(p),
+        lambda: rec.segments(x, sample_rate=SR),
+        lambda: list(rec.stream([x], sample_rate=SR)),
+        lambda: audio.check(p),
+    ):
+        with pytest.raises(audio.AudioError, match="NaN or infinite"):
+            call()
+
+
+def test_blocks_and_segments_scale_consistently(tmp_path, model_path):
+    """iter_blocks (segments, /segments) measures the peak first: every block gets the same
+    factor, so the decoded stream equals the one of the clip at peak 1.0."""
+    from stlser.inference import Recognizer
+
+    x = np.concatenate([speech(2.0), np.zeros(SR, np.float32), 0.5 * speech(2.0, seed=1)])
+    ref = _float_wav(tmp_path / "ref.wav", x)
+    loud = _float_wav(tmp_path / "loud.wav", x * np.float32(1e30))
+    a = np.concatenate(list(audio.iter_blocks(ref, block_seconds=0.5)))
+    b = np.concatenate(list(audio.iter_blocks(loud, block_seconds=0.5)))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    with open(loud, "rb") as fh:  # a file object: seekable, same factor
+        c = np.concatenate(list(audio.iter_blocks(fh, block_seconds=0.5)))
+    np.testing.assert_allclose(a, c, atol=1e-6)
+    rec = Recognizer.load(model_path)
+    sa, sb = rec.segments(ref), rec.segments(loud)
+    assert [(s.start, s.end, s.label) for s in sa] == [(s.start, s.end, s.label) for s in sb]
+
+
+def test_stream_chunks_above_full_scale_never_exceed_it(model_path):
+    """Live chunks: a running peak (documented policy): output equals the peak-1.0 stream once
+    the loudest chunk has been seen (here: the first)."""
+    from stlser.inference import Recognizer
+
+    rec = Recognizer.load(model_path)
+    x = speech(3.0)
+    chunks = [x[i : i + 4000] for i in range(0, x.size, 4000)]
+    ref = list(rec.stream(chunks, SR))
+    loud = list(rec.stream([c * 1e30 for c in chunks], SR))
+    assert [s.label for s in ref] == [s.label for s in loud]
+
+
+def test_service_scales_float_uploads(shipped):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from stlser.service import create_app
+
+    x = speech()
+    app = create_app(shipped)
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        ref = c.post("/predict", content=wav_bytes(x, subtype="FLOAT")).json()
+        for gain in (1.5, 1e30):
+            got = c.post("/predict", content=wav_bytes(x * np.float32(gain), subtype="FLOAT"))
+            assert got.status_code == 200, got.text
+            got = got.json()
+            assert got["label"] == ref["label"]
+            for k, v in ref["probabilities"].items():
+                assert abs(got["probabilities"][k] - v) <= 1e-4
+
+
+def test_smile_input_is_clipped():
+    """openSMILE wraps float samples above 1.0 around when converting to int16."""
+    from stlser import smile
+
+    x = speech() * 1.02
+    assert np.max(np.abs(smile.as_wave(x))) <= 1.0
