@@ -6,6 +6,7 @@ Each test fails on the code before the fix it covers.
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -157,3 +158,101 @@ def test_smile_input_is_clipped():
 
     x = speech() * 1.02
     assert np.max(np.abs(smile.as_wave(x))) <= 1.0
+
+
+# ------------------------------------------------------------------ 2. shipped model naming
+HOSTILE = "=cmd|' /C calc'!A0"
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    p = tmp_path / "clip.wav"
+    sf.write(p, speech(), SR)
+    return p
+
+
+def test_local_base_folder_is_not_taken_for_the_shipped_model(tmp_path, clip, monkeypatch, capsys):
+    """Before: `stlser predict clip.wav` in a folder holding base/model.pt silently used it.
+    Now `base` is the shipped model, wherever you are; `./base` is the local folder; the model
+    loaded is always named on stderr."""
+    from stlser.cli import main
+    from stlser.recognizer import resolve_model_path, shipped_model
+
+    testing.make_artefact(tmp_path / "base" / "model.pt", labels=["x1", "x2"])
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("base") in (shipped_model("base"), shipped_model("base", ".onnx"))
+    assert resolve_model_path("./base") == Path("base/model.pt")
+    out = tmp_path / "a.csv"
+    assert main(["predict", str(clip), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "model: shipped base" in err and "sha256" in err
+    assert "prob_x1" not in out.read_text()
+    assert main(["predict", "--model", "./base", str(clip), "-o", str(out)]) == 0
+    assert "model: base/model.pt" in capsys.readouterr().err
+    assert "prob_x1" in out.read_text()
+
+
+def test_plain_file_named_base_does_not_break_the_default(tmp_path, clip, monkeypatch, capsys):
+    from stlser.cli import main
+
+    (tmp_path / "base").write_text("not a model")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(clip)]) == 0
+    assert "model: shipped base" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 3. CSV / markdown injection
+def test_csv_cells_are_escaped_and_round_trip():
+    from stlser.utils import csv_cell, csv_uncell
+
+    for s in [HOSTILE, "+1", "-x", "@SUM(A1)", "\tx", "\rx", "'=x", "''=x", "'plain", "plain", ""]:
+        e = csv_cell(s)
+        assert not (isinstance(e, str) and e[:1] in ("=", "+", "-", "@", "\t", "\r"))
+        assert csv_uncell(e) == s
+    assert csv_cell(-1.5) == -1.5  # numbers are not text
+
+
+def test_manifest_escapes_formulas_and_reads_back_exactly(tmp_path):
+    from stlser.corpora import build_manifest, read_manifest, write_manifest
+
+    root = tmp_path / "corpus"
+    for lab in (HOSTILE.replace("/", "_"), "+sad", "'=quoted", "neutral"):
+        (root / lab).mkdir(parents=True)
+        for i in range(2):
+            sf.write(root / lab / f"u{i}.wav", speech(0.5, seed=i), SR)
+    df, skipped = build_manifest("folder", root)
+    path = write_manifest(df, skipped, tmp_path / "out")
+    raw = path.read_text()
+    for line in raw.splitlines()[1:]:
+        for cell in line.split(","):
+            assert cell.lstrip('"')[:1] not in ("=", "+", "-", "@"), line
+    back = read_manifest(path)
+    assert sorted(back["label"]) == sorted(df["label"])
+    assert set(df["label"]) >= {HOSTILE.replace("/", "_"), "+sad", "'=quoted"}
+
+
+def test_predict_output_csv_escapes_formula_labels(tmp_path, clip):
+    from stlser.cli import main
+
+    model = testing.make_artefact(tmp_path / "m.pt", labels=[HOSTILE, "@x", "plain", "-y"])
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(model), str(clip), "-o", str(out)]) == 0
+    text = out.read_text()
+    import csv
+
+    rows = list(csv.reader(io.StringIO(text)))
+    for row in rows:
+        for cell in row:
+            assert cell[:1] not in ("=", "+", "-", "@", "\t", "\r"), row
+    assert rows[1][1] in ("'" + HOSTILE, "'@x", "plain", "'-y")
+
+
+def test_md_cell_escapes_pipes_and_newlines():
+    from stlser.utils import md_cell
+
+    row = "| " + " | ".join([md_cell("a|b"), md_cell("x\ny\r\nz"), md_cell("c\\|")]) + " |"
+    # a markdown row splits on unescaped pipes only
+    import re
+
+    cells = re.split(r"(?<!\\)\|", row.strip().strip("|"))
+    assert len(cells) == 3 and "\n" not in row

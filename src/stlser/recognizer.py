@@ -346,16 +346,27 @@ def shipped_model(name: str = BASE, suffix: str = ".pt") -> Path:
     return p
 
 
+def is_shipped_name(path: object) -> bool:
+    """True when `path` names the shipped model: None or the string ``"base"`` exactly.
+
+    The rule is unambiguous and does not depend on the current folder: the string ``base``
+    always means the shipped model, even where a file or folder called `base` exists; a local
+    one is written with a separator (``./base``) or passed as a `Path`, which is always a path.
+    """
+    return path is None or (isinstance(path, str) and path == BASE)
+
+
 def resolve_model_path(path: str | os.PathLike | None = None, shipped: str = ".pt") -> Path:
     """The model file a user means: ``None`` or ``"base"`` (the shipped general model, its
-    `shipped` twin — ``.pt`` or ``.onnx`` — when present, else ``.pt``), a `model.pt`/`.onnx`
-    file, a training run folder holding `model.pt`, or a crossval run folder (its first fold,
-    `fold_00/model.pt`)."""
-    if path is None or (str(path) == BASE and not Path(BASE).exists()):
+    `shipped` twin — ``.pt`` or ``.onnx`` — when present, else ``.pt``; see `is_shipped_name`:
+    a local `base` folder must be written ``./base``), a `model.pt`/`.onnx` file, a training run
+    folder holding `model.pt`, or a crossval run folder (its first fold, `fold_00/model.pt`)."""
+    if is_shipped_name(path):
         try:
             return shipped_model(BASE, shipped)
         except FileNotFoundError:
             return shipped_model(BASE)
+    assert path is not None
     p = Path(path)
     if p.is_dir():
         for cand in (p / "model.pt", p / "fold_00" / "model.pt", p / "model.onnx"):
@@ -373,6 +384,26 @@ def resolve_model_path(path: str | os.PathLike | None = None, shipped: str = ".p
             "use the model.pt artefact written beside it (its run folder)"
         )
     return p
+
+
+def describe_model(spec: object, path: str | os.PathLike) -> str:
+    """One line saying which model file was loaded: ``model: shipped base (base.onnx, sha256
+    1a2b…)`` or ``model: ./base/model.pt (sha256 …)`` — so a model picked up by name is never
+    a surprise."""
+    import hashlib
+
+    p = Path(path)
+    try:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()[:16]
+    except OSError:
+        digest = "unreadable"
+    if is_shipped_name(spec):
+        return f"model: shipped {BASE} ({p.name}, sha256 {digest}…)"
+    return f"model: {p} (sha256 {digest}…)"
 
 
 def resolve_init_path(spec: str) -> Path:

@@ -61,10 +61,71 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_csv(path: str | os.PathLike, df: Any) -> Path:
-    """Write a pandas DataFrame as CSV (no index), atomically."""
+#: Characters that make a spreadsheet read a cell as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPED = re.compile(r"^'*[=+\-@\t\r]")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell made safe for spreadsheets: one ``'`` is put before text that begins (after
+    any ``'``) with ``= + - @`` tab or CR, so ``=cmd|' /C calc'!A0`` is shown, not run.
+    Numbers and other non-text values pass unchanged. Lossless: `csv_uncell` undoes it."""
+    if isinstance(value, str) and _ESCAPED.match(value):
+        return "'" + value
+    return value
+
+
+def csv_uncell(value: Any) -> Any:
+    """Undo `csv_cell` (for text read back from a CSV that stlser wrote)."""
+    if isinstance(value, str) and value.startswith("'") and _ESCAPED.match(value[1:]):
+        return value[1:]
+    return value
+
+
+def escape_frame(df: Any) -> Any:
+    """A copy of a DataFrame whose text cells and column names went through `csv_cell`."""
+    from pandas.api.types import is_numeric_dtype
+
+    out = df.copy()
+    for col in out.columns:
+        if not is_numeric_dtype(out[col].dtype):  # object, str, category: may hold text
+            out[col] = [csv_cell(v) for v in out[col].astype(object)]
+    out.columns = [csv_cell(c) for c in out.columns]
+    return out
+
+
+def unescape_frame(df: Any) -> Any:
+    """Undo `escape_frame` in place on a DataFrame read back with ``dtype=str``; → `df`."""
+    from pandas.api.types import is_numeric_dtype
+
+    df.columns = [csv_uncell(c) for c in df.columns]
+    for col in df.columns:
+        if not is_numeric_dtype(df[col].dtype):
+            df[col] = [csv_uncell(v) for v in df[col].astype(object)]
+    return df
+
+
+def read_csv(path: str | os.PathLike, **kw: Any) -> Any:
+    """`pandas.read_csv` of a CSV written by `write_csv`, with the formula escaping undone
+    (text columns; pass ``dtype=str`` to undo it in every column)."""
+    import pandas as pd
+
+    return unescape_frame(pd.read_csv(path, **kw))
+
+
+def md_cell(value: Any) -> str:
+    """Text made safe for one cell of a markdown table: ``|`` escaped as ``\\|`` (it would end
+    the cell), backslashes doubled first, line breaks (CR, LF) replaced by a space."""
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    return re.sub(r"[\r\n]+", " ", text)
+
+
+def write_csv(path: str | os.PathLike, df: Any, escape: bool = True) -> Path:
+    """Write a pandas DataFrame as CSV (no index), atomically. Text cells that a spreadsheet
+    would run as a formula are escaped (`csv_cell`; `read_csv`/`unescape_frame` undo it)."""
+    frame = escape_frame(df) if escape else df
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False)
     return Path(path)
 
 

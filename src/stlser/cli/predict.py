@@ -16,7 +16,7 @@ import soundfile as sf
 from stlser import audio
 from stlser.audio import AudioError
 from stlser.recognizer import Prediction, Segment
-from stlser.utils import write_text
+from stlser.utils import csv_cell, write_text
 
 #: `stlser predict` without --segments refuses longer files (one forward pass over an hour of
 #: audio needs gigabytes; the segments path streams instead).
@@ -102,9 +102,9 @@ def _write_rows(rows: list[dict[str, Any]], out: Path, labels: list[str], segmen
         return
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
+    w.writerow({c: csv_cell(c) for c in cols})  # header: label names are user data too
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+        w.writerow({k: ("" if r.get(k) is None else csv_cell(r.get(k))) for k in cols})
     write_text(out, buf.getvalue())
 
 
@@ -164,9 +164,10 @@ def load_recognizer(model: str | os.PathLike | None) -> Any:
     """The recognizer for `stlser predict`/`serve`: an `.onnx` file (and the shipped model,
     whose ONNX twin is used) runs on onnxruntime without importing torch, which keeps the
     start-up of a one-clip prediction short; anything else loads through torch."""
-    from stlser.recognizer import resolve_model_path
+    from stlser.recognizer import describe_model, resolve_model_path
 
     p = resolve_model_path(model, shipped=".onnx")
+    print(f"stlser: {describe_model(model, p)}", file=sys.stderr)  # which model, always
     if p.suffix.lower() == ".onnx":
         from stlser.onnx_runtime import OnnxRecognizer
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from stlser import audio
-from stlser.utils import write_csv
+from stlser.utils import unescape_frame, write_csv
 
 from . import casia, cremad, emodb, folder, iemocap, nemo, ravdess, savee, synthetic, table, tess
 from .base import (
@@ -228,12 +228,14 @@ def write_manifest(
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Read a manifest CSV: text columns as str ('' when missing), duration as float.
 
-    Relative paths (a hand-written manifest) resolve from the manifest's folder.
+    Relative paths (a hand-written manifest) resolve from the manifest's folder. Cells that
+    `write_manifest` escaped against spreadsheet formulas (``'=…``) are read back as written
+    (`stlser.utils.csv_uncell`), so a manifest round-trips exactly.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"manifest not found: {p}")
-    df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    df = unescape_frame(pd.read_csv(p, dtype=str, keep_default_na=False))  # see write_csv
     missing = {"utt_id", "path", "label"} - set(df.columns)
     if missing:
         raise CorpusError(f"manifest {p} lacks column(s): {', '.join(sorted(missing))}")
