@@ -256,3 +256,35 @@ def test_md_cell_escapes_pipes_and_newlines():
 
     cells = re.split(r"(?<!\\)\|", row.strip().strip("|"))
     assert len(cells) == 3 and "\n" not in row
+
+
+# ------------------------------------------------------------- 4e. compressed model files
+def _recompress(src: Path, dst: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w") as zo:
+        for i in zi.infolist():
+            zo.writestr(i.filename, zi.read(i.filename), compress_type=zipfile.ZIP_DEFLATED)
+    return dst
+
+
+def test_zip_bomb_model_is_refused_before_inflating(tmp_path, model_path):
+    """Before: a small model.pt whose tensor is stored deflated was inflated in full by
+    torch.load (a 499 kB file → 780 MB) before anything was checked."""
+    import torch
+
+    from stlser.safety import ModelLoadError, safe_torch_load
+
+    src = tmp_path / "big.pt"
+    torch.save({"format": "stlser-model/1", "w": torch.zeros(2_000_000)}, src)  # 8 MB of zeros
+    bomb = _recompress(src, tmp_path / "bomb.pt")
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ModelLoadError, match="zip bomb"):
+        safe_torch_load(bomb)
+    with pytest.raises(ModelLoadError, match="declare more than"):
+        safe_torch_load(src, max_bytes=1_000_000)
+    assert safe_torch_load(src)["w"].numel() == 2_000_000
+    # a real artefact, even recompressed (ratio below the bomb threshold), still loads
+    from stlser.model import load_artefact
+
+    load_artefact(model_path)
