@@ -288,3 +288,153 @@ def test_zip_bomb_model_is_refused_before_inflating(tmp_path, model_path):
     from stlser.model import load_artefact
 
     load_artefact(model_path)
+
+
+# ------------------------------------------------------------- 5. clear errors before work
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        ({"max_mb": float("inf")}, "--max-mb"),
+        ({"max_mb": float("nan")}, "--max-mb"),
+        ({"max_mb": 0}, "--max-mb"),
+        ({"max_seconds": float("nan")}, "--max-seconds"),
+        ({"max_seconds": float("inf")}, "--max-seconds"),
+        ({"max_seconds": -1}, "--max-seconds"),
+        ({"port": 99999}, "--port"),
+        ({"port": 0}, "--port"),
+        ({"max_uploads": 0}, "--max-uploads"),
+        ({"read_timeout": float("nan")}, "--read-timeout"),
+    ],
+)
+def test_serve_options_are_checked_before_starting(kw, flag, monkeypatch):
+    """Before: `serve --max-seconds nan` started a server answering 500 to every upload,
+    `--max-mb inf` crashed on int(inf), `--port 99999` failed inside uvicorn."""
+    import uvicorn
+
+    from stlser.service import app as app_mod
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(1))
+    monkeypatch.setattr(app_mod, "_load_recognizer", lambda m: pytest.fail("loaded the model"))
+    with pytest.raises(app_mod.UsageError, match=flag):
+        app_mod.serve("unused", **kw)
+    assert isinstance(app_mod.UsageError("x"), ValueError) and not started
+    if "port" not in kw:
+        with pytest.raises(app_mod.UsageError, match=flag):
+            app_mod.create_app("unused", **kw)
+
+
+def test_predict_output_of_the_wrong_kind_is_refused_before_work(tmp_path, clip, monkeypatch):
+    import os
+
+    from stlser.cli import main
+    from stlser.cli import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod, "load_recognizer", lambda m: pytest.fail("did work"))
+    fifo = tmp_path / "out.csv"
+    os.mkfifo(fifo)
+    assert main(["predict", str(clip), "-o", str(fifo)]) == 2
+    (tmp_path / "d.csv").mkdir()
+    assert main(["predict", str(clip), "-o", str(tmp_path / "d.csv")]) == 2
+    (tmp_path / "f").write_text("x")
+    assert main(["predict", str(clip), "-o", str(tmp_path / "f" / "out.csv")]) == 2
+
+
+def _disk_full(monkeypatch, module_name: str = "pandas.core.generic"):
+    """Make every CSV/text/bytes write fail with ENOSPC after writing a little."""
+    import errno
+
+    real_write_text, real_write_bytes = Path.write_text, Path.write_bytes
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import pandas as pd
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full())
+    monkeypatch.setattr(Path, "write_bytes", lambda self, *a, **k: full())
+    return real_write_text, real_write_bytes
+
+
+def test_disk_full_on_predict_output_is_one_line_and_keeps_the_old_file(
+    tmp_path, clip, monkeypatch, capsys
+):
+    from stlser.cli import main
+
+    out = tmp_path / "p.csv"
+    out.write_text("previous contents\n")
+    _disk_full(monkeypatch)
+    assert main(["predict", str(clip), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(out) in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert out.read_text() == "previous contents\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_disk_full_on_manifest_keeps_both_files(tmp_path, monkeypatch, capsys):
+    from stlser.cli import main
+
+    root = tmp_path / "corpus"
+    for lab in ("angry", "sad"):
+        (root / lab).mkdir(parents=True)
+        sf.write(root / lab / "u.wav", speech(0.5), SR)
+    out = tmp_path / "m"
+    assert main(["manifest", "--corpus", "folder", "--root", str(root), "-o", str(out)]) == 0
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    _disk_full(monkeypatch)
+    assert main(["manifest", "--corpus", "folder", "--root", str(root), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+def test_disk_full_on_export_keeps_the_old_file(tmp_path, model_path, monkeypatch, capsys):
+    from stlser.cli import main
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    _disk_full(monkeypatch)
+    assert main(["export", "--model", str(model_path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert out.read_bytes() == b"old"
+
+
+class _Boom:
+    def run(self, *a, **k):
+        from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+        raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Reshape failed\nmore")
+
+
+def test_onnx_failing_at_run_time_is_a_clear_error(tmp_path, clip, monkeypatch, capsys):
+    """Before: a traceback from `stlser predict`, 'internal server error' from the service."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from stlser.cli import main
+    from stlser.onnx_runtime import OnnxRecognizer
+    from stlser.recognizer import shipped_model
+    from stlser.safety import ModelRunError
+    from stlser.service import create_app
+
+    onnx = shipped_model("base", ".onnx")
+    real_init = OnnxRecognizer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        self.session = _Boom()
+
+    monkeypatch.setattr(OnnxRecognizer, "__init__", init)
+    with pytest.raises(ModelRunError, match="Reshape failed"):
+        OnnxRecognizer(onnx).predict(clip)
+    assert main(["predict", "--model", str(onnx), str(clip)]) == 2
+    err = capsys.readouterr().err
+    assert "failed at run time" in err and "Traceback" not in err and str(onnx) in err
+    with TestClient(create_app(OnnxRecognizer(onnx)), base_url="http://127.0.0.1") as c:
+        r = c.post("/predict", content=clip.read_bytes())
+        assert r.status_code == 500 and "failed on this input" in r.json()["error"]

@@ -34,6 +34,15 @@ class ModelLoadError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class ModelRunError(ModelLoadError):
+    """A model file that loaded but failed while running (e.g. an ONNX graph whose operators
+    reject the input); the message names the file. A ValueError, as ModelLoadError: the CLI
+    prints one line and exits with code 2; the service answers 500 with the message."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(path, f"the model failed at run time ({problem})")
+
+
 def _numpy_globals() -> list[Any]:
     """The numpy types a pickled float32/float64/int64 array needs (artefacts before
     stlser-model checksums stored the normaliser as numpy arrays)."""

@@ -16,22 +16,54 @@ from typing import Any
 import numpy as np
 
 
+class OutputError(OSError, RuntimeError):
+    """A file that could not be written (disk full, read-only, no permission): the message
+    names the file and says the previous contents are unchanged. An OSError (handlers of
+    OSError still see it) and a RuntimeError (the CLI prints one line and exits with code 2)."""
+
+
+def _output_error(p: Path, e: OSError) -> OutputError:
+    why = e.strerror or str(e) or type(e).__name__
+    return OutputError(
+        e.errno,
+        f"cannot write {p}: {why}; nothing was written "
+        f"(the previous {p.name}, if any, is unchanged)",
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path` (atomic on POSIX)."""
+    """Yield a temporary path beside `path`; on success rename it over `path` (atomic on POSIX).
+
+    A failed write (an OSError such as ENOSPC in the body, or in creating or renaming the
+    temporary file) removes the temporary file, leaves `path` as it was and raises
+    `OutputError` naming `path`."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise _output_error(p, e) from None
+    try:
+        try:
+            yield Path(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+            os.replace(tmp, p)
+        except OutputError:
+            raise
+        except OSError as e:
+            raise _output_error(p, e) from None
     finally:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 #: Names `atomic_path` gives its temporary files: ``.<target name>.<8 random chars>.tmp``.

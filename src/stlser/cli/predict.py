@@ -148,6 +148,11 @@ def check_output_file(out: Path, suffixes: tuple[str, ...]) -> None:
         raise ValueError(f"output must end in {' or '.join(suffixes)}, got {out.name!r}")
     if out.is_dir():
         raise ValueError(f"output {out} is a folder; give a file name ending in {suffixes[0]}")
+    if out.exists() and not out.is_file():
+        raise ValueError(
+            f"output {out} exists and is not a regular file (a device, pipe or socket); "
+            "give a file name"
+        )
     parent = out.parent if str(out.parent) else Path(".")
     probe = parent
     while not probe.exists() and probe != probe.parent:

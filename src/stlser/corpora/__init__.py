@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from stlser import audio
-from stlser.utils import unescape_frame, write_csv
+from stlser.utils import atomic_path, escape_frame, unescape_frame
 
 from . import casia, cremad, emodb, folder, iemocap, nemo, ravdess, savee, synthetic, table, tess
 from .base import (
@@ -218,10 +218,13 @@ def write_manifest(
     p = Path(out)
     if p.is_dir() or not p.suffix:
         p = p / "manifest.csv"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(p, df)
     skip = pd.DataFrame(list(skipped), columns=["path", "reason"])
-    write_csv(p.parent / "skipped.csv", skip)
+    # both files are written to temporary files first and renamed only when both succeeded:
+    # a full disk leaves the previous manifest and skipped.csv as they were (OutputError)
+    with atomic_path(p) as tmp_manifest:
+        escape_frame(df).to_csv(tmp_manifest, index=False)
+        with atomic_path(p.parent / "skipped.csv") as tmp_skipped:
+            escape_frame(skip).to_csv(tmp_skipped, index=False)
     return p
 
 

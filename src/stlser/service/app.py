@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from stlser import __version__
 from stlser import audio as audio_mod
+from stlser.safety import ModelRunError
 
 log = logging.getLogger("stlser.service")
 
@@ -60,6 +62,55 @@ SECURITY_HEADERS = {
         "frame-ancestors 'none'"
     ),
 }
+
+
+#: Upper bounds of the service's options (beyond them a typo is more likely than intent).
+MAX_MB_LIMIT = 4096.0
+MAX_SECONDS_LIMIT = 24 * 3600.0
+
+
+class UsageError(ValueError):
+    """An invalid service option; the message names the command-line flag (exit code 2)."""
+
+
+def _number(flag: str, value: Any, low: float, high: float, integer: bool = False) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise UsageError(f"{flag} must be a finite number, got {value!r}")
+    if integer and x != int(x):
+        raise UsageError(f"{flag} must be a whole number, got {value!r}")
+    if not low <= x <= high:
+        raise UsageError(f"{flag} must be between {low:g} and {high:g}, got {value!r}")
+    return x
+
+
+def check_options(
+    max_mb: Any = 20.0,
+    max_seconds: Any = 600.0,
+    max_uploads: Any = None,
+    read_timeout: Any = None,
+    port: Any = None,
+    host: Any = None,
+) -> None:
+    """Validate the service options before any work (model loading, binding a port); an
+    invalid one raises UsageError naming its flag: NaN, inf, zero, negative or absurd values
+    (`--max-mb`, `--max-seconds`, `--max-uploads`, `--read-timeout`), a port outside
+    1..65535, an empty host. None skips a check."""
+    _number("--max-mb", max_mb, 1e-6, MAX_MB_LIMIT)
+    _number("--max-seconds", max_seconds, audio_mod.MIN_SECONDS, MAX_SECONDS_LIMIT)
+    if max_uploads is not None:
+        _number("--max-uploads", max_uploads, 1, 10_000, integer=True)
+    if read_timeout is not None:
+        _number("--read-timeout", read_timeout, 0.001, 24 * 3600.0)
+    if port is not None:
+        _number("--port", port, 1, 65_535, integer=True)
+    if host is not None and not isinstance(host, str):
+        raise UsageError(f"--host must be a host name or address, got {host!r}")
 
 
 class ApiError(Exception):
@@ -284,10 +335,7 @@ def create_app(
     `max_uploads` uploads are received/processed at once (then 503 with Retry-After); a body
     must arrive within `read_timeout` seconds (else 408).
     """
-    if max_mb <= 0 or max_seconds <= 0:
-        raise ValueError("max_mb and max_seconds must be positive")
-    if max_uploads < 1 or read_timeout <= 0:
-        raise ValueError("max_uploads must be >= 1 and read_timeout positive")
+    check_options(max_mb, max_seconds, max_uploads, read_timeout)
     hosts = {_host_name(h) for h in (allowed_hosts or LOOPBACK_HOSTS)}
     origins = {o.strip().lower().rstrip("/") for o in (allowed_origins or ())}
     in_flight = {"n": 0}
@@ -364,6 +412,9 @@ def create_app(
                 raise ApiError(413, _plain(e.reason)) from None
             except audio_mod.AudioError as e:
                 raise ApiError(422, _plain(e.reason)) from None
+            except ModelRunError as e:
+                log.error("model failed at run time: %s", e)
+                raise ApiError(500, f"the model failed on this input: {e.problem}") from None
 
     async def _upload(request: Request, fn: Any) -> tuple[float, Any]:
         """One upload, end to end, if fewer than `max_uploads` are in flight (else 503)."""
@@ -442,8 +493,11 @@ def serve(
 ) -> None:
     """Load the model once and run the service with uvicorn until interrupted.
 
-    Accepted Host names: loopback, the bind address (unless a wildcard) and `allowed_hosts`."""
+    Accepted Host names: loopback, the bind address (unless a wildcard) and `allowed_hosts`.
+    Invalid options raise UsageError (a ValueError naming the flag) before anything starts."""
     import uvicorn
+
+    check_options(max_mb, max_seconds, max_uploads, read_timeout, port, host)
 
     hosts = list(LOOPBACK_HOSTS) + list(allowed_hosts or [])
     if host not in ("0.0.0.0", "::", ""):
