@@ -438,3 +438,72 @@ def test_onnx_failing_at_run_time_is_a_clear_error(tmp_path, clip, monkeypatch, 
     with TestClient(create_app(OnnxRecognizer(onnx)), base_url="http://127.0.0.1") as c:
         r = c.post("/predict", content=clip.read_bytes())
         assert r.status_code == 500 and "failed on this input" in r.json()["error"]
+
+
+# ------------------------------------------------------------------ 4a/4b. bounded memory
+def test_corpus_scan_reads_headers_and_decodes_in_blocks(tmp_path):
+    """Before: `stlser manifest` decoded whole files (a small FLAC holding hours took GBs).
+    Now: too long a file is skipped from its header, the others are validated block by
+    block."""
+    import tracemalloc
+
+    from stlser.corpora import build_manifest
+
+    root = tmp_path / "corpus"
+    (root / "angry").mkdir(parents=True)
+    (root / "sad").mkdir(parents=True)
+    sr = 8_000
+    t = np.arange(sr * 300) / sr
+    sf.write(
+        root / "angry" / "long.flac", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), sr
+    )
+    sf.write(root / "sad" / "ok.wav", speech(0.5), SR)
+    hours = np.zeros(sr * 10, np.int16)
+    with sf.SoundFile(root / "sad" / "hours.flac", "w", sr, 1, "PCM_16") as f:
+        for _ in range(70):  # 700 s of silence: a tiny file
+            f.write(hours)
+    assert (root / "sad" / "hours.flac").stat().st_size < 300_000
+    tracemalloc.start()
+    try:
+        df, skipped = build_manifest("folder", root, workers=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sorted(Path(p).name for p in df["path"]) == ["long.flac", "ok.wav"]
+    assert (
+        abs(df.set_index(df["path"].map(lambda p: Path(p).name)).loc["long.flac", "duration"] - 300)
+        < 1e-3
+    )
+    ((path, reason),) = skipped
+    assert path.endswith("hours.flac") and "too long" in reason and "600" in reason
+    assert peak < 4_000_000, peak  # whole-file decoding of long.flac alone is 9.6 MB
+
+
+@pytest.mark.parametrize("rate", [1, 100, 3999, float("nan"), float("inf"), 0, -16000])
+def test_arrays_get_the_sample_rate_limit_of_files(model_path, rate):
+    """Before: predict(x, sample_rate=1) upsampled 1,600 samples to 1,600 s (6.8 GB)."""
+    from stlser.inference import Recognizer
+
+    rec = Recognizer.load(model_path)
+    x = speech(0.1)
+    for call in (
+        lambda: rec.predict(x, sample_rate=rate),
+        lambda: rec.segments(x, sample_rate=rate),
+        lambda: list(rec.stream([x], sample_rate=rate)),
+        lambda: rec.predict_batch([x], sample_rate=rate),
+    ):
+        with pytest.raises(audio.AudioError, match="sample rate"):
+            call()
+
+
+def test_arrays_and_files_get_the_same_duration_limit(tmp_path, model_path):
+    from stlser.inference import Recognizer
+
+    rec = Recognizer.load(model_path)
+    x = np.zeros(int(4_000 * (audio.MAX_CLIP_SECONDS + 1)), np.float32)
+    with pytest.raises(audio.AudioTooLarge, match="too long"):
+        rec.predict(x, sample_rate=4_000)
+    p = tmp_path / "long.wav"
+    sf.write(p, x, 4_000)
+    with pytest.raises(audio.AudioTooLarge, match="too long"):
+        rec.predict(p)
