@@ -507,3 +507,183 @@ def test_arrays_and_files_get_the_same_duration_limit(tmp_path, model_path):
     sf.write(p, x, 4_000)
     with pytest.raises(audio.AudioTooLarge, match="too long"):
         rec.predict(p)
+
+
+# --------------------------------------------------- 4c/4d. the service: memory, slow clients
+import contextlib  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server(app, header_timeout: float = 10.0):
+    """The configuration `stlser serve` runs (`server_config`), on 127.0.0.1, in a thread."""
+    import uvicorn
+
+    from stlser.service.app import server_config
+
+    port = _free_port()
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _connect(port: int, source: str = "127.0.0.1", timeout: float = 8.0) -> socket.socket:
+    s = socket.socket()
+    s.settimeout(timeout)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def _head(path: str = "/predict", length: int | None = None) -> bytes:
+    h = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
+    if length is not None:
+        h += f"Content-Length: {length}\r\n"
+    return (h + "\r\n").encode()
+
+
+def _status(s: socket.socket) -> int:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            return 0
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _post(port: int, body: bytes, source: str = "127.0.0.1") -> int:
+    with _connect(port, source) as s:
+        s.sendall(_head(length=len(body)) + body)
+        return _status(s)
+
+
+@pytest.fixture(scope="module")
+def slow_app(model_path):
+    pytest.importorskip("fastapi")
+    from stlser.service import create_app
+
+    return create_app(model_path, max_uploads=4, read_timeout=60, rate_grace=0.5)
+
+
+def test_slow_headers_are_timed_out(slow_app):
+    """Before: a connection sending its headers a byte at a time was never timed out."""
+    with _server(slow_app, header_timeout=0.5) as port, _connect(port) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        assert _status(s) == 408
+        assert s.recv(4096) == b"" or s.recv(4096) == b""  # then closed
+
+
+def test_trickling_body_is_cut_off_by_the_minimum_rate(slow_app):
+    """Before: 1 byte/s kept an upload slot for the whole --read-timeout (here 60 s)."""
+    with _server(slow_app) as port, _connect(port) as s:
+        s.sendall(_head(length=100_000))
+        for _ in range(50):  # ~1 byte / 0.05 s: far below 8 kB/s
+            try:
+                s.sendall(b"R")
+            except OSError:
+                break
+            time.sleep(0.05)
+            s.setblocking(False)
+            try:
+                if s.recv(1, socket.MSG_PEEK):
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                s.setblocking(True)
+                s.settimeout(8.0)
+        assert _status(s) == 408
+
+
+def test_one_client_cannot_take_every_upload_slot(slow_app):
+    """Before: four slow uploads (= --max-uploads) from one client gave every other client
+    503. Now one IP holds at most 2 uploads (429 beyond), others are served."""
+    clip = wav_bytes(speech(1.0))
+    with _server(slow_app) as port:
+        held = []
+        for _ in range(2):
+            s = _connect(port, "127.0.0.2")
+            s.sendall(_head(length=len(clip)) + clip[:10])
+            held.append(s)
+        time.sleep(0.2)
+        statuses = [_post(port, clip, "127.0.0.2") for _ in range(2)]
+        assert statuses == [429, 429]
+        assert _post(port, clip, "127.0.0.3") == 200
+        for s in held:
+            assert _status(s) == 408  # and the trickles are cut off by the rate
+            s.close()
+
+
+_MEM_SERVER = r"""
+import sys, uvicorn
+from stlser.service import create_app
+from stlser.service.app import server_config
+app = create_app(sys.argv[1], max_seconds=600)
+uvicorn.Server(server_config(app, "127.0.0.1", int(sys.argv[2]), log_level="warning")).run()
+"""
+
+
+def _vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_service_memory_per_request_is_bounded(tmp_path, model_path):
+    """Before: a small FLAC holding 600 s took the server's peak memory up by gigabytes (one
+    forward pass over all of it). Now /predict decodes long audio block by block and classifies
+    20 s windows: the peak grows by about one window's forward pass."""
+    import os
+
+    sr = 8_000
+    t = np.arange(sr * 600) / sr
+    x = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
+    flac = wav_bytes(x.astype(np.float32), sr, fmt="FLAC")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(audio.__file__).parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MEM_SERVER, str(model_path), str(port)], env=env
+    )
+    try:
+        for _ in range(600):
+            try:
+                with _connect(port, timeout=1) as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    if _status(s) == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        short = wav_bytes(speech(2.0))
+        assert _post(port, short) == 200  # warm up: first-call allocations
+        before = _vm(proc.pid, "VmHWM")
+        with _connect(port, timeout=120) as s:
+            s.sendall(_head(length=len(flac)) + flac)
+            assert _status(s) == 200
+        growth = _vm(proc.pid, "VmHWM") - before
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"service peak memory growth for 600 s: {growth / 2**20:.0f} MB")
+    assert growth < 150 * 2**20, f"peak memory grew by {growth / 2**20:.0f} MB"

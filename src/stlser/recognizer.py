@@ -177,6 +177,54 @@ class BaseRecognizer:
         wave = decode(x, sample_rate)
         return self._prediction(self.probabilities([wave])[0], len(wave))
 
+    def predict_windows(
+        self,
+        x: Any,
+        window: float = 20.0,
+        max_seconds: float | None = None,
+        block_seconds: float = 5.0,
+    ) -> Prediction:
+        """Emotion of one long recording with bounded memory: the source (path, bytes, file
+        object) is decoded block by block and cut into the fewest equal consecutive windows of
+        at most `window` seconds; each window is classified as soon as it is complete and the
+        probabilities are averaged, weighted by window length. Memory: one window and its
+        forward pass, whatever the length. Audio of at most `window` seconds is one window, so
+        the result equals `predict`. Bad audio raises AudioError (as `predict`)."""
+        if not is_source(x):
+            raise TypeError("predict_windows decodes a path, bytes or a binary file object")
+        meta = audio.info(x)
+        audio.check_limits(meta, x, max_seconds)
+        wmax = max(MIN_BATCH_SAMPLES, int(round(window * SAMPLE_RATE)))
+        expected = int(round(meta.frames * SAMPLE_RATE / max(meta.sample_rate, 1)))
+        n_win = max(1, -(-expected // wmax))
+        size = max(MIN_BATCH_SAMPLES, -(-expected // n_win))  # equal windows of <= wmax
+        buf = SampleBuffer()
+        total, peak = 0, 0.0
+        acc = np.zeros(len(self.labels), np.float64)
+        start = 0
+        for block in iter_blocks(x, block_seconds, max_seconds):
+            buf.append(block)
+            total += block.size
+            peak = max(peak, float(np.max(np.abs(block))) if block.size else 0.0)
+            while buf.end - start >= size and buf.end - start > 0:
+                acc += size * self.probabilities([buf.get(start, start + size)])[0]
+                start += size
+                buf.drop_before(start)
+        rest = buf.end - start
+        if rest > 0:
+            wave = buf.get(start, buf.end)
+            if rest < MIN_BATCH_SAMPLES and start > 0:  # a sliver: fold into the average
+                wave = np.pad(wave, (0, MIN_BATCH_SAMPLES - rest))
+            acc += rest * self.probabilities([wave])[0]
+        if total < int(audio.MIN_SECONDS * SAMPLE_RATE):
+            raise AudioError(
+                x, f"too short ({total / SAMPLE_RATE:.3f} s < minimum {audio.MIN_SECONDS} s)"
+            )
+        if peak < audio.SILENCE_PEAK:
+            raise AudioError(x, "silent (peak amplitude below 1e-4)")
+        p = acc / max(acc.sum(), 1e-12)
+        return self._prediction(p, total)
+
     def iter_predict(
         self,
         inputs: Iterable[Any],

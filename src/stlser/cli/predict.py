@@ -172,14 +172,16 @@ def load_recognizer(model: str | os.PathLike | None) -> Any:
     from stlser.recognizer import describe_model, resolve_model_path
 
     p = resolve_model_path(model, shipped=".onnx")
-    print(f"stlser: {describe_model(model, p)}", file=sys.stderr)  # which model, always
     if p.suffix.lower() == ".onnx":
         from stlser.onnx_runtime import OnnxRecognizer
 
-        return OnnxRecognizer(p)
-    from stlser.inference import Recognizer
+        rec = OnnxRecognizer(p)
+    else:
+        from stlser.inference import Recognizer
 
-    return Recognizer.load(p)
+        rec = Recognizer.load(p)
+    print(f"stlser: {describe_model(model, p)}", file=sys.stderr)  # which model, once loaded
+    return rec
 
 
 def predict_cli(
