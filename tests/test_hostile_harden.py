@@ -688,3 +688,22 @@ def test_service_memory_per_request_is_bounded(tmp_path, model_path):
         proc.wait(10)
     print(f"service peak memory growth for 600 s: {growth / 2**20:.0f} MB")
     assert growth < 150 * 2**20, f"peak memory grew by {growth / 2**20:.0f} MB"
+
+
+def test_predict_windows_equals_predict_up_to_one_window_and_averages_beyond(tmp_path, model_path):
+    from stlser.inference import Recognizer
+
+    rec = Recognizer.load(model_path)
+    x = np.concatenate([speech(3.0, seed=s) for s in range(4)])  # 12 s
+    p = tmp_path / "x.wav"
+    sf.write(p, x, SR)
+    _same(rec.predict_windows(p, window=20.0), rec.predict(p))
+    got = rec.predict_windows(p, window=6.0)  # two 6 s windows, averaged
+    a, b = rec.probabilities([x[: 6 * SR]]), rec.probabilities([x[6 * SR :]])
+    want = (a[0] + b[0]) / 2
+    assert got.label == rec.labels[int(np.argmax(want))]
+    np.testing.assert_allclose([got.probabilities[k] for k in rec.labels], want, atol=1e-5)
+    assert abs(got.duration - 12.0) < 1e-6
+    with pytest.raises(audio.AudioError, match="silent"):
+        sf.write(tmp_path / "z.wav", np.zeros(30 * SR, np.float32), SR)
+        rec.predict_windows(tmp_path / "z.wav", window=6.0)
