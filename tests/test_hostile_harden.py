@@ -707,3 +707,16 @@ def test_predict_windows_equals_predict_up_to_one_window_and_averages_beyond(tmp
     with pytest.raises(audio.AudioError, match="silent"):
         sf.write(tmp_path / "z.wav", np.zeros(30 * SR, np.float32), SR)
         rec.predict_windows(tmp_path / "z.wav", window=6.0)
+
+
+def test_predict_table_does_not_print_control_characters(tmp_path, capsys):
+    """A file name or label holding an escape sequence or a newline would forge terminal
+    output (rows, colours, titles)."""
+    from stlser.cli import main
+
+    model = testing.make_artefact(tmp_path / "m.pt", labels=["a\x1b[2J", "b\nforged", "c", "d"])
+    clip = tmp_path / "x\x1b]0;pwned\x07\nforged row.wav"
+    sf.write(clip, speech(), SR)
+    assert main(["predict", "--model", str(model), str(clip)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and len(out.strip().splitlines()) == 2

@@ -145,6 +145,15 @@ def read_csv(path: str | os.PathLike, **kw: Any) -> Any:
     return unescape_frame(pd.read_csv(path, **kw))
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: Any) -> str:
+    """Text safe to print on a terminal: control characters (escape sequences, newlines that
+    would forge table rows) shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def md_cell(value: Any) -> str:
     """Text made safe for one cell of a markdown table: ``|`` escaped as ``\\|`` (it would end
     the cell), backslashes doubled first, line breaks (CR, LF) replaced by a space."""

@@ -16,7 +16,7 @@ import soundfile as sf
 from stlser import audio
 from stlser.audio import AudioError
 from stlser.recognizer import Prediction, Segment
-from stlser.utils import csv_cell, write_text
+from stlser.utils import csv_cell, printable, write_text
 
 #: `stlser predict` without --segments refuses longer files (one forward pass over an hour of
 #: audio needs gigabytes; the segments path streams instead).
@@ -115,7 +115,7 @@ def _table(rows: list[dict[str, Any]], segments: bool) -> str:
     common = os.path.commonpath(names) if len(set(names)) > 1 and len(absolute) == 1 else ""
     if common and not Path(common).is_dir():
         common = str(Path(common).parent)
-    shown = [os.path.relpath(n, common) if common else n for n in names]
+    shown = [printable(os.path.relpath(n, common) if common else n) for n in names]
     width = min(max([len(s) for s in shown] + [4]), 60)
     head = (
         f"{'file':<{width}}  "
@@ -131,10 +131,11 @@ def _table(rows: list[dict[str, Any]], segments: bool) -> str:
             else (" " * 17 if segments else "")
         )
         if r["error"]:
-            lines.append(f"{name:<{width}}  {span}ERROR: {r['error']}")
+            lines.append(f"{name:<{width}}  {span}ERROR: {printable(r['error'])}")
             continue
         conf = r[f"prob_{r['label']}"]
-        lines.append(f"{name:<{width}}  {span}{r['label']:<12} {conf:5.3f} {r['duration']:8.2f}")
+        label = printable(r["label"])
+        lines.append(f"{name:<{width}}  {span}{label:<12} {conf:5.3f} {r['duration']:8.2f}")
     return "\n".join(lines)
 
 

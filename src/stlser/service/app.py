@@ -117,7 +117,7 @@ def check_options(
     """Validate the service options before any work (model loading, binding a port); an
     invalid one raises UsageError naming its flag: NaN, inf, zero, negative or absurd values
     (`--max-mb`, `--max-seconds`, `--max-uploads`, `--read-timeout`), a port outside
-    1..65535, an empty host. None skips a check."""
+    1..65535, a host that is not a string. None skips a check."""
     _number("--max-mb", max_mb, 1e-6, MAX_MB_LIMIT)
     _number("--max-seconds", max_seconds, audio_mod.MIN_SECONDS, MAX_SECONDS_LIMIT)
     if max_uploads is not None:
@@ -178,8 +178,11 @@ def _load_recognizer(model: Any) -> Any:
     """A path loads a `stlser.inference.Recognizer`; anything else is taken as a recognizer."""
     if model is None or isinstance(model, (str, Path)):
         from stlser.inference import Recognizer
+        from stlser.recognizer import describe_model, resolve_model_path
 
-        return Recognizer.load(model)  # None: the general model shipped in the package
+        rec = Recognizer.load(model)  # None or "base": the general model shipped in the package
+        log.info("%s", describe_model(model, resolve_model_path(model)))
+        return rec
     for attr in ("labels", "predict", "segments"):
         if not hasattr(model, attr):
             raise TypeError(
