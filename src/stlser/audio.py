@@ -5,8 +5,9 @@ whose message names the source and the reason, so a corpus scan can list it and 
 
 Float samples beyond full scale (one policy, applied where audio enters: files, bytes, file
 objects, arrays, blocks and live chunks): non-finite samples (NaN, inf) are refused with an
-AudioError; a signal whose mono peak exceeds 1.0 is divided by that peak (scaled down to peak
-1.0, a warning naming the source and the peak is logged). Whole signals (`load`, `from_array`,
+AudioError; a signal whose mono peak (at its native rate, before resampling) exceeds 1.0 is
+divided by that peak (scaled down to peak 1.0; a warning naming the source and the peak is
+logged). Integer PCM never exceeds full scale, so it is never rescaled. Whole signals (`load`, `from_array`,
 and `iter_blocks` on a seekable source, which measures the peak in a first block-wise pass) are
 scaled by one factor, so a clip at peak 1.5 or x 1e30 gives the same samples as at peak 1.0.
 Streams that cannot be read twice (non-seekable file objects, `Recognizer.stream` chunks) are
@@ -386,11 +387,13 @@ def validate(
     min_seconds: float = MIN_SECONDS,
     sr: int = SAMPLE_RATE,
 ) -> np.ndarray:
-    """Check a decoded 16 kHz mono signal; raise AudioError for NaN, silence or too short; a
-    peak above 1.0 is scaled down to 1.0 (`fit_full_scale`). → the (possibly scaled) signal."""
+    """Check a decoded 16 kHz mono signal; raise AudioError for NaN/inf, silence or too short.
+    (Full scale is the decoders' business: they measure the peak at the native rate, before
+    resampling, so integer PCM — whose resampled peak may overshoot 1.0 a little — is never
+    rescaled.) → `x`."""
     if x.size == 0:
         raise AudioError(source, "no audio samples")
-    x = fit_full_scale(x, source)
+    _refuse_nonfinite(x, source)
     if x.size < int(min_seconds * sr):
         raise AudioError(source, f"too short ({x.size / sr:.3f} s < minimum {min_seconds} s)")
     if float(np.max(np.abs(x))) < SILENCE_PEAK:
@@ -408,7 +411,8 @@ def load(
 ) -> np.ndarray:
     """Decode `source` (path, bytes or file object) to a validated mono float32 array at `sr`.
 
-    `start`/`duration` (seconds) read only part of the file, for streaming long recordings.
+    `start`/`duration` (seconds) read only part of the file, for streaming long recordings
+    (float audio above full scale is then scaled by the peak of the part read).
     The file is decoded, mixed to mono and resampled in blocks. Sample rates below
     MIN_SAMPLE_RATE are refused; with `max_seconds`, so is (from the header, before decoding)
     audio longer than that or needing more decoding than `check_limits` allows (AudioTooLarge).
@@ -421,12 +425,16 @@ def load(
             if start:
                 f.seek(int(start * native))
             n = -1 if duration is None else int(round(duration * native))
-            x, got = _read_blocks(f, n, native, sr, source, cap)
+            x, got, peak = _read_blocks(f, n, native, sr, source, cap)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError(source, f"truncated or corrupt audio ({_short(e)})") from None
         declared = f.frames
     if duration is None and start == 0 and declared > 0 and got < declared:
         raise AudioError(source, f"truncated: header says {declared} frames, read {got}")
+    _refuse_nonfinite(x, source)
+    if peak > FULL_SCALE:  # the float policy (module docstring), by the native-rate peak
+        _warn_scaled(source, peak)
+        x = x / np.float32(peak)
     return validate(x, source, min_seconds, sr)
 
 
@@ -435,15 +443,15 @@ def _read_blocks(
 ) -> tuple[np.ndarray, int]:
     """Read `n` frames (-1: all) block by block, mixing each block to mono and resampling it as
     a stream (the same samples as resampling the whole signal at once) → (mono at sr, frames
-    read). Memory: one multichannel block plus the mono output. More than `cap` frames →
-    AudioTooLarge (a header that understates the length)."""
+    read, mono peak at the native rate). Memory: one multichannel block plus the mono output.
+    More than `cap` frames → AudioTooLarge (a header that understates the length)."""
     stream = None
     if native != sr:
         import soxr
 
         stream = soxr.ResampleStream(native, sr, 1, dtype="float32", quality="HQ")
     parts: list[np.ndarray] = []
-    got, remaining = 0, n
+    got, remaining, peak = 0, n, 0.0
     while remaining != 0:
         want = BLOCK_FRAMES if remaining < 0 else min(BLOCK_FRAMES, remaining)
         x = f.read(frames=want, dtype="float32", always_2d=True)
@@ -456,6 +464,8 @@ def _read_blocks(
             remaining -= x.shape[0]
         short = x.shape[0] < want
         m = np.ascontiguousarray(to_mono(x), dtype=np.float32)
+        if m.size and np.all(np.isfinite(m)):
+            peak = max(peak, _peak(m))
         del x  # one multichannel block alive at a time
         parts.append(stream.resample_chunk(m) if stream is not None else m)
         if short:
@@ -463,7 +473,7 @@ def _read_blocks(
     if stream is not None:
         parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
     y = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    return y.astype(np.float32, copy=False), got
+    return y.astype(np.float32, copy=False), got, peak
 
 
 def to_float(x: Any, source: str = "<array>", fit: bool = True) -> np.ndarray:
