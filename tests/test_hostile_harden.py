@@ -720,3 +720,20 @@ def test_predict_table_does_not_print_control_characters(tmp_path, capsys):
     assert main(["predict", "--model", str(model), str(clip)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and len(out.strip().splitlines()) == 2
+
+
+def test_write_csv_escapes_text_not_numbers_and_read_csv_undoes_it(tmp_path):
+    """utils.write_csv is the writer of predictions.csv, skipped.csv, sweeps, histories."""
+    import pandas as pd
+
+    from stlser.utils import read_csv, write_csv
+
+    df = pd.DataFrame(
+        {"utt_id": ["a", "b"], "label": [HOSTILE, "+sad"], "prob": [-0.5, 0.25], "n": [-1, 2]}
+    )
+    p = write_csv(tmp_path / "predictions.csv", df)
+    lines = p.read_text().splitlines()
+    assert lines[1] == "a,'" + HOSTILE + ",-0.5,-1"
+    assert lines[2] == "b,'+sad,0.25,2"
+    back = read_csv(p)
+    assert back["label"].tolist() == [HOSTILE, "+sad"] and back["n"].tolist() == [-1, 2]

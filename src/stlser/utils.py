@@ -119,9 +119,10 @@ def escape_frame(df: Any) -> Any:
     from pandas.api.types import is_numeric_dtype
 
     out = df.copy()
-    for col in out.columns:
-        if not is_numeric_dtype(out[col].dtype):  # object, str, category: may hold text
-            out[col] = [csv_cell(v) for v in out[col].astype(object)]
+    for i in range(out.shape[1]):  # by position: column names may repeat
+        col = out.iloc[:, i]
+        if not is_numeric_dtype(col.dtype):  # object, str, category: may hold text
+            out.isetitem(i, [csv_cell(v) for v in col.astype(object)])
     out.columns = [csv_cell(c) for c in out.columns]
     return out
 
@@ -131,9 +132,10 @@ def unescape_frame(df: Any) -> Any:
     from pandas.api.types import is_numeric_dtype
 
     df.columns = [csv_uncell(c) for c in df.columns]
-    for col in df.columns:
-        if not is_numeric_dtype(df[col].dtype):
-            df[col] = [csv_uncell(v) for v in df[col].astype(object)]
+    for i in range(df.shape[1]):
+        col = df.iloc[:, i]
+        if not is_numeric_dtype(col.dtype):
+            df.isetitem(i, [csv_uncell(v) for v in col.astype(object)])
     return df
 
 
