@@ -737,3 +737,22 @@ def test_write_csv_escapes_text_not_numbers_and_read_csv_undoes_it(tmp_path):
     assert lines[2] == "b,'+sad,0.25,2"
     back = read_csv(p)
     assert back["label"].tolist() == [HOSTILE, "+sad"] and back["n"].tolist() == [-1, 2]
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--max-mb", "inf"], "--max-mb"),
+        (["--port", "99999"], "--port"),
+        (["--max-seconds", "nan"], "--max-seconds"),
+    ],
+)
+def test_serve_cli_bad_options_exit_2_naming_the_flag(args, flag, monkeypatch, capsys):
+    import uvicorn
+
+    from stlser.cli import main
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: pytest.fail("server started"))
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
