@@ -756,3 +756,25 @@ def test_serve_cli_bad_options_exit_2_naming_the_flag(args, flag, monkeypatch, c
     assert main(["serve", *args]) == 2
     err = capsys.readouterr().err
     assert flag in err and "Traceback" not in err
+
+
+def test_torch_model_failing_at_run_time_is_a_clear_error(model_path, clip, monkeypatch):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from stlser.inference import Recognizer
+    from stlser.safety import ModelRunError
+    from stlser.service import create_app
+
+    rec = Recognizer.load(model_path)
+
+    def boom(wave, lengths):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory\nstack")
+
+    monkeypatch.setattr(rec, "_run", boom)
+    with pytest.raises(ModelRunError, match="can't allocate memory") as e:
+        rec.predict(clip)
+    assert str(model_path) in str(e.value) and "stack" not in str(e.value)
+    with TestClient(create_app(rec), base_url="http://127.0.0.1") as c:
+        r = c.post("/predict", content=clip.read_bytes())
+        assert r.status_code == 500 and "can't allocate memory" in r.json()["error"]

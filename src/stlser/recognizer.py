@@ -19,6 +19,7 @@ import numpy as np
 
 from stlser import audio
 from stlser.audio import AudioError, _Resampler, iter_array_blocks, iter_blocks, to_float
+from stlser.safety import ModelRunError
 from stlser.vad import SampleBuffer, VADConfig, iter_speech_windows
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -151,7 +152,14 @@ class BaseRecognizer:
         if not waves:
             return np.zeros((0, len(self.labels)), np.float32)
         wave, lengths = pad_batch(waves)
-        p = np.asarray(self._run(wave, lengths), dtype=np.float64)
+        try:
+            p = np.asarray(self._run(wave, lengths), dtype=np.float64)
+        except (AudioError, ModelRunError):
+            raise
+        except (RuntimeError, MemoryError) as e:  # torch/onnxruntime failures, allocation
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            source = (getattr(self, "meta", None) or {}).get("source") or type(self).__name__
+            raise ModelRunError(source, f"{type(e).__name__}: {first}") from None
         if self._keep is not None:
             p = p[:, self._keep]
             p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
