@@ -778,3 +778,22 @@ def test_torch_model_failing_at_run_time_is_a_clear_error(model_path, clip, monk
     with TestClient(create_app(rec), base_url="http://127.0.0.1") as c:
         r = c.post("/predict", content=clip.read_bytes())
         assert r.status_code == 500 and "can't allocate memory" in r.json()["error"]
+
+
+def test_manifest_output_of_the_wrong_kind_is_refused(tmp_path, capsys):
+    """Before: `manifest -o clip.wav` replaced an audio file with CSV text."""
+    from stlser.cli import main
+    from stlser.corpora import CorpusError, manifest_output
+
+    root = tmp_path / "corpus"
+    (root / "sad").mkdir(parents=True)
+    sf.write(root / "sad" / "u.wav", speech(0.5), SR)
+    victim = tmp_path / "keep.wav"
+    sf.write(victim, speech(0.5), SR)
+    before = victim.read_bytes()
+    assert main(["manifest", "--corpus", "folder", "--root", str(root), "-o", str(victim)]) == 2
+    assert victim.read_bytes() == before
+    with pytest.raises(CorpusError, match="not a folder"):
+        (tmp_path / "f").write_text("x")
+        manifest_output(tmp_path / "f" / "m.csv")
+    assert manifest_output(tmp_path / "new") == tmp_path / "new" / "manifest.csv"

@@ -42,6 +42,7 @@ __all__ = [
     "Reader",
     "build_manifest",
     "canonical",
+    "manifest_output",
     "read_manifest",
     "summarize",
     "write_manifest",
@@ -208,16 +209,38 @@ def build_manifest(
     return df, sorted(skipped)
 
 
+def manifest_output(out: str | os.PathLike) -> Path:
+    """The manifest file `out` names (a folder, existing or without suffix, →
+    ``<out>/manifest.csv``), refused (CorpusError) when writing it would replace something of
+    another kind: a suffix other than ``.csv`` (e.g. an audio file), a pipe or device, a path
+    under a file. Cheap: call it before scanning."""
+    p = Path(out)
+    if p.is_dir() or not p.suffix:
+        p = p / "manifest.csv"
+    if p.suffix.lower() != ".csv":
+        raise CorpusError(f"manifest output must be a folder or a .csv file, got {p.name!r}")
+    if p.exists() and not p.is_file():
+        raise CorpusError(f"manifest output {p} exists and is not a regular file")
+    skipped = p.parent / "skipped.csv"
+    if skipped.exists() and not skipped.is_file():
+        raise CorpusError(f"{skipped} exists and is not a regular file")
+    probe = p.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CorpusError(f"manifest output {p}: {probe} is not a folder")
+    return p
+
+
 def write_manifest(
     df: pd.DataFrame, skipped: Iterable[tuple[str, str]], out: str | os.PathLike
 ) -> Path:
     """Write the manifest CSV atomically and ``skipped.csv`` (path,reason) beside it.
 
-    `out` may be a folder (an existing one, or a path without suffix) → ``<out>/manifest.csv``.
+    `out` may be a folder (an existing one, or a path without suffix) → ``<out>/manifest.csv``;
+    an output of another kind is refused (`manifest_output`).
     """
-    p = Path(out)
-    if p.is_dir() or not p.suffix:
-        p = p / "manifest.csv"
+    p = manifest_output(out)
     skip = pd.DataFrame(list(skipped), columns=["path", "reason"])
     # both files are written to temporary files first and renamed only when both succeeded:
     # a full disk leaves the previous manifest and skipped.csv as they were (OutputError)
