@@ -797,3 +797,24 @@ def test_manifest_output_of_the_wrong_kind_is_refused(tmp_path, capsys):
         (tmp_path / "f").write_text("x")
         manifest_output(tmp_path / "f" / "m.csv")
     assert manifest_output(tmp_path / "new") == tmp_path / "new" / "manifest.csv"
+
+
+def test_manifest_summary_escapes_control_characters():
+    import pandas as pd
+
+    from stlser.corpora import summarize
+
+    df = pd.DataFrame(
+        {
+            "utt_id": ["a", "b"],
+            "label": ["x\x1b[2J", "y\nforged line"],
+            "speaker": ["s1", "s\x072"],
+            "session": ["", ""],
+            "gender": ["", ""],
+            "duration": [1.0, 2.0],
+            "corpus": ["folder", "folder"],
+        }
+    )
+    out = summarize(df, [("p\x1b]0;t\x07.wav", "bad\nline")])
+    assert "\x1b" not in out and "\x07" not in out and "forged line" in out
+    assert not any(line.startswith("forged") for line in out.splitlines())

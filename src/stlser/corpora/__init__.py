@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from stlser import audio
-from stlser.utils import atomic_path, escape_frame, unescape_frame
+from stlser.utils import atomic_path, escape_frame, printable, unescape_frame
 
 from . import casia, cremad, emodb, folder, iemocap, nemo, ravdess, savee, synthetic, table, tess
 from .base import (
@@ -317,8 +317,16 @@ def _table(rows: list[list[str]], right: Sequence[bool]) -> str:
 
 
 def summarize(df: pd.DataFrame, skipped: Sequence[tuple[str, str]] = ()) -> str:
-    """Human-readable summary: totals, hours, counts per label and speaker, skipped, checks."""
-    skipped = list(skipped)
+    """Human-readable summary: totals, hours, counts per label and speaker, skipped, checks.
+    Names from the data (labels, speakers, paths) are shown with control characters escaped
+    (`utils.printable`): a folder name cannot forge lines or send terminal escapes."""
+    attrs = dict(df.attrs)
+    df = df.copy()
+    for col in ("label", "speaker", "gender", "session", "corpus"):
+        if col in df:
+            df[col] = [printable(v) for v in df[col].astype(str)]
+    df.attrs = attrs
+    skipped = [(printable(p), printable(r)) for p, r in skipped]
     corpus = df.attrs.get("corpus") or (df["corpus"].iloc[0] if len(df) else "manifest")
     hours = float(df["duration"].sum()) / 3600 if "duration" in df else float("nan")
     n_spk = df["speaker"].replace("", pd.NA).nunique()
