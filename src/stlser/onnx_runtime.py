@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from stlser.recognizer import SAMPLE_RATE, BaseRecognizer, Prediction, Segment
-from stlser.safety import ModelLoadError
+from stlser.safety import ModelLoadError, ModelRunError
 
 __all__ = ["OnnxRecognizer", "Prediction", "Segment", "read_metadata"]
 
@@ -91,9 +91,23 @@ class OnnxRecognizer(BaseRecognizer):
             from stlser import smile
 
             x = smile.batch(wave, lengths, self.sets, self.sample_rate)
-            (probs,) = self.session.run(["probs"], {"functionals": x})
-            return probs
-        (probs,) = self.session.run(["probs"], {"wave": wave, "lengths": lengths})
+            return self._session_run({"functionals": x})
+        return self._session_run({"wave": wave, "lengths": lengths})
+
+    def _session_run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """`session.run`; onnxruntime's own exceptions (Fail, RuntimeException, InvalidArgument,
+        ... — plain Exceptions) become a ModelRunError naming the file, so `stlser predict`
+        prints one line (exit 2) and the service a JSON error, never a traceback."""
+        try:
+            (probs,) = self.session.run(["probs"], feeds)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ModelRunError(self.meta.get("source", "<onnx>"), first) from None
+        probs = np.asarray(probs)
+        if probs.ndim != 2 or probs.shape[0] != len(next(iter(feeds.values()))):
+            raise ModelRunError(
+                self.meta.get("source", "<onnx>"), f"output of shape {probs.shape} is not [B, C]"
+            )
         return probs
 
     def __repr__(self) -> str:

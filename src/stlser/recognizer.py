@@ -19,6 +19,7 @@ import numpy as np
 
 from stlser import audio
 from stlser.audio import AudioError, _Resampler, iter_array_blocks, iter_blocks, to_float
+from stlser.safety import ModelRunError
 from stlser.vad import SampleBuffer, VADConfig, iter_speech_windows
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -68,20 +69,25 @@ def is_source(x: object) -> bool:
     return isinstance(x, (str, os.PathLike, bytes, bytearray)) or hasattr(x, "read")
 
 
-def decode(x: Any, sample_rate: int | None = None) -> np.ndarray:
+def decode(
+    x: Any, sample_rate: int | None = None, max_seconds: float | None = audio.MAX_CLIP_SECONDS
+) -> np.ndarray:
     """Any accepted input → validated 16 kHz mono float32 (raises AudioError for bad audio).
 
     Paths, bytes and binary file objects are decoded at their own rate (`sample_rate` is then
     ignored); arrays (``samples`` or ``samples × channels``, float or integer PCM) need it.
+    Files and arrays get the same limits, checked before decoding or resampling: a sample rate
+    of at least `audio.MIN_SAMPLE_RATE` and at most `max_seconds` of audio (default
+    `audio.MAX_CLIP_SECONDS`; longer recordings go through `segments`, which streams).
     """
     if is_source(x):
-        return audio.load(x)
+        return audio.load(x, max_seconds=max_seconds)
     if sample_rate is None:
         raise ValueError(
             "sample_rate is required when passing an array of samples "
             "(e.g. recognizer.predict(x, sample_rate=44100))"
         )
-    return audio.from_array(np.asarray(x), int(sample_rate))
+    return audio.from_array(np.asarray(x), sample_rate, max_seconds=max_seconds)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -146,7 +152,14 @@ class BaseRecognizer:
         if not waves:
             return np.zeros((0, len(self.labels)), np.float32)
         wave, lengths = pad_batch(waves)
-        p = np.asarray(self._run(wave, lengths), dtype=np.float64)
+        try:
+            p = np.asarray(self._run(wave, lengths), dtype=np.float64)
+        except (AudioError, ModelRunError):
+            raise
+        except (RuntimeError, MemoryError) as e:  # torch/onnxruntime failures, allocation
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            source = (getattr(self, "meta", None) or {}).get("source") or type(self).__name__
+            raise ModelRunError(source, f"{type(e).__name__}: {first}") from None
         if self._keep is not None:
             p = p[:, self._keep]
             p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
@@ -171,6 +184,54 @@ class BaseRecognizer:
         `sample_rate` is required). Bad audio raises `stlser.audio.AudioError`."""
         wave = decode(x, sample_rate)
         return self._prediction(self.probabilities([wave])[0], len(wave))
+
+    def predict_windows(
+        self,
+        x: Any,
+        window: float = 20.0,
+        max_seconds: float | None = None,
+        block_seconds: float = 5.0,
+    ) -> Prediction:
+        """Emotion of one long recording with bounded memory: the source (path, bytes, file
+        object) is decoded block by block and cut into the fewest equal consecutive windows of
+        at most `window` seconds; each window is classified as soon as it is complete and the
+        probabilities are averaged, weighted by window length. Memory: one window and its
+        forward pass, whatever the length. Audio of at most `window` seconds is one window, so
+        the result equals `predict`. Bad audio raises AudioError (as `predict`)."""
+        if not is_source(x):
+            raise TypeError("predict_windows decodes a path, bytes or a binary file object")
+        meta = audio.info(x)
+        audio.check_limits(meta, x, max_seconds)
+        wmax = max(MIN_BATCH_SAMPLES, int(round(window * SAMPLE_RATE)))
+        expected = int(round(meta.frames * SAMPLE_RATE / max(meta.sample_rate, 1)))
+        n_win = max(1, -(-expected // wmax))
+        size = max(MIN_BATCH_SAMPLES, -(-expected // n_win))  # equal windows of <= wmax
+        buf = SampleBuffer()
+        total, peak = 0, 0.0
+        acc = np.zeros(len(self.labels), np.float64)
+        start = 0
+        for block in iter_blocks(x, block_seconds, max_seconds):
+            buf.append(block)
+            total += block.size
+            peak = max(peak, float(np.max(np.abs(block))) if block.size else 0.0)
+            while buf.end - start >= size and buf.end - start > 0:
+                acc += size * self.probabilities([buf.get(start, start + size)])[0]
+                start += size
+                buf.drop_before(start)
+        rest = buf.end - start
+        if rest > 0:
+            wave = buf.get(start, buf.end)
+            if rest < MIN_BATCH_SAMPLES and start > 0:  # a sliver: fold into the average
+                wave = np.pad(wave, (0, MIN_BATCH_SAMPLES - rest))
+            acc += rest * self.probabilities([wave])[0]
+        if total < int(audio.MIN_SECONDS * SAMPLE_RATE):
+            raise AudioError(
+                x, f"too short ({total / SAMPLE_RATE:.3f} s < minimum {audio.MIN_SECONDS} s)"
+            )
+        if peak < audio.SILENCE_PEAK:
+            raise AudioError(x, "silent (peak amplitude below 1e-4)")
+        p = acc / max(acc.sum(), 1e-12)
+        return self._prediction(p, total)
 
     def iter_predict(
         self,
@@ -244,7 +305,9 @@ class BaseRecognizer:
         else:
             if sample_rate is None:
                 raise ValueError("sample_rate is required when passing an array of samples")
-            arr = audio.resample(to_float(x), int(sample_rate))  # silence is allowed here
+            n, ch = audio.array_shape(x)
+            rate = audio.check_array(n, sample_rate, ch, max_seconds)
+            arr = audio.resample(to_float(x), rate)  # silence is allowed here
             if arr.size == 0:
                 raise AudioError("<array>", "no audio samples")
             blocks = iter_array_blocks(arr, max(1, int(block_seconds * SAMPLE_RATE)))
@@ -293,7 +356,9 @@ class BaseRecognizer:
         """
         if window <= 0 or hop <= 0:
             raise ValueError("window and hop must be > 0")
-        resample = _Resampler(int(sample_rate))
+        rate = audio.check_array(0, sample_rate, source="<stream>")  # >= MIN_SAMPLE_RATE
+        resample = _Resampler(rate)
+        guard = audio.PeakGuard("<stream>")  # running peak: chunks above 1.0 are scaled down
         win_n = max(1, int(round(window * SAMPLE_RATE)))
         hop_n = max(1, int(round(hop * SAMPLE_RATE)))
         buf = SampleBuffer()
@@ -306,7 +371,7 @@ class BaseRecognizer:
             return self._segment(p, a, t)
 
         for chunk in chunks:
-            buf.append(resample(to_float(chunk, "<stream>")))
+            buf.append(resample(guard(to_float(chunk, "<stream>", fit=False))))
             while buf.end >= due:
                 yield emit(due)
                 last_end = due
@@ -337,16 +402,27 @@ def shipped_model(name: str = BASE, suffix: str = ".pt") -> Path:
     return p
 
 
+def is_shipped_name(path: object) -> bool:
+    """True when `path` names the shipped model: None or the string ``"base"`` exactly.
+
+    The rule is unambiguous and does not depend on the current folder: the string ``base``
+    always means the shipped model, even where a file or folder called `base` exists; a local
+    one is written with a separator (``./base``) or passed as a `Path`, which is always a path.
+    """
+    return path is None or (isinstance(path, str) and path == BASE)
+
+
 def resolve_model_path(path: str | os.PathLike | None = None, shipped: str = ".pt") -> Path:
     """The model file a user means: ``None`` or ``"base"`` (the shipped general model, its
-    `shipped` twin — ``.pt`` or ``.onnx`` — when present, else ``.pt``), a `model.pt`/`.onnx`
-    file, a training run folder holding `model.pt`, or a crossval run folder (its first fold,
-    `fold_00/model.pt`)."""
-    if path is None or (str(path) == BASE and not Path(BASE).exists()):
+    `shipped` twin — ``.pt`` or ``.onnx`` — when present, else ``.pt``; see `is_shipped_name`:
+    a local `base` folder must be written ``./base``), a `model.pt`/`.onnx` file, a training run
+    folder holding `model.pt`, or a crossval run folder (its first fold, `fold_00/model.pt`)."""
+    if is_shipped_name(path):
         try:
             return shipped_model(BASE, shipped)
         except FileNotFoundError:
             return shipped_model(BASE)
+    assert path is not None
     p = Path(path)
     if p.is_dir():
         for cand in (p / "model.pt", p / "fold_00" / "model.pt", p / "model.onnx"):
@@ -364,6 +440,26 @@ def resolve_model_path(path: str | os.PathLike | None = None, shipped: str = ".p
             "use the model.pt artefact written beside it (its run folder)"
         )
     return p
+
+
+def describe_model(spec: object, path: str | os.PathLike) -> str:
+    """One line saying which model file was loaded: ``model: shipped base (base.onnx, sha256
+    1a2b…)`` or ``model: ./base/model.pt (sha256 …)`` — so a model picked up by name is never
+    a surprise."""
+    import hashlib
+
+    p = Path(path)
+    try:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()[:16]
+    except OSError:
+        digest = "unreadable"
+    if is_shipped_name(spec):
+        return f"model: shipped {BASE} ({p.name}, sha256 {digest}…)"
+    return f"model: {p} (sha256 {digest}…)"
 
 
 def resolve_init_path(spec: str) -> Path:

@@ -34,6 +34,15 @@ class ModelLoadError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class ModelRunError(ModelLoadError):
+    """A model file that loaded but failed while running (e.g. an ONNX graph whose operators
+    reject the input); the message names the file. A ValueError, as ModelLoadError: the CLI
+    prints one line and exits with code 2; the service answers 500 with the message."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(path, f"the model failed at run time ({problem})")
+
+
 def _numpy_globals() -> list[Any]:
     """The numpy types a pickled float32/float64/int64 array needs (artefacts before
     stlser-model checksums stored the normaliser as numpy arrays)."""
@@ -47,8 +56,54 @@ def _numpy_globals() -> list[Any]:
     return out
 
 
-def safe_torch_load(path: str | os.PathLike, what: str = "model file") -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU; every failure is a ModelLoadError."""
+#: Largest total size the entries of a model file may declare (what loading would allocate).
+MAX_MODEL_BYTES = 1 << 30
+#: Largest inflation ratio (declared / stored bytes) of a compressed entry; torch never
+#: compresses, so a high ratio is a zip bomb (a few kB inflating to gigabytes).
+MAX_INFLATION = 20.0
+#: Compressed entries smaller than this are not judged by their ratio (small pickles).
+_RATIO_MIN_BYTES = 1 << 20
+
+
+def check_zip_sizes(p: Path, what: str = "model file", max_bytes: int = MAX_MODEL_BYTES) -> None:
+    """Refuse, from the zip directory alone (before anything is inflated), a torch zip file
+    whose entries declare more than `max_bytes` in total or that inflates a compressed entry
+    more than MAX_INFLATION-fold. Files that are not zips (legacy format, ONNX) pass: their
+    size on disk bounds what is read."""
+    try:
+        if not zipfile.is_zipfile(p):
+            return
+        with zipfile.ZipFile(p) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # let torch.load report the corruption
+    total = 0
+    for i in infos:
+        total += i.file_size
+        if total > max_bytes:
+            raise ModelLoadError(
+                p,
+                f"refused to load: the {what}'s entries declare more than {max_bytes:,} bytes "
+                f"(at {i.filename!r}); nothing was inflated",
+            )
+        if (
+            i.compress_type != zipfile.ZIP_STORED
+            and i.file_size > _RATIO_MIN_BYTES
+            and i.file_size > MAX_INFLATION * max(i.compress_size, 1)
+        ):
+            raise ModelLoadError(
+                p,
+                f"refused to load: entry {i.filename!r} of the {what} inflates "
+                f"{i.compress_size:,} stored bytes to {i.file_size:,} (a zip bomb; stlser never "
+                "writes compressed entries); nothing was inflated",
+            )
+
+
+def safe_torch_load(
+    path: str | os.PathLike, what: str = "model file", max_bytes: int = MAX_MODEL_BYTES
+) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; every failure is a ModelLoadError.
+    The zip's declared sizes are checked first (`check_zip_sizes`)."""
     import torch
 
     p = Path(path)
@@ -58,6 +113,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "model file") -> Any:
         raise ModelLoadError(p, f"is a folder, not a {what}")
     if p.stat().st_size == 0:
         raise ModelLoadError(p, f"empty file (0 bytes), not a {what}")
+    check_zip_sizes(p, what, max_bytes)
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(p, map_location="cpu", weights_only=True)

@@ -33,10 +33,14 @@ def smile(level: str, feature_set: str = "eGeMAPSv02") -> Any:
 
 
 def as_wave(wave: np.ndarray) -> np.ndarray:
+    """A 1-D float32 waveform clipped to [-1, 1]: openSMILE converts float samples to int16
+    without clipping, so a sample at 1.5 would wrap around to a negative one (stlser.audio
+    already scales louder signals down to peak 1.0; this catches resampling overshoot and
+    callers that bypass it)."""
     x = np.asarray(wave, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"expected a 1-D waveform, got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(np.clip(x, -1.0, 1.0))
 
 
 def functionals(

@@ -16,22 +16,54 @@ from typing import Any
 import numpy as np
 
 
+class OutputError(OSError, RuntimeError):
+    """A file that could not be written (disk full, read-only, no permission): the message
+    names the file and says the previous contents are unchanged. An OSError (handlers of
+    OSError still see it) and a RuntimeError (the CLI prints one line and exits with code 2)."""
+
+
+def _output_error(p: Path, e: OSError) -> OutputError:
+    why = e.strerror or str(e) or type(e).__name__
+    return OutputError(
+        e.errno,
+        f"cannot write {p}: {why}; nothing was written "
+        f"(the previous {p.name}, if any, is unchanged)",
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path` (atomic on POSIX)."""
+    """Yield a temporary path beside `path`; on success rename it over `path` (atomic on POSIX).
+
+    A failed write (an OSError such as ENOSPC in the body, or in creating or renaming the
+    temporary file) removes the temporary file, leaves `path` as it was and raises
+    `OutputError` naming `path`."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise _output_error(p, e) from None
+    try:
+        try:
+            yield Path(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+            os.replace(tmp, p)
+        except OutputError:
+            raise
+        except OSError as e:
+            raise _output_error(p, e) from None
     finally:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 #: Names `atomic_path` gives its temporary files: ``.<target name>.<8 random chars>.tmp``.
@@ -61,10 +93,82 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_csv(path: str | os.PathLike, df: Any) -> Path:
-    """Write a pandas DataFrame as CSV (no index), atomically."""
+#: Characters that make a spreadsheet read a cell as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPED = re.compile(r"^'*[=+\-@\t\r]")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell made safe for spreadsheets: one ``'`` is put before text that begins (after
+    any ``'``) with ``= + - @`` tab or CR, so ``=cmd|' /C calc'!A0`` is shown, not run.
+    Numbers and other non-text values pass unchanged. Lossless: `csv_uncell` undoes it."""
+    if isinstance(value, str) and _ESCAPED.match(value):
+        return "'" + value
+    return value
+
+
+def csv_uncell(value: Any) -> Any:
+    """Undo `csv_cell` (for text read back from a CSV that stlser wrote)."""
+    if isinstance(value, str) and value.startswith("'") and _ESCAPED.match(value[1:]):
+        return value[1:]
+    return value
+
+
+def escape_frame(df: Any) -> Any:
+    """A copy of a DataFrame whose text cells and column names went through `csv_cell`."""
+    from pandas.api.types import is_numeric_dtype
+
+    out = df.copy()
+    for i in range(out.shape[1]):  # by position: column names may repeat
+        col = out.iloc[:, i]
+        if not is_numeric_dtype(col.dtype):  # object, str, category: may hold text
+            out.isetitem(i, [csv_cell(v) for v in col.astype(object)])
+    out.columns = [csv_cell(c) for c in out.columns]
+    return out
+
+
+def unescape_frame(df: Any) -> Any:
+    """Undo `escape_frame` in place on a DataFrame read back with ``dtype=str``; → `df`."""
+    from pandas.api.types import is_numeric_dtype
+
+    df.columns = [csv_uncell(c) for c in df.columns]
+    for i in range(df.shape[1]):
+        col = df.iloc[:, i]
+        if not is_numeric_dtype(col.dtype):
+            df.isetitem(i, [csv_uncell(v) for v in col.astype(object)])
+    return df
+
+
+def read_csv(path: str | os.PathLike, **kw: Any) -> Any:
+    """`pandas.read_csv` of a CSV written by `write_csv`, with the formula escaping undone
+    (text columns; pass ``dtype=str`` to undo it in every column)."""
+    import pandas as pd
+
+    return unescape_frame(pd.read_csv(path, **kw))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: Any) -> str:
+    """Text safe to print on a terminal: control characters (escape sequences, newlines that
+    would forge table rows) shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def md_cell(value: Any) -> str:
+    """Text made safe for one cell of a markdown table: ``|`` escaped as ``\\|`` (it would end
+    the cell), backslashes doubled first, line breaks (CR, LF) replaced by a space."""
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    return re.sub(r"[\r\n]+", " ", text)
+
+
+def write_csv(path: str | os.PathLike, df: Any, escape: bool = True) -> Path:
+    """Write a pandas DataFrame as CSV (no index), atomically. Text cells that a spreadsheet
+    would run as a formula are escaped (`csv_cell`; `read_csv`/`unescape_frame` undo it)."""
+    frame = escape_frame(df) if escape else df
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False)
     return Path(path)
 
 

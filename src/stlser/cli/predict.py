@@ -16,11 +16,11 @@ import soundfile as sf
 from stlser import audio
 from stlser.audio import AudioError
 from stlser.recognizer import Prediction, Segment
-from stlser.utils import write_text
+from stlser.utils import csv_cell, printable, write_text
 
 #: `stlser predict` without --segments refuses longer files (one forward pass over an hour of
 #: audio needs gigabytes; the segments path streams instead).
-MAX_CLIP_SECONDS = 600.0
+MAX_CLIP_SECONDS = audio.MAX_CLIP_SECONDS
 
 
 #: File extensions per libsndfile major format (only the formats this libsndfile has are used).
@@ -102,9 +102,9 @@ def _write_rows(rows: list[dict[str, Any]], out: Path, labels: list[str], segmen
         return
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
+    w.writerow({c: csv_cell(c) for c in cols})  # header: label names are user data too
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+        w.writerow({k: ("" if r.get(k) is None else csv_cell(r.get(k))) for k in cols})
     write_text(out, buf.getvalue())
 
 
@@ -115,7 +115,7 @@ def _table(rows: list[dict[str, Any]], segments: bool) -> str:
     common = os.path.commonpath(names) if len(set(names)) > 1 and len(absolute) == 1 else ""
     if common and not Path(common).is_dir():
         common = str(Path(common).parent)
-    shown = [os.path.relpath(n, common) if common else n for n in names]
+    shown = [printable(os.path.relpath(n, common) if common else n) for n in names]
     width = min(max([len(s) for s in shown] + [4]), 60)
     head = (
         f"{'file':<{width}}  "
@@ -131,10 +131,11 @@ def _table(rows: list[dict[str, Any]], segments: bool) -> str:
             else (" " * 17 if segments else "")
         )
         if r["error"]:
-            lines.append(f"{name:<{width}}  {span}ERROR: {r['error']}")
+            lines.append(f"{name:<{width}}  {span}ERROR: {printable(r['error'])}")
             continue
         conf = r[f"prob_{r['label']}"]
-        lines.append(f"{name:<{width}}  {span}{r['label']:<12} {conf:5.3f} {r['duration']:8.2f}")
+        label = printable(r["label"])
+        lines.append(f"{name:<{width}}  {span}{label:<12} {conf:5.3f} {r['duration']:8.2f}")
     return "\n".join(lines)
 
 
@@ -148,6 +149,11 @@ def check_output_file(out: Path, suffixes: tuple[str, ...]) -> None:
         raise ValueError(f"output must end in {' or '.join(suffixes)}, got {out.name!r}")
     if out.is_dir():
         raise ValueError(f"output {out} is a folder; give a file name ending in {suffixes[0]}")
+    if out.exists() and not out.is_file():
+        raise ValueError(
+            f"output {out} exists and is not a regular file (a device, pipe or socket); "
+            "give a file name"
+        )
     parent = out.parent if str(out.parent) else Path(".")
     probe = parent
     while not probe.exists() and probe != probe.parent:
@@ -164,16 +170,19 @@ def load_recognizer(model: str | os.PathLike | None) -> Any:
     """The recognizer for `stlser predict`/`serve`: an `.onnx` file (and the shipped model,
     whose ONNX twin is used) runs on onnxruntime without importing torch, which keeps the
     start-up of a one-clip prediction short; anything else loads through torch."""
-    from stlser.recognizer import resolve_model_path
+    from stlser.recognizer import describe_model, resolve_model_path
 
     p = resolve_model_path(model, shipped=".onnx")
     if p.suffix.lower() == ".onnx":
         from stlser.onnx_runtime import OnnxRecognizer
 
-        return OnnxRecognizer(p)
-    from stlser.inference import Recognizer
+        rec = OnnxRecognizer(p)
+    else:
+        from stlser.inference import Recognizer
 
-    return Recognizer.load(p)
+        rec = Recognizer.load(p)
+    print(f"stlser: {describe_model(model, p)}", file=sys.stderr)  # which model, once loaded
+    return rec
 
 
 def predict_cli(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from stlser import audio
-from stlser.utils import write_csv
+from stlser.utils import atomic_path, escape_frame, printable, unescape_frame
 
 from . import casia, cremad, emodb, folder, iemocap, nemo, ravdess, savee, synthetic, table, tess
 from .base import (
@@ -42,6 +42,7 @@ __all__ = [
     "Reader",
     "build_manifest",
     "canonical",
+    "manifest_output",
     "read_manifest",
     "summarize",
     "write_manifest",
@@ -208,32 +209,59 @@ def build_manifest(
     return df, sorted(skipped)
 
 
+def manifest_output(out: str | os.PathLike) -> Path:
+    """The manifest file `out` names (a folder, existing or without suffix, →
+    ``<out>/manifest.csv``), refused (CorpusError) when writing it would replace something of
+    another kind: a suffix other than ``.csv`` (e.g. an audio file), a pipe or device, a path
+    under a file. Cheap: call it before scanning."""
+    p = Path(out)
+    if p.is_dir() or not p.suffix:
+        p = p / "manifest.csv"
+    if p.suffix.lower() != ".csv":
+        raise CorpusError(f"manifest output must be a folder or a .csv file, got {p.name!r}")
+    if p.exists() and not p.is_file():
+        raise CorpusError(f"manifest output {p} exists and is not a regular file")
+    skipped = p.parent / "skipped.csv"
+    if skipped.exists() and not skipped.is_file():
+        raise CorpusError(f"{skipped} exists and is not a regular file")
+    probe = p.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CorpusError(f"manifest output {p}: {probe} is not a folder")
+    return p
+
+
 def write_manifest(
     df: pd.DataFrame, skipped: Iterable[tuple[str, str]], out: str | os.PathLike
 ) -> Path:
     """Write the manifest CSV atomically and ``skipped.csv`` (path,reason) beside it.
 
-    `out` may be a folder (an existing one, or a path without suffix) → ``<out>/manifest.csv``.
+    `out` may be a folder (an existing one, or a path without suffix) → ``<out>/manifest.csv``;
+    an output of another kind is refused (`manifest_output`).
     """
-    p = Path(out)
-    if p.is_dir() or not p.suffix:
-        p = p / "manifest.csv"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(p, df)
+    p = manifest_output(out)
     skip = pd.DataFrame(list(skipped), columns=["path", "reason"])
-    write_csv(p.parent / "skipped.csv", skip)
+    # both files are written to temporary files first and renamed only when both succeeded:
+    # a full disk leaves the previous manifest and skipped.csv as they were (OutputError)
+    with atomic_path(p) as tmp_manifest:
+        escape_frame(df).to_csv(tmp_manifest, index=False)
+        with atomic_path(p.parent / "skipped.csv") as tmp_skipped:
+            escape_frame(skip).to_csv(tmp_skipped, index=False)
     return p
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Read a manifest CSV: text columns as str ('' when missing), duration as float.
 
-    Relative paths (a hand-written manifest) resolve from the manifest's folder.
+    Relative paths (a hand-written manifest) resolve from the manifest's folder. Cells that
+    `write_manifest` escaped against spreadsheet formulas (``'=…``) are read back as written
+    (`stlser.utils.csv_uncell`), so a manifest round-trips exactly.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"manifest not found: {p}")
-    df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    df = unescape_frame(pd.read_csv(p, dtype=str, keep_default_na=False))  # see write_csv
     missing = {"utt_id", "path", "label"} - set(df.columns)
     if missing:
         raise CorpusError(f"manifest {p} lacks column(s): {', '.join(sorted(missing))}")
@@ -289,8 +317,16 @@ def _table(rows: list[list[str]], right: Sequence[bool]) -> str:
 
 
 def summarize(df: pd.DataFrame, skipped: Sequence[tuple[str, str]] = ()) -> str:
-    """Human-readable summary: totals, hours, counts per label and speaker, skipped, checks."""
-    skipped = list(skipped)
+    """Human-readable summary: totals, hours, counts per label and speaker, skipped, checks.
+    Names from the data (labels, speakers, paths) are shown with control characters escaped
+    (`utils.printable`): a folder name cannot forge lines or send terminal escapes."""
+    attrs = dict(df.attrs)
+    df = df.copy()
+    for col in ("label", "speaker", "gender", "session", "corpus"):
+        if col in df:
+            df[col] = [printable(v) for v in df[col].astype(str)]
+    df.attrs = attrs
+    skipped = [(printable(p), printable(r)) for p, r in skipped]
     corpus = df.attrs.get("corpus") or (df["corpus"].iloc[0] if len(df) else "manifest")
     hours = float(df["duration"].sum()) / 3600 if "duration" in df else float("nan")
     n_spk = df["speaker"].replace("", pd.NA).nunique()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from stlser import __version__
 from stlser import audio as audio_mod
+from stlser.safety import ModelRunError
 
 log = logging.getLogger("stlser.service")
 
@@ -42,6 +44,23 @@ MAX_CONCURRENT = 2
 MAX_UPLOADS = 4
 #: Seconds a client may take to send its whole body (slow uploads hold memory).
 READ_TIMEOUT = 30.0
+#: Lowest average transfer rate of a body (bytes/s), enforced after MIN_RATE_GRACE seconds:
+#: an upload trickling in below it is cut off with 408 (it would hold an upload slot).
+MIN_RATE = 8 * 1024
+MIN_RATE_GRACE = 3.0
+#: Uploads one client (IP address) may have in flight at once; one more gets 429.
+MAX_UPLOADS_PER_CLIENT = 2
+#: Seconds a connection may take to send a request's headers (uvicorn has no such limit).
+HEADER_TIMEOUT = 10.0
+#: Seconds an idle keep-alive connection is kept open.
+KEEP_ALIVE = 5.0
+#: Largest request head (request line and headers) in bytes.
+MAX_HEADER_BYTES = 16 * 1024
+#: Audio classified per forward pass: longer uploads to /predict are decoded block by block
+#: and classified in equal windows of at most this length (probabilities averaged by length);
+#: /segments batches at most this much audio. Bounds a request's memory to about `--max-mb`
+#: plus one window's forward pass, whatever `--max-seconds` allows.
+WINDOW_SECONDS = 20.0
 #: Multipart parts accepted in one upload (the audio plus a few form fields).
 MAX_PARTS = 8
 #: Longest error message sent back (long reasons are cut).
@@ -60,6 +79,55 @@ SECURITY_HEADERS = {
         "frame-ancestors 'none'"
     ),
 }
+
+
+#: Upper bounds of the service's options (beyond them a typo is more likely than intent).
+MAX_MB_LIMIT = 4096.0
+MAX_SECONDS_LIMIT = 24 * 3600.0
+
+
+class UsageError(ValueError):
+    """An invalid service option; the message names the command-line flag (exit code 2)."""
+
+
+def _number(flag: str, value: Any, low: float, high: float, integer: bool = False) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise UsageError(f"{flag} must be a finite number, got {value!r}")
+    if integer and x != int(x):
+        raise UsageError(f"{flag} must be a whole number, got {value!r}")
+    if not low <= x <= high:
+        raise UsageError(f"{flag} must be between {low:g} and {high:g}, got {value!r}")
+    return x
+
+
+def check_options(
+    max_mb: Any = 20.0,
+    max_seconds: Any = 600.0,
+    max_uploads: Any = None,
+    read_timeout: Any = None,
+    port: Any = None,
+    host: Any = None,
+) -> None:
+    """Validate the service options before any work (model loading, binding a port); an
+    invalid one raises UsageError naming its flag: NaN, inf, zero, negative or absurd values
+    (`--max-mb`, `--max-seconds`, `--max-uploads`, `--read-timeout`), a port outside
+    1..65535, a host that is not a string. None skips a check."""
+    _number("--max-mb", max_mb, 1e-6, MAX_MB_LIMIT)
+    _number("--max-seconds", max_seconds, audio_mod.MIN_SECONDS, MAX_SECONDS_LIMIT)
+    if max_uploads is not None:
+        _number("--max-uploads", max_uploads, 1, 10_000, integer=True)
+    if read_timeout is not None:
+        _number("--read-timeout", read_timeout, 0.001, 24 * 3600.0)
+    if port is not None:
+        _number("--port", port, 1, 65_535, integer=True)
+    if host is not None and not isinstance(host, str):
+        raise UsageError(f"--host must be a host name or address, got {host!r}")
 
 
 class ApiError(Exception):
@@ -110,8 +178,11 @@ def _load_recognizer(model: Any) -> Any:
     """A path loads a `stlser.inference.Recognizer`; anything else is taken as a recognizer."""
     if model is None or isinstance(model, (str, Path)):
         from stlser.inference import Recognizer
+        from stlser.recognizer import describe_model, resolve_model_path
 
-        return Recognizer.load(model)  # None: the general model shipped in the package
+        rec = Recognizer.load(model)  # None or "base": the general model shipped in the package
+        log.info("%s", describe_model(model, resolve_model_path(model)))
+        return rec
     for attr in ("labels", "predict", "segments"):
         if not hasattr(model, attr):
             raise TypeError(
@@ -120,9 +191,19 @@ def _load_recognizer(model: Any) -> Any:
     return model
 
 
-async def _read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
-    """Read the request body into memory, stopping (413) as soon as it passes `limit` bytes
-    and (408) when the whole body has not arrived within `timeout` seconds."""
+async def _read_body(
+    request: Request,
+    limit: int,
+    timeout: float | None = None,
+    min_rate: float = 0.0,
+    grace: float = MIN_RATE_GRACE,
+) -> bytes:
+    """Read the request body into memory, stopping (413) as soon as it passes `limit` bytes,
+    (408) when the whole body has not arrived within `timeout` seconds, and (408) as soon as
+    the average rate falls below `min_rate` bytes/s after `grace` seconds: each wait for the
+    next chunk has a deadline (the time by which the bytes so far would be too few), so a
+    client that sends one byte a second, or nothing, is cut off without waiting for `timeout`.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -133,9 +214,25 @@ async def _read_body(request: Request, limit: int, timeout: float | None = None)
         except ValueError:
             raise ApiError(400, "invalid Content-Length header") from None
     buf = bytearray()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    stream = request.stream().__aiter__()
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
+            while True:
+                wait = None
+                if min_rate > 0:  # the next byte is due when len(buf) + 1 = rate x (t - grace)
+                    wait = max(0.0, grace + (len(buf) + 1) / min_rate - (loop.time() - t0))
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), wait)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise ApiError(
+                        408,
+                        f"upload too slow: below {min_rate / 1024:g} kB/s after {grace:g} s "
+                        f"({len(buf)} bytes in {loop.time() - t0:.1f} s)",
+                    ) from None
                 buf.extend(chunk)
                 if len(buf) > limit:
                     raise ApiError(413, f"upload too large: more than the limit of {limit} bytes")
@@ -219,13 +316,19 @@ def _parse_multipart(
 
 
 async def _audio_from_request(
-    request: Request, max_bytes: int, timeout: float | None = None
+    request: Request,
+    max_bytes: int,
+    timeout: float | None = None,
+    min_rate: float = 0.0,
+    grace: float = MIN_RATE_GRACE,
 ) -> bytes:
     """The uploaded audio bytes: multipart field `file`, or the raw body for any other type.
     Multipart bodies are parsed in a worker thread (never on the event loop)."""
     ctype = request.headers.get("content-type", "")
     multipart = ctype.lower().startswith("multipart/form-data")
-    body = await _read_body(request, max_bytes + (MULTIPART_SLACK if multipart else 0), timeout)
+    body = await _read_body(
+        request, max_bytes + (MULTIPART_SLACK if multipart else 0), timeout, min_rate, grace
+    )
     if not body:
         raise ApiError(
             400, f"empty request: send audio as the raw body or as multipart field '{FIELD}'"
@@ -274,6 +377,9 @@ def create_app(
     allowed_origins: Sequence[str] | None = None,
     max_uploads: int = MAX_UPLOADS,
     read_timeout: float = READ_TIMEOUT,
+    max_uploads_per_client: int = MAX_UPLOADS_PER_CLIENT,
+    min_rate: float = MIN_RATE,
+    rate_grace: float = MIN_RATE_GRACE,
 ) -> FastAPI:
     """Build the service around a model artefact path (loaded once, here) or a recognizer object.
 
@@ -281,13 +387,16 @@ def create_app(
     before decoding, with the decoding budget of `stlser.audio.check_limits`). Requests whose
     `Host` is not in `allowed_hosts` (default: loopback names; "*" allows any) get 400; POSTs
     with an `Origin` other than the service's own or one in `allowed_origins` get 403. At most
-    `max_uploads` uploads are received/processed at once (then 503 with Retry-After); a body
-    must arrive within `read_timeout` seconds (else 408).
+    `max_uploads` uploads are received/processed at once (then 503 with Retry-After), at most
+    `max_uploads_per_client` from one client IP address (then 429); a body must arrive within
+    `read_timeout` seconds and, after `rate_grace` seconds, at `min_rate` bytes/s on average
+    (else 408). Invalid options raise UsageError naming the flag.
     """
-    if max_mb <= 0 or max_seconds <= 0:
-        raise ValueError("max_mb and max_seconds must be positive")
-    if max_uploads < 1 or read_timeout <= 0:
-        raise ValueError("max_uploads must be >= 1 and read_timeout positive")
+    check_options(max_mb, max_seconds, max_uploads, read_timeout)
+    _number("max_uploads_per_client", max_uploads_per_client, 1, 10_000, integer=True)
+    _number("min_rate", min_rate, 0, 1e12)
+    _number("rate_grace", rate_grace, 0, 24 * 3600.0)
+    per_client: dict[str, int] = {}
     hosts = {_host_name(h) for h in (allowed_hosts or LOOPBACK_HOSTS)}
     origins = {o.strip().lower().rstrip("/") for o in (allowed_origins or ())}
     in_flight = {"n": 0}
@@ -310,7 +419,7 @@ def create_app(
     # ------------------------------------------------------------------ errors → {"error"}
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        retry = {"Retry-After": "2"} if exc.status == 503 else None
+        retry = {"Retry-After": "2"} if exc.status in (429, 503) else None
         return _error(exc.status, exc.message, headers=retry)
 
     @app.exception_handler(StarletteHTTPException)
@@ -364,19 +473,36 @@ def create_app(
                 raise ApiError(413, _plain(e.reason)) from None
             except audio_mod.AudioError as e:
                 raise ApiError(422, _plain(e.reason)) from None
+            except ModelRunError as e:
+                log.error("model failed at run time: %s", e)
+                raise ApiError(500, f"the model failed on this input: {e.problem}") from None
 
     async def _upload(request: Request, fn: Any) -> tuple[float, Any]:
         """One upload, end to end, if fewer than `max_uploads` are in flight (else 503)."""
+        client = request.client.host if request.client else "?"
+        if per_client.get(client, 0) >= max_uploads_per_client:
+            raise ApiError(
+                429, f"too many uploads in progress from {client} (limit {max_uploads_per_client})"
+            )
         if in_flight["n"] >= max_uploads:
             raise ApiError(503, "busy: too many uploads in progress, retry shortly")
         in_flight["n"] += 1
+        per_client[client] = per_client.get(client, 0) + 1
         try:
-            data = await _audio_from_request(request, max_bytes, read_timeout)
+            data = await _audio_from_request(request, max_bytes, read_timeout, min_rate, rate_grace)
             return await _infer(fn, data)
         finally:
             in_flight["n"] -= 1
+            per_client[client] -= 1
+            if not per_client[client]:
+                del per_client[client]
 
     def _predict(data: bytes) -> Any:
+        from stlser.recognizer import BaseRecognizer
+
+        if isinstance(rec, BaseRecognizer) and audio_mod.info(data).duration > WINDOW_SECONDS:
+            # long audio: decoded block by block, one window's forward pass at a time
+            return rec.predict_windows(data, window=WINDOW_SECONDS, max_seconds=max_seconds)
         wave = audio_mod.load(data, max_seconds=max_seconds)  # blockwise, bounded
         return rec.predict(wave, sample_rate=audio_mod.SAMPLE_RATE)
 
@@ -384,7 +510,10 @@ def create_app(
         from stlser.recognizer import BaseRecognizer
 
         if isinstance(rec, BaseRecognizer):
-            return rec.segments(data, max_window=max_window, max_seconds=max_seconds)
+            batch = max(1, int(WINDOW_SECONDS // max_window))  # <= WINDOW_SECONDS per pass
+            return rec.segments(
+                data, max_window=max_window, max_seconds=max_seconds, batch_size=batch
+            )
         return rec.segments(data, max_window=max_window)
 
     # ---------------------------------------------------------------------------- routes
@@ -442,8 +571,11 @@ def serve(
 ) -> None:
     """Load the model once and run the service with uvicorn until interrupted.
 
-    Accepted Host names: loopback, the bind address (unless a wildcard) and `allowed_hosts`."""
+    Accepted Host names: loopback, the bind address (unless a wildcard) and `allowed_hosts`.
+    Invalid options raise UsageError (a ValueError naming the flag) before anything starts."""
     import uvicorn
+
+    check_options(max_mb, max_seconds, max_uploads, read_timeout, port, host)
 
     hosts = list(LOOPBACK_HOSTS) + list(allowed_hosts or [])
     if host not in ("0.0.0.0", "::", ""):
@@ -466,4 +598,83 @@ def serve(
     print(
         f"stlser service: http://{host}:{port}/  (labels: {', '.join(app.state.recognizer.labels)})"
     )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(app, host, port)).run()
+
+
+def server_config(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    header_timeout: float = HEADER_TIMEOUT,
+    log_level: str = "info",
+) -> Any:
+    """The uvicorn configuration `serve` runs: the h11 protocol with a header timeout
+    (`HeaderTimeoutProtocol`), a short keep-alive, and a bound on the request head's size."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=header_timeout_protocol(header_timeout),
+        timeout_keep_alive=int(KEEP_ALIVE),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
+
+
+def header_timeout_protocol(timeout: float = HEADER_TIMEOUT) -> type:
+    """uvicorn's h11 protocol, plus a limit it lacks: a connection must deliver each request's
+    line and headers within `timeout` seconds of connecting (or of the previous response),
+    else it gets 408 and is closed. (Slow *bodies* are the app's: `_read_body`.)"""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    body = b'{"error": "request headers did not arrive in time"}'
+    reply = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        header_timeout = float(timeout)
+
+        def _arm(self) -> None:
+            """The head of the next request is due within `header_timeout` seconds."""
+            self._disarm()
+            self._head_cycle = self.cycle  # a new cycle (a request began) disarms the timer
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_expired)
+
+        def _disarm(self) -> None:
+            timer = getattr(self, "_head_timer", None)
+            if timer is not None:
+                timer.cancel()
+            self._head_timer = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not getattr(self, "_head_cycle", None):
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            if not self.transport.is_closing():
+                self._arm()  # before super(): it may begin a pipelined request (disarms)
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _head_expired(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or self.cycle is not self._head_cycle:
+                return
+            if self.conn.our_state in (h11.IDLE, h11.DONE):  # nothing of ours in flight
+                self.transport.write(reply)
+            self.transport.close()
+
+    return HeaderTimeoutProtocol
