@@ -25,7 +25,7 @@ from stlser import heads
 from stlser.config import ExperimentConfig
 from stlser.kinds import expert, functionals
 from stlser.metrics import ua
-from stlser.utils import write_json, write_text
+from stlser.utils import md_cell, write_json, write_text
 
 log = logging.getLogger(__name__)
 #: The shared label vocabulary, in output order.
@@ -346,7 +346,8 @@ def render_loco(results: dict[str, Any]) -> str:
             f"{100 * r['by_gender'][k]:.1f}" for k in ("F", "M") if k in r["by_gender"]
         )
         lines.append(
-            f"| {held} | {' + '.join(r['train'])} | {', '.join(r['labels'])} | {s['n']} | "
+            f"| {md_cell(held)} | {md_cell(' + '.join(r['train']))} | "
+            f"{md_cell(', '.join(r['labels']))} | {s['n']} | "
             f"{100 * s['ua']:.1f} | {100 * g['ua']:.1f} | {100 * s['wa']:.1f} | "
             f"{100 * svm['ua'] if svm else float('nan'):.1f} | {gap} | {sex or '–'} |"
         )
@@ -354,8 +355,12 @@ def render_loco(results: dict[str, Any]) -> str:
         conf = r["speaker_norm"].get("confusion")
         if conf is None:
             continue
-        labs = r["labels"]
-        lines += ["", f"Confusion, {held} (speaker norm; rows: true, columns: predicted)", ""]
+        labs = [md_cell(x) for x in r["labels"]]
+        lines += [
+            "",
+            f"Confusion, {md_cell(held)} (speaker norm; rows: true, columns: predicted)",
+            "",
+        ]
         lines.append("| true \\ pred | " + " | ".join(labs) + " |")
         lines.append("|---|" + "---:|" * len(labs))
         lines += [

@@ -12,7 +12,7 @@ import numpy as np
 
 from stlser.metrics import bootstrap_ci, compute, confusion, per_class
 from stlser.results import FOLD_KEYS, FoldResult, RunReport
-from stlser.utils import atomic_path, write_text
+from stlser.utils import atomic_path, md_cell, write_text
 
 
 # --------------------------------------------------------------------------------- reports
@@ -135,7 +135,7 @@ def render_markdown(r: RunReport) -> str:
     facts = []
     for key in ("config", "name", "corpus", "protocol"):
         if r.extra.get(key) not in (None, ""):
-            facts.append(f"{key}: `{r.extra[key]}`")
+            facts.append(f"{key}: `{md_cell(r.extra[key])}`")
     facts.append(f"utterances: {r.n}")
     facts.append(f"folds: {len(r.folds)}")
     if r.n_params is not None:
@@ -157,7 +157,7 @@ def render_markdown(r: RunReport) -> str:
     sn = r.speaker_normalisation
     if sn is not None and sn.degenerate_speakers:
         found = sn.degenerate_speakers
-        eg = ", ".join(f"{s} ({why})" for s, why in list(found.items())[:8])
+        eg = md_cell(", ".join(f"{s} ({why})" for s, why in list(found.items())[:8]))
         lines += [
             "",
             f"**Speaker normalisation: {len(found)} degenerate speaker(s)** (one emotion or too few "
@@ -192,7 +192,7 @@ def render_markdown(r: RunReport) -> str:
         for c in extra_cols:
             v = f.extra.get(c)
             row.append("–" if v is None else (_pct(v) if c == "val_ua" else str(v)))
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join(md_cell(c) for c in row) + " |")
 
     if r.per_class:
         lines += ["", "## Per class (pooled)", ""]
@@ -203,13 +203,16 @@ def render_markdown(r: RunReport) -> str:
         for lab in labels:
             pc = r.per_class[lab]
             lines.append(
-                f"| {lab} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |"
+                f"| {md_cell(lab)} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |"
             )
 
     lines += ["", "## Confusion matrix (rows = true, columns = predicted)", ""]
-    lines += ["| true \\ pred | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    lines += [
+        "| true \\ pred | " + " | ".join(md_cell(x) for x in labels) + " |",
+        "|---|" + "---:|" * len(labels),
+    ]
     for lab, row in zip(labels, r.confusion, strict=True):
-        lines.append(f"| **{lab}** | " + " | ".join(str(v) for v in row) + " |")
+        lines.append(f"| **{md_cell(lab)}** | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", "![confusion matrix](confusion.png)", ""]
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ from stlser import config as config_mod
 from stlser import corpora, splits
 from stlser.config import ExperimentConfig
 from stlser.splits import Fold
-from stlser.utils import environment, write_json, write_text
+from stlser.utils import environment, read_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def finished_probs(mdir: Path, labels: list[str]) -> np.ndarray | None:
     if (mdir / "probs.npy").exists():
         return np.load(mdir / "probs.npy")
     if (mdir / "predictions.csv").exists() and not (mdir.name.startswith("member_")):
-        p = pd.read_csv(mdir / "predictions.csv", dtype={"speaker": str})
+        p = read_csv(mdir / "predictions.csv", dtype={"speaker": str})
         return p[[f"prob_{name}" for name in labels]].to_numpy(np.float32)
     return None
 

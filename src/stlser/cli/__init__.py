@@ -38,6 +38,7 @@ def _load_cfg(args: argparse.Namespace):
 def cmd_manifest(a: argparse.Namespace) -> int:
     from stlser import corpora
 
+    corpora.manifest_output(a.output)  # a wrong kind of output is refused before the scan
     df, skipped = corpora.build_manifest(
         a.corpus, a.root, labels=a.labels, speaker_regex=a.speaker_regex
     )
@@ -204,6 +205,15 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from stlser.cli.predict import load_recognizer
     from stlser.service import serve
+    from stlser.service.app import check_options
+
+    check_options(  # before the model loads
+        max_mb=a.max_mb,
+        max_seconds=a.max_seconds,
+        max_uploads=a.max_uploads,
+        read_timeout=a.read_timeout,
+        port=a.port,
+    )
 
     labels = [x for x in (a.labels or "").split(",") if x.strip()] or None
     serve(
