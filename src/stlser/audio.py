@@ -261,26 +261,29 @@ def _prescan_peak(f: sf.SoundFile, source: object, cap: int | None = None) -> fl
     if not _is_float(f) or not f.seekable():
         return None
     pos = f.tell()
-    peak, got = 0.0, 0
     try:
-        while True:
-            want = BLOCK_FRAMES
-            x = f.read(frames=want, dtype=_read_dtype(f), always_2d=True)
-            if x.shape[0] == 0:
-                break
-            got += x.shape[0]
-            if cap is not None and got > cap:
-                raise AudioTooLarge(
-                    source, f"audio longer than its header says (over {cap} frames)"
-                )
-            m = to_mono(x)
-            _refuse_nonfinite(m, source)
-            peak = max(peak, _peak(m))
-            if x.shape[0] < want:
-                break
+        return _scan(f, source, cap)[1]
     finally:
         f.seek(pos)
-    return peak
+
+
+def _scan(f: sf.SoundFile, source: object, cap: int | None) -> tuple[int, float]:
+    """(frames, mono peak) of the rest of `f`, read block by block and kept nowhere; more than
+    `cap` frames is AudioTooLarge, a NaN or inf sample AudioError."""
+    peak, got = 0.0, 0
+    while True:
+        x = f.read(frames=BLOCK_FRAMES, dtype=_read_dtype(f), always_2d=True)
+        if x.shape[0] == 0:
+            break
+        got += x.shape[0]
+        if cap is not None and got > cap:
+            raise AudioTooLarge(source, f"audio longer than its header says (over {cap} frames)")
+        m = to_mono(x)
+        _refuse_nonfinite(m, source)
+        peak = max(peak, _peak(m))
+        if x.shape[0] < BLOCK_FRAMES:
+            break
+    return got, peak
 
 
 def check_limits(meta: AudioInfo, source: object, max_seconds: float | None = None) -> None:
@@ -326,22 +329,8 @@ def check(
         cap = (
             None if max_seconds is None else int(max_seconds * meta.sample_rate) + meta.sample_rate
         )
-        got, peak = 0, 0.0
         try:
-            while True:
-                x = f.read(frames=BLOCK_FRAMES, dtype=_read_dtype(f), always_2d=True)
-                if x.shape[0] == 0:
-                    break
-                got += x.shape[0]
-                if cap is not None and got > cap:
-                    raise AudioTooLarge(
-                        source, f"audio longer than its header says (over {cap} frames)"
-                    )
-                m = to_mono(x)
-                _refuse_nonfinite(m, source)
-                peak = max(peak, _peak(m))
-                if x.shape[0] < BLOCK_FRAMES:
-                    break
+            got, peak = _scan(f, source, cap)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError(source, f"truncated or corrupt audio ({_short(e)})") from None
     if meta.frames > 0 and got < meta.frames:

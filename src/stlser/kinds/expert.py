@@ -15,20 +15,17 @@ loads with ``weights_only=True``.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from stlser import __version__
 from stlser.config import ExpertConfig
 from stlser.heads import LogisticHeads, Prior, fit_heads
 from stlser.kinds import functionals
-from stlser.kinds.base import FoldOutput, Kind
-from stlser.safety import check_artefact, plain, rebuild, safe_torch_load, weights_digest
-from stlser.utils import atomic_path
+from stlser.kinds.base import FoldOutput
+from stlser.safety import safe_torch_load
 
 FORMAT = "stlser-expert/1"
 SYSTEM = "expert functionals + logistic heads"
@@ -37,45 +34,18 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ artefact (model.pt)
 def save(
-    path: str | Path,
-    model: LogisticHeads,
-    cfg: Any,
-    labels: list[str],
-    meta: dict[str, Any],
+    path: str | Path, model: LogisticHeads, cfg: Any, labels: list[str], meta: dict[str, Any]
 ) -> Path:
     """Write the `stlser-expert/1` artefact atomically (tensors and plain values only)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    art = {
-        "format": FORMAT,
-        "labels": list(labels),
-        "model_config": asdict(cfg.model),
-        "feature_config": asdict(cfg.features),
-        "n_features": int(sum(model.dims)),
-        "normalizer": {"mode": cfg.features.normalize, "applies": "global statistics"},
-        "state_dict": state,
-        "meta": plain({**meta, "stlser_version": __version__}),
-        "weights_sha256": weights_digest(state),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(art, tmp)
-    return Path(path)
+    return functionals.save_artefact(path, FORMAT, model, cfg, labels, meta)
 
 
-def model_sets(art: dict[str, Any]) -> list[str]:
-    """The functional sets an expert artefact reads, in input order."""
-    return [str(s) for s in (art.get("model_config") or {}).get("functionals") or []]
+model_sets = functionals.FunctionalsKind.sets
 
 
 def from_artefact(path: str | Path, art: dict | None = None) -> tuple[LogisticHeads, dict]:
     """Rebuild the model from its artefact (loaded safely unless `art` is given)."""
-    if art is None:
-        art = safe_torch_load(path, "model artefact")
-    art = check_artefact(path, art, FORMAT)
-
-    def build() -> LogisticHeads:
-        return LogisticHeads(functionals.set_dims(model_sets(art)), len(art["labels"]))
-
-    return rebuild(path, build, art["state_dict"]), art
+    return functionals.read_artefact(path, art, FORMAT, LogisticHeads)  # type: ignore[return-value]
 
 
 def read_init(spec: str, sets: list[str]) -> tuple[Path, dict[str, Any]]:
@@ -135,7 +105,7 @@ def init_priors(
 
 
 # ------------------------------------------------------------------------------ the kind
-class ExpertKind(Kind):
+class ExpertKind(functionals.FunctionalsKind):
     name = "expert"
     config = ExpertConfig
     formats = (FORMAT,)
@@ -187,24 +157,12 @@ class ExpertKind(Kind):
             "pos": {u: i for i, u in enumerate(df["utt_id"].astype(str))},
         }
 
-    def fit(
-        self,
-        cfg: Any,
-        data: dict[str, Any],
-        fold: Any,
-        out: Path,
-        resume: bool = False,
-        callbacks: Any = None,
-    ) -> FoldOutput:
+    def fit(self, cfg: Any, data: dict[str, Any], fold: Any, out: Path, *_: Any) -> FoldOutput:
         """Normalise with the training speakers' statistics, fit the heads
         (`stlser.heads.fit_heads`), save the artefact, score the test rows."""
         from stlser.features import normalize_functionals
 
-        pos = data["pos"]
-        tr, va, te = (
-            np.asarray([pos[str(u)] for u in part], np.int64)
-            for part in (fold.train, fold.val, fold.test)
-        )
+        tr, va, te = functionals.fold_rows(data["pos"], fold)
         X, n = data["X"], data["n"]
         fit = np.concatenate([tr, va])
         copies = None
@@ -252,29 +210,8 @@ class ExpertKind(Kind):
             "speed_copies": list(m.speeds),
         }
 
-    def load(self, path: str | Path, art: dict[str, Any]) -> LogisticHeads:
-        return from_artefact(path, art)[0]
+    def read_model(self, path: str | Path, art: dict[str, Any]) -> tuple[LogisticHeads, dict]:
+        return from_artefact(path, art)
 
-    def recognizer(self, path: str | Path, art: dict[str, Any]) -> Any:
-        model, art = from_artefact(path, art)
-        return functionals.recognizer(model, art, model_sets(art), self.name, path)
-
-    def export(self, path: str | Path, art: dict[str, Any], out: str | Path, **kw: Any) -> Path:
-        model, art = from_artefact(path, art)
-        return functionals.export(model, art, model_sets(art), self.name, out)
-
-    def score(self, path: str | Path, art: dict[str, Any], df: Any, cache_dir: str | None) -> Any:
-        from stlser.config import FeatureConfig
-
-        model, art = from_artefact(path, art)
-        X = functionals.load_matrix(df, model_sets(art), cache_dir, progress=False)
-        fc = FeatureConfig(**art["feature_config"])
-        with torch.no_grad():
-            if fc.normalize != "speaker":  # the stored global statistics, as in prediction
-                return model(torch.as_tensor(X, dtype=torch.float32)).numpy()
-            Z = functionals.speakers_normalised(X.astype(np.float64), df, fc)
-            lp = model.log_probs(torch.as_tensor(Z, dtype=torch.float32))
-        return torch.softmax(lp, -1).numpy()
-
-    def describe(self, art: dict[str, Any]) -> dict[str, Any]:
-        return {**super().describe(art), "functionals": model_sets(art)}
+    def speaker_probs(self, model: LogisticHeads, z: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model.log_probs(z), -1)

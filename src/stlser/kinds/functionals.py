@@ -17,7 +17,54 @@ import numpy as np
 import torch
 
 from stlser import __version__
+from stlser.kinds.base import Kind
 from stlser.recognizer import SAMPLE_RATE, BaseRecognizer
+
+
+def save_artefact(
+    path: str | Path,
+    fmt: str,
+    model: torch.nn.Module,
+    cfg: Any,
+    labels: list[str],
+    meta: dict[str, Any],
+) -> Path:
+    """Write a functionals model's artefact (format `fmt`) atomically: tensors and plain
+    values only, with the weights' checksum."""
+    from dataclasses import asdict
+
+    from stlser.safety import plain, weights_digest
+    from stlser.utils import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    art = {
+        "format": fmt,
+        "labels": list(labels),
+        "model_config": asdict(cfg.model),
+        "feature_config": asdict(cfg.features),
+        "n_features": int(sum(set_dims(list(cfg.model.functionals)))),
+        "normalizer": {"mode": cfg.features.normalize, "applies": "global statistics"},
+        "state_dict": state,
+        "meta": plain({**meta, "stlser_version": __version__}),
+        "weights_sha256": weights_digest(state),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(art, tmp)
+    return Path(path)
+
+
+def read_artefact(
+    path: str | Path, art: dict | None, fmt: str, build: Any
+) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a functionals model from its artefact (read safely unless `art` is given):
+    `build(dims, n_classes)` makes the empty model the stored weights are checked against."""
+    from stlser.safety import check_artefact, rebuild, safe_torch_load
+
+    if art is None:
+        art = safe_torch_load(path, "model artefact")
+    art = check_artefact(path, art, fmt)
+    dims = set_dims(FunctionalsKind.sets(art))
+    return rebuild(path, lambda: build(dims, len(art["labels"])), art["state_dict"]), art
 
 
 def set_dims(sets: list[str]) -> list[int]:
@@ -47,6 +94,14 @@ def load_matrix(
     if bad.any():
         X[bad] = 0.0
     return X
+
+
+def fold_rows(pos: dict[str, int], fold: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The row indices (manifest order, `pos`: utt_id → row) of a fold's train, val, test."""
+    return tuple(  # type: ignore[return-value]
+        np.asarray([pos[str(u)] for u in part], np.int64)
+        for part in (fold.train, fold.val, fold.test)
+    )
 
 
 def speakers_normalised(
@@ -134,3 +189,47 @@ def export(
 def model_size(model: torch.nn.Module) -> int:
     """Parameters, or (a model held in buffers) the buffers' size."""
     return int(sum(b.numel() for b in model.buffers()))
+
+
+class FunctionalsKind(Kind):
+    """A kind whose model reads one vector of functionals per clip (`expert`, `svm`): loading,
+    the runtime, the ONNX graph and `stlser evaluate` are the same for all of them; a subclass
+    says how its artefact is rebuilt (`read_model`) and how its model scores speaker-normalised
+    functionals (`speaker_probs`)."""
+
+    def read_model(self, path: str | Path, art: dict[str, Any]) -> tuple[torch.nn.Module, dict]:
+        raise NotImplementedError
+
+    def speaker_probs(self, model: Any, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def sets(art: dict[str, Any]) -> list[str]:
+        """The functional sets an artefact reads, in input order."""
+        return [str(s) for s in (art.get("model_config") or {}).get("functionals") or []]
+
+    def load(self, path: str | Path, art: dict[str, Any]) -> Any:
+        return self.read_model(path, art)[0]
+
+    def recognizer(self, path: str | Path, art: dict[str, Any]) -> FunctionalsRecognizer:
+        model, art = self.read_model(path, art)
+        return recognizer(model, art, self.sets(art), self.name, path)
+
+    def export(self, path: str | Path, art: dict[str, Any], out: str | Path, **kw: Any) -> Path:
+        model, art = self.read_model(path, art)
+        return export(model, art, self.sets(art), self.name, out)
+
+    def score(self, path: str | Path, art: dict[str, Any], df: Any, cache_dir: str | None) -> Any:
+        from stlser.config import FeatureConfig
+
+        model, art = self.read_model(path, art)
+        X = load_matrix(df, self.sets(art), cache_dir, progress=False).astype(np.float64)
+        fc = FeatureConfig(**art["feature_config"])
+        with torch.no_grad():
+            if fc.normalize != "speaker":  # the stored global statistics, as in prediction
+                return model(torch.as_tensor(X, dtype=torch.float32)).numpy()
+            Z = speakers_normalised(X, df, fc)
+            return self.speaker_probs(model, torch.as_tensor(Z, dtype=torch.float32)).numpy()
+
+    def describe(self, art: dict[str, Any]) -> dict[str, Any]:
+        return {**super().describe(art), "functionals": self.sets(art)}

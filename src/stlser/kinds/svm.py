@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from stlser import __version__
 from stlser.config import SvmConfig
 from stlser.kinds import functionals
-from stlser.kinds.base import FoldOutput, Kind
+from stlser.kinds.base import FoldOutput
 from stlser.metrics import ua
-from stlser.safety import check_artefact, plain, rebuild, safe_torch_load, weights_digest
-from stlser.utils import atomic_path
 
 FORMAT = "stlser-svm/1"
 SYSTEM = "egemaps+linear-svm"
@@ -185,36 +182,20 @@ def to_model(clf: Any, raw: np.ndarray, labels: list[str]) -> SvmModel:
 
 
 def save(path: Path, model: SvmModel, cfg: Any, labels: list[str], meta: dict[str, Any]) -> Path:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    art = {
-        "format": FORMAT,
-        "labels": list(labels),
-        "model_config": asdict(cfg.model),
-        "feature_config": asdict(cfg.features),
-        "n_features": int(model.dim),
-        "normalizer": {"mode": cfg.features.normalize, "applies": "global statistics"},
-        "state_dict": state,
-        "meta": plain({**meta, "stlser_version": __version__}),
-        "weights_sha256": weights_digest(state),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(art, tmp)
-    return Path(path)
+    """Write the `stlser-svm/1` artefact atomically (tensors and plain values only)."""
+    return functionals.save_artefact(path, FORMAT, model, cfg, labels, meta)
 
 
 def from_artefact(path: str | Path, art: dict | None = None) -> tuple[SvmModel, dict]:
-    if art is None:
-        art = safe_torch_load(path, "model artefact")
-    art = check_artefact(path, art, FORMAT)
-    sets = list(art["model_config"].get("functionals") or [])
+    """Rebuild the model from its artefact (loaded safely unless `art` is given)."""
 
-    def build() -> SvmModel:
-        return SvmModel(int(sum(functionals.set_dims(sets))), len(art["labels"]))
+    def build(dims: list[int], n_classes: int) -> SvmModel:
+        return SvmModel(int(sum(dims)), n_classes)
 
-    return rebuild(path, build, art["state_dict"]), art
+    return functionals.read_artefact(path, art, FORMAT, build)  # type: ignore[return-value]
 
 
-class SvmKind(Kind):
+class SvmKind(functionals.FunctionalsKind):
     name = "svm"
     config = SvmConfig
     formats = (FORMAT,)
@@ -238,22 +219,10 @@ class SvmKind(Kind):
             "pos": {u: i for i, u in enumerate(df["utt_id"].astype(str))},
         }
 
-    def fit(
-        self,
-        cfg: Any,
-        data: dict[str, Any],
-        fold: Any,
-        out: Path,
-        resume: bool = False,
-        callbacks: Any = None,
-    ) -> FoldOutput:
+    def fit(self, cfg: Any, data: dict[str, Any], fold: Any, out: Path, *_: Any) -> FoldOutput:
         from stlser.features import normalize_functionals
 
-        pos = data["pos"]
-        tr, va, te = (
-            np.asarray([pos[str(u)] for u in part], np.int64)
-            for part in (fold.train, fold.val, fold.test)
-        )
+        tr, va, te = functionals.fold_rows(data["pos"], fold)
         X, y, spk, glob = data["X"], data["y"], data["speakers"], data["glob"]
         m, mode = cfg.model, cfg.features.normalize
         grid_cw = [None if w == "none" else w for w in m.class_weights]
@@ -316,28 +285,8 @@ class SvmKind(Kind):
             "n_params": max((i.get("n_params", 0) for i in infos), default=0),
         }
 
-    def load(self, path: str | Path, art: dict[str, Any]) -> SvmModel:
-        return from_artefact(path, art)[0]
+    def read_model(self, path: str | Path, art: dict[str, Any]) -> tuple[SvmModel, dict]:
+        return from_artefact(path, art)
 
-    def recognizer(self, path: str | Path, art: dict[str, Any]) -> Any:
-        model, art = from_artefact(path, art)
-        sets = list(art["model_config"]["functionals"])
-        return functionals.recognizer(model, art, sets, self.name, path)
-
-    def export(self, path: str | Path, art: dict[str, Any], out: str | Path, **kw: Any) -> Path:
-        model, art = from_artefact(path, art)
-        sets = list(art["model_config"]["functionals"])
-        return functionals.export(model, art, sets, self.name, out)
-
-    def score(self, path: str | Path, art: dict[str, Any], df: Any, cache_dir: str | None) -> Any:
-        from stlser.config import FeatureConfig
-
-        model, art = from_artefact(path, art)
-        sets = list(art["model_config"]["functionals"])
-        X = functionals.load_matrix(df, sets, cache_dir, progress=False).astype(np.float64)
-        fc = FeatureConfig(**art["feature_config"])
-        with torch.no_grad():
-            if fc.normalize != "speaker":
-                return model(torch.as_tensor(X, dtype=torch.float32)).numpy()
-            Z = functionals.speakers_normalised(X, df, fc)
-            return torch.softmax(model.scores(torch.as_tensor(Z, dtype=torch.float32)), -1).numpy()
+    def speaker_probs(self, model: SvmModel, z: Tensor) -> Tensor:
+        return torch.softmax(model.scores(z), -1)
