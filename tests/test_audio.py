@@ -13,7 +13,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stlser import audio
+from stlser import audio, riff
 from stlser.audio import AudioError
 from stlser.testing import tone, wav_bytes
 
@@ -111,16 +111,14 @@ def test_streaming_sizes_and_trailing_chunks_are_not_truncation(tmp_path):
     pos = data.index(b"data")
     # a streaming writer that never went back to fill in the size
     unknown = bytes(data[: pos + 4]) + struct.pack("<I", 0xFFFFFFFF) + bytes(data[pos + 8 :])
-    assert audio.riff_truncation(io.BytesIO(unknown)) is None
+    assert riff.truncation(io.BytesIO(unknown)) is None
     # metadata after the audio (LIST chunk) is fine
     extra = b"LIST" + struct.pack("<I", 10) + b"INFOabcdef"
     with_list = bytearray(data + extra)
     with_list[4:8] = struct.pack("<I", len(with_list) - 8)
     assert audio.load(bytes(with_list)).shape == (SR,)
     # not a WAV at all: not our business
-    assert (
-        audio.riff_truncation(io.BytesIO(wav_bytes(tone(), subtype="PCM_16", fmt="FLAC"))) is None
-    )
+    assert riff.truncation(io.BytesIO(wav_bytes(tone(), subtype="PCM_16", fmt="FLAC"))) is None
 
 
 def test_truncated_flac_raises(tmp_path):

@@ -530,7 +530,7 @@ def _server(app, header_timeout: float = 10.0):
     """The configuration `stlser serve` runs (`server_config`), on 127.0.0.1, in a thread."""
     import uvicorn
 
-    from stlser.service.app import server_config
+    from stlser.service.server import server_config
 
     port = _free_port()
     server = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout, "warning"))
@@ -638,7 +638,7 @@ def test_one_client_cannot_take_every_upload_slot(slow_app):
 _MEM_SERVER = r"""
 import sys, uvicorn
 from stlser.service import create_app
-from stlser.service.app import server_config
+from stlser.service.server import server_config
 app = create_app(sys.argv[1], max_seconds=300)
 uvicorn.Server(server_config(app, "127.0.0.1", int(sys.argv[2]), log_level="warning")).run()
 """

@@ -12,7 +12,10 @@ and `iter_blocks` on a seekable source, which measures the peak in a first block
 scaled by one factor, so a clip at peak 1.5 or x 1e30 gives the same samples as at peak 1.0.
 Streams that cannot be read twice (non-seekable file objects, `Recognizer.stream` chunks) are
 divided by the largest peak seen so far (never above 1.0; consistent once the loudest block has
-passed). Integer PCM never exceeds full scale.
+passed).
+
+Why this is one module: every way audio enters (files, bytes, file objects, arrays, blocks,
+live chunks) shares one set of checks and one full-scale policy, and they are read together.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import io
 import logging
 import math
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
+
+from stlser import riff
 
 SAMPLE_RATE = 16_000
 #: Shortest clip the network accepts (its CNN pools time by 16; 0.25 s gives >= 1 step).
@@ -129,63 +133,8 @@ def _open(source: Source) -> sf.SoundFile:
         raise AudioError(source, f"not readable as audio ({_short(e)})") from None
 
 
-#: Sizes a streaming writer leaves in the header when it does not know the final length.
-_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
-
-
-def riff_truncation(fh: BinaryIO) -> str | None:
-    """Return why a RIFF/RF64 WAV stream is truncated, or None (also for any other format).
-
-    libsndfile silently reads the frames that are present when a WAV is cut short, so a file cut
-    in half would pass as a shorter clip. The `data` chunk's declared size (from ds64 for RF64)
-    is compared with the bytes that follow it. Unknown sizes (0 or 0xFFFFFFFF, written by
-    streaming recorders) are accepted. The stream position is restored.
-    """
-    try:
-        if not fh.seekable():
-            return None
-        base = fh.tell()
-    except (AttributeError, OSError, ValueError):
-        return None
-    try:
-        end = fh.seek(0, os.SEEK_END)
-        fh.seek(base)
-        head = fh.read(12)
-        if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX", b"RF64"):
-            return None
-        order = ">" if head[:4] == b"RIFX" else "<"
-        pos, ds64_data = base + 12, None
-        for _ in range(10_000):  # chunk walk; a sane WAV has a handful of chunks
-            fh.seek(pos)
-            chunk = fh.read(8)
-            if len(chunk) < 8:
-                return None  # no data chunk: let libsndfile report what is wrong
-            cid, (size,) = chunk[:4], struct.unpack(order + "I", chunk[4:])
-            if cid == b"ds64":
-                body = fh.read(16)
-                if len(body) == 16:
-                    (ds64_data,) = struct.unpack("<Q", body[8:16])
-            elif cid == b"data":
-                declared = size
-                if head[:4] == b"RF64" and size == 0xFFFFFFFF and ds64_data is not None:
-                    declared = ds64_data
-                if declared in _UNKNOWN_SIZES:
-                    return None
-                held = end - (pos + 8)
-                if held < declared:
-                    return (
-                        f"truncated: header declares {declared} bytes of audio data, "
-                        f"the file holds {max(held, 0)}"
-                    )
-                return None
-            pos += 8 + size + (size & 1)
-        return None
-    finally:
-        fh.seek(base)
-
-
 def _check_riff(fh: BinaryIO, source: object) -> None:
-    reason = riff_truncation(fh)
+    reason = riff.truncation(fh)
     if reason:
         raise AudioError(source, reason)
 

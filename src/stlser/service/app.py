@@ -5,6 +5,9 @@ passed), the audio header is checked for duration before any decoding, and the c
 only by decoding it (never by file name or content type). Nothing the client sends becomes a
 server path and no file is written: uploads are parsed and decoded in memory. Every error is JSON
 ``{"error": "<plain message>"}`` with a 4xx status (5xx only for a bug in the server).
+
+Why this is one module: the endpoints and the limits they enforce on what a client sends are
+read together; how uvicorn itself runs is `stlser.service.server`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from stlser import __version__
 from stlser import audio as audio_mod
 from stlser.safety import ModelRunError
+from stlser.service.server import server_config
 
 log = logging.getLogger("stlser.service")
 
@@ -50,12 +54,6 @@ MIN_RATE = 8 * 1024
 MIN_RATE_GRACE = 3.0
 #: Uploads one client (IP address) may have in flight at once; one more gets 429.
 MAX_UPLOADS_PER_CLIENT = 2
-#: Seconds a connection may take to send a request's headers (uvicorn has no such limit).
-HEADER_TIMEOUT = 10.0
-#: Seconds an idle keep-alive connection is kept open.
-KEEP_ALIVE = 5.0
-#: Largest request head (request line and headers) in bytes.
-MAX_HEADER_BYTES = 16 * 1024
 #: Audio classified per forward pass: longer uploads to /predict are decoded block by block
 #: and classified in equal windows of at most this length (probabilities averaged by length);
 #: /segments batches at most this much audio. Bounds a request's memory to about `--max-mb`
@@ -599,82 +597,3 @@ def serve(
         f"stlser service: http://{host}:{port}/  (labels: {', '.join(app.state.recognizer.labels)})"
     )
     uvicorn.Server(server_config(app, host, port)).run()
-
-
-def server_config(
-    app: Any,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    header_timeout: float = HEADER_TIMEOUT,
-    log_level: str = "info",
-) -> Any:
-    """The uvicorn configuration `serve` runs: the h11 protocol with a header timeout
-    (`HeaderTimeoutProtocol`), a short keep-alive, and a bound on the request head's size."""
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        http=header_timeout_protocol(header_timeout),
-        timeout_keep_alive=int(KEEP_ALIVE),
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-    )
-
-
-def header_timeout_protocol(timeout: float = HEADER_TIMEOUT) -> type:
-    """uvicorn's h11 protocol, plus a limit it lacks: a connection must deliver each request's
-    line and headers within `timeout` seconds of connecting (or of the previous response),
-    else it gets 408 and is closed. (Slow *bodies* are the app's: `_read_body`.)"""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    body = b'{"error": "request headers did not arrive in time"}'
-    reply = (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-
-    class HeaderTimeoutProtocol(H11Protocol):
-        header_timeout = float(timeout)
-
-        def _arm(self) -> None:
-            """The head of the next request is due within `header_timeout` seconds."""
-            self._disarm()
-            self._head_cycle = self.cycle  # a new cycle (a request began) disarms the timer
-            self._head_timer = self.loop.call_later(self.header_timeout, self._head_expired)
-
-        def _disarm(self) -> None:
-            timer = getattr(self, "_head_timer", None)
-            if timer is not None:
-                timer.cancel()
-            self._head_timer = None
-
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.cycle is not getattr(self, "_head_cycle", None):
-                self._disarm()
-
-        def on_response_complete(self) -> None:
-            if not self.transport.is_closing():
-                self._arm()  # before super(): it may begin a pipelined request (disarms)
-            super().on_response_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _head_expired(self) -> None:
-            self._head_timer = None
-            if self.transport.is_closing() or self.cycle is not self._head_cycle:
-                return
-            if self.conn.our_state in (h11.IDLE, h11.DONE):  # nothing of ours in flight
-                self.transport.write(reply)
-            self.transport.close()
-
-    return HeaderTimeoutProtocol
