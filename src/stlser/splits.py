@@ -215,7 +215,7 @@ def _predefined_folds(
             lab = df["label"].astype(str)
             for label in sorted(lab[~is_test].unique()):
                 rows = sorted(df.index[~is_test & (lab == label)], key=lambda r: ids[r])
-                n_val = max(1, round(len(rows) * val_fraction)) if len(rows) >= 3 else 0
+                n_val = max(1, round(len(rows) * val_fraction)) if len(rows) >= 2 else 0
                 is_val[[rows[j] for j in rng.permutation(len(rows))[:n_val]]] = True
         is_train = ~is_test & ~is_val
         keys = {p: {speaker_key(s) for s in spk[m]} for p, m in (("tr", is_train), ("va", is_val))}
