@@ -3,7 +3,12 @@
 Speaker-independent protocols (the honest default) keep every speaker in exactly one part of
 a fold; validation speakers for early stopping are whole speakers carved out of the training
 speakers, never out of the test fold. The paper's random 7/1/2 split is offered for
-reproduction only and is marked ``speaker_independent=False`` ("speaker-dependent").
+reproduction only and is marked ``speaker_independent=False`` ("speaker-dependent"). The
+``predefined`` protocol takes a benchmark's own test folds from the manifest's ``fold`` column
+and states, fold by fold, whether they share speakers.
+
+Why this is one module: the protocols and the leak check that vets their folds share one fold
+record and one notion of speaker and file identity.
 """
 
 from __future__ import annotations
