@@ -49,9 +49,8 @@ def cmd_manifest(a: argparse.Namespace) -> int:
         audio=a.audio,
         duplicates=a.duplicates,
     )
-    out = corpora.write_manifest(df, skipped, a.output)
     dup = pd.DataFrame(df.attrs.get("duplicates", []), columns=corpora.duplicates.COLUMNS)
-    corpora.duplicates.write(dup, out.parent / "duplicates.csv")
+    out = corpora.write_manifest(df, skipped, a.output, duplicates=dup)
     print(corpora.summarize(df, skipped))
     print(corpora.duplicates.describe(dup, a.duplicates))
     print(f"manifest: {out}")

@@ -271,9 +271,13 @@ def manifest_output(out: str | os.PathLike) -> Path:
 
 
 def write_manifest(
-    df: pd.DataFrame, skipped: Iterable[tuple[str, str]], out: str | os.PathLike
+    df: pd.DataFrame,
+    skipped: Iterable[tuple[str, str]],
+    out: str | os.PathLike,
+    duplicates: pd.DataFrame | None = None,
 ) -> Path:
-    """Write the manifest CSV atomically and ``skipped.csv`` (path,reason) beside it.
+    """Write the manifest CSV atomically and ``skipped.csv`` (path,reason) beside it, and the
+    table of byte-identical files (`duplicates.apply`) as ``duplicates.csv`` when given.
 
     `out` may be a folder (an existing one, or a path without suffix) → ``<out>/manifest.csv``;
     an output of another kind is refused (`manifest_output`).
@@ -286,6 +290,9 @@ def write_manifest(
         escape_frame(df).to_csv(tmp_manifest, index=False)
         with atomic_path(p.parent / "skipped.csv") as tmp_skipped:
             escape_frame(skip).to_csv(tmp_skipped, index=False)
+            if duplicates is not None:
+                with atomic_path(p.parent / "duplicates.csv") as tmp_dup:
+                    escape_frame(duplicates).to_csv(tmp_dup, index=False)
     return p
 
 

@@ -9,13 +9,11 @@ disagree on the label is skipped entirely (``duplicate with conflicting labels``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
-from stlser.utils import atomic_path, escape_frame, printable
+from stlser.utils import printable
 
 MODES = ("error", "drop")
 CONFLICT = "duplicate with conflicting labels"
@@ -70,14 +68,6 @@ def apply(
     out = df[~df["utt_id"].astype(str).isin(drop)].reset_index(drop=True)
     out.attrs = dict(df.attrs)
     return out, skipped, pd.DataFrame(table, columns=cols)
-
-
-def write(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """The complete list (atomic CSV)."""
-    p = Path(path)
-    with atomic_path(p) as tmp:
-        escape_frame(table).to_csv(tmp, index=False)
-    return p
 
 
 def describe(table: pd.DataFrame, mode: str, limit: int = SHOW) -> str:
