@@ -156,6 +156,9 @@ def test_predefined_folds_sharing_speakers_are_speaker_dependent(tmp_path: Path)
     assert all("1001" not in f.val_speakers for f in folds)  # val prefers non-test speakers
     text = splits.summarize(folds, df)
     assert "speaker-dependent" in text and "speaker-independent" not in text
+    assert "fold-1: speaker-dependent: the benchmark's folds share 1 speaker(s) " in text
+    assert "fold-2: speaker-dependent: the benchmark's folds share 1 speaker(s) " in text
+    assert "(1001)" in text
     # the same file in training and test is still refused
     dup = df[df["utt_id"] == "cremad-1003-DFA-ANG-XX"].copy()
     dup["utt_id"], dup["fold"] = "copy", "1"
@@ -171,7 +174,7 @@ def test_predefined_without_speakers_random_validation(tmp_path: Path) -> None:
     for f in folds:
         assert not f.speaker_independent and f.test_speakers == [] and len(f.val) == 4
         assert not set(f.val) & set(f.test) and len(f.train) == 4
-    assert "speaker-dependent" in splits.summarize(folds, df)
+    assert "does not name every speaker" in splits.summarize(folds, df)
 
 
 def test_predefined_refusals() -> None:

@@ -562,7 +562,24 @@ def summarize(folds: Sequence[Fold], df: pd.DataFrame) -> str:
                 c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=True)
             ).rstrip()
         )
+    lines += [f"{f.name}: {why}" for f in folds if (why := shared_speakers(f, df))]
     return "\n".join(lines)
+
+
+def shared_speakers(fold: Fold, df: pd.DataFrame) -> str:
+    """Why a ``predefined`` fold is speaker-dependent ('' when it is not, or is another
+    protocol's): the benchmark's test speakers also in training, or speakers unknown."""
+    if fold.protocol != "predefined" or fold.speaker_independent:
+        return ""
+    if "speaker" not in df.columns or (df["speaker"].astype(str).str.strip() == "").any():
+        return "speaker-dependent: the manifest does not name every speaker"
+    of = dict(zip(df["utt_id"].astype(str), df["speaker"].astype(str), strict=True))
+    test = {speaker_key(of[u]) for u in fold.test}
+    both = sorted({of[u] for u in [*fold.train, *fold.val] if speaker_key(of[u]) in test})
+    return (
+        f"speaker-dependent: the benchmark's folds share {len(both)} speaker(s) between "
+        f"training and test ({_short(both)})"
+    )
 
 
 def _short(items: Sequence[str], limit: int = 4) -> str:
