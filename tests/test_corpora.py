@@ -162,6 +162,7 @@ def test_registry_and_argument_errors(tmp_path: Path) -> None:
         "savee",
         "casia",
         "nemo",
+        "emobox",
         "folder",
         "csv",
         "synth",

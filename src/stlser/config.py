@@ -37,11 +37,12 @@ class DataConfig:
     labels: Literal["native", "4class"] = "native"
     manifest: str = ""  # an existing manifest CSV (skips the corpus scan)
     pool: list[str] = field(default_factory=list)  # stlser pretrain: corpora under `root`
+    duplicates: Literal["error", "drop"] = "error"  # identical files: stlser.corpora.duplicates
 
 
 @dataclass
 class SplitConfig:
-    protocol: Literal["loso", "loso-session", "group-kfold", "paper"] = "loso"
+    protocol: Literal["loso", "loso-session", "group-kfold", "paper", "predefined"] = "loso"
     k: int = 5  # folds for group-kfold
     val_speakers: int = 1  # whole training speakers held out for validation (speaker-independent)
     val_fraction: float = 0.1  # paper protocol: validation share (7/1/2 → 0.1)
@@ -139,8 +140,7 @@ class NetworkConfig:
     """The paper's CNN-BiLSTM-STL on frame features (`stlser.kinds.network`)."""
 
     kind: Literal["network"] = "network"
-    # fine-tuning: start from the weights of another network's model.pt (compatible weights
-    # loaded, the classifier mapped by label)
+    # fine-tuning: start from another network's model.pt (compatible weights; classifier by label)
     init: str | None = None
     channels: list[int] = field(default_factory=lambda: [16, 32, 48, 72, 96, 128])
     pool_time: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1, 1])

@@ -83,10 +83,15 @@ def prepare(
     skipped: list = []
     if cfg.data.manifest:
         df = corpora.read_manifest(cfg.data.manifest)
+        if cfg.data.duplicates == "drop":
+            dup = corpora.duplicates
+            df, skipped, _ = dup.apply(df, dup.find(df), "drop")
     else:
         if not cfg.data.root:
             raise ValueError("config needs data.root (corpus folder) or data.manifest")
-        df, skipped = corpora.build_manifest(cfg.data.corpus, cfg.data.root, labels=cfg.data.labels)
+        df, skipped = corpora.build_manifest(
+            cfg.data.corpus, cfg.data.root, labels=cfg.data.labels, duplicates=cfg.data.duplicates
+        )
     labels = sorted(df["label"].astype(str).unique().tolist())
     if len(labels) < 2:
         raise ValueError(

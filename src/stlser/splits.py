@@ -3,7 +3,12 @@
 Speaker-independent protocols (the honest default) keep every speaker in exactly one part of
 a fold; validation speakers for early stopping are whole speakers carved out of the training
 speakers, never out of the test fold. The paper's random 7/1/2 split is offered for
-reproduction only and is marked ``speaker_independent=False`` ("speaker-dependent").
+reproduction only and is marked ``speaker_independent=False`` ("speaker-dependent"). The
+``predefined`` protocol takes a benchmark's own test folds from the manifest's ``fold`` column
+and states, fold by fold, whether they share speakers.
+
+Why this is one module: the protocols and the leak check that vets their folds share one fold
+record and one notion of speaker and file identity.
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ import pandas as pd
 
 from stlser.utils import write_json
 
-PROTOCOLS = ("loso", "loso-session", "group-kfold", "paper")
+PROTOCOLS = ("loso", "loso-session", "group-kfold", "paper", "predefined")
 PROTOCOL_LABELS = {
     "loso": "leave-one-speaker-out (speaker-independent)",
     "loso-session": "leave-one-session-out (speaker-independent)",
     "group-kfold": "speaker-grouped k-fold (speaker-independent)",
     "paper": "paper's random 7/1/2 split (speaker-dependent: speakers shared by train/val/test)",
+    "predefined": "the benchmark's own test folds (manifest column 'fold')",
 }
 FORMAT = "stlser-splits/1"
+#: ``fold`` value of rows the predefined protocol never tests (always training).
+TRAIN_ONLY = "none"
 #: Candidate validation-speaker sets examined per fold (combinations can explode).
 _MAX_COMBOS = 2000
 
@@ -163,6 +171,77 @@ def _paper_fold(df: pd.DataFrame, seed: int, val_fraction: float, test_fraction:
     return fold
 
 
+def _predefined_folds(
+    df: pd.DataFrame, seed: int, val_speakers: int, val_fraction: float
+) -> list[Fold]:
+    """One fold per distinct value of the manifest's ``fold`` column (numbers in numeric order):
+    test = its rows, train = the rows of the other folds (rows of fold ``none`` are always
+    training rows).
+
+    Validation is `val_speakers` whole speakers drawn (seeded) from the training speakers,
+    preferring speakers absent from the test fold. A fold whose parts share a speaker is marked
+    ``speaker_independent=False`` (several benchmarks' own folds do). Without a speaker for
+    every utterance, validation is a stratified random `val_fraction` of the training rows and
+    the fold is speaker-dependent.
+    """
+    if "fold" not in df.columns:
+        raise ValueError(
+            "the predefined protocol needs a 'fold' column in the manifest (the test fold of "
+            "each utterance, e.g. from `stlser manifest --corpus emobox`)"
+        )
+    fold_of = df["fold"].astype(str).str.strip()
+    if (fold_of == "").any():
+        raise ValueError(f"{int((fold_of == '').sum())} utterance(s) have no fold")
+    names = sorted(
+        set(fold_of) - {TRAIN_ONLY}, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s)
+    )
+    if not names or (len(names) < 2 and not (fold_of == TRAIN_ONLY).any()):
+        raise ValueError(
+            f"the predefined protocol needs two test folds, or one and rows of fold "
+            f"{TRAIN_ONLY!r} (training only); the manifest has {names}"
+        )
+    ids = df["utt_id"].astype(str)
+    spk = df["speaker"].astype(str) if "speaker" in df.columns else pd.Series("", df.index)
+    known = not (spk.str.strip() == "").any()
+    out = []
+    for i, name in enumerate(names):
+        is_test = fold_of == name
+        rng = np.random.default_rng([seed, i])
+        if known:
+            test_spk = sorted(set(spk[is_test]))
+            cand = sorted(set(spk[~is_test]))
+            clean = [s for s in cand if speaker_key(s) not in {speaker_key(t) for t in test_spk}]
+            pool = clean if len(clean) > val_speakers else cand
+            val_spk = _pick_val(df[~is_test & spk.isin(pool)], pool, val_speakers, rng)
+            is_val = ~is_test & spk.isin(val_spk)
+        else:
+            test_spk, val_spk = [], []
+            is_val = pd.Series(False, df.index)
+            lab = df["label"].astype(str)
+            for label in sorted(lab[~is_test].unique()):
+                rows = sorted(df.index[~is_test & (lab == label)], key=lambda r: ids[r])
+                n_val = max(1, round(len(rows) * val_fraction)) if len(rows) >= 2 else 0
+                is_val[[rows[j] for j in rng.permutation(len(rows))[:n_val]]] = True
+        is_train = ~is_test & ~is_val
+        keys = {p: {speaker_key(s) for s in spk[m]} for p, m in (("tr", is_train), ("va", is_val))}
+        test_keys = {speaker_key(s) for s in spk[is_test]}
+        shared = test_keys & (keys["tr"] | keys["va"]) or keys["tr"] & keys["va"]
+        out.append(
+            Fold(
+                name=_safe(f"fold-{name}"),
+                train=ids[is_train].tolist(),
+                val=ids[is_val].tolist(),
+                test=ids[is_test].tolist(),
+                test_speakers=test_spk,
+                val_speakers=val_spk,
+                seed=seed,
+                speaker_independent=known and not shared,
+                protocol="predefined",
+            )
+        )
+    return out
+
+
 def _balanced_groups(df: pd.DataFrame, k: int, seed: int) -> list[list[str]]:
     """Assign speakers to k groups of near-equal utterance counts (largest first, greedy)."""
     counts = df["speaker"].astype(str).value_counts()
@@ -196,6 +275,7 @@ def make_folds(
     - ``group-kfold``: `k` folds of whole speakers, balanced by utterance count.
     - ``paper``: stratified random train/val/test (1 - val - test / val / test, 7/1/2 by default),
       one fold per seed in `seeds` (or `[seed]`); speaker-dependent.
+    - ``predefined``: the benchmark's own folds (:func:`_predefined_folds`).
 
     In the speaker-independent protocols validation is `val_speakers` whole training speakers.
     """
@@ -207,6 +287,8 @@ def make_folds(
         raise ValueError("utt_id values in the manifest are not unique")
     if protocol == "paper":
         return [_paper_fold(df, int(s), val_fraction, test_fraction) for s in (seeds or [seed])]
+    if protocol == "predefined":
+        return _predefined_folds(df, seed, val_speakers, val_fraction)
 
     spk = _speakers(df)
     speakers = sorted(spk.unique())
@@ -383,9 +465,25 @@ def _file_identity(paths: dict[str, str]) -> tuple[dict[str, str], dict[str, str
     return real, digest
 
 
+def duplicate_groups(df: pd.DataFrame) -> list[list[str]]:
+    """Groups (≥ 2, in manifest order; groups ordered by their first member) of utt_ids whose
+    files are one file or byte-identical (hashed only among files of equal size, within
+    HASH_BUDGET)."""
+    if "path" not in df.columns or df.empty:
+        return []
+    ids = df["utt_id"].astype(str).tolist()
+    real, digest = _file_identity(dict(zip(ids, df["path"].astype(str), strict=True)))
+    groups: dict[str, list[str]] = {}
+    for u in ids:
+        if u in real:
+            groups.setdefault(digest.get(u) or f"path:{real[u]}", []).append(u)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def check_files(folds: Sequence[Fold], df: pd.DataFrame) -> None:
     """Raise LeakError when one audio file (same resolved path, or identical content) is in two
-    parts of a fold under different utt_ids."""
+    parts of a fold under different utt_ids; the message lists every such group of the first
+    fold that has one, and the way forward (``data.duplicates=drop``)."""
     if "path" not in df.columns:
         return
     real, digest = _file_identity(
@@ -393,20 +491,30 @@ def check_files(folds: Sequence[Fold], df: pd.DataFrame) -> None:
     )
     for f in folds:
         parts = {"train": f.train, "val": f.val, "test": f.test}
+        found: list[str] = []
         for what, key in (("file", real), ("identical content", digest)):
-            owner: dict[str, tuple[str, str]] = {}
+            groups: dict[str, list[tuple[str, str]]] = {}
             for part, ids in parts.items():
                 for u in ids:
                     k = key.get(u)
-                    if k is None:
-                        continue
-                    if k in owner and owner[k][0] != part:
-                        o_part, o_utt = owner[k]
-                        raise LeakError(
-                            f"fold {f.name}: the same {what} is in {o_part} ({o_utt!r}) and "
-                            f"{part} ({u!r}): {real.get(u, '')}"
-                        )
-                    owner.setdefault(k, (part, u))
+                    if k is not None:
+                        groups.setdefault(k, []).append((part, u))
+            for members in groups.values():
+                if what != "file" and len({real[u] for _, u in members}) == 1:
+                    continue  # one file under several ids: reported as "the same file"
+                if len({part for part, _ in members}) > 1:
+                    found.append(
+                        f"the same {what} is in "
+                        + ", ".join(f"{part} ({u!r})" for part, u in members)
+                        + f": {real.get(members[0][1], '')}"
+                    )
+        if found:
+            raise LeakError(
+                f"fold {f.name}: {len(found)} group(s) of copies of one file in two parts:\n  "
+                + "\n  ".join(found)
+                + "\nRemove the copies (`stlser manifest --duplicates drop` lists them) or run "
+                "with --set data.duplicates=drop (keeps the first copy of each group)"
+            )
 
 
 def save(folds: Sequence[Fold], path: str | os.PathLike) -> Path:
@@ -435,8 +543,10 @@ def summarize(folds: Sequence[Fold], df: pd.DataFrame) -> str:
         rows.append(
             [
                 f.name,
-                _short(f.test_speakers) if f.speaker_independent else "(random)",
-                _short(f.val_speakers) if f.speaker_independent else "(random)",
+                _short(f.test_speakers)
+                if f.test_speakers
+                else ("-" if f.protocol == "predefined" else "(random)"),
+                _short(f.val_speakers) if f.val_speakers else "(random)",
                 str(len(f.train)),
                 str(len(f.val)),
                 str(len(f.test)),
@@ -452,7 +562,24 @@ def summarize(folds: Sequence[Fold], df: pd.DataFrame) -> str:
                 c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=True)
             ).rstrip()
         )
+    lines += [f"{f.name}: {why}" for f in folds if (why := shared_speakers(f, df))]
     return "\n".join(lines)
+
+
+def shared_speakers(fold: Fold, df: pd.DataFrame) -> str:
+    """Why a ``predefined`` fold is speaker-dependent ('' when it is not, or is another
+    protocol's): the benchmark's test speakers also in training, or speakers unknown."""
+    if fold.protocol != "predefined" or fold.speaker_independent:
+        return ""
+    if "speaker" not in df.columns or (df["speaker"].astype(str).str.strip() == "").any():
+        return "speaker-dependent: the manifest does not name every speaker"
+    of = dict(zip(df["utt_id"].astype(str), df["speaker"].astype(str), strict=True))
+    test = {speaker_key(of[u]) for u in fold.test}
+    both = sorted({of[u] for u in [*fold.train, *fold.val] if speaker_key(of[u]) in test})
+    return (
+        f"speaker-dependent: the benchmark's folds share {len(both)} speaker(s) between "
+        f"training and test ({_short(both)})"
+    )
 
 
 def _short(items: Sequence[str], limit: int = 4) -> str:

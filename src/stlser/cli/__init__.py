@@ -36,14 +36,23 @@ def _load_cfg(args: argparse.Namespace):
 
 # ---------------------------------------------------------------------------- data commands
 def cmd_manifest(a: argparse.Namespace) -> int:
+    import pandas as pd
+
     from stlser import corpora
 
     corpora.manifest_output(a.output)  # a wrong kind of output is refused before the scan
     df, skipped = corpora.build_manifest(
-        a.corpus, a.root, labels=a.labels, speaker_regex=a.speaker_regex
+        a.corpus,
+        a.root,
+        labels=a.labels,
+        speaker_regex=a.speaker_regex,
+        audio=a.audio,
+        duplicates=a.duplicates,
     )
-    out = corpora.write_manifest(df, skipped, a.output)
+    dup = pd.DataFrame(df.attrs.get("duplicates", []), columns=corpora.duplicates.COLUMNS)
+    out = corpora.write_manifest(df, skipped, a.output, duplicates=dup)
     print(corpora.summarize(df, skipped))
+    print(corpora.duplicates.describe(dup, a.duplicates))
     print(f"manifest: {out}")
     if df.empty:
         print(
@@ -246,7 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--speaker-regex",
         default=None,
-        help="folder/csv readers: regex with a group for the speaker",
+        help="folder/csv/emobox readers: regex with a group for the speaker (emobox: of the key)",
+    )
+    s.add_argument(
+        "--audio",
+        default=None,
+        help="emobox: the folder holding the audio (wav paths of the lists are found under it)",
+    )
+    s.add_argument(
+        "--duplicates",
+        default="error",
+        choices=["error", "drop"],
+        help="byte-identical files under several ids: list and keep (error: refused later when "
+        "split between training and test) or keep the first copy (drop)",
     )
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_manifest)
@@ -254,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("splits", help="folds of an evaluation protocol → splits.json")
     s.add_argument("--manifest", required=True)
     s.add_argument(
-        "--protocol", default="loso", choices=["loso", "loso-session", "group-kfold", "paper"]
+        "--protocol",
+        default="loso",
+        choices=["loso", "loso-session", "group-kfold", "paper", "predefined"],
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--k", type=int, default=5)

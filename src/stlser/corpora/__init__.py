@@ -20,7 +20,22 @@ import pandas as pd
 from stlser import audio
 from stlser.utils import atomic_path, escape_frame, printable, unescape_frame
 
-from . import casia, cremad, emodb, folder, iemocap, nemo, ravdess, savee, synthetic, table, tess
+from . import (
+    casia,
+    cremad,
+    duplicates,
+    emobox,
+    emodb,
+    folder,
+    iemocap,
+    nemo,
+    ravdess,
+    savee,
+    synthetic,
+    table,
+    tess,
+)
+from . import duplicates as duplicates_mod
 from .base import (
     CANONICAL,
     FOUR_CLASS,
@@ -42,13 +57,15 @@ __all__ = [
     "Reader",
     "build_manifest",
     "canonical",
+    "duplicates",
     "manifest_output",
     "read_manifest",
     "summarize",
     "write_manifest",
 ]
 
-#: Manifest columns, in order (``text`` is added when the corpus provides transcripts).
+#: Manifest columns, in order (``text`` is added when the corpus provides transcripts, ``fold``
+#: when it provides a benchmark's test folds).
 COLUMNS = ["utt_id", "path", "label", "speaker", "session", "gender", "duration", "corpus"]
 LABEL_SETS = ("native", "4class")
 #: Above this many files the audio check shows a progress bar (stderr).
@@ -71,13 +88,14 @@ READERS: dict[str, Reader] = {
         _reader(savee),
         _reader(casia),
         _reader(nemo),
+        _reader(emobox),
         _reader(folder),
         _reader(table),
         _reader(synthetic),
     )
 }
 #: Readers that take a speaker regex (the others know their speakers from the layout).
-REGEX_READERS = ("folder", "csv")
+REGEX_READERS = ("folder", "csv", "emobox")
 
 
 def _check_one(path: Path) -> tuple[float | None, str]:
@@ -124,12 +142,12 @@ def _frame(entries: Iterable[Entry], corpus: str) -> pd.DataFrame:
             "gender": e.gender,
             "corpus": corpus,
             "text": e.text,
+            "fold": e.fold,
         }
         for e in entries
     ]
-    return pd.DataFrame(
-        rows, columns=["utt_id", "path", "label", "speaker", "session", "gender", "corpus", "text"]
-    )
+    cols = ["utt_id", "path", "label", "speaker", "session", "gender", "corpus", "text", "fold"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def build_manifest(
@@ -138,13 +156,23 @@ def build_manifest(
     labels: str = "native",
     speaker_regex: str | None = None,
     workers: int | None = None,
+    audio: str | os.PathLike | None = None,
+    duplicates: str = "error",
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Scan `corpus` at `root` → (manifest DataFrame, skipped [(path, reason)]).
 
     `labels="4class"` keeps neutral/happy/sad/angry (IEMOCAP excited → happy) and drops the
     rest. Raises :class:`CorpusError` when the folder does not have the corpus's layout.
     Count-check warnings are printed to stderr and kept in ``df.attrs["warnings"]``.
+    `audio` is the audio folder of readers whose lists live apart from the audio (``emobox``).
+    Byte-identical files under several ids are found and handled by `duplicates`
+    (``error``: kept, ``drop``: see :mod:`stlser.corpora.duplicates`); the table of every group
+    member is ``df.attrs["duplicates"]`` (records).
     """
+    if duplicates not in duplicates_mod.MODES:
+        raise CorpusError(f"duplicates must be one of {duplicates_mod.MODES}, got {duplicates!r}")
+    if audio is not None and corpus != "emobox":
+        raise CorpusError(f"--audio applies only to the emobox reader, not {corpus}")
     if corpus not in READERS:
         raise CorpusError(f"unknown corpus {corpus!r}; known: {', '.join(READERS)}")
     if labels not in LABEL_SETS:
@@ -161,7 +189,10 @@ def build_manifest(
     if corpus != "csv" and not base.is_dir():
         raise CorpusError(f"{corpus}: corpus root {base} is not a folder; expected {reader.layout}")
 
-    entries = reader(base, speaker_regex)
+    if corpus == "emobox":
+        entries = emobox.scan(base, speaker_regex, audio)
+    else:
+        entries = reader(base, speaker_regex)
     seen: dict[str, Path] = {}
     for e in entries:
         if e.utt_id in seen:
@@ -203,10 +234,17 @@ def build_manifest(
     for w in warnings:
         print(f"stlser: warning: {w}", file=sys.stderr)
 
-    cols = COLUMNS + (["text"] if (df["text"] != "").any() else [])
+    cols = COLUMNS + [c for c in ("text", "fold") if (df[c] != "").any()]
     df = df[cols].sort_values("utt_id", kind="stable").reset_index(drop=True)
-    df.attrs = {"corpus": corpus, "labels": labels, "warnings": warnings, "verified": verified}
-    return df, sorted(skipped)
+    df, dropped, table = duplicates_mod.apply(df, duplicates_mod.find(df), duplicates)
+    df.attrs = {
+        "corpus": corpus,
+        "labels": labels,
+        "warnings": warnings,
+        "verified": verified,
+        "duplicates": table.to_dict("records"),
+    }
+    return df, sorted(skipped + dropped)
 
 
 def manifest_output(out: str | os.PathLike) -> Path:
@@ -221,9 +259,9 @@ def manifest_output(out: str | os.PathLike) -> Path:
         raise CorpusError(f"manifest output must be a folder or a .csv file, got {p.name!r}")
     if p.exists() and not p.is_file():
         raise CorpusError(f"manifest output {p} exists and is not a regular file")
-    skipped = p.parent / "skipped.csv"
-    if skipped.exists() and not skipped.is_file():
-        raise CorpusError(f"{skipped} exists and is not a regular file")
+    for side in ("skipped.csv", "duplicates.csv"):
+        if (p.parent / side).exists() and not (p.parent / side).is_file():
+            raise CorpusError(f"{p.parent / side} exists and is not a regular file")
     probe = p.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -233,9 +271,13 @@ def manifest_output(out: str | os.PathLike) -> Path:
 
 
 def write_manifest(
-    df: pd.DataFrame, skipped: Iterable[tuple[str, str]], out: str | os.PathLike
+    df: pd.DataFrame,
+    skipped: Iterable[tuple[str, str]],
+    out: str | os.PathLike,
+    duplicates: pd.DataFrame | None = None,
 ) -> Path:
-    """Write the manifest CSV atomically and ``skipped.csv`` (path,reason) beside it.
+    """Write the manifest CSV atomically and ``skipped.csv`` (path,reason) beside it, and the
+    table of byte-identical files (`duplicates.apply`) as ``duplicates.csv`` when given.
 
     `out` may be a folder (an existing one, or a path without suffix) → ``<out>/manifest.csv``;
     an output of another kind is refused (`manifest_output`).
@@ -248,6 +290,9 @@ def write_manifest(
         escape_frame(df).to_csv(tmp_manifest, index=False)
         with atomic_path(p.parent / "skipped.csv") as tmp_skipped:
             escape_frame(skip).to_csv(tmp_skipped, index=False)
+            if duplicates is not None:
+                with atomic_path(p.parent / "duplicates.csv") as tmp_dup:
+                    escape_frame(duplicates).to_csv(tmp_dup, index=False)
     return p
 
 
@@ -363,7 +408,7 @@ def summarize(df: pd.DataFrame, skipped: Sequence[tuple[str, str]] = ()) -> str:
         sess = df["session"].value_counts().sort_index()
         lines.append("sessions: " + ", ".join(f"{s} {n:,}" for s, n in sess.items()))
     if skipped:
-        lines.append(f"skipped {len(skipped)} unreadable file(s) (see skipped.csv), e.g.:")
+        lines.append(f"skipped {len(skipped)} file(s) (reasons in skipped.csv), e.g.:")
         lines += [f"  {p}: {r}" for p, r in skipped[:5]]
     if df.attrs.get("verified"):
         lines.append(f"count check: OK ({df.attrs['verified']})")

@@ -88,6 +88,7 @@ class Entry:
     session: str = ""
     gender: str = ""
     text: str = ""
+    fold: str = ""  # the benchmark's test fold of the utterance (predefined protocol)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The user's own table: a CSV with at least ``path,label`` (optional ``speaker``, ``session``,
-``gender``, ``utt_id``, ``text``). Relative paths resolve from the table's folder."""
+``gender``, ``utt_id``, ``text``, ``fold``). Relative paths resolve from the table's folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .base import CorpusError, Entry, lenient_label, speaker_from_regex
 from .folder import utt_id_for
 
 NAME = "csv"
-LAYOUT = "a CSV file with columns path,label[,speaker,session,gender,utt_id,text]"
+LAYOUT = "a CSV file with columns path,label[,speaker,session,gender,utt_id,text,fold]"
 
 
 def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
@@ -50,6 +50,7 @@ def scan(root: Path, speaker_regex: str | None = None) -> list[Entry]:
                 r.get("session", ""),
                 r.get("gender", ""),
                 r.get("text", ""),
+                r.get("fold", ""),
             )
         )
     return out
