@@ -1,0 +1,153 @@
+"""The ray engine on a real local Ray cluster (started once for the module, 2 CPUs): crossval
+and baseline give the committed local predictions of tests/equivalence.py; a worker process
+killed mid-run is retried and nothing is lost; the cluster listens on 127.0.0.1 only; and
+``--engine ray`` without Ray installed exits 2 naming the extra."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests import equivalence
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="ray is not installed (pip install 'stlser[cluster]'); CI installs it",
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One embedded cluster for the module; workers can import this test package."""
+    import ray
+
+    from stlser import engines
+
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(ROOT / "src"), *([before] if before else [])]
+    )
+    assert not ray.is_initialized()
+    assert engines.init_ray(None) is True
+    yield ray
+    ray.shutdown()
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
+def _run(system: str, work: Path, out: Path) -> Path:
+    from stlser.cli import main
+
+    csv = work / "corpus" / "corpus.csv"
+    if not csv.exists():
+        equivalence.build(work / "corpus")
+    argv = ["baseline" if system == "svm" else "crossval", "-o", str(out), "--engine", "ray"]
+    for o in equivalence.overrides(system, csv, work / "cache"):
+        argv += ["--set", o]
+    assert main(argv) == 0
+    return out
+
+
+def _same_as_committed(system: str, out: Path) -> None:
+    got = pd.read_csv(out / "predictions.csv", dtype={"speaker": str})
+    want = pd.read_csv(equivalence.DATA / f"{system}.csv")
+    assert got["utt_id"].tolist() == want["utt_id"].tolist()
+    assert got["fold"].tolist() == want["fold"].tolist()
+    cols = equivalence.columns(system)
+    err = np.abs(got[cols].to_numpy(float) - want[cols].to_numpy(float)).max()
+    assert err < 1e-4, f"{system}: predictions moved by {err:.2e}"
+    assert got["pred"].tolist() == want["pred"].tolist()
+
+
+@needs_ray
+def test_cluster_listens_on_loopback_only(ray_cluster):
+    import psutil
+
+    nodes = ray_cluster.nodes()
+    assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
+    assert ray_cluster.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+    listening = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        listening += [(proc.name(), c.laddr.ip) for c in conns if c.status == psutil.CONN_LISTEN]
+    assert listening, "no Ray process listens: the check would prove nothing"
+    assert all(ip in loopback for _, ip in listening), listening
+
+
+@needs_ray
+@pytest.mark.parametrize("system", ["svm", "expert_select"])
+def test_ray_gives_the_local_predictions(system, ray_cluster, tmp_path_factory, one_torch_thread):
+    work = tmp_path_factory.getbasetemp() / "ray-equivalence"
+    out = _run(system, work, work / f"{system}-ray")
+    _same_as_committed(system, out)
+    assert (out / "report.json").exists()
+
+
+class KillFirstAttempt:
+    """A unit function whose first call (over all workers, via an exclusive marker file) ends
+    its own worker process, as a crashed or OOM-killed worker would; later calls fit."""
+
+    def __init__(self, marker: Path, inner):
+        self.marker = marker
+        self.inner = inner
+
+    def __call__(self, unit):
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return self.inner(unit)
+        os.write(fd, f"{unit.pos} {unit.member} {os.getpid()}\n".encode())
+        os.close(fd)
+        os._exit(1)
+
+
+@needs_ray
+def test_a_worker_killed_mid_run_is_retried(
+    ray_cluster, tmp_path_factory, monkeypatch, one_torch_thread
+):
+    from stlser import driver
+
+    work = tmp_path_factory.getbasetemp() / "ray-equivalence"
+    marker = work / "killed.txt"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    monkeypatch.setattr(driver, "_fit_unit", KillFirstAttempt(marker, driver._fit_unit))
+    out = _run("svm", work, work / "svm-killed")
+    pos, member, pid = (int(x) for x in marker.read_text().split())
+    assert pid != os.getpid()
+    assert (driver.runs.member_dir(out / f"fold_{pos:02d}", member) / "fold.json").exists()
+    _same_as_committed("svm", out)
+
+
+def test_ray_engine_without_the_extra_exits_2(tmp_path):
+    csv = equivalence.build(tmp_path / "corpus", per_class=1)
+    out = tmp_path / "run"
+    argv = ["crossval", "-o", str(out), "--engine", "ray"]
+    for o in equivalence.overrides("svm", csv, tmp_path / "cache"):
+        argv += ["--set", o]
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from stlser.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'stlser[cluster]'" in r.stderr
+    assert not out.exists()
