@@ -1,6 +1,7 @@
 """The ray engine on a real local Ray cluster (started once for the module, 2 CPUs): crossval
 and baseline give the committed local predictions of tests/equivalence.py; a worker process
-killed mid-run is retried and nothing is lost; the cluster listens on 127.0.0.1 only; and
+killed mid-run is retried and nothing is lost; the cluster listens on 127.0.0.1 only and asks
+for a token; and
 ``--engine ray`` without Ray installed exits 2 naming the extra."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +29,16 @@ needs_ray = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One embedded cluster for the module; workers can import this test package."""
-    import ray
-
     from stlser import engines
 
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), str(ROOT / "src"), *([before] if before else [])]
     )
-    assert not ray.is_initialized()
+    assert "ray" not in sys.modules, "ray imported before the cluster starts: no token auth"
     assert engines.init_ray(None) is True
+    import ray
+
     yield ray
     ray.shutdown()
     if before is None:
@@ -86,6 +88,36 @@ def test_cluster_listens_on_loopback_only(ray_cluster):
         listening += [(proc.name(), c.laddr.ip) for c in conns if c.status == psutil.CONN_LISTEN]
     assert listening, "no Ray process listens: the check would prove nothing"
     assert all(ip in loopback for _, ip in listening), listening
+
+
+@needs_ray
+def test_cluster_asks_for_a_token(ray_cluster):
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    assert os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN")
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+    address = ray_cluster.get_runtime_context().gcs_address
+    # a plain client of another user: Ray's defaults, no token. It retries for ~20 s before
+    # giving up; the server's refusal is in its log within a second or two: stop it then.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    code = f"import ray; ray.init(address={address!r}); print('joined')"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    timer = threading.Timer(60, proc.kill)
+    timer.start()
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if b"InvalidAuthToken" in line:
+                break
+    finally:
+        timer.cancel()
+        proc.kill()
+        out = proc.communicate()[0]
+    assert b"joined" not in out
+    assert b"InvalidAuthToken" in seen[-1], b"".join(seen)[-2000:]
 
 
 @needs_ray

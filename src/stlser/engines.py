@@ -13,8 +13,10 @@ Ray is an optional extra (``pip install 'stlser[cluster]'``).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,10 +39,13 @@ def require(engine: str) -> None:
     if engine not in ENGINES:
         raise EngineError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "ray":
+        # found, not imported: Ray reads its authentication settings once, when imported
         try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise EngineError(NEEDS_EXTRA) from None
+            found = importlib.util.find_spec("ray") is not None
+        except (ImportError, ValueError):  # ValueError: sys.modules["ray"] is None
+            found = False
+        if not found:
+            raise EngineError(NEEDS_EXTRA)
 
 
 def _verbose() -> bool:
@@ -53,15 +58,29 @@ def init_ray(address: str | None = None) -> bool:
     `address` (else ``STLSER_RAY_ADDRESS``) joins an existing cluster. Without one, Ray starts
     its own embedded cluster (``address="local"``: never whatever cluster a stale
     ``ray_current_cluster`` file names) sized to the usable cores, bound to 127.0.0.1, no
-    dashboard. Ray's token authentication is left as Ray configures it. Already connected: the
-    connection is used as it is (False)."""
+    dashboard, with Ray's token authentication on (``RAY_AUTH_MODE=token`` and a random
+    ``RAY_AUTH_TOKEN`` for this process and its children, unless ``RAY_AUTH_MODE`` is set or
+    Ray was imported before this call, when Ray's own setting holds).
+    A joined cluster's authentication is the cluster's own (set ``RAY_AUTH_TOKEN`` or
+    ``RAY_AUTH_TOKEN_PATH`` when it asks for a token). Already connected: the connection is
+    used as it is (False)."""
     require("ray")
     address = address or os.environ.get(ADDRESS_ENV) or None
     if not address:
         # read by Ray when imported and inherited by the processes it starts: the node takes the
         # loopback address instead of the machine's outward one
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
+        if "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules:
+            # token authentication with a token of this run only (nothing written to ~/.ray):
+            # other users of the machine cannot submit work to the loopback cluster
+            import secrets
+
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    try:
+        import ray
+    except ImportError as e:
+        raise EngineError(f"{NEEDS_EXTRA} ({e})") from None
 
     if ray.is_initialized():
         return False
@@ -83,7 +102,7 @@ def init_ray(address: str | None = None) -> bool:
     from stlser.utils import usable_cores
 
     ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, **opts)
-    log.info(f"started a local Ray cluster ({usable_cores()} CPUs, 127.0.0.1)")
+    log.info(f"started a local Ray cluster ({usable_cores()} CPUs, 127.0.0.1, token auth)")
     return True
 
 
