@@ -106,11 +106,17 @@ def init_ray(address: str | None = None) -> bool:
     return True
 
 
-def _ray_unit(work: Callable[[Any], Any], unit: Any, state: dict[str, Any], threads: int) -> Any:
-    """The body of one Ray task: `work(unit)` with `runs.WORKER` holding `state`."""
+def _ray_unit(
+    work: Callable[[Any], Any], unit: Any, state: dict[str, Any], threads: int, cwd: str
+) -> Any:
+    """The body of one Ray task: `work(unit)` with `runs.WORKER` holding `state`, in the driver's
+    working folder when this node has it (relative run and cache paths then mean the same)."""
     import torch
 
     from stlser import logs
+
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
 
     logs.quiet_third_party()
     torch.set_num_threads(threads)
@@ -145,7 +151,8 @@ def run_ray(
         shared = ray.put(state)  # once: every task reads the same object
         fn = ray.put(work)
         log.info(f"fitting {len(units)} models as Ray tasks, {n} CPU(s) each")
-        pending = {task.remote(fn, u, shared, n): u for u in units}
+        cwd = os.getcwd()
+        pending = {task.remote(fn, u, shared, n, cwd): u for u in units}
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
