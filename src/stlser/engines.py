@@ -66,6 +66,10 @@ def init_ray(address: str | None = None) -> bool:
     used as it is (False)."""
     require("ray")
     address = address or os.environ.get(ADDRESS_ENV) or None
+    if address and address.split(":")[0] in ("127.0.0.1", "localhost"):
+        # a cluster started with --node-ip-address 127.0.0.1: this driver must take that address
+        # too, or it waits for ever for a local node of the machine's outward address
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if not address:
         # read by Ray when imported and inherited by the processes it starts: the node takes the
         # loopback address instead of the machine's outward one
@@ -90,6 +94,10 @@ def init_ray(address: str | None = None) -> bool:
         "logging_level": logging.INFO if verbose else logging.WARNING,
     }
     if address:
+        from ray._private import ray_constants
+
+        if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+            ray_constants.ENABLE_RAY_CLUSTER = False
         log.info(f"joining the Ray cluster at {address}")
         try:
             ray.init(address=address, **opts)
