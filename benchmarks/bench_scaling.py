@@ -4,6 +4,7 @@ training epoch on 1×, 2×, 4×, 8× a small synthetic corpus, and of `Recognize
 features in memory by design, so its memory grows by the size of the features).
 
     python -m benchmarks.bench_scaling [--quick]
+    python -m benchmarks.bench_scaling --ray    # Ray engine overhead only (needs stlser[cluster])
 
 Every measurement runs in a fresh Python process. Peak memory is the process's peak resident
 set size (VmHWM) during the measured work (reset with ``/proc/self/clear_refs`` just before it;
@@ -304,7 +305,63 @@ pauses, written block by block with soundfile; energy VAD, windows of at most 6 
     return bl.section("Scaling with data size", intro, body, quick)
 
 
+def ray_overhead(tasks: int = 40, rounds: int = 3) -> str:
+    """Ray engine costs on this machine (run in a fresh process: Ray reads its settings when
+    imported): import, embedded-cluster start, the first round of no-op units (worker start and
+    torch import included), warm rounds of no-op units through `engines.run_ray`, `ray.put` of
+    a feature-sized array, shutdown."""
+    from stlser import engines
+    from stlser.utils import usable_cores
+
+    t = time.perf_counter()
+    started = engines.init_ray(None)
+    t_init = time.perf_counter() - t
+    import ray
+
+    def batch() -> float:
+        got: list[int] = []
+        t = time.perf_counter()
+        engines.run_ray(range(tasks), abs, lambda u, r: got.append(r), {}, threads=1)
+        assert sorted(got) == list(range(tasks))
+        return time.perf_counter() - t
+
+    first = batch()
+    warm = [batch() for _ in range(rounds)]
+    arr = np.zeros((2000, 6373), np.float32)  # ~2000 utterances of ComParE functionals, 51 MB
+    t = time.perf_counter()
+    ray.get(ray.put(arr)).sum()
+    t_put = time.perf_counter() - t
+    t = time.perf_counter()
+    if started:
+        ray.shutdown()
+    t_down = time.perf_counter() - t
+    med = bl.stats(warm)["median"]
+    rows = [
+        ["start the embedded cluster (import + `ray.init`)", bl.fmt(t_init)],
+        [f"first {tasks} no-op units (worker start, torch import)", bl.fmt(first)],
+        [f"{tasks} no-op units, warm (median of {rounds})", bl.fmt(med)],
+        ["per unit, warm, in ms (2 at a time on 2 CPUs)", bl.ms(med / tasks)],
+        [f"`ray.put` + `ray.get` of {arr.nbytes / 1e6:.0f} MB", bl.fmt(t_put)],
+        ["`ray.shutdown`", bl.fmt(t_down)],
+    ]
+    body = bl.md_table(["Ray engine step", "seconds"], rows)
+    intro = f"""
+No-op units (`abs` of an int) through `stlser.engines.run_ray` on the embedded cluster
+(127.0.0.1, token auth, {usable_cores()} usable cores). Load average at start:
+{bl.load_text()}.
+"""
+    return bl.section("Ray engine overhead", intro, body, False)
+
+
 def cli(argv: list[str] | None = None) -> None:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if "--ray" in args:
+        t0 = time.perf_counter()
+        print(ray_overhead())
+        print(f"({time.perf_counter() - t0:.0f} s)")
+        return
     bl.cli(main, __doc__, argv)
 
 

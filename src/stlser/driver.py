@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from stlser import config as config_mod
-from stlser import kinds, runs
+from stlser import engines, kinds, runs
 from stlser.config import ExperimentConfig
 from stlser.kinds.base import FoldOutput
 from stlser.metrics import ua
@@ -60,6 +60,8 @@ def crossval(
     resume: bool = False,
     callbacks: Any = None,
     force: bool = False,
+    engine: str = "local",
+    address: str | None = None,
 ) -> Path:
     """Fit and test every fold of the configured protocol with ``model.kind``; write the pooled
     report into `out` (default ``runs/<name>``) and return its path.
@@ -72,6 +74,9 @@ def crossval(
     `resume` reuses finished members and continues interrupted ones, only if the run folder's
     fingerprint (`stlser.fingerprint`) matches this config, manifest and folds; `force`
     resumes despite a mismatch (logged and recorded in fingerprint.json).
+
+    `engine` runs the units here (``local``) or as Ray tasks (``ray``, on the cluster at
+    `address`, else an embedded local one; `stlser.engines`); results do not depend on it.
     """
     from stlser import fingerprint
 
@@ -80,6 +85,7 @@ def crossval(
     if run.exists() and not run.is_dir():
         raise ValueError(f"--output {run} is a file, not a run folder")
     kind.check(cfg)
+    engines.require(engine)
     t0 = time.time()
     guarded: dict[str, Any] = {}
 
@@ -96,7 +102,8 @@ def crossval(
         fingerprint.store(run, guarded["fp"])
         for stale in clean_stale_temps(run):
             log.info(f"removed a temporary file left by a killed run: {stale}")
-        return _run_folds(cfg, kind, data, run, df, folds, labels, resume, callbacks, t0)
+        where = {"engine": engine, "address": address}
+        return _run_folds(cfg, kind, data, run, df, folds, labels, resume, callbacks, t0, where)
     finally:
         handle.close()
 
@@ -112,6 +119,7 @@ def _run_folds(
     resume: bool,
     callbacks: Any,
     t0: float,
+    where: dict[str, Any] | None = None,
 ) -> Path:
     from stlser import degenerate, reports
 
@@ -168,7 +176,9 @@ def _run_folds(
         quiet = dataclasses.replace(cfg.train, progress=False)
         todo = [dataclasses.replace(u, cfg=dataclasses.replace(u.cfg, train=quiet)) for u in todo]
         log.info(f"fitting {len(todo)} models in {jobs} processes, {threads} torch thread(s) each")
-    runs.run_units(todo, _fit_unit, finish, state, jobs=jobs, threads=cfg.train.num_threads)
+    engines.run(
+        todo, _fit_unit, finish, state, jobs=jobs, threads=cfg.train.num_threads, **(where or {})
+    )
 
     preds, rows, infos = [], [], []
     for pos, i in enumerate(picked):
@@ -226,22 +236,28 @@ def train(
     resume: bool = False,
     fold: int = 0,
     force: bool = False,
+    **where: Any,
 ) -> Path:
-    """Fit (and test) one fold of the configured protocol."""
+    """Fit (and test) one fold of the configured protocol (`where`: `crossval`'s engine and
+    address)."""
     one = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, folds=[fold]))
-    return crossval(one, out, resume=resume, force=force)
+    return crossval(one, out, resume=resume, force=force, **where)
 
 
 def baseline(
-    cfg: ExperimentConfig, out: str | Path | None, resume: bool = False, force: bool = False
+    cfg: ExperimentConfig,
+    out: str | Path | None,
+    resume: bool = False,
+    force: bool = False,
+    **where: Any,
 ) -> Path:
     """The eGeMAPS + linear-SVM baseline (the `svm` kind with its default settings) on exactly
-    the corpus, folds and normalisation of `cfg`."""
+    the corpus, folds and normalisation of `cfg` (`where`: `crossval`'s engine and address)."""
     from stlser.config import SvmConfig
 
     svm = config_mod.with_model(cfg, SvmConfig())
     run = runs.resolve_output(cfg, out, suffix="-baseline")
-    return crossval(svm, run, resume=resume, force=force)
+    return crossval(svm, run, resume=resume, force=force, **where)
 
 
 def evaluate(

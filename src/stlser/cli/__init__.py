@@ -28,6 +28,30 @@ def _cfg_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="where the folds run: here or in local worker processes (local, the default), or "
+        "as Ray tasks (ray; needs pip install 'stlser[cluster]'); results are the same",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: the Ray cluster to join, e.g. 10.0.0.5:6379 (default: "
+        "$STLSER_RAY_ADDRESS, else an embedded cluster on this machine, bound to 127.0.0.1)",
+    )
+
+
+def _where(a: argparse.Namespace) -> dict:
+    """The engine options of a command, checked before any work (Ray missing → exit 2)."""
+    from stlser import engines
+
+    engines.require(a.engine)
+    return {"engine": a.engine, "address": a.address}
+
+
 def _load_cfg(args: argparse.Namespace):
     from stlser import config
 
@@ -119,7 +143,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from stlser import driver
 
-    out = driver.train(_load_cfg(a), a.output, resume=a.resume, fold=a.fold, force=a.force)
+    where = _where(a)
+    out = driver.train(_load_cfg(a), a.output, resume=a.resume, fold=a.fold, force=a.force, **where)
     print(f"run: {out}")
     return 0
 
@@ -127,7 +152,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_crossval(a: argparse.Namespace) -> int:
     from stlser import driver
 
-    out = driver.crossval(_load_cfg(a), a.output, resume=a.resume, force=a.force)
+    where = _where(a)
+    out = driver.crossval(_load_cfg(a), a.output, resume=a.resume, force=a.force, **where)
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
@@ -143,7 +169,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_baseline(a: argparse.Namespace) -> int:
     from stlser import driver
 
-    out = driver.baseline(_load_cfg(a), a.output, resume=a.resume, force=a.force)
+    where = _where(a)
+    out = driver.baseline(_load_cfg(a), a.output, resume=a.resume, force=a.force, **where)
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
@@ -314,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fold", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
+    _engine_args(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("crossval", help="train and test every fold; write report.json/md")
@@ -321,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
+    _engine_args(s)
     s.set_defaults(func=cmd_crossval)
 
     s = sub.add_parser("evaluate", help="score a trained model of any kind on a manifest")
@@ -344,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
+    _engine_args(s)
     s.set_defaults(func=cmd_baseline)
 
     s = sub.add_parser("demo", help="synthesize → crossval → report on the built-in corpus")

@@ -1,0 +1,185 @@
+"""The ray engine on a real local Ray cluster (started once for the module, 2 CPUs): crossval
+and baseline give the committed local predictions of tests/equivalence.py; a worker process
+killed mid-run is retried and nothing is lost; the cluster listens on 127.0.0.1 only and asks
+for a token; and
+``--engine ray`` without Ray installed exits 2 naming the extra."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests import equivalence
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="ray is not installed (pip install 'stlser[cluster]'); CI installs it",
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One embedded cluster for the module; workers can import this test package."""
+    from stlser import engines
+
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(ROOT / "src"), *([before] if before else [])]
+    )
+    assert "ray" not in sys.modules, "ray imported before the cluster starts: no token auth"
+    assert engines.init_ray(None) is True
+    import ray
+
+    yield ray
+    ray.shutdown()
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
+def _run(system: str, work: Path, out: Path) -> Path:
+    from stlser.cli import main
+
+    csv = work / "corpus" / "corpus.csv"
+    if not csv.exists():
+        equivalence.build(work / "corpus")
+    argv = ["baseline" if system == "svm" else "crossval", "-o", str(out), "--engine", "ray"]
+    for o in equivalence.overrides(system, csv, work / "cache"):
+        argv += ["--set", o]
+    assert main(argv) == 0
+    return out
+
+
+def _same_as_committed(system: str, out: Path) -> None:
+    got = pd.read_csv(out / "predictions.csv", dtype={"speaker": str})
+    want = pd.read_csv(equivalence.DATA / f"{system}.csv")
+    assert got["utt_id"].tolist() == want["utt_id"].tolist()
+    assert got["fold"].tolist() == want["fold"].tolist()
+    cols = equivalence.columns(system)
+    err = np.abs(got[cols].to_numpy(float) - want[cols].to_numpy(float)).max()
+    assert err < 1e-4, f"{system}: predictions moved by {err:.2e}"
+    assert got["pred"].tolist() == want["pred"].tolist()
+
+
+@needs_ray
+def test_cluster_listens_on_loopback_only(ray_cluster):
+    import psutil
+
+    nodes = ray_cluster.nodes()
+    assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
+    assert ray_cluster.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+    listening = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        listening += [(proc.name(), c.laddr.ip) for c in conns if c.status == psutil.CONN_LISTEN]
+    assert listening, "no Ray process listens: the check would prove nothing"
+    assert all(ip in loopback for _, ip in listening), listening
+
+
+@needs_ray
+def test_cluster_asks_for_a_token(ray_cluster):
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    assert os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN")
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+    address = ray_cluster.get_runtime_context().gcs_address
+    # a plain client of another user: Ray's defaults, no token. It retries for ~20 s before
+    # giving up; the server's refusal is in its log within a second or two: stop it then.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    code = f"import ray; ray.init(address={address!r}); print('joined')"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    timer = threading.Timer(60, proc.kill)
+    timer.start()
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if b"InvalidAuthToken" in line:
+                break
+    finally:
+        timer.cancel()
+        proc.kill()
+        out = proc.communicate()[0]
+    assert b"joined" not in out
+    assert b"InvalidAuthToken" in seen[-1], b"".join(seen)[-2000:]
+
+
+@needs_ray
+@pytest.mark.parametrize("system", ["svm", "expert_select"])
+def test_ray_gives_the_local_predictions(system, ray_cluster, tmp_path_factory, one_torch_thread):
+    work = tmp_path_factory.getbasetemp() / "ray-equivalence"
+    out = _run(system, work, work / f"{system}-ray")
+    _same_as_committed(system, out)
+    assert (out / "report.json").exists()
+
+
+class KillFirstAttempt:
+    """A unit function whose first call (over all workers, via an exclusive marker file) ends
+    its own worker process, as a crashed or OOM-killed worker would; later calls fit."""
+
+    def __init__(self, marker: Path, inner):
+        self.marker = marker
+        self.inner = inner
+
+    def __call__(self, unit):
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return self.inner(unit)
+        os.write(fd, f"{unit.pos} {unit.member} {os.getpid()}\n".encode())
+        os.close(fd)
+        os._exit(1)
+
+
+@needs_ray
+def test_a_worker_killed_mid_run_is_retried(
+    ray_cluster, tmp_path_factory, monkeypatch, one_torch_thread
+):
+    from stlser import driver
+
+    work = tmp_path_factory.getbasetemp() / "ray-equivalence"
+    marker = work / "killed.txt"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    monkeypatch.setattr(driver, "_fit_unit", KillFirstAttempt(marker, driver._fit_unit))
+    out = _run("svm", work, work / "svm-killed")
+    pos, member, pid = (int(x) for x in marker.read_text().split())
+    assert pid != os.getpid()
+    assert (driver.runs.member_dir(out / f"fold_{pos:02d}", member) / "fold.json").exists()
+    _same_as_committed("svm", out)
+
+
+def test_ray_engine_without_the_extra_exits_2(tmp_path):
+    csv = equivalence.build(tmp_path / "corpus", per_class=1)
+    out = tmp_path / "run"
+    argv = ["crossval", "-o", str(out), "--engine", "ray"]
+    for o in equivalence.overrides("svm", csv, tmp_path / "cache"):
+        argv += ["--set", o]
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from stlser.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'stlser[cluster]'" in r.stderr
+    assert not out.exists()
