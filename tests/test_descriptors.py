@@ -199,7 +199,7 @@ def test_masked_functionals_match_numpy():
             slope, offset = np.polyfit(t, v, 1)
             assert row["lin_slope"] == pytest.approx(slope, abs=1e-3)
             assert row["lin_offset"] == pytest.approx(offset, abs=1e-3)
-            qa = np.polyfit(t - t.mean(), v, 2)
+            qa = np.polyfit((t - t.mean()) / 0.5, v, 2)  # time in clip durations (50 frames)
             assert [row["quad_a"], row["quad_b"], row["quad_c"]] == pytest.approx(qa, abs=1e-3)
     empty = masked_functionals(x, torch.zeros_like(mask), torch.tensor([50, 50]))
     assert float(empty.abs().max()) == 0.0

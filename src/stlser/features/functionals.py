@@ -23,8 +23,9 @@ frame in its mask gets 0 for every functional over it. Definitions (:func:`maske
   p80 − p20 and p99 − p1, min, max, max − min, and the relative positions of min and max
   (frame index / (frames − 1));
 * linear regression on time in seconds (slope, offset at t = 0, mean squared error) and
-  quadratic regression on time centred on the mask's mean time (a, b, c, error), solved in
-  closed form (Cramer's rule; 0 when fewer than three distinct times);
+  quadratic regression on time centred on the mask's mean time and measured in clip durations
+  (a, b, c, error), solved in closed form (Cramer's rule; 0 when fewer than three distinct
+  times);
 * rise / fall time: share of consecutive masked frame pairs in which the value rises / falls;
   up-level times: share of masked frames above min + q (max − min), q = 25/50/75/90 %;
 * peaks (frames above the previous and not below the next, all three masked): peaks per second
@@ -142,18 +143,22 @@ def masked_functionals(x: Tensor, mask: Tensor, frames: Tensor, hop_s: float = H
     offset = mean - slope * tm
     resid = c - slope.unsqueeze(1) * ct
     lin_err = (resid * resid).sum(1) / ns
-    # Quadratic regression on centred time: [S4 S3 S2; S3 S2 0; S2 0 n] [a b c]ᵀ = [R2 R1 0]ᵀ.
-    s3 = (ct2 * ct).sum(1)
-    s4 = (ct2 * ct2).sum(1)
-    r1 = (ct * c).sum(1)
-    r2 = (ct2 * c).sum(1)
-    det = n * s2 * s4 - n * s3 * s3 - s2 * s2 * s2
-    ok_q = det > 1e-4 * n * s2 * s4 + EPS
+    # Quadratic regression on centred time u in clip durations (|u| ≤ 1, well conditioned):
+    # [S4 S3 S2; S3 S2 0; S2 0 n] [a b c]ᵀ = [R2 R1 0]ᵀ.
+    u = ct / (frames.to(dt) * hop_s).clamp_min(hop_s).view(-1, 1, 1)
+    u2 = u * u
+    q2 = (u2).sum(1)
+    s3 = (u2 * u).sum(1)
+    s4 = (u2 * u2).sum(1)
+    r1 = (u * c).sum(1)
+    r2 = (u2 * c).sum(1)
+    det = n * q2 * s4 - n * s3 * s3 - q2 * q2 * q2
+    ok_q = det > 1e-4 * n * q2 * s4 + EPS
     det_s = torch.where(ok_q, det, torch.ones_like(det))
-    qa = torch.where(ok_q, n * (r2 * s2 - s3 * r1) / det_s, zero)
-    qb = torch.where(ok_q, (n * s4 * r1 - n * s3 * r2 - s2 * s2 * r1) / det_s, zero)
-    qc = torch.where(ok_q, (s3 * s2 * r1 - s2 * s2 * r2) / det_s, zero)
-    qres = (c - qa.unsqueeze(1) * ct2 - qb.unsqueeze(1) * ct - qc.unsqueeze(1) * m) * m
+    qa = torch.where(ok_q, n * (r2 * q2 - s3 * r1) / det_s, zero)
+    qb = torch.where(ok_q, (n * s4 * r1 - n * s3 * r2 - q2 * q2 * r1) / det_s, zero)
+    qc = torch.where(ok_q, (s3 * q2 * r1 - q2 * q2 * r2) / det_s, zero)
+    qres = (c - qa.unsqueeze(1) * u2 - qb.unsqueeze(1) * u - qc.unsqueeze(1) * m) * m
     q_err = (qres * qres).sum(1) / ns
     qc = qc + mean * has.to(dt)
     # Rise / fall times over consecutive masked pairs.
