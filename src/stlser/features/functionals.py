@@ -370,6 +370,7 @@ class FunctionalFrontEnd(nn.Module):
 
     def forward(self, wave: Tensor, lengths: Tensor) -> Tensor:
         # Two extra zero frames keep T ≥ 3 for any input; frames[b] does not change.
+        lengths = torch.clamp(lengths.to(torch.int64), min=0, max=wave.shape[1])
         wave = F.pad(wave.to(torch.float32), (0, 2 * HOP))
         lld, frames, voiced = self.descriptors(wave, lengths)
         return torch.cat([s(lld, frames, voiced) for s in self.sets], dim=-1)
