@@ -31,7 +31,8 @@ outside the clip. Power spectrum ``P[k]`` normalised by the window's energy. Des
   pass ``0.1 (2 + z⁻¹ − z⁻³ − 2z⁻⁴) / (1 − 0.94 z⁻¹)`` (Hermansky & Morgan 1994) before the DCT,
   its pole realised as a causal FIR of :data:`RASTA_TAPS` frames.
 * voice: F0 (semitones re 27.5 Hz, 0 when unvoiced), voicing probability, jitter, shimmer, HNR
-  (:mod:`stlser.features.voice`: YIN, de Cheveigné & Kawahara 2002; Boersma 1993).
+  (:mod:`stlser.features.voice`: YIN, de Cheveigné & Kawahara 2002; Boersma 1993); formants
+  F1-F3 (kHz, 0 when unvoiced) from an LPC envelope (:mod:`stlser.features.formants`).
 * deltas: the 9-frame regression Δ of every static descriptor (``frontend.deltas``).
 """
 
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stlser.features.formants import formants, pre_emphasis_gain
 from stlser.features.frontend import dct_matrix, deltas, mel_filterbank
 from stlser.features.voice import ST_REF, lowpass_taps, voice_features
 
@@ -72,15 +74,17 @@ SPECTRAL_NAMES = [
 ]
 ENERGY_NAMES = ["rms", "log_energy", "loudness", "zcr"]
 VOICE_NAMES = ["f0_semitone", "voicing_prob", "jitter", "shimmer", "hnr"]
+FORMANT_NAMES = ["formant1", "formant2", "formant3"]
 STATIC_NAMES = [
     *ENERGY_NAMES,
     *SPECTRAL_NAMES,
     *[f"mel{i + 1:02d}" for i in range(N_MELS)],
     *[f"mfcc{i + 1}" for i in range(N_MFCC)],
     *VOICE_NAMES,
+    *FORMANT_NAMES,
 ]
 #: Descriptors defined on voiced frames only (their functionals use voiced frames).
-VOICED_ONLY = ("f0_semitone", "jitter", "shimmer", "hnr")
+VOICED_ONLY = ("f0_semitone", "jitter", "shimmer", "hnr", *FORMANT_NAMES)
 
 
 def frame_count(lengths: Tensor) -> Tensor:
@@ -131,6 +135,7 @@ class Descriptors(nn.Module):
             "dct": dct_matrix(N_MELS, N_MFCC + 1)[:, 1:],
             "taps": lowpass_taps(),
             "rasta_h": rasta_fir()[::-1].copy(),
+            "emphasis": pre_emphasis_gain(freqs),
         }
         fc = freqs - freqs.mean()
         step = np.full_like(freqs, freqs[1])  # roll-off: bins below the point × bin width
@@ -239,8 +244,15 @@ class Descriptors(nn.Module):
         )
         hnr = torch.where(voiced, v["hnr"], torch.zeros_like(v["hnr"]))
         voice = [f0_st, v["voicing_prob"], v["jitter"], v["shimmer"], hnr]
+        fmt = formants(power, self.freqs, self.emphasis, N_FFT) * voiced.unsqueeze(-1)
         lld = torch.cat(
-            [torch.stack(energy + spectral, dim=-1), logmel, mfcc, torch.stack(voice, dim=-1)],
+            [
+                torch.stack(energy + spectral, dim=-1),
+                logmel,
+                mfcc,
+                torch.stack(voice, dim=-1),
+                fmt.to(logmel.dtype),
+            ],
             dim=-1,
         )
         if self.with_deltas:
