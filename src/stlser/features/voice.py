@@ -27,7 +27,7 @@ length.
 * **Jitter** (local, relative, cycle to cycle): the frame's segment is cut into consecutive
   windows one frame period ``P`` long; each window's own period ``Pₖ`` minimises the squared
   difference between the window and the signal ``τ`` later over the integer lags
-  ``round(P) − 2 … round(P) + 2`` (YIN's difference function restricted to that window),
+  ``round(P) − 1 … round(P) + 1`` (YIN's difference function restricted to that window),
   refined by parabolic interpolation; ``jitter = mean|Pₖ₊₁ − Pₖ| / mean Pₖ`` over the windows
   whose lagged copy lies inside the segment (Eyben et al. 2016 eGeMAPS, Farrús et al. 2007:
   local jitter). Periods are resolved to about 0.05 sample at 8 kHz, so jitter below about
@@ -82,7 +82,7 @@ def _interp(cs: Tensor, pos: Tensor) -> Tensor:
     return a + frac * (b - a)
 
 
-JITTER_LAGS = (-2, -1, 0, 1, 2)
+JITTER_LAGS = (-1, 0, 1)
 
 
 def cycle_jitter(seg: Tensor, cs: Tensor, period: Tensor) -> Tensor:
@@ -95,17 +95,19 @@ def cycle_jitter(seg: Tensor, cs: Tensor, period: Tensor) -> Tensor:
     edges = torch.round(k * period.unsqueeze(-1)).to(torch.int64).clamp(max=s_len)  # [B,T,K+1]
     a, b = edges[..., :-1], edges[..., 1:]
     p0 = torch.round(period).to(torch.int64)
-    n = torch.arange(s_len, device=dev)
+    lo, n_lag = JITTER_LAGS[0], len(JITTER_LAGS)
+    # seg[n + p0 + lag] for every lag: one gather of S + n_lag - 1 samples, then slices.
+    idx = torch.arange(s_len + n_lag - 1, device=dev) + (p0 + lo).clamp_min(1).unsqueeze(-1)
+    base = seg.gather(-1, idx.clamp(max=s_len - 1)) * (idx < s_len).to(dt)
+    prods = torch.stack([seg * base[..., i : i + s_len] for i in range(n_lag)], dim=-2)
+    cp = torch.nn.functional.pad(torch.cumsum(prods, dim=-1), (1, 0))  # [B, T, L, S+1]
     e_win = cs.gather(-1, b) - cs.gather(-1, a)
     costs = []
-    for dl in JITTER_LAGS:
+    for i, dl in enumerate(JITTER_LAGS):
         tau = (p0 + dl).clamp_min(1).unsqueeze(-1)  # [B, T, 1]
-        idx = n + tau
-        inside = (idx < s_len).to(dt)
-        shifted = seg.gather(-1, idx.clamp(max=s_len - 1)) * inside
-        cp = torch.nn.functional.pad(torch.cumsum(seg * shifted, dim=-1), (1, 0))
         e_sh = cs.gather(-1, (b + tau).clamp(max=s_len)) - cs.gather(-1, (a + tau).clamp(max=s_len))
-        costs.append(e_win + e_sh - 2 * (cp.gather(-1, b) - cp.gather(-1, a)))
+        cpi = cp[..., i, :]
+        costs.append(e_win + e_sh - 2 * (cpi.gather(-1, b) - cpi.gather(-1, a)))
     c = torch.stack(costs, dim=-1)  # [B, T, K, L]
     j = torch.argmin(c, dim=-1, keepdim=True)
     jc = j.clamp(1, len(JITTER_LAGS) - 2)
