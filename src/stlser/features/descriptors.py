@@ -237,7 +237,7 @@ class Descriptors(nn.Module):
         mel_pow, logmel, mfcc = self._bands(power)
         energy = self._energy(fr, mel_pow)
         spectral = self._spectral(power)
-        v = voice_features(wave, n_frames, HOP // 2, self.taps)
+        v = voice_features(wave, lengths, n_frames, HOP // 2, self.taps)
         voiced = v["voiced"]
         f0_st = torch.where(
             voiced, 12.0 * torch.log2(v["f0"].clamp_min(1.0) / ST_REF), torch.zeros_like(v["f0"])

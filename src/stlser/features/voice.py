@@ -82,6 +82,21 @@ def _interp(cs: Tensor, pos: Tensor) -> Tensor:
     return a + frac * (b - a)
 
 
+def decimate(wave16: Tensor, taps: Tensor) -> Tensor:
+    """Low-pass FIR (odd length, centred, zeros outside) and keep every second sample:
+    [B, N] → [B, ceil(N / 2)]. Written as a sum of shifted slices, so every output sample is
+    computed by the same operations whatever the batch (bit-identical alone and batched)."""
+    half = N_TAPS // 2
+    n = wave16.shape[1]
+    xp = F.pad(wave16, (half, half + 1))
+    x2 = xp[:, : 2 * ((n + 1) // 2) + 2 * half].reshape(xp.shape[0], -1, 2)  # even / odd pairs
+    out = torch.zeros_like(x2[:, : (n + 1) // 2, 0])
+    m = out.shape[1]
+    for i in range(N_TAPS):
+        out = out + taps[i] * x2[:, i // 2 : i // 2 + m, i % 2]
+    return out
+
+
 JITTER_LAGS = (-1, 0, 1)
 
 
@@ -126,14 +141,20 @@ def cycle_jitter(seg: Tensor, cs: Tensor, period: Tensor) -> Tensor:
     return dif / mean_p.clamp_min(1.0)
 
 
-def voice_features(wave16: Tensor, n_frames: int, hop8: int, taps: Tensor) -> dict[str, Tensor]:
+def voice_features(
+    wave16: Tensor, lengths: Tensor, n_frames: int, hop8: int, taps: Tensor
+) -> dict[str, Tensor]:
     """F0 (Hz, 0 when unvoiced), voicing probability, voiced flag, HNR (dB), jitter, shimmer of
-    every frame of masked 16 kHz waves [B, N] → each [B, T] (T = `n_frames`).
+    every frame of masked 16 kHz waves [B, N] with `lengths[B]` samples → each [B, T]
+    (T = `n_frames`).
 
     `hop8` is the frame hop at 8 kHz; frame t's integration window is centred on sample
     ``t * hop8`` (zeros outside the clip)."""
     dev = wave16.device
-    x8 = F.conv1d(wave16.unsqueeze(1), taps.view(1, 1, -1), stride=2, padding=N_TAPS // 2)[:, 0]
+    x8 = decimate(wave16, taps)
+    # the filter's tail past a clip's end is cut, as it is when the clip is alone
+    n8 = (lengths + 1) // 2
+    x8 = x8 * (torch.arange(x8.shape[1], device=dev)[None, :] < n8[:, None]).to(x8.dtype)
     left = YIN_WIN // 2
     x8 = F.pad(x8, (left, SEGMENT))
     t = torch.arange(n_frames, device=dev)
