@@ -163,6 +163,14 @@ def test_formants_of_a_synthetic_vowel():
         assert abs(got / f - 1) < 0.1, (i + 1, got)
 
 
+def test_h1_h2_of_two_harmonics():
+    t = _t(1.0)
+    x = 0.3 * torch.sin(2 * np.pi * 250 * t) + 0.1 * torch.sin(2 * np.pi * 500 * t)
+    lld, voiced, names = _lld(x)
+    got = float(_col(lld, names, "h1_h2")[voiced].median())
+    assert abs(got - 20 * np.log10(3.0)) < 0.5
+
+
 def test_shimmer_follows_am_depth():
     """AM 1 + m sin(2π·8t) on a 200 Hz carrier: period-to-period relative amplitude change
     averages 4 m f_m / F0 = 0.16 m."""

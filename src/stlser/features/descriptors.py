@@ -32,7 +32,8 @@ outside the clip. Power spectrum ``P[k]`` normalised by the window's energy. Des
   its pole realised as a causal FIR of :data:`RASTA_TAPS` frames.
 * voice: F0 (semitones re 27.5 Hz, 0 when unvoiced), voicing probability, jitter, shimmer, HNR
   (:mod:`stlser.features.voice`: YIN, de Cheveigné & Kawahara 2002; Boersma 1993); formants
-  F1-F3 (kHz, 0 when unvoiced) from an LPC envelope (:mod:`stlser.features.formants`).
+  F1-F3 (kHz, 0 when unvoiced) from an LPC envelope (:mod:`stlser.features.formants`); the
+  harmonic differences H1-H2 and H1-A3 (dB; Hanson 1997, eGeMAPS).
 * deltas: the 9-frame regression Δ of every static descriptor (``frontend.deltas``).
 """
 
@@ -74,7 +75,7 @@ SPECTRAL_NAMES = [
 ]
 ENERGY_NAMES = ["rms", "log_energy", "loudness", "zcr"]
 VOICE_NAMES = ["f0_semitone", "voicing_prob", "jitter", "shimmer", "hnr"]
-FORMANT_NAMES = ["formant1", "formant2", "formant3"]
+FORMANT_NAMES = ["formant1", "formant2", "formant3", "h1_h2", "h1_a3"]
 STATIC_NAMES = [
     *ENERGY_NAMES,
     *SPECTRAL_NAMES,
@@ -223,6 +224,22 @@ class Descriptors(nn.Module):
         mfcc = torch.matmul(logmel, self.dct)
         return mel_pow, logmel, mfcc
 
+    def _harmonic_differences(self, power: Tensor, f0_hz: Tensor, f3_khz: Tensor) -> Tensor:
+        """H1-H2 and H1-A3 (dB): the strongest bin within ±1 bin of F0, of 2·F0 and of F3
+        (Hanson 1997; eGeMAPS, Eyben et al. 2016) → [B, T, 2]; 0 where F0 is 0."""
+        k_max = power.shape[-1] - 1
+        df = float(SAMPLE_RATE) / N_FFT
+        near = torch.tensor([-1, 0, 1], device=power.device)
+
+        def peak_db(hz: Tensor) -> Tensor:
+            centre = torch.round(hz / df).to(torch.int64).unsqueeze(-1)
+            idx = (centre + near).clamp(0, k_max)
+            return 10.0 * torch.log10(power.gather(-1, idx).amax(-1) + ENERGY_FLOOR)
+
+        h1 = peak_db(f0_hz)
+        out = torch.stack([h1 - peak_db(2 * f0_hz), h1 - peak_db(1000.0 * f3_khz)], dim=-1)
+        return out * (f0_hz > 0).to(power.dtype).unsqueeze(-1)
+
     # ------------------------------------------------------------------ forward
     def forward(self, wave: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = wave.shape[1]
@@ -245,6 +262,7 @@ class Descriptors(nn.Module):
         hnr = torch.where(voiced, v["hnr"], torch.zeros_like(v["hnr"]))
         voice = [f0_st, v["voicing_prob"], v["jitter"], v["shimmer"], hnr]
         fmt = formants(power, self.freqs, self.emphasis, N_FFT) * voiced.unsqueeze(-1)
+        harm = self._harmonic_differences(power, v["f0"], fmt[..., 2]) * voiced.unsqueeze(-1)
         lld = torch.cat(
             [
                 torch.stack(energy + spectral, dim=-1),
@@ -252,6 +270,7 @@ class Descriptors(nn.Module):
                 mfcc,
                 torch.stack(voice, dim=-1),
                 fmt.to(logmel.dtype),
+                harm,
             ],
             dim=-1,
         )

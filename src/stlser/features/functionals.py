@@ -3,18 +3,18 @@
 ``FunctionalFrontEnd(set_name)(wave[B, N] float32, lengths[B] int64) -> float32[B, D]`` with
 ``names`` (D feature names) and ``dims`` (D per set); ``SETS`` is the registry of named sets:
 
-* ``compact`` (92 values, about eGeMAPS size; Eyben et al. 2016): F0 (semitones, voiced frames)
+* ``compact`` (96 values, about eGeMAPS size; Eyben et al. 2016): F0 (semitones, voiced frames)
   and loudness with ten functionals each, the deviation of their deltas, jitter / shimmer / HNR
-  / voicing probability and formants F1-F3 (mean, std), alpha ratio, Hammarberg index, spectral slope and flux,
+  / voicing probability, formants F1-F3, H1-H2 and H1-A3 (mean, std), alpha ratio, Hammarberg index, spectral slope and flux,
   MFCC 1-4 on voiced frames (mean, std) and unvoiced frames (mean), mean and std of the other
   spectral and energy descriptors, and the voiced-segment statistics.
-* ``large`` (4,158 values, about ComParE size; Schuller et al. 2013): every descriptor and its
-  delta (:mod:`stlser.features.descriptors`, 134) × every functional of :data:`FUNCTIONALS`
+* ``large`` (4,282 values, about ComParE size; Schuller et al. 2013): every descriptor and its
+  delta (:mod:`stlser.features.descriptors`, 138) × every functional of :data:`FUNCTIONALS`
   (31), plus the voiced-segment statistics.
 
 A name joined with ``+`` (``"compact+large"``) concatenates sets computed from one pass of the
 descriptors. Functionals are taken over a clip's valid frames, or over its voiced frames for
-F0, jitter, shimmer, HNR, formants and their deltas (:data:`descriptors.VOICED_ONLY`); a clip without any
+F0, jitter, shimmer, HNR, formants, H1-H2, H1-A3 and their deltas (:data:`descriptors.VOICED_ONLY`); a clip without any
 frame in its mask gets 0 for every functional over it. Definitions (:func:`masked_functionals`):
 
 * moments: mean, standard deviation, skewness, kurtosis (population, not excess);
@@ -270,7 +270,7 @@ COMPACT_GROUPS: list[tuple[list[str], str, list[str]]] = [
     (["f0_semitone", "loudness"], "default", _PROSODY),
     (["d_f0_semitone", "d_loudness"], "default", ["std"]),
     (["jitter", "shimmer", "hnr", "voicing_prob"], "default", ["mean", "std"]),
-    (["formant1", "formant2", "formant3"], "default", ["mean", "std"]),
+    (["formant1", "formant2", "formant3", "h1_h2", "h1_a3"], "default", ["mean", "std"]),
     ([*_VU, "mfcc1", "mfcc2", "mfcc3", "mfcc4"], "voiced", ["mean", "std"]),
     ([*_VU, "mfcc1", "mfcc2", "mfcc3", "mfcc4"], "unvoiced", ["mean"]),
     (_OTHER, "default", ["mean", "std"]),
