@@ -60,10 +60,12 @@ def _speechlike(seconds: float, seed: int) -> np.ndarray:
 
 
 def test_names_and_set_sizes():
-    fe = _fe("compact+large")
+    fe = FunctionalFrontEnd("+".join(SETS))
     assert len(fe.names) == sum(fe.dims) and len(set(fe.names)) == len(fe.names)
     assert fe.dims == [len(FunctionalFrontEnd(s).names) for s in SETS]
-    assert 80 <= fe.dims[0] <= 100 and 3000 <= fe.dims[1] <= 7000
+    size = dict(zip(SETS, fe.dims, strict=True))
+    assert 80 <= size["compact"] <= 100 and 3000 <= size["large"] <= 7000
+    assert 1000 <= size["medium"] <= 2500
     assert _desc().names == STATIC_NAMES + ["d_" + n for n in STATIC_NAMES]
     with pytest.raises(ValueError):
         FunctionalFrontEnd("nope")

@@ -8,6 +8,10 @@
   / voicing probability, formants F1-F3, H1-H2 and H1-A3 (mean, std), alpha ratio, Hammarberg index, spectral slope and flux,
   MFCC 1-4 on voiced frames (mean, std) and unvoiced frames (mean), mean and std of the other
   spectral and energy descriptors, and the voiced-segment statistics.
+* ``medium`` (1,752 values, about IS10 size; Schuller et al. 2010): loudness, MFCC 1-14, the
+  26 log mel bands, F0, voicing probability, jitter, shimmer, HNR and their deltas × 19
+  functionals (positions of the extremes, range, mean, regression, moments, percentiles and
+  their ranges, up-level times 75 / 90 %), plus the voiced-segment statistics.
 * ``large`` (4,282 values, about ComParE size; Schuller et al. 2013): every descriptor and its
   delta (:mod:`stlser.features.descriptors`, 138) × every functional of :data:`FUNCTIONALS`
   (31), plus the voiced-segment statistics.
@@ -280,6 +284,40 @@ COMPACT_GROUPS: list[tuple[list[str], str, list[str]]] = [
 _KINDS = ("default", "voiced", "unvoiced")
 
 
+_MEDIUM_LLDS = [
+    "loudness",
+    *[f"mfcc{i}" for i in range(1, 15)],
+    *[f"mel{i:02d}" for i in range(1, 27)],
+    "f0_semitone",
+    "voicing_prob",
+    "jitter",
+    "shimmer",
+    "hnr",
+]
+_MEDIUM_FUNCS = [
+    "relpos_max",
+    "relpos_min",
+    "range",
+    "mean",
+    "lin_slope",
+    "lin_offset",
+    "lin_error",
+    "std",
+    "skewness",
+    "kurtosis",
+    "p1",
+    "p20",
+    "p50",
+    "p80",
+    "p99",
+    "range_p20_p80",
+    "range_p1_p99",
+    "uplevel75",
+    "uplevel90",
+]
+MEDIUM_GROUPS = [([*_MEDIUM_LLDS, *["d_" + x for x in _MEDIUM_LLDS]], "default", _MEDIUM_FUNCS)]
+
+
 def _is_voiced_only(name: str) -> bool:
     return name.removeprefix("d_") in VOICED_ONLY
 
@@ -338,6 +376,7 @@ class _Set(nn.Module):
 #: Named functional sets: name → descriptor groups (None: every descriptor × every functional).
 SETS: dict[str, list[tuple[list[str], str, list[str]]] | None] = {
     "compact": COMPACT_GROUPS,
+    "medium": MEDIUM_GROUPS,
     "large": None,
 }
 
