@@ -1,4 +1,5 @@
-"""Feature-extraction speed on EmoDB: the torch functional front end (compact, large, both)
+"""Feature-extraction speed on EmoDB: the torch functional front end (compact, medium, large,
+compact+large, all three)
 against openSMILE's eGeMAPS, ComParE_2016 and IS10 functionals.
 
 Torch: ``torch.set_num_threads(--threads)`` (2 by default), clips sorted by length and batched
@@ -80,7 +81,7 @@ def main() -> None:
     audio = sum(len(w) for w in waves) / 16000
     data = batches(waves, args.batch)
     rows = {}
-    for s in ("compact", "large", "compact+large"):
+    for s in ("compact", "medium", "large", "compact+large", "compact+medium+large"):
         rows[f"torch {s}"] = time_torch(s, data)
     smile_total = 0.0
     for s in SMILE_SETS:

@@ -1,4 +1,4 @@
-"""Accuracy study: the torch functional front end (compact, large) against openSMILE's
+"""Accuracy study: the torch functional front end (compact, medium, large) against openSMILE's
 eGeMAPS + ComParE + IS10, on EmoDB (and CASIA with ``--corpus casia``).
 
 Recipe per feature set: z-score each speaker's rows with that speaker's own mean and std, then a
@@ -37,7 +37,7 @@ EMODB_EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F"
                   "T": "sadness", "N": "neutral"}  # fmt: skip
 C_GRID = (0.01, 0.1, 1.0)
 SMILE_SETS = ("egemaps", "compare", "is10")
-TORCH_SETS = ("compact", "large")
+TORCH_SETS = ("compact", "medium", "large")
 
 
 def corpus_files(corpus: str) -> tuple[list[Path], list[str], list[str]]:
@@ -157,13 +157,15 @@ def main() -> None:
         print(f"  fitted {s} in {time.perf_counter() - t0:.0f} s")
     combos = {
         "openSMILE egemaps+compare+is10": SMILE_SETS,
-        "torch compact+large": TORCH_SETS,
+        "torch compact+medium+large": TORCH_SETS,
+        "torch compact+large": ("compact", "large"),
         "torch compact": ("compact",),
+        "torch medium": ("medium",),
         "torch large": ("large",),
         "openSMILE egemaps": ("egemaps",),
         "openSMILE compare": ("compare",),
         "openSMILE is10": ("is10",),
-        "all five": SMILE_SETS + TORCH_SETS,
+        "all six": SMILE_SETS + TORCH_SETS,
     }
     print(f"\n{args.corpus}, LOSO over all speakers: development estimate, not a test score")
     print(f"| {'features':32s} | UA pooled | UA mean/speaker | UA min/speaker |")
