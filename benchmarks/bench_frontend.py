@@ -1,6 +1,5 @@
 """Feature-extraction speed on EmoDB: the torch functional front end (compact, medium, large,
-compact+large, all three)
-against openSMILE's eGeMAPS, ComParE_2016 and IS10 functionals.
+compact+large, all three) against openSMILE's eGeMAPS, ComParE_2016 and IS10 functionals.
 
 Torch: ``torch.set_num_threads(--threads)`` (2 by default), clips sorted by length and batched
 (``--batch`` clips, 16 by default), one warm-up batch before timing. openSMILE: one clip at a
