@@ -9,13 +9,15 @@ audio duration, ``0`` (default) times every clip. Decoding is not timed.
 
     python benchmarks/bench_frontend.py [--threads 2] [--batch 16] [--smile-files 0]
 
-Prints a table: seconds, × real time (audio seconds / wall seconds) and the speed ratio
-against openSMILE's three sets together.
+Prints a table: wall seconds, × real time (audio seconds / wall seconds), the speed ratio
+against openSMILE's three sets together, and the same ratio on process CPU seconds (which a
+machine shared with other jobs disturbs less than wall time).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -47,26 +49,27 @@ def batches(waves: list[np.ndarray], size: int) -> list[tuple[torch.Tensor, torc
     return out
 
 
-def time_torch(set_name: str, data: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def time_torch(set_name: str, data: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for every batch."""
     fe = FunctionalFrontEnd(set_name).eval()
     with torch.inference_mode():
         fe(*data[len(data) // 2])  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for wave, lengths in data:
             fe(wave, lengths)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
-def time_smile(set_name: str, waves: list[np.ndarray], n: int) -> float:
-    """Seconds for every clip (measured on `n` clips spread over the list and scaled by audio
-    duration when 0 < n < len(waves))."""
+def time_smile(set_name: str, waves: list[np.ndarray], n: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for every clip (measured on `n` clips spread over the list and
+    scaled by audio duration when 0 < n < len(waves))."""
     pick = waves if n <= 0 or n >= len(waves) else waves[:: max(1, len(waves) // n)][:n]
     smile.functionals(pick[0], 16000, set_name)  # builds the extractor
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for w in pick:
         smile.functionals(w, 16000, set_name)
-    took = time.perf_counter() - start
-    return took * sum(len(w) for w in waves) / sum(len(w) for w in pick)
+    scale = sum(len(w) for w in waves) / sum(len(w) for w in pick)
+    return (time.perf_counter() - start) * scale, (time.process_time() - cpu) * scale
 
 
 def main() -> None:
@@ -82,17 +85,21 @@ def main() -> None:
     rows = {}
     for s in ("compact", "medium", "large", "compact+large", "compact+medium+large"):
         rows[f"torch {s}"] = time_torch(s, data)
-    smile_total = 0.0
+    wall = cpu = 0.0
     for s in SMILE_SETS:
         rows[f"openSMILE {s}"] = time_smile(s, waves, args.smile_files)
-        smile_total += rows[f"openSMILE {s}"]
-    rows["openSMILE egemaps+compare+is10"] = smile_total
+        wall, cpu = wall + rows[f"openSMILE {s}"][0], cpu + rows[f"openSMILE {s}"][1]
+    rows["openSMILE egemaps+compare+is10"] = (wall, cpu)
     print(f"EmoDB: {len(waves)} clips, {audio:.0f} s of audio; torch threads {args.threads}, "
-          f"batch {args.batch}; openSMILE clips timed: {args.smile_files or len(waves)}")  # fmt: skip
-    print(f"| {'extractor':32s} | seconds | x real time | speed vs openSMILE 3 sets |")
-    print(f"|{'-' * 34}|---------|-------------|---------------------------|")
-    for name, sec in rows.items():
-        print(f"| {name:32s} | {sec:7.1f} | {audio / sec:11.0f} | {smile_total / sec:25.1f} |")
+          f"batch {args.batch}; openSMILE clips timed: {args.smile_files or len(waves)}; "
+          f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
+    print(f"| {'extractor':32s} | wall s | x real time | speed vs openSMILE 3 | CPU s | "
+          "speed vs openSMILE 3 (CPU) |")  # fmt: skip
+    print(f"|{'-' * 34}|--------|-------------|----------------------|-------|"
+          "----------------------------|")  # fmt: skip
+    for name, (w, c) in rows.items():
+        print(f"| {name:32s} | {w:6.1f} | {audio / w:11.0f} | {wall / w:20.1f} | {c:5.1f} | "
+              f"{cpu / c:26.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
