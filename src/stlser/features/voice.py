@@ -27,8 +27,8 @@ length.
 * **Jitter** (local, relative, cycle to cycle): the frame's segment is cut into consecutive
   windows one frame period ``P`` long; each window's own period ``Pₖ`` minimises the squared
   difference between the window and the signal ``τ`` later over the integer lags
-  ``round(P) − 1 … round(P) + 1`` (YIN's difference function restricted to that window),
-  refined by parabolic interpolation; ``jitter = mean|Pₖ₊₁ − Pₖ| / mean Pₖ`` over the windows
+  ``round(P) − 1 … round(P) + 1`` (YIN's difference function restricted to that window), at
+  the vertex of the parabola through those three costs (clipped to ±1.5 samples); ``jitter = mean|Pₖ₊₁ − Pₖ| / mean Pₖ`` over the windows
   whose lagged copy lies inside the segment (Eyben et al. 2016 eGeMAPS, Farrús et al. 2007:
   local jitter). Periods are resolved to about 0.05 sample at 8 kHz, so jitter below about
   0.1 % of a period is not resolved.
@@ -97,7 +97,7 @@ def decimate(wave16: Tensor, taps: Tensor) -> Tensor:
     return out
 
 
-JITTER_LAGS = (-1, 0, 1)
+JITTER_LAGS = (-1, 0, 1)  # the parabola below reads exactly these three
 
 
 def cycle_jitter(seg: Tensor, cs: Tensor, period: Tensor) -> Tensor:
@@ -124,13 +124,12 @@ def cycle_jitter(seg: Tensor, cs: Tensor, period: Tensor) -> Tensor:
         cpi = cp[..., i, :]
         costs.append(e_win + e_sh - 2 * (cpi.gather(-1, b) - cpi.gather(-1, a)))
     c = torch.stack(costs, dim=-1)  # [B, T, K, L]
-    j = torch.argmin(c, dim=-1, keepdim=True)
-    jc = j.clamp(1, len(JITTER_LAGS) - 2)
-    ya, yb, yc = c.gather(-1, jc - 1), c.gather(-1, jc), c.gather(-1, jc + 1)
+    # vertex of the parabola through the costs at round(P) - 1, round(P), round(P) + 1: a
+    # continuous function of the costs, so a flip of round(P) moves it little
+    ya, yb, yc = c[..., 0], c[..., 1], c[..., 2]
     den = ya - 2 * yb + yc
     shift = (0.5 * (ya - yc) / den.clamp_min(1e-12)) * (den > 1e-12).to(dt)
-    shift = torch.where(j == jc, shift.clamp(-1.0, 1.0), torch.zeros_like(shift))
-    per = (p0.unsqueeze(-1) + JITTER_LAGS[0] + j[..., 0]).to(dt) + shift[..., 0]  # [B, T, K]
+    per = p0.unsqueeze(-1).to(dt) + shift.clamp(-1.5, 1.5)  # [B, T, K]
     # a window counts when its lagged copy (longest lag) ends inside the segment
     ok = (b + p0.unsqueeze(-1) + JITTER_LAGS[-1]) <= s_len
     ok = ok & (b > a)
