@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import time
 import warnings
 
 import numpy as np
@@ -272,7 +271,6 @@ def test_onnx_parity_at_half_3_and_17_seconds():
     ex = (0.1 * torch.randn(2, 24000, generator=g), torch.tensor([24000, 16000]))
     batch = torch.export.Dim("batch", min=1, max=1024)
     samples = torch.export.Dim("samples", min=SR // 4, max=SR * 600)
-    start = time.perf_counter()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), io.StringIO() as sink:
         warnings.simplefilter("ignore")
@@ -310,4 +308,3 @@ def test_onnx_parity_at_half_3_and_17_seconds():
         worst = others[int(err[:, ~jit].argmax()) % len(others)]
         assert err[:, ~jit].max() < 1e-4, (seconds, float(err[:, ~jit].max()), worst)
         assert err[:, jit].max() < 5e-3, (seconds, float(err[:, jit].max()))
-    assert time.perf_counter() - start < 120
