@@ -1,8 +1,9 @@
-"""Acoustic features: the front end (`frontend`: log-mel / MFCC in torch, eGeMAPS), the disk
-cache with bulk extraction (`cache`) and normalisation (`normalise`). The names most callers
-need are re-exported here."""
+"""Acoustic features: the front end (`frontend`: log-mel / MFCC in torch, eGeMAPS), the torch
+descriptor / functional front end (`descriptors`, `voice`, `functionals`: openSMILE-style
+functionals without openSMILE), the disk cache with bulk extraction (`cache`) and normalisation
+(`normalise`). The names most callers need are re-exported here."""
 
-from stlser.features import cache, frontend, normalise
+from stlser.features import cache, descriptors, frontend, functionals, normalise, voice
 from stlser.features.cache import (
     FEATURE_VERSION,
     FeatureCache,
@@ -11,6 +12,7 @@ from stlser.features.cache import (
     load_features,
     load_functionals,
 )
+from stlser.features.descriptors import Descriptors
 from stlser.features.frontend import (
     LOG_FLOOR,
     N_EGEMAPS_FUNCTIONALS,
@@ -26,6 +28,8 @@ from stlser.features.frontend import (
     mel_filterbank,
     n_frames,
 )
+from stlser.features.functionals import SETS as FUNCTIONAL_FRONTEND_SETS
+from stlser.features.functionals import FunctionalFrontEnd, masked_functionals
 from stlser.features.normalise import (
     NORM_MODES,
     STD_FLOOR,
@@ -38,6 +42,9 @@ from stlser.features.normalise import (
 
 __all__ = [
     "FEATURE_VERSION",
+    "FUNCTIONAL_FRONTEND_SETS",
+    "Descriptors",
+    "FunctionalFrontEnd",
     "LOG_FLOOR",
     "N_EGEMAPS_FUNCTIONALS",
     "N_EGEMAPS_LLD",
@@ -50,6 +57,7 @@ __all__ = [
     "cache",
     "compute",
     "dct_matrix",
+    "descriptors",
     "dft_kernels",
     "egemaps_functionals",
     "feature_key_config",
@@ -58,12 +66,15 @@ __all__ = [
     "frame_stats",
     "front_end",
     "frontend",
+    "functionals",
     "hann_window",
     "load_features",
     "load_functionals",
+    "masked_functionals",
     "mel_filterbank",
     "n_frames",
     "normalise",
     "normalize_all",
     "normalize_functionals",
+    "voice",
 ]
