@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-accuracy pretrained corpus-checks clean
+.PHONY: demo test slow-checks lint bench bench-accuracy pretrained corpus-checks clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -19,7 +19,11 @@ demo: $(STAMP)
 	$(BIN)/stlser demo -o runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not corpus" tests
+	$(BIN)/python -m pytest -m "not corpus and not slow" tests
+
+# Longer checks CI runs after the suite (e.g. the torch front end's ONNX export at three lengths).
+slow-checks: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not corpus" tests
 
 corpus-checks: $(STAMP)
 	$(BIN)/python -m pytest -m corpus tests
