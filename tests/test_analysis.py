@@ -124,6 +124,7 @@ def test_knn_accuracy_and_helpers():
     assert analysis.tsne_perplexity(10) == 3.0 and analysis.tsne_perplexity(500) == 30.0
 
 
+@pytest.mark.slow  # eight trainings: make slow-checks (CI)
 def test_reproduce_report(synth_corpus, cache, tmp_path):
     over = ["train.max_epochs=1", "train.progress=false", f"cache_dir={cache}", "split.folds=[0]"]
     with pytest.raises(ValueError, match="model.stl_layers"):

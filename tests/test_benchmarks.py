@@ -210,6 +210,7 @@ def _mini_corpora(root: Path) -> None:
                 sf.write(str(root / "casia" / spk / emo / f"{n}.wav"), x, benchlib.SR)
 
 
+@pytest.mark.slow  # minutes of pretraining: make slow-checks (CI)
 def test_bench_accuracy_fine_tunes_from_the_other_corpora_only(tmp_path):
     """System `finetuned` pretrains on the corpora other than the tested one (here CASIA for
     EmoDB), keeps that model, and pairs the fine-tuned run with the from-scratch one."""
@@ -364,6 +365,7 @@ def test_bench_pretrain_never_reads_the_held_out_corpus(tmp_path):
     assert len(list((tmp_path / "runs").glob("without-*/*/without-*/pretrain.json"))) == 12
 
 
+@pytest.mark.slow  # every candidate recipe on three corpora: make slow-checks (CI)
 def test_bench_selection_never_shows_a_recipe_the_test_speaker(tmp_path, monkeypatch):
     """Recipe candidates see only the fold's training speakers and are scored on its
     validation speakers; speed-perturbed copies come from the feature cache; the pool is the
