@@ -245,6 +245,7 @@ def test_bench_accuracy_fine_tunes_from_the_other_corpora_only(tmp_path):
     assert rows[0][0] == "emodb" and re.fullmatch(r"[+-]\d+\.\d \[.*\] \(n=1\)", rows[0][1])
 
 
+@pytest.mark.slow  # trains every system of the table on miniature corpora: make slow-checks
 def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     tmp_path, monkeypatch
 ):
