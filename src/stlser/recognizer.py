@@ -465,7 +465,10 @@ def describe_model(spec: object, path: str | os.PathLike) -> str:
 def resolve_init_path(spec: str) -> Path:
     """The `model.pt` that ``model.init`` names (``"base"``: the shipped model's torch artefact);
     an ONNX file holds no trainable weights and is refused."""
-    path = resolve_model_path(spec, shipped=".pt")
+    try:
+        path = resolve_model_path(spec, shipped=".pt")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"model.init: {e}") from None
     if path.suffix.lower() == ".onnx":
         raise ValueError(f"model.init {spec}: {path} is an ONNX file; give its model.pt")
     return path
