@@ -106,6 +106,21 @@ def run(system: str, work: Path) -> Path:
     return out
 
 
+def assert_committed(system: str, out: Path) -> None:
+    """The run folder `out` of `system` holds the committed predictions (scores to 1e-4)."""
+    import numpy as np
+    import pandas as pd
+
+    got = pd.read_csv(out / "predictions.csv", dtype={"speaker": str})
+    want = pd.read_csv(DATA / f"{system}.csv")
+    assert got["utt_id"].tolist() == want["utt_id"].tolist()
+    assert got["fold"].tolist() == want["fold"].tolist()
+    cols = columns(system)
+    err = np.abs(got[cols].to_numpy(float) - want[cols].to_numpy(float)).max()
+    assert err < 1e-4, f"{system}: predictions moved by {err:.2e}"
+    assert got["pred"].tolist() == want["pred"].tolist()
+
+
 def columns(system: str) -> list[str]:
     """The prediction columns compared: probabilities, or the SVM's decision scores."""
     prefix = "score_" if system == "svm" else "prob_"

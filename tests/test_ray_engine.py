@@ -13,8 +13,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from tests import equivalence
@@ -61,14 +59,7 @@ def _run(system: str, work: Path, out: Path) -> Path:
 
 
 def _same_as_committed(system: str, out: Path) -> None:
-    got = pd.read_csv(out / "predictions.csv", dtype={"speaker": str})
-    want = pd.read_csv(equivalence.DATA / f"{system}.csv")
-    assert got["utt_id"].tolist() == want["utt_id"].tolist()
-    assert got["fold"].tolist() == want["fold"].tolist()
-    cols = equivalence.columns(system)
-    err = np.abs(got[cols].to_numpy(float) - want[cols].to_numpy(float)).max()
-    assert err < 1e-4, f"{system}: predictions moved by {err:.2e}"
-    assert got["pred"].tolist() == want["pred"].tolist()
+    equivalence.assert_committed(system, out)
 
 
 @needs_ray
