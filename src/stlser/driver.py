@@ -47,11 +47,12 @@ def _fit_unit(unit: runs.Unit) -> FoldOutput:
 def _reused(mdir: Path, scores: np.ndarray) -> FoldOutput:
     """A finished member read back from its folder (``--resume``)."""
     info = json.loads((mdir / "fold.json").read_text())
+    column = info.pop("column", "prob")
     row = info.pop("report_row", None)
     if row is None:  # a fold written before report rows were kept
         row = {k: info.get(k) for k in ("best_epoch", "epochs_run", "seconds")}
     pred = np.load(mdir / "pred.npy") if (mdir / "pred.npy").exists() else None
-    return FoldOutput(scores, info, row, pred, info.pop("column", "prob"))
+    return FoldOutput(scores, info, row, pred, column)
 
 
 def crossval(
@@ -218,7 +219,7 @@ def _run_folds(
         "protocol": cfg.split.protocol,
         "speaker_independent": all(r["speaker_independent"] for r in rows),
         "ensemble": n_members,
-        "jobs": max(1, min(cfg.train.jobs, len(todo))) if todo else 1,
+        "jobs": jobs,
         "speaker_normalisation": speaker_norm,
         **kind.report_facts(cfg, data, infos),
         "seconds": round(time.time() - t0, 1),

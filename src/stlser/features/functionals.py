@@ -51,7 +51,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stlser.features.descriptors import HOP, SAMPLE_RATE, VOICED_ONLY, Descriptors
+from stlser.features.descriptors import (
+    ENERGY_NAMES,
+    HOP,
+    SAMPLE_RATE,
+    SPECTRAL_NAMES,
+    VOICED_ONLY,
+    Descriptors,
+)
 
 HOP_S = HOP / SAMPLE_RATE
 PERCENTILES = (1, 20, 50, 80, 99)
@@ -254,22 +261,8 @@ _PROSODY = [
     "peak_rate",
 ]
 _VU = ["alpha_ratio", "hammarberg_index", "spectral_slope", "spectral_flux"]
-_OTHER = [
-    "rms",
-    "log_energy",
-    "zcr",
-    "spectral_centroid",
-    "spectral_spread",
-    "spectral_skewness",
-    "spectral_kurtosis",
-    "spectral_entropy",
-    "spectral_flatness",
-    "spectral_rolloff25",
-    "spectral_rolloff50",
-    "spectral_rolloff75",
-    "spectral_rolloff90",
-    "spectral_harmonicity",
-]
+# the energy and spectral descriptors not summarised by voicing above, in descriptor order
+_OTHER = [n for n in [*ENERGY_NAMES, *SPECTRAL_NAMES] if n not in (*_VU, "loudness")]
 COMPACT_GROUPS: list[tuple[list[str], str, list[str]]] = [
     (["f0_semitone", "loudness"], "default", _PROSODY),
     (["d_f0_semitone", "d_loudness"], "default", ["std"]),
