@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: on this machine 2.13.0 is a CPU wheel on disk; anything else pulls CUDA.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[export,serve,cluster,dev]'
+	$(BIN)/pip install -q -e '.[export,serve,cluster,opensmile,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -119,9 +119,9 @@ def test_nemo_release_counts() -> None:
 def test_default_recognizer_beats_the_svm_on_emodb_loso(tmp_path) -> None:
     """The expert recipe from scratch (emodb_loso.yaml: the recommended recipe without the
     general model, which heard EmoDB) and eGeMAPS + SVM on the same 10 EmoDB LOSO folds (seed 0):
-    measured 89.4 vs 79.5 % UA with the speed copies of model.speeds (88.8 without;
-    docs/results/accuracy.md); the check asks for a clear win. From a cold cache the copies make
-    it extract three times the functionals (a few minutes on 2 cores)."""
+    measured 88.7 vs 79.5 % UA with stlser's own sets and the speed copies of model.speeds (the
+    openSMILE sets: 89.4; docs/decisions.md D14); the check asks for a clear win. From a cold
+    cache the copies make it extract three times the functionals."""
     from stlser import config, driver
     from stlser.results import RunReport
 

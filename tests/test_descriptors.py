@@ -308,3 +308,36 @@ def test_onnx_parity_at_half_3_and_17_seconds():
         worst = others[int(err[:, ~jit].argmax()) % len(others)]
         assert err[:, ~jit].max() < 1e-4, (seconds, float(err[:, ~jit].max()), worst)
         assert err[:, jit].max() < 5e-3, (seconds, float(err[:, jit].max()))
+
+
+def test_moments_and_step_functionals_do_not_depend_on_scale_or_rounding():
+    """Skewness and kurtosis are scale-free (spectral flux is ~1e-3: its kurtosis must not be
+    swamped by a fixed epsilon); a constant series has none; a change of float rounding size
+    does not count as a rise, a fall or a peak."""
+    from stlser.features.functionals import FUNCTIONALS
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 200, 1, generator=g) ** 3  # skewed, heavy-tailed
+    mask = torch.ones_like(x, dtype=torch.bool)
+    frames = torch.tensor([200])
+    col = {n: i for i, n in enumerate(FUNCTIONALS)}
+    big = masked_functionals(x, mask, frames)[0, 0]
+    small = masked_functionals(1e-4 * x, mask, frames)[0, 0]
+    for name in ("skewness", "kurtosis", "rise_time", "fall_time", "peak_rate"):
+        assert float(small[col[name]]) == pytest.approx(float(big[col[name]]), rel=1e-4), name
+    v = x[0, :, 0].numpy().astype(np.float64)
+    assert float(big[col["kurtosis"]]) == pytest.approx(
+        ((v - v.mean()) ** 4).mean() / v.var() ** 2, rel=1e-3
+    )
+    flat = torch.full((1, 50, 1), 0.3)
+    out = masked_functionals(flat, torch.ones_like(flat, dtype=torch.bool), torch.tensor([50]))
+    for name in ("skewness", "kurtosis", "rise_time", "fall_time", "peak_rate"):
+        assert float(out[0, 0, col[name]]) == 0.0, name
+    steps = torch.tensor([0.0, 0.0, 0.5, 0.5 + 1e-6, 0.5, 1.0]).view(1, -1, 1)
+    out = masked_functionals(steps, torch.ones_like(steps, dtype=torch.bool), torch.tensor([6]))
+    assert float(out[0, 0, col["rise_time"]]) == pytest.approx(2 / 5)  # 0→0.5, 0.5→1
+    assert float(out[0, 0, col["fall_time"]]) == 0.0  # 1e-6 of the range is flat
+    tied = torch.tensor([0.0, 0.0, 0.5, 0.5, 0.5, 1.0]).view(1, -1, 1)
+    ref = masked_functionals(tied, torch.ones_like(tied, dtype=torch.bool), torch.tensor([6]))
+    for name in ("rise_time", "fall_time", "peak_rate", "peak_distance"):
+        assert float(out[0, 0, col[name]]) == float(ref[0, 0, col[name]]), name  # as if tied

@@ -397,7 +397,7 @@ def test_disk_full_on_export_keeps_the_old_file(tmp_path, monkeypatch, capsys):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"old")
     _disk_full(monkeypatch)
-    # the shipped (expert) model exports in a second; a network's export takes a minute
+    # refused before the graph is traced (which takes a minute or more)
     assert main(["export", "--model", "base", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err

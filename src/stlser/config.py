@@ -23,7 +23,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from stlser.smile import FUNCTIONAL_SETS
+from stlser.featuresets import NAMES as FUNCTIONAL_SET_NAMES
+from stlser.featuresets import OPENSMILE_EXTRA, is_own, opensmile_available
 
 
 class ConfigError(ValueError):
@@ -88,6 +89,8 @@ class FeatureConfig:
     def check(self) -> None:
         if self.deltas and self.kind not in ("logmel", "mfcc"):
             raise ConfigError(f"config features.deltas needs kind logmel or mfcc, not {self.kind}")
+        if self.kind == "egemaps" and not opensmile_available():
+            raise ConfigError(f"config features.kind=egemaps needs openSMILE: {OPENSMILE_EXTRA}")
         if self.win_length < 1 or self.hop_length < 1:
             raise ConfigError(
                 f"config features.win_ms={self.win_ms} / hop_ms={self.hop_ms} give less than one "
@@ -131,8 +134,6 @@ class FeatureConfig:
 
 #: Speed-perturbation factors allowed (`model.speeds`, the feature cache's ``speed``).
 SPEED_RANGE = (0.5, 2.0)
-#: Functional sets a functionals-based kind may name.
-FUNCTIONAL_SET_NAMES = tuple(FUNCTIONAL_SETS)
 
 
 @dataclass
@@ -181,17 +182,15 @@ class ExpertConfig:
     """Functionals → speaker normalisation → one logistic head per set (`stlser.kinds.expert`)."""
 
     kind: Literal["expert"] = "expert"
-    functionals: list[str] = field(default_factory=lambda: ["egemaps", "compare", "is10"])
+    functionals: list[str] = field(default_factory=lambda: ["compact", "large"])
     l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
-    # "select" fits each head at every L2 and keeps the one the validation speakers score best;
-    # "average": each head is the mean of its fits at every L2
+    # "select": each head at the L2 the validation speakers score best; "average": mean of all
     l2_mode: Literal["select", "average"] = "select"
-    # speed-perturbed copies of the training clips (Kaldi's speed perturbation, e.g. [0.9, 1.1])
-    # join the training rows, each (speaker, factor) normalised as a speaker of its own;
-    # training only (prediction never perturbs). [] = off
+    # speed-perturbed copies of the training clips (Kaldi-style, e.g. [0.9, 1.1]) join the
+    # training rows, each (speaker, factor) a speaker of its own; training only. [] = off
     speeds: list[float] = field(default_factory=list)
-    # fine-tuning: "base" (the shipped general model) or the path of an expert model.pt: each L2
-    # of l2_grid is fitted pulling toward zero and toward the pretrained weights
+    # fine-tuning: "base" (the shipped general model) or an expert model.pt: each L2 of l2_grid
+    # fitted pulling toward zero and toward the pretrained weights
     init: str | None = None
 
     def check(self) -> None:
@@ -237,6 +236,8 @@ def _check_sets(sets: list[str]) -> None:
             f"config model.functionals={sets} must name distinct sets from: "
             + " | ".join(FUNCTIONAL_SET_NAMES)
         )
+    if any(not is_own(s) for s in sets) and not opensmile_available():
+        raise ConfigError(f"config model.functionals={sets} needs openSMILE: {OPENSMILE_EXTRA}")
 
 
 #: model.kind → its config variant. A new kind adds its own (`register_model_config`).
@@ -279,8 +280,7 @@ class TrainConfig:
     patience: int = 8
     monitor: Literal["val_acc", "val_ua", "val_loss"] = "val_acc"
     class_weights: bool = False
-    # network: the CNN front end (conv blocks) gets no updates in the first N epochs, then trains
-    # with the rest; applies with or without model.init (BatchNorm statistics still adapt)
+    # network: the CNN blocks are frozen for the first N epochs (BatchNorm statistics adapt)
     freeze_epochs: int = 0
     refit: bool = False  # after early stopping, retrain on train + val for the best epoch count
     specaugment: bool = False

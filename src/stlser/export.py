@@ -22,8 +22,10 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike, **
     returns the path. Raises RuntimeError if the graph disagrees with torch. Keyword arguments
     (``dynamo``, ``verbose``) reach a waveform graph's exporter."""
     from stlser import kinds
+    from stlser.utils import check_writable
 
     if Path(out).is_dir():
         raise ValueError(f"--output {out} is a folder; give the .onnx file to write")
     kind, art, path = kinds.read(model_path)
+    check_writable(out)  # before tracing a waveform graph, which takes a minute or more
     return kind.export(path, art, out, **kw)

@@ -1,7 +1,8 @@
 """torch modules → checked ONNX graphs, shared by every kind's export.
 
 Two graph shapes: a waveform graph ``wave[B, N] float32, lengths[B] int64 → probs[B, C]``
-(:func:`wave_graph`: front end inside, dynamic batch and length) and a vector graph
+(:func:`wave_graph`: front end inside, dynamic batch and length; optional further inputs with
+default values, e.g. a functionals model's normalisation statistics) and a vector graph
 ``functionals[B, D] float32 → probs[B, C]`` (:func:`vector_graph`). Both are checked against
 torch before they are written (atomically) and carry string metadata (``metadata_props``) that
 `stlser.onnx_runtime` reads.
@@ -39,8 +40,16 @@ def _example(b: int, seconds: list[float], seed: int) -> tuple[torch.Tensor, tor
     return wave, lengths
 
 
-def _to_proto(pipeline: torch.nn.Module, dynamo: bool, verbose: bool) -> Any:
-    """Trace the pipeline → onnx.ModelProto (exporter chatter silenced unless `verbose`)."""
+def _to_proto(
+    pipeline: torch.nn.Module,
+    dynamo: bool,
+    verbose: bool,
+    optional: dict[str, torch.Tensor] | None = None,
+    optimize: bool = True,
+) -> Any:
+    """Trace the pipeline → onnx.ModelProto (exporter chatter silenced unless `verbose`).
+    `optional`: further inputs (name → default value), stored as initializers of the same name,
+    which makes them inputs a caller may leave out."""
     wave, lengths = _example(2, [3.0, 2.0], seed=0)
     onnx_log = logging.getLogger("torch.onnx")
     level = onnx_log.level
@@ -50,9 +59,14 @@ def _to_proto(pipeline: torch.nn.Module, dynamo: bool, verbose: bool) -> Any:
     try:
         with warnings.catch_warnings(), quiet:
             warnings.simplefilter("ignore")
-            return _trace(pipeline, wave, lengths, dynamo, verbose)
+            proto = _trace(pipeline, wave, lengths, dynamo, verbose, optional or {}, optimize)
     finally:
         onnx_log.setLevel(level)
+    from onnx import numpy_helper
+
+    for name, value in (optional or {}).items():
+        proto.graph.initializer.append(numpy_helper.from_array(value.numpy(), name))
+    return proto
 
 
 def _trace(
@@ -61,22 +75,26 @@ def _trace(
     lengths: torch.Tensor,
     dynamo: bool,
     verbose: bool,
+    optional: dict[str, torch.Tensor],
+    optimize: bool = True,
 ) -> Any:
     import onnx
 
-    names = {"input_names": ["wave", "lengths"], "output_names": ["probs"]}
+    names = {"input_names": ["wave", "lengths", *optional], "output_names": ["probs"]}
+    args = (wave, lengths, *optional.values())
     if dynamo:
         batch = torch.export.Dim("batch", min=1, max=4096)
         samples = torch.export.Dim("samples", min=MIN_BATCH_SAMPLES)
+        shapes = {"wave": {0: batch, 1: samples}, "lengths": {0: batch}}
         prog = torch.onnx.export(
             pipeline,
-            (wave, lengths),
+            args,
             None,
             dynamo=True,
             verbose=verbose,
             opset_version=OPSET,
-            dynamic_shapes={"wave": {0: batch, 1: samples}, "lengths": {0: batch}},
-            optimize=True,
+            dynamic_shapes={**shapes, **{k: None for k in optional}},
+            optimize=optimize,
             external_data=False,
             **names,
         )
@@ -84,7 +102,7 @@ def _trace(
     buf = io.BytesIO()
     torch.onnx.export(
         pipeline,
-        (wave, lengths),
+        args,
         buf,
         dynamo=False,
         verbose=verbose,
@@ -100,16 +118,22 @@ def _trace(
 
 
 def check_against_torch(
-    pipeline: torch.nn.Module, onnx_bytes: bytes, seconds: list[float], seed: int = 1
+    pipeline: torch.nn.Module,
+    onnx_bytes: bytes,
+    seconds: list[float],
+    seed: int = 1,
+    given: dict[str, torch.Tensor] | None = None,
 ) -> float:
-    """Max |p_torch - p_onnx| on one random padded batch of clips of the given lengths."""
+    """Max |p_torch - p_onnx| on one random padded batch of clips of the given lengths (with
+    the optional inputs `given`, else their defaults)."""
     import onnxruntime as ort
 
     wave, lengths = _example(len(seconds), seconds, seed)
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    (got,) = sess.run(["probs"], {"wave": wave.numpy(), "lengths": lengths.numpy()})
+    feeds = {"wave": wave.numpy(), "lengths": lengths.numpy()}
+    (got,) = sess.run(["probs"], {**feeds, **{k: v.numpy() for k, v in (given or {}).items()}})
     with torch.inference_mode():
-        ref = pipeline(wave, lengths).numpy()
+        ref = pipeline(wave, lengths, *(given or {}).values()).numpy()
     return float(np.abs(got - ref).max())
 
 
@@ -130,15 +154,23 @@ def wave_graph(
     doc: str = "stlser: 16 kHz waveform -> speech emotion probabilities",
     dynamo: bool = True,
     verbose: bool = False,
+    optional: dict[str, torch.Tensor] | None = None,
+    tolerance: float = CHECK_TOLERANCE,
+    optimize: bool = True,
 ) -> Path:
-    """Export ``module(wave, lengths) -> probs`` to `out`; RuntimeError if onnxruntime and torch
-    disagree by more than :data:`CHECK_TOLERANCE` on clips of 0.7, 4.3 and 1.1 s."""
+    """Export ``module(wave, lengths, *optional) -> probs`` to `out`; RuntimeError if onnxruntime
+    and torch disagree by more than `tolerance` on clips of 0.7, 4.3 and 1.1 s (with the
+    optional inputs left out, and given other values)."""
     module = module.eval()
-    proto = _to_proto(module, dynamo, verbose)
+    proto = _to_proto(module, dynamo, verbose, optional, optimize)
     meta = {**meta, "exporter": "torch.export (dynamo)" if dynamo else "torchscript"}
     data = _write(proto, meta, doc, out)
     err = check_against_torch(module, data, [0.7, 4.3, 1.1])
-    if not err <= CHECK_TOLERANCE:
+    if optional:
+        g = torch.Generator().manual_seed(2)
+        other = {k: v * (1 + 0.1 * torch.rand(v.shape, generator=g)) for k, v in optional.items()}
+        err = max(err, check_against_torch(module, data, [2.3, 0.9], given=other))
+    if not err <= tolerance:
         raise RuntimeError(f"exported graph disagrees with torch (max |dp| = {err:.2e})")
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)

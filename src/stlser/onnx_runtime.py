@@ -53,13 +53,23 @@ class OnnxRecognizer(BaseRecognizer):
             raise ModelLoadError(p, f"not a readable ONNX model ({first})") from None
         self.meta: dict[str, Any] = read_metadata(self.session)
         names = [i.name for i in self.session.get_inputs()]
-        #: graphs over functionals (any kind) take openSMILE functionals, computed here first
+        #: graphs over openSMILE functionals take them computed here first (a model over
+        #: stlser's own sets exports one graph from the waveform instead)
         self.sets: list[str] = []
         if names == ["functionals"]:
+            from stlser import featuresets
+
             try:
                 self.sets = [str(s) for s in json.loads(self.meta["functionals"])]
             except (KeyError, ValueError, TypeError) as e:
                 raise ModelLoadError(p, f"malformed stlser metadata ({e})"[:300]) from None
+            if any(featuresets.is_own(s) for s in self.sets):
+                raise ModelLoadError(
+                    p,
+                    f"a graph over functionals {self.sets} mixes stlser's own sets with openSMILE's:"
+                    " this runtime computes openSMILE's only; load the model.pt with Recognizer",
+                )
+            featuresets.require_opensmile(f"{p.name} (a graph over openSMILE functionals)")
             names = ["wave", "lengths"]
         if names != ["wave", "lengths"] or "labels" not in self.meta:
             raise ModelLoadError(

@@ -31,6 +31,22 @@ def _output_error(p: Path, e: OSError) -> OutputError:
     )
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """OutputError naming `path` unless a file can be written beside it (a probe, removed
+    again): for outputs that take long to compute."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=p.parent)
+        os.close(fd)
+        try:
+            Path(tmp).write_bytes(b"\0")
+        finally:
+            os.unlink(tmp)
+    except OSError as e:
+        raise _output_error(p, e) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path` (atomic on POSIX).

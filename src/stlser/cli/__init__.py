@@ -468,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     from stlser import logs
+    from stlser.featuresets import MissingExtraError
 
     def terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt("terminated")
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, MissingExtraError) as e:
         print(f"stlser {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stlser import audio, smile
+from stlser import audio, featuresets, smile
 from stlser.config import SPEED_RANGE, FeatureConfig
 from stlser.features import frontend
 from stlser.features.frontend import compute, feature_key_config, front_end
@@ -25,10 +25,16 @@ from stlser.utils import save_npy, usable_cores, write_json
 
 #: Bump when the numbers a given config produces change; old cache entries then miss.
 FEATURE_VERSION = 1
-#: functional set → the cache's `what` for it (eGeMAPS keeps its historical name).
+#: openSMILE functional set → the cache's `what` for it (eGeMAPS keeps its historical name).
 FUNCTIONAL_WHAT = {
     name: "functionals" if name == "egemaps" else name for name in smile.FUNCTIONAL_SETS
 }
+
+
+def _is_own(what: str) -> bool:
+    """`what` names stlser's own sets (``"compact"``, ``"compact+large"``): one cache entry
+    holds the sets of one pass of the torch front end."""
+    return all(featuresets.is_own(s) for s in what.split("+"))
 
 
 def _sha1(text: str) -> str:
@@ -52,9 +58,10 @@ class FeatureCache:
         what: str = "frames",
         speed: float = 1.0,
     ) -> None:
-        if what not in ("frames", *FUNCTIONAL_WHAT.values()):
+        if what not in ("frames", *FUNCTIONAL_WHAT.values()) and not _is_own(what):
             raise ValueError(
-                f"what must be 'frames' or one of {sorted(FUNCTIONAL_WHAT.values())}, not {what!r}"
+                f"what must be 'frames', own sets joined by '+' or one of "
+                f"{sorted(FUNCTIONAL_WHAT.values())}, not {what!r}"
             )
         lo, hi = SPEED_RANGE
         if speed != 1.0 and (what == "frames" or not lo <= speed <= hi):
@@ -62,15 +69,20 @@ class FeatureCache:
         self.cfg = cfg
         self.what = what
         self.speed = float(speed)
-        if what != "frames":  # eGeMAPS keeps its historical key; every other set gets its own
-            desc: dict[str, Any] = {
-                "kind": "egemaps_functionals" if what == "functionals" else f"{what}_functionals",
-                "sample_rate": self.cfg.sample_rate,
+        if what == "frames":
+            desc = feature_key_config(self.cfg)
+        elif _is_own(what):
+            from stlser.features.functionals import VERSION
+
+            desc = {"kind": "stlser_functionals", "frontend_version": VERSION}
+        else:  # eGeMAPS keeps its historical key; every other set gets its own
+            desc = {
+                "kind": "egemaps_functionals" if what == "functionals" else f"{what}_functionals"
             }
+        if what != "frames":
+            desc["sample_rate"] = self.cfg.sample_rate
             if self.speed != 1.0:
                 desc["speed"] = self.speed
-        else:
-            desc = feature_key_config(self.cfg)
         self.config = {**desc, "what": what, "feature_version": FEATURE_VERSION}
         self.config_json = json.dumps(self.config, sort_keys=True)
         self.config_hash = _sha1(self.config_json)[:16]
@@ -104,6 +116,10 @@ class FeatureCache:
         if self.speed != 1.0:
             wave = audio.speed_perturb(wave, self.speed, self.cfg.sample_rate)
         try:
+            if self.what != "frames" and _is_own(self.what):
+                from stlser.features.functionals import clip_functionals
+
+                return clip_functionals(wave, self.what)
             if self.what != "frames":
                 set_name = next(k for k, w in FUNCTIONAL_WHAT.items() if w == self.what)
                 return frontend.functionals(wave, self.cfg.sample_rate, set_name)
@@ -242,7 +258,11 @@ def _run_pool(
     # single-threaded (set in the initializer), the DataLoader recipe for fork safety.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     if method == "fork":  # build the filter bank / import openSMILE once, before forking
-        if what != "frames" or cfg.kind == "egemaps":
+        if what != "frames" and _is_own(what):
+            from stlser.features.functionals import clip_functionals
+
+            clip_functionals(np.zeros(1600, np.float32), what)
+        elif what != "frames" or cfg.kind == "egemaps":
             import opensmile  # noqa: F401
         else:
             front_end(cfg)
@@ -294,16 +314,22 @@ def load_functionals(
     feature_set: str = "egemaps",
     speed: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """openSMILE functionals of every row → {utt_id: float32[D]}, cached under their own key.
+    """Functionals of every row → {utt_id: float32[D]}, cached under their own key.
 
-    ``feature_set``: a name of `stlser.smile.FUNCTIONAL_SETS`, e.g. ``egemaps`` (eGeMAPSv02, 88)
-    or ``compare`` (ComParE_2016, 6,373). ``speed`` ≠ 1: of the speed-perturbed clips."""
-    if feature_set not in FUNCTIONAL_WHAT:
+    ``feature_set``: stlser's own sets (``compact``, ``large``, or several joined by ``+``,
+    computed in one pass: `stlser.features.functionals`) or an openSMILE set of
+    `stlser.smile.FUNCTIONAL_SETS`, e.g. ``egemaps`` (eGeMAPSv02, 88) or ``compare``
+    (ComParE_2016, 6,373; needs the ``opensmile`` extra). ``speed`` ≠ 1: of the speed-perturbed
+    clips."""
+    if feature_set not in FUNCTIONAL_WHAT and not _is_own(feature_set):
         raise ValueError(
-            f"feature_set must be one of {sorted(FUNCTIONAL_WHAT)}, not {feature_set!r}"
+            f"feature_set must be own sets {sorted(featuresets.OWN_SETS)} (joined by '+') or one "
+            f"of {sorted(FUNCTIONAL_WHAT)}, not {feature_set!r}"
         )
+    if not _is_own(feature_set):
+        featuresets.require_opensmile(f"functional set {feature_set!r}")
     cfg = FeatureConfig(kind="egemaps", sample_rate=sample_rate)
-    what = FUNCTIONAL_WHAT[feature_set]
+    what = feature_set if _is_own(feature_set) else FUNCTIONAL_WHAT[feature_set]
     out, _, _ = _run(df, cfg, cache_dir, workers, progress, keep=True, what=what, speed=speed)
     return out
 

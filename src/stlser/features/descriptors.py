@@ -103,13 +103,14 @@ def rasta_fir(n: int = RASTA_TAPS, pole: float = RASTA_POLE) -> np.ndarray:
     return h.astype(np.float32)
 
 
-def _local_peaks(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Boolean masks of local maxima and minima of x[..., K] along the last axis (interior)."""
+def _local_peaks(x: Tensor, tol: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """Boolean masks of local maxima and minima of x[..., K] along the last axis (interior);
+    steps below `tol` count as flat, so float rounding cannot make or break a peak."""
     left = x[..., 1:-1] - x[..., :-2]
     right = x[..., 1:-1] - x[..., 2:]
     pad = torch.zeros_like(x[..., :1], dtype=torch.bool)
-    peaks = torch.cat([pad, (left > 0) & (right >= 0), pad], dim=-1)
-    valleys = torch.cat([pad, (left < 0) & (right <= 0), pad], dim=-1)
+    peaks = torch.cat([pad, (left > tol) & (right >= -tol), pad], dim=-1)
+    valleys = torch.cat([pad, (left < -tol) & (right <= tol), pad], dim=-1)
     return peaks, valleys
 
 

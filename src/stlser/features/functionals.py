@@ -30,9 +30,11 @@ frame in its mask gets 0 for every functional over it. Definitions (:func:`maske
   quadratic regression on time centred on the mask's mean time and measured in clip durations
   (a, b, c, error), solved in closed form (Cramer's rule; 0 when fewer than three distinct
   times);
-* rise / fall time: share of consecutive masked frame pairs in which the value rises / falls;
+* rise / fall time: share of consecutive masked frame pairs in which the value rises / falls
+  by more than ``DEAD_BAND`` (1e-4) of the range;
   up-level times: share of masked frames above min + q (max − min), q = 25/50/75/90 %;
-* peaks (frames above the previous and not below the next, all three masked): peaks per second
+* peaks (frames above the previous and not below the next by more than the same dead band,
+  all three masked): peaks per second
   of clip and the mean distance between the first and last peak per interval (s).
 
 Segment statistics (eGeMAPS): voiced share of frames, voiced segments per second, mean voiced
@@ -45,8 +47,10 @@ exceed 1.0 are scaled down at the decode boundary (``stlser.audio``, with a warn
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,6 +64,8 @@ from stlser.features.descriptors import (
     Descriptors,
 )
 
+#: Bump when the numbers of any set change (the feature cache keys on it).
+VERSION = 3
 HOP_S = HOP / SAMPLE_RATE
 PERCENTILES = (1, 20, 50, 80, 99)
 UP_LEVELS = (25, 50, 75, 90)
@@ -91,6 +97,7 @@ FUNCTIONALS = [
 ]
 SEGMENT_NAMES = ["voiced_share", "voiced_segments_per_s", "voiced_mean_len", "unvoiced_mean_len"]
 EPS = 1e-12
+DEAD_BAND = 1e-4  # of a series' range: smaller steps are flat for rise / fall and peaks
 _BIG = 1e7  # larger than any frame index
 
 
@@ -111,14 +118,18 @@ def masked_functionals(x: Tensor, mask: Tensor, frames: Tensor, hop_s: float = H
     ns = n.clamp_min(1.0)
     has = n > 0
     zero = torch.zeros_like(n)
-    x = x * m
+    x = torch.where(mask, x, torch.zeros_like(x))
     mean = x.sum(1) / ns
-    c = (x - mean.unsqueeze(1)) * m
-    c2 = c * c
-    var = c2.sum(1) / ns
-    std = torch.sqrt(var + EPS) * has.to(dt)
-    skew = (c2 * c).sum(1) / ns / (var * torch.sqrt(var) + EPS)
-    kurt = (c2 * c2).sum(1) / ns / (var * var + EPS)
+    c = torch.where(mask, x - mean.unsqueeze(1), torch.zeros_like(x))
+    var = (c * c).sum(1) / ns
+    std = torch.sqrt(var)
+    # Skewness and kurtosis of the standardised values (scale-free, so descriptors as small as
+    # spectral flux keep theirs); a series constant to float precision has none (0).
+    varies = std > 1e-5 * x.abs().amax(1)
+    u = c * torch.where(varies, 1.0 / std.clamp_min(1e-30), zero).unsqueeze(1)
+    u2 = u * u
+    skew = (u2 * u).sum(1) / ns
+    kurt = (u2 * u2).sum(1) / ns
     # Order statistics: sort with +inf padding, gather per-row positions.
     inf = torch.full_like(x, float("inf"))
     xs = torch.sort(torch.where(mask, x, inf), dim=1).values
@@ -172,18 +183,20 @@ def masked_functionals(x: Tensor, mask: Tensor, frames: Tensor, hop_s: float = H
     qres = (c - qa.unsqueeze(1) * u2 - qb.unsqueeze(1) * u - qc.unsqueeze(1) * m) * m
     q_err = (qres * qres).sum(1) / ns
     qc = qc + mean * has.to(dt)
-    # Rise / fall times over consecutive masked pairs.
+    # Rise / fall times over consecutive masked pairs; a change below DEAD_BAND of the range
+    # counts as flat (float rounding must not flip a comparison of equal values).
+    rng = vmax - vmin
+    tol = (DEAD_BAND * rng).unsqueeze(1)
     mp = m[:, 1:] * m[:, :-1]
     dx = x[:, 1:] - x[:, :-1]
     n_pair = mp.sum(1).clamp_min(1.0)
-    rise = ((dx > 0).to(dt) * mp).sum(1) / n_pair
-    fall = ((dx < 0).to(dt) * mp).sum(1) / n_pair
+    rise = ((dx > tol).to(dt) * mp).sum(1) / n_pair
+    fall = ((dx < -tol).to(dt) * mp).sum(1) / n_pair
     # Up-level times.
-    rng = vmax - vmin
     ups = [((x > (vmin + q / 100.0 * rng).unsqueeze(1)).to(dt) * m).sum(1) / ns for q in UP_LEVELS]
-    # Peaks.
+    # Peaks (above the previous value and not below the next, beyond the same dead band).
     mid = x[:, 1:-1]
-    pk = (mid > x[:, :-2]) & (mid >= x[:, 2:])
+    pk = (mid - x[:, :-2] > tol) & (mid - x[:, 2:] >= -tol)
     pk = pk.to(dt) * m[:, 1:-1] * m[:, :-2] * m[:, 2:]
     n_pk = pk.sum(1)
     dur = (frames.to(dt) * hop_s).clamp_min(hop_s).unsqueeze(1)
@@ -407,3 +420,17 @@ class FunctionalFrontEnd(nn.Module):
         wave = F.pad(wave.to(torch.float32), (0, 2 * HOP))
         lld, frames, voiced = self.descriptors(wave, lengths)
         return torch.cat([s(lld, frames, voiced) for s in self.sets], dim=-1)
+
+
+@functools.lru_cache(maxsize=4)
+def front_end(set_name: str) -> FunctionalFrontEnd:
+    """The process-wide front end of a set name (``"compact+large"``), built once."""
+    return FunctionalFrontEnd(set_name).eval()
+
+
+def clip_functionals(wave: np.ndarray, set_name: str) -> np.ndarray:
+    """The functionals of one 16 kHz mono clip → float32[D] (the feature cache's entry point)."""
+    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, -1)
+    with torch.inference_mode():
+        out = front_end(set_name)(x, torch.tensor([x.shape[1]]))
+    return out[0].numpy().astype(np.float32)

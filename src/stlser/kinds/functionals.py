@@ -2,8 +2,9 @@
 functionals matrix of a manifest (through the feature cache), the runtime that computes the
 functionals of audio and applies a trained model to them, and that model's ONNX graph.
 
-The functionals come from openSMILE (`stlser.smile`: eGeMAPSv02, ComParE_2016, IS10, IS09,
-emobase), before the model; the ONNX graph starts at the functionals.
+The functionals come from stlser's own torch front end (`stlser.features.functionals`: compact,
+medium, large; inside the model's ONNX graph) or from openSMILE (`stlser.smile`, the optional
+extra: eGeMAPSv02, ComParE_2016, IS10, IS09, emobase; computed before the ONNX graph).
 """
 
 from __future__ import annotations
@@ -68,32 +69,55 @@ def read_artefact(
 
 
 def set_dims(sets: list[str]) -> list[int]:
-    """Number of functionals of each named set (stlser.smile.FUNCTIONAL_SETS)."""
-    from stlser.smile import FUNCTIONAL_SETS
+    """Number of functionals of each named set (`stlser.featuresets`)."""
+    from stlser import featuresets
 
-    unknown = [s for s in sets if s not in FUNCTIONAL_SETS]
-    if unknown or not sets:
-        raise ValueError(f"model.functionals must name sets from {sorted(FUNCTIONAL_SETS)}")
-    return [FUNCTIONAL_SETS[s][1] for s in sets]
+    try:
+        return featuresets.dims(sets)
+    except ValueError:
+        raise ValueError(
+            f"model.functionals must name sets from {list(featuresets.NAMES)}"
+        ) from None
 
 
 def load_matrix(
     df: Any, sets: list[str], cache_dir: str | None, progress: bool, speed: float = 1.0
 ) -> np.ndarray:
     """Functionals of every manifest row (sets concatenated) → float32[N, D], via the cache;
-    with `speed` ≠ 1, of each clip speed-perturbed by that factor. Non-finite values (openSMILE
-    gives NaN for a few functionals of near-silent clips) become 0."""
+    with `speed` ≠ 1, of each clip speed-perturbed by that factor. Consecutive own sets are
+    computed in one pass (one cache entry). Non-finite values (openSMILE gives NaN for a few
+    functionals of near-silent clips) become 0."""
+    from stlser import featuresets
     from stlser.features import load_functionals
 
     parts = []
-    for s in sets:
-        got = load_functionals(df, cache_dir, progress=progress, feature_set=s, speed=speed)
+    for group in featuresets.own_groups(sets):
+        name = "+".join(group)
+        got = load_functionals(df, cache_dir, progress=progress, feature_set=name, speed=speed)
         parts.append(np.stack([np.asarray(got[str(u)], np.float32) for u in df["utt_id"]]))
     X = np.concatenate(parts, axis=1)
     bad = ~np.isfinite(X)
     if bad.any():
         X[bad] = 0.0
     return X
+
+
+def functionals_of(wave: np.ndarray, lengths: np.ndarray, sets: list[str]) -> np.ndarray:
+    """Functionals (sets concatenated) of each clip of a right-padded 16 kHz batch →
+    float32[B, D]: own sets batched in torch, openSMILE sets clip by clip."""
+    from stlser import featuresets, smile
+    from stlser.features.functionals import front_end
+
+    parts = []
+    for group in featuresets.own_groups(sets):
+        if featuresets.is_own(group[0]):
+            with torch.inference_mode():
+                x = front_end("+".join(group))(torch.from_numpy(wave), torch.from_numpy(lengths))
+            parts.append(x.numpy())
+        else:
+            featuresets.require_opensmile(f"functional set {group[0]!r}")
+            parts.append(smile.batch(wave, lengths, group, SAMPLE_RATE))
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def fold_rows(pos: dict[str, int], fold: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,9 +161,7 @@ class FunctionalsRecognizer(BaseRecognizer):
         self.meta = dict(meta)
 
     def functionals(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        from stlser import smile
-
-        return smile.batch(wave, lengths, self.sets, self.sample_rate)
+        return functionals_of(wave, lengths, self.sets)
 
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(self.functionals(wave, lengths))
@@ -158,31 +180,85 @@ def recognizer(
     return FunctionalsRecognizer(model, list(art["labels"]), sets, meta)
 
 
+#: Largest |probability difference| between torch and onnxruntime a functionals graph may show
+#: on the export's check clips. Step functionals (rise / fall and up-level times, peak counts)
+#: change by one frame's share when float rounding moves a value across a threshold; measured
+#: up to 9e-4 on 0.7-1.1 s clips, < 1e-4 at 0.5, 3 and 17 s (tests/test_export_functionals.py).
+GRAPH_TOLERANCE = 2e-3
+
+
+class WaveModel(torch.nn.Module):
+    """A functionals model with its own front end: ``wave[B, N], lengths[B] → probs[B, C]``,
+    the functionals normalised by ``stats_mean[D]`` / ``stats_std[D]`` (default: the training
+    set's global statistics; a speaker's own statistics adapt the model to that speaker)."""
+
+    def __init__(self, kind: FunctionalsKind, model: torch.nn.Module, sets: list[str]) -> None:
+        from stlser.features.functionals import FunctionalFrontEnd
+
+        super().__init__()
+        self.kind, self.model = kind, model.eval()
+        self.front = FunctionalFrontEnd("+".join(sets)).eval()
+
+    def forward(
+        self,
+        wave: torch.Tensor,
+        lengths: torch.Tensor,
+        stats_mean: torch.Tensor | None = None,
+        stats_std: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.front(wave, lengths)
+        mean = self.model.mean if stats_mean is None else stats_mean
+        std = self.model.std if stats_std is None else stats_std
+        return self.kind.speaker_probs(self.model, (x - mean) / std)
+
+
 def export(
+    kind: FunctionalsKind,
     model: torch.nn.Module,
     art: dict[str, Any],
     sets: list[str],
-    kind: str,
     out: str | os.PathLike,
+    **kw: Any,
 ) -> Path:
-    """ONNX graph ``functionals[B, D] → probs[B, C]`` of a model over functionals; openSMILE
-    computes the functionals before the graph (`stlser.onnx_runtime` does it; the metadata
-    names the sets)."""
-    from stlser.onnx_graph import vector_graph
+    """ONNX graph of a model over functionals. Own sets only (`stlser.featuresets`): one graph
+    ``wave[B, N], lengths[B] (, stats_mean[D], stats_std[D]) → probs[B, C]`` with the front end
+    inside, run by onnxruntime alone. With openSMILE sets: ``functionals[B, D] → probs[B, C]``,
+    openSMILE computing the functionals before the graph (`stlser.onnx_runtime` does it; the
+    metadata names the sets)."""
+    from stlser import featuresets
+    from stlser.onnx_graph import vector_graph, wave_graph
 
     dim = int(sum(set_dims(sets)))
     meta = {
-        "kind": kind,
+        "kind": kind.name,
         "labels": json.dumps(list(art["labels"])),
         "sample_rate": str(SAMPLE_RATE),
         "functionals": json.dumps(list(sets)),
         "stlser_version": __version__,
         "n_params": str(sum(p.numel() for p in model.parameters()) or model_size(model)),
         "training": json.dumps(art.get("meta") or {}, default=str),
-        "inputs": "functionals[B,D] float32: openSMILE functionals of 16 kHz mono clips, "
-        "sets concatenated in the order of 'functionals'",
         "outputs": "probs[B,C] float32 over labels",
     }
+    if all(featuresets.is_own(s) for s in sets):
+        meta["inputs"] = (
+            "wave[B,N] float32 16 kHz mono, zero-padded; lengths[B] int64 samples; optional "
+            "stats_mean[D], stats_std[D] float32: a speaker's functional statistics (default: "
+            "the training set's global ones)"
+        )
+        stats = {"stats_mean": model.mean.detach().clone(), "stats_std": model.std.detach().clone()}
+        return wave_graph(
+            WaveModel(kind, model, sets),
+            meta,
+            out,
+            optional=stats,
+            tolerance=GRAPH_TOLERANCE,
+            optimize=False,  # onnxscript's rewriter takes minutes on this graph; onnxruntime
+            **kw,  # optimises it when a session loads it
+        )
+    meta["inputs"] = (
+        "functionals[B,D] float32: openSMILE functionals of 16 kHz mono clips, sets "
+        "concatenated in the order of 'functionals'"
+    )
     return vector_graph(model, dim, meta, out)
 
 
@@ -217,7 +293,7 @@ class FunctionalsKind(Kind):
 
     def export(self, path: str | Path, art: dict[str, Any], out: str | Path, **kw: Any) -> Path:
         model, art = self.read_model(path, art)
-        return export(model, art, self.sets(art), self.name, out)
+        return export(self, model, art, self.sets(art), out, **kw)
 
     def score(self, path: str | Path, art: dict[str, Any], df: Any, cache_dir: str | None) -> Any:
         from stlser.config import FeatureConfig

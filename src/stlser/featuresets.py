@@ -1,0 +1,71 @@
+"""The named functional sets a functionals model (`expert`, `svm`) can read, and where each comes
+from.
+
+* stlser's own sets, computed in torch by :class:`stlser.features.functionals.FunctionalFrontEnd`
+  (permissive, batched, exportable into the model's ONNX graph): ``compact`` (96, eGeMAPS-sized),
+  ``medium`` (1,752, IS10-sized), ``large`` (4,282, ComParE-sized).
+* openSMILE's sets (``egemaps``, ``compare``, ``is10``, ``is09``, ``emobase``): need the optional
+  extra ``pip install 'stlser[opensmile]'`` — openSMILE is under the audEERING Research License,
+  which forbids use in or for commercial products.
+
+This module imports neither torch nor openSMILE: the config checks use it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from stlser.smile import FUNCTIONAL_SETS as OPENSMILE_SETS
+
+#: stlser's own sets → number of functionals (a test checks these against the front end).
+OWN_SETS: dict[str, int] = {"compact": 96, "medium": 1752, "large": 4282}
+#: Every set name a config may use: own sets first.
+NAMES: tuple[str, ...] = (*OWN_SETS, *OPENSMILE_SETS)
+OPENSMILE_EXTRA = (
+    "pip install 'stlser[opensmile]' (openSMILE: audEERING Research License, non-commercial "
+    "use only; stlser's own sets compact, medium, large need nothing more)"
+)
+
+
+class MissingExtraError(ImportError):
+    """An optional extra this operation needs is not installed (the message says which)."""
+
+
+def is_own(name: str) -> bool:
+    return name in OWN_SETS
+
+
+def dims(sets: list[str]) -> list[int]:
+    """Number of functionals of each named set; ValueError for an unknown name."""
+    unknown = [s for s in sets if s not in NAMES]
+    if unknown or not sets:
+        raise ValueError(f"functional sets must be named from {list(NAMES)}, got {sets}")
+    return [OWN_SETS[s] if s in OWN_SETS else OPENSMILE_SETS[s][1] for s in sets]
+
+
+def opensmile_available() -> bool:
+    try:
+        return importlib.util.find_spec("opensmile") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["opensmile"] is None
+        return False
+
+
+def require_opensmile(what: str) -> None:
+    """MissingExtraError naming the extra when openSMILE is not importable."""
+    try:
+        import opensmile  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(f"{what} needs openSMILE: {OPENSMILE_EXTRA}") from None
+
+
+def own_groups(sets: list[str]) -> list[list[str]]:
+    """`sets` cut into runs of consecutive own sets (computed in one pass of the front end) and
+    single openSMILE sets, in order: ``[compact, egemaps, large]`` → ``[[compact], [egemaps],
+    [large]]``; ``[compact, large]`` → ``[[compact, large]]``."""
+    out: list[list[str]] = []
+    for s in sets:
+        if out and is_own(s) and is_own(out[-1][-1]):
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
