@@ -1,7 +1,7 @@
 """The expert-functionals recogniser as a kind (`model.kind: expert`, the default recipe).
 
-The recipe around the logistic heads of `stlser.heads`: openSMILE functionals of each
-utterance (by default eGeMAPSv02 88, ComParE_2016 6,373 and IS10 1,582) normalised per speaker
+The recipe around the logistic heads of `stlser.heads`: functionals of each utterance (by
+default stlser's own `compact` 96 and `large` 4,282; openSMILE sets with the extra) normalised per speaker
 with that speaker's label-free statistics (unseen speakers at inference get the training set's
 global statistics), optional speed-perturbed copies of the training clips (each
 (speaker, factor) normalised as a speaker of its own), optional fine-tuning from a pretrained
