@@ -255,7 +255,9 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
     share). Scores the recipe with the held-out speakers normalised by their own statistics
     (as in crossval) and by the stored global statistics (what `stlser predict` does with one
     clip), and an eGeMAPS + linear SVM fitted on the same corpora (C on the same validation
-    speakers). Writes `loco.json` and `loco.md` into `out`."""
+    speakers; needs the ``opensmile`` extra, else left out). Writes `loco.json` and `loco.md`
+    into `out`."""
+    from stlser import featuresets
     from stlser.kinds.svm import make_classifier
 
     out = Path(out)
@@ -267,10 +269,14 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
     Z_all = _normalise(X, df, cfg)
     sets = list(cfg.model.functionals)
     dims = functionals.set_dims(sets)
-    eg = None  # the eGeMAPS columns, for the SVM beside the recipe
+    # eGeMAPS, speaker-normalised, for the SVM beside the recipe (the openSMILE extra)
+    Z_eg = None
     if "egemaps" in sets:
         start = sum(dims[: sets.index("egemaps")])
-        eg = slice(start, start + dims[sets.index("egemaps")])
+        Z_eg = Z_all[:, start : start + dims[sets.index("egemaps")]]
+    elif featuresets.opensmile_available():
+        E = functionals.load_matrix(df, ["egemaps"], cfg.cache_dir, cfg.train.progress)
+        Z_eg = _normalise(E.astype(np.float64), df, cfg)
     results: dict[str, Any] = {}
     for entry in pool:
         held = entry.partition("=")[2] or entry
@@ -307,11 +313,11 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
             for g in ("F", "M")
             if (gender == g).sum() >= 20
         }
-        if eg is not None:  # eGeMAPS + SVM on the same training corpora and validation speakers
+        if Z_eg is not None:  # eGeMAPS + SVM on the same training corpora and validation speakers
             ytr = train_df["label"].astype(str).to_numpy()
             va = _val_rows(train_df, cfg.seed)
             trn = np.setdiff1d(np.arange(len(train_df)), va)
-            Ztr = Z_all[~test][:, eg]
+            Ztr = Z_eg[~test]
             best = (-1.0, 1.0)
             for c in (1e-3, 1e-2, 1e-1, 1.0):
                 clf = make_classifier(c, "balanced").fit(Ztr[trn], ytr[trn])
@@ -320,7 +326,7 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
                     best = (got, c)
             clf = make_classifier(best[1], "balanced").fit(Ztr, ytr)
             cls = [str(c) for c in clf[-1].classes_]
-            dec = clf.decision_function(Z_all[rows][:, eg])[:, [cls.index(lab) for lab in shared]]
+            dec = clf.decision_function(Z_eg[rows])[:, [cls.index(lab) for lab in shared]]
             res["svm"] = _scores(y, dec.argmax(1), shared)
         results[held] = res
         log.info(
