@@ -259,7 +259,7 @@ def test_crossval_with_speed_copies(expert_run, tmp_path, synth_corpus):
         f"cache_dir={expert_run.parent / 'cache'}",
         "train.progress=false",
         "model.init=null",
-        "model.functionals=[egemaps]",
+        "model.functionals=[compact]",
     ]
     runs = {
         v: driver.crossval(

@@ -178,6 +178,7 @@ def test_every_training_option_runs(synth_corpus, tmp_path):
     assert np.isfinite(log["train_loss"].dropna()).all() and len(log["val_ua"].dropna()) == 2
 
 
+@pytest.mark.slow  # a minute: in make slow-checks (CI), to keep make test under 10 minutes
 def test_ensemble_in_parallel_equals_sequential(synth_corpus, tmp_path):
     """Two models per fold trained in two processes give exactly what one process gives, and
     the fold's probabilities are the mean of its members'."""
