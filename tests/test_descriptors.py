@@ -15,6 +15,7 @@ import torch
 
 from stlser.features.descriptors import HOP, STATIC_NAMES, Descriptors, frame_count
 from stlser.features.functionals import SETS, FunctionalFrontEnd, masked_functionals
+from stlser.testing import speechlike
 
 SR = 16000
 
@@ -45,17 +46,6 @@ def _col(lld: torch.Tensor, names: list[str], name: str) -> torch.Tensor:
 
 def _t(seconds: float) -> torch.Tensor:
     return torch.arange(int(seconds * SR), dtype=torch.float64) / SR
-
-
-def _speechlike(seconds: float, seed: int) -> np.ndarray:
-    """Harmonic tone with a moving F0, amplitude envelope and pauses, plus noise."""
-    g = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
-    ph = 2 * np.pi * np.cumsum(f0) / SR
-    x = sum(np.sin(k * ph) / k for k in range(1, 12))
-    env = (np.sin(2 * np.pi * 2.5 * t + seed) > -0.3) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
-    return (0.1 * x * env + 0.003 * g.standard_normal(len(t))).astype(np.float32)
 
 
 def test_names_and_set_sizes():
@@ -187,7 +177,7 @@ def test_shimmer_follows_am_depth():
 
 
 def test_padding_and_batching_change_nothing():
-    clips = [_speechlike(s, i) for i, s in enumerate([0.5, 1.3, 2.1])]
+    clips = [speechlike(s, i) for i, s in enumerate([0.5, 1.3, 2.1])]
     fe = _fe("compact+large")
     n = max(len(c) for c in clips) + 1234
     wave = torch.zeros(len(clips), n)
@@ -207,7 +197,7 @@ def test_padding_and_batching_change_nothing():
 
 
 def test_deterministic():
-    x = torch.from_numpy(_speechlike(1.5, 3))[None]
+    x = torch.from_numpy(speechlike(1.5, 3))[None]
     fe = _fe("compact+large")
     with torch.inference_mode():
         a, b = fe(x, torch.tensor([x.shape[1]])), fe(x.clone(), torch.tensor([x.shape[1]]))
@@ -221,9 +211,9 @@ def test_finite_on_degenerate_input(kind):
     n = SR
     x = {
         "silence": torch.zeros(n),
-        "short": torch.from_numpy(_speechlike(0.25, 0)),
+        "short": torch.from_numpy(speechlike(0.25, 0)),
         "dc": torch.full((n,), 0.7),
-        "loud": 40.0 * torch.from_numpy(_speechlike(1.0, 1)),
+        "loud": 40.0 * torch.from_numpy(speechlike(1.0, 1)),
         "clipped": torch.sign(torch.sin(2 * np.pi * 100 * _t(1.0))).float(),
         "tiny": torch.tensor([0.1, -0.2, 0.3]),
         "impulse": torch.nn.functional.one_hot(torch.tensor(8000), n).float(),
@@ -296,7 +286,7 @@ def test_onnx_parity_at_half_3_and_17_seconds():
         lengths = [int(seconds * SR), int(seconds * SR * 0.7), SR // 4]
         wave = torch.zeros(3, lengths[0])
         for i, n in enumerate(lengths):
-            wave[i, :n] = torch.from_numpy(_speechlike(n / SR, 10 + i))
+            wave[i, :n] = torch.from_numpy(speechlike(n / SR, 10 + i))
         (got,) = sess.run(None, {"wave": wave.numpy(), "lengths": np.array(lengths)})
         with torch.inference_mode():
             ref = fe(wave, torch.tensor(lengths)).numpy()

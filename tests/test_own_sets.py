@@ -14,6 +14,7 @@ import torch
 
 from stlser import config, featuresets
 from stlser.features.functionals import FunctionalFrontEnd
+from stlser.testing import speechlike
 
 
 def test_registry_dims_are_the_front_ends():
@@ -114,16 +115,6 @@ def test_cli_names_the_extra_before_any_work(tmp_path):
     assert "stlser[opensmile]" in r.stderr and not out.exists()
 
 
-def _speechlike(seconds: float, seed: int) -> np.ndarray:
-    g = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
-    ph = 2 * np.pi * np.cumsum(f0) / 16000
-    x = sum(np.sin(k * ph) / k for k in range(1, 12))
-    env = (np.sin(2 * np.pi * 2.5 * t + seed) > -0.3) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
-    return (0.1 * x * env + 0.003 * g.standard_normal(len(t))).astype(np.float32)
-
-
 @pytest.mark.slow
 def test_one_onnx_graph_from_waveform_with_optional_speaker_statistics(synth_corpus, tmp_path):
     """Expert model over own sets → one graph (wave, lengths[, stats_mean, stats_std] → probs),
@@ -165,7 +156,7 @@ def test_one_onnx_graph_from_waveform_with_optional_speaker_statistics(synth_cor
         lengths = [int(seconds * 16000), int(seconds * 16000 * 0.7)]
         wave = np.zeros((2, lengths[0]), np.float32)
         for i, n in enumerate(lengths):
-            wave[i, :n] = _speechlike(n / 16000, 10 + i)
+            wave[i, :n] = speechlike(n / 16000, 10 + i)
         feeds = {"wave": wave, "lengths": np.asarray(lengths, np.int64)}
         (got,) = sess.run(["probs"], feeds)
         (got_spk,) = sess.run(["probs"], {**feeds, **{k: v.numpy() for k, v in spk.items()}})
@@ -178,7 +169,7 @@ def test_one_onnx_graph_from_waveform_with_optional_speaker_statistics(synth_cor
         assert np.abs(got_spk - got).max() > 1e-3  # the statistics are used
     assert max(worst.values()) < 1e-4, worst
     rec = OnnxRecognizer(onnx_path)  # the torch-free runtime takes the same graph
-    clip = _speechlike(2.0, 3)
+    clip = speechlike(2.0, 3)
     with torch.inference_mode():
         ref = torch_model(torch.from_numpy(clip)[None], torch.tensor([len(clip)]))[0].numpy()
     probs = rec.predict(clip, sample_rate=16000).probabilities

@@ -47,6 +47,19 @@ def tone(
     return np.stack([x] * channels, axis=1) if channels > 1 else x
 
 
+def speechlike(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    """float32 speech-like test signal: a harmonic tone (11 partials) with a moving F0
+    (120 ± 40 Hz), a syllable-like amplitude envelope with pauses, and a little noise (seeded).
+    Unlike an exactly periodic `tone`, consecutive frames rarely tie."""
+    g = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
+    ph = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * ph) / k for k in range(1, 12))
+    env = (np.sin(2 * np.pi * 2.5 * t + seed) > -0.3) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
+    return (0.1 * x * env + 0.003 * g.standard_normal(len(t))).astype(np.float32)
+
+
 def wav_bytes(x: np.ndarray, sr: int = SR, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
     """`x` encoded as an audio file in memory (WAV PCM-16 by default)."""
     buf = io.BytesIO()

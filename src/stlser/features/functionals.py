@@ -428,9 +428,15 @@ def front_end(set_name: str) -> FunctionalFrontEnd:
     return FunctionalFrontEnd(set_name).eval()
 
 
+def batch_functionals(wave: np.ndarray, lengths: np.ndarray, set_name: str) -> np.ndarray:
+    """The functionals of a right-padded batch of 16 kHz mono clips → float32[B, D]."""
+    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+    with torch.inference_mode():
+        out = front_end(set_name)(x, torch.as_tensor(np.asarray(lengths, np.int64)))
+    return out.numpy().astype(np.float32)
+
+
 def clip_functionals(wave: np.ndarray, set_name: str) -> np.ndarray:
     """The functionals of one 16 kHz mono clip → float32[D] (the feature cache's entry point)."""
-    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, -1)
-    with torch.inference_mode():
-        out = front_end(set_name)(x, torch.tensor([x.shape[1]]))
-    return out[0].numpy().astype(np.float32)
+    x = np.asarray(wave, dtype=np.float32).reshape(1, -1)
+    return batch_functionals(x, np.asarray([x.shape[1]]), set_name)[0]

@@ -106,14 +106,12 @@ def functionals_of(wave: np.ndarray, lengths: np.ndarray, sets: list[str]) -> np
     """Functionals (sets concatenated) of each clip of a right-padded 16 kHz batch →
     float32[B, D]: own sets batched in torch, openSMILE sets clip by clip."""
     from stlser import featuresets, smile
-    from stlser.features.functionals import front_end
+    from stlser.features.functionals import batch_functionals
 
     parts = []
     for group in featuresets.own_groups(sets):
         if featuresets.is_own(group[0]):
-            with torch.inference_mode():
-                x = front_end("+".join(group))(torch.from_numpy(wave), torch.from_numpy(lengths))
-            parts.append(x.numpy())
+            parts.append(batch_functionals(wave, lengths, "+".join(group)))
         else:
             featuresets.require_opensmile(f"functional set {group[0]!r}")
             parts.append(smile.batch(wave, lengths, group, SAMPLE_RATE))
@@ -183,7 +181,7 @@ def recognizer(
 #: Largest |probability difference| between torch and onnxruntime a functionals graph may show
 #: on the export's check clips. Step functionals (rise / fall and up-level times, peak counts)
 #: change by one frame's share when float rounding moves a value across a threshold; measured
-#: up to 9e-4 on 0.7-1.1 s clips, < 1e-4 at 0.5, 3 and 17 s (tests/test_export_functionals.py).
+#: up to 9e-4 on 0.7-1.1 s clips, < 1e-4 at 0.5, 3 and 17 s (tests/test_own_sets.py).
 GRAPH_TOLERANCE = 2e-3
 
 
