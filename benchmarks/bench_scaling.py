@@ -203,30 +203,38 @@ def main(quick: bool = False, **overrides: Any) -> str:
                     bl.fmt(res["peak_rss_mb"] - res["rss_before_mb"]),
                 ]
             )
-        model = bl.make_artefact(tmp / "model.pt")
+        from importlib import resources
+
+        models = {
+            "network (random weights)": bl.make_artefact(tmp / "model.pt"),
+            "default `base`": Path(str(resources.files("stlser") / "models" / "base.pt")),
+        }
         for minutes in z["minutes"]:
             wav = bl.write_long_wav(tmp / f"long_{minutes}min.wav", minutes, seed=5)
-            res = _call(
-                iso,
-                "segments_child",
-                {"model_path": str(model), "wav": str(wav), "reps": z["segment_reps"]},
-                timeout,
-            )
+            for label, model in models.items():
+                res = _call(
+                    iso,
+                    "segments_child",
+                    {"model_path": str(model), "wav": str(wav), "reps": z["segment_reps"]},
+                    timeout,
+                )
+                s = bl.stats(res["times"])
+                if label == "default `base`":
+                    seg_unit.append(s["median"] / minutes)
+                seg_rows.append(
+                    [
+                        label,
+                        bl.fmt(minutes),
+                        str(res["segments"]),
+                        bl.fmt(s["min"]),
+                        bl.fmt(s["median"]),
+                        bl.fmt(s["median"] / minutes),
+                        f"{s['median'] / (minutes * 60):.4f}",
+                        bl.fmt(res["peak_rss_mb"]),
+                        bl.fmt(res["peak_rss_mb"] - res["rss_before_mb"]),
+                    ]
+                )
             wav.unlink()
-            s = bl.stats(res["times"])
-            seg_unit.append(s["median"] / minutes)
-            seg_rows.append(
-                [
-                    bl.fmt(minutes),
-                    str(res["segments"]),
-                    bl.fmt(s["min"]),
-                    bl.fmt(s["median"]),
-                    bl.fmt(s["median"] / minutes),
-                    f"{s['median'] / (minutes * 60):.4f}",
-                    bl.fmt(res["peak_rss_mb"]),
-                    bl.fmt(res["peak_rss_mb"] - res["rss_before_mb"]),
-                ]
-            )
 
     where = "in a fresh process per measurement" if iso else "in this process"
     intro = f"""
@@ -271,6 +279,7 @@ Load average at start: {load}.
     )
     seg_table = bl.md_table(
         [
+            "model",
             "audio min",
             "segments",
             "min s",
@@ -294,7 +303,7 @@ One training epoch:
 
 {_ratio_text(train_unit, "Time per utterance")}.
 
-`Recognizer.segments(path)` on one long WAV (speech-like bursts of 0.8-4 s between 0.3-2 s
+`Recognizer.segments(path)` of the default model and of a network on one long WAV (speech-like bursts of 0.8-4 s between 0.3-2 s
 pauses, written block by block with soundfile; energy VAD, windows of at most 6 s, batches of 8;
 {z["segment_reps"]} repetition(s)):
 

@@ -3,7 +3,9 @@
 The service (`stlser serve`, uvicorn) runs in a child process on 127.0.0.1 and a free port;
 this process sends a fixed number of requests (a 3 s WAV each) from `concurrency` client
 threads, then stops. Traffic never leaves the loopback interface, and the load is bounded in
-count and time. Both the torch model (`model.pt`) and its ONNX export are served.
+count and time. Served: the shipped default model (`base.pt`, `base.onnx`), and a default-size
+network with random weights (`model.pt`) and its ONNX export. For the default model, one
+10-minute upload then measures the server's peak memory.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ SIZES = {
         "clip_s": 1.0,
         "onnx": False,
         "deadline_s": 120,
+        "long_minutes": 1.0,
     },
     "full": {
         "requests": 200,
@@ -36,8 +39,10 @@ SIZES = {
         "clip_s": 3.0,
         "onnx": True,
         "deadline_s": 300,
+        "long_minutes": 10.0,
     },
 }
+GOAL_LONG_MB = 500.0  # server RSS after a 10-minute upload, default model
 
 
 def _free_port() -> int:
@@ -53,6 +58,40 @@ def _wav_bytes(seconds: float) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, x, 16000, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def _long_wav_bytes(minutes: float) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", 16000, 1, subtype="PCM_16", format="WAV") as f:
+        for block in bl.iter_long_recording(minutes, seed=1):
+            f.write(block)
+    return buf.getvalue()
+
+
+def _server_rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of the server process (VmRSS, VmHWM), MB."""
+    got = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            got[key] = int(rest.split()[0]) / 1024
+    return got.get("VmRSS", float("nan")), got.get("VmHWM", float("nan"))
+
+
+def long_upload(url: str, pid: int, body: bytes) -> dict[str, Any]:
+    """One POST /predict of a long WAV: status, seconds, server RSS before and peak after."""
+    import httpx
+
+    before, _ = _server_rss_mb(pid)
+    t0 = time.perf_counter()
+    r = httpx.post(
+        url + "/predict", content=body, headers={"content-type": "audio/wav"}, timeout=600
+    )
+    took = time.perf_counter() - t0
+    _, peak = _server_rss_mb(pid)
+    return {"status": r.status_code, "seconds": took, "before_mb": before, "peak_mb": peak}
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -112,10 +151,21 @@ def main(quick: bool = False, **overrides: Any) -> str:
     z = bl.sizes(SIZES, quick, overrides)
     load = bl.load_text()
     body = _wav_bytes(z["clip_s"])
-    rows = []
+    long_body = _long_wav_bytes(z["long_minutes"])
+    rows: list[list[Any]] = []
+    long_rows: list[list[Any]] = []
     with tempfile.TemporaryDirectory(prefix="stlser-bench-svc-") as td:
         tmp = Path(td)
-        models = {"torch (`model.pt`)": bl.make_artefact(tmp / "model.pt")}
+        from importlib import resources
+
+        shipped = resources.files("stlser") / "models"
+        models = {
+            "default `base`, torch": Path(str(shipped / "base.pt")),
+            "default `base`, ONNX": Path(str(shipped / "base.onnx")),
+            "network, torch (`model.pt`)": bl.make_artefact(tmp / "model.pt"),
+        }
+        if not z["onnx"]:
+            models.pop("default `base`, ONNX")
         if z["onnx"]:
             # Export as a user would, in a fresh process (`stlser export`): the exporter's
             # tracing state must not depend on what this benchmark process ran before.
@@ -126,12 +176,12 @@ def main(quick: bool = False, **overrides: Any) -> str:
                 "stlser.cli",
                 "export",
                 "--model",
-                str(models["torch (`model.pt`)"]),
+                str(models["network, torch (`model.pt`)"]),
             ]
             subprocess.run(
                 [*cmd, "-o", str(onnx_path)], check=True, capture_output=True, timeout=600
             )
-            models["ONNX Runtime"] = onnx_path
+            models["network, ONNX Runtime"] = onnx_path
         for name, path in models.items():
             port = _free_port()
             url = f"http://127.0.0.1:{port}"
@@ -144,11 +194,28 @@ def main(quick: bool = False, **overrides: Any) -> str:
                 str(path),
                 "--port",
                 str(port),
+                "--max-seconds",
+                str(60 * z["long_minutes"] + 60),
+                "--max-mb",
+                "50",
             ]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait_ready(url, proc)
                 load_test(url, body, 2, 1, 30)  # warm-up
+                if name.startswith("default"):
+                    r = long_upload(url, proc.pid, long_body)
+                    ok = r["status"] == 200 and r["peak_mb"] < GOAL_LONG_MB
+                    long_rows.append(
+                        [
+                            name,
+                            r["status"],
+                            bl.fmt(r["seconds"]),
+                            bl.fmt(r["before_mb"]),
+                            bl.fmt(r["peak_mb"]),
+                            f"< {GOAL_LONG_MB:g} MB: {'met' if ok else 'NOT met'}",
+                        ]
+                    )
                 for conc in z["concurrency"]:
                     r = load_test(url, body, z["requests"], conc, z["deadline_s"])
                     rows.append(
@@ -171,6 +238,15 @@ def main(quick: bool = False, **overrides: Any) -> str:
     table = bl.md_table(
         ["model", "client threads", "requests", "errors", "requests/s", "p50 ms", "p99 ms"], rows
     )
+    table += f"""
+
+One upload of a {z["long_minutes"]:g}-minute 16-bit WAV ({len(long_body) / 1e6:.0f} MB,
+speech-like bursts and pauses) to `POST /predict` after the load test: the server's resident
+memory before and its peak (VmHWM) after (the server decodes block by block and classifies
+20 s windows).
+
+{bl.md_table(["model", "status", "seconds", "RSS before MB", "peak RSS MB", "goal"], long_rows)}
+"""
     intro = (
         f"`stlser serve` (uvicorn, one worker process) on 127.0.0.1; `POST /predict` with a "
         f"{z['clip_s']:g} s 16-bit WAV as the raw body; {z['requests']} requests per row from "

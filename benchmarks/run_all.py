@@ -30,6 +30,7 @@ from stlser.utils import write_text
 
 #: Section name → script module (importable name), in run order.
 SCRIPTS = {
+    "default": "benchmarks.bench_default",
     "features": "benchmarks.bench_features",
     "training": "benchmarks.bench_training",
     "inference": "benchmarks.bench_inference",

@@ -50,6 +50,39 @@ def test_matrix_of_own_sets_is_one_pass_and_cached(synth_corpus, tmp_path):
     assert np.array_equal(again, X[:, 96:])  # the same numbers computed alone
 
 
+def test_cache_batches_give_each_clip_its_numbers_alone():
+    """The cache computes clips of one padded length together; a clip's values must not depend
+    on its batch (nor on whether it has a voiced frame at all: the silent clip)."""
+    from stlser.features.functionals import clip_functionals, clips_functionals, padded_length
+
+    waves = [speechlike(s, seed) for seed, s in enumerate((0.3, 0.31, 0.9, 1.0, 1.05, 2.2))]
+    waves.append(np.zeros(4100, np.float32))
+    assert len({padded_length(len(w)) for w in waves}) < len(waves)  # some share a batch
+    together = clips_functionals(waves, "compact+large")
+    for w, row in zip(waves, together, strict=True):
+        assert np.array_equal(clip_functionals(w, "compact+large"), row)
+        assert np.isfinite(row).all()
+
+
+def test_voiced_only_descriptors_skip_unvoiced_frames_exactly(monkeypatch):
+    """In eager mode jitter and formants are computed on voiced frames only; an exported graph
+    computes every frame and masks: the two agree exactly."""
+    from stlser.features import voice
+
+    torch.manual_seed(0)
+    keep = torch.rand(2, 9) > 0.5
+    keep[1] = False  # a clip without any voiced frame
+    x = torch.randn(2, 9, 5)
+
+    def fn(a: torch.Tensor) -> torch.Tensor:
+        return a.cumsum(-1) * 2.0
+
+    eager = voice.on_frames(fn, keep, x)
+    assert torch.equal(eager, fn(x) * keep.unsqueeze(-1))
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert torch.equal(voice.on_frames(fn, keep, x), eager)
+
+
 DEFAULT_PATH_WITHOUT_OPENSMILE = """
 import sys
 sys.modules["opensmile"] = None  # not importable, as on a default install

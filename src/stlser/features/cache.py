@@ -110,11 +110,30 @@ class FeatureCache:
             write_json(self.root / "config.json", self.config)
         return save_npy(self.entry(key or self.key(path)), np.asarray(arr, dtype=np.float32))
 
-    def compute(self, path: str | os.PathLike) -> np.ndarray:
-        """Decode `path` and compute its features (no cache involved)."""
+    def decode(self, path: str | os.PathLike) -> np.ndarray:
+        """The clip this cache computes features of: decoded, resampled, speed-perturbed."""
         wave = audio.load(path, sr=self.cfg.sample_rate)
         if self.speed != 1.0:
             wave = audio.speed_perturb(wave, self.speed, self.cfg.sample_rate)
+        return wave
+
+    def compute_many(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
+        """Features of several files (no cache involved): own sets computed in batches of clips
+        of one padded length (the same numbers as one by one), any other kind file by file."""
+        if self.what == "frames" or not _is_own(self.what):
+            return [self.compute(p) for p in paths]
+        from stlser.features.functionals import clips_functionals
+
+        waves = [self.decode(p) for p in paths]
+        try:
+            return clips_functionals(waves, self.what)
+        except Exception as e:  # name the files in any extractor failure
+            names = ", ".join(str(p) for p in paths)
+            raise RuntimeError(f"{names}: feature extraction failed ({e})") from e
+
+    def compute(self, path: str | os.PathLike) -> np.ndarray:
+        """Decode `path` and compute its features (no cache involved)."""
+        wave = self.decode(path)
         try:
             if self.what != "frames" and _is_own(self.what):
                 from stlser.features.functionals import clip_functionals
@@ -160,8 +179,7 @@ def _work(
     """Compute (and store) the features of `items` [(path, key)]; return arrays or shapes."""
     cache = FeatureCache(cache_dir or ".", cfg, what, speed)
     out: list[Any] = []
-    for path, key in items:
-        arr = cache.compute(path)
+    for (path, key), arr in zip(items, cache.compute_many([p for p, _ in items]), strict=True):
         if cache_dir is not None:
             cache.put(path, arr, key)
         out.append(arr if keep else arr.shape)
@@ -182,6 +200,13 @@ def _single_thread() -> Iterator[None]:
 
 def _n_workers(workers: int) -> int:
     return workers if workers > 0 else usable_cores()
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _chunks(items: Sequence[Any], n: int) -> Iterable[list[Any]]:
@@ -227,12 +252,18 @@ def _run(
             leave=False,
         )
         n_proc = min(_n_workers(workers), len(misses))
+        own = what != "frames" and _is_own(what)
+        if own:  # neighbours of similar length share batches (numbers do not depend on it)
+            misses.sort(key=lambda m: _file_size(m[0]))
         try:
             if n_proc <= 1 or len(misses) < 4:
                 with _single_thread():
-                    for path, key in misses:
-                        got[path] = _work(root, cfg, what, [(path, key)], keep, speed)[0]
-                        bar.update(1)
+                    for chunk in _chunks(misses, 16 if own else 1):
+                        for (path, _), res in zip(
+                            chunk, _work(root, cfg, what, chunk, keep, speed), strict=True
+                        ):
+                            got[path] = res
+                        bar.update(len(chunk))
             else:
                 _run_pool(misses, n_proc, root, cfg, what, keep, got, bar.update, speed)
         finally:

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stlser.features.formants import formants, pre_emphasis_gain
+from stlser.features.formants import dft_matrices, formants, pre_emphasis_gain
 from stlser.features.frontend import dct_matrix, deltas, mel_filterbank
-from stlser.features.voice import ST_REF, lowpass_taps, voice_features
+from stlser.features.voice import ST_REF, lowpass_taps, on_frames, voice_features
 
 SAMPLE_RATE = 16000
 HOP = 160
@@ -149,9 +149,14 @@ class Descriptors(nn.Module):
         ).astype(np.float32)
         self.n_harm_bins = int((freqs <= 5.0).sum())
         self.n_ham_lo = int((freqs <= 2.0).sum())
+        bufs.update({f"dft_{k}": v for k, v in dft_matrices(N_FFT).items()})
         for k, v in bufs.items():
             self.register_buffer(k, torch.from_numpy(np.ascontiguousarray(v)), persistent=False)
         self.win_energy = float((win**2).sum())
+
+    @property
+    def _dft(self) -> dict[str, Tensor]:
+        return {"acf": self.dft_acf, "cos": self.dft_cos, "sin": self.dft_sin}
 
     # ------------------------------------------------------------------ pieces
     def _frames(self, x: Tensor, n_frames: int) -> Tensor:
@@ -192,7 +197,7 @@ class Descriptors(nn.Module):
         ent = (torch.log(tot + 1e-14) - plp) / float(np.log(kk))
         flat = torch.exp(0.5 * lp.mean(-1)) / (mag.mean(-1) + 1e-10)
         db_per_ln = 10.0 / float(np.log(10.0))
-        slope = db_per_ln * torch.matmul(lp, self.fslope)
+        slope = db_per_ln * (lp * self.fslope).sum(-1)  # per row: the same in any batch
         cum = torch.cumsum(power, dim=-1) * inv.unsqueeze(-1)
         rolls = [torch.matmul((cum < q).to(power.dtype), self.fstep) for q in ROLLOFFS]
         nb = self.n_harm_bins
@@ -262,7 +267,7 @@ class Descriptors(nn.Module):
         )
         hnr = torch.where(voiced, v["hnr"], torch.zeros_like(v["hnr"]))
         voice = [f0_st, v["voicing_prob"], v["jitter"], v["shimmer"], hnr]
-        fmt = formants(power, self.freqs, self.emphasis, N_FFT) * voiced.unsqueeze(-1)
+        fmt = on_frames(lambda p: formants(p, self.freqs, self.emphasis, self._dft), voiced, power)
         harm = self._harmonic_differences(power, v["f0"], fmt[..., 2]) * voiced.unsqueeze(-1)
         lld = torch.cat(
             [

@@ -45,12 +45,31 @@ def levinson(r: Tensor, order: int = LPC_ORDER) -> Tensor:
     return a
 
 
-def formants(power: Tensor, freqs_khz: Tensor, emphasis: Tensor, n_fft: int) -> Tensor:
-    """F1-F3 (kHz) of every frame of power[B, T, K] → [B, T, 3] (module docstring)."""
-    r = torch.fft.irfft(power * emphasis, n=n_fft)[..., : LPC_ORDER + 1]
+def dft_matrices(n_fft: int, order: int = LPC_ORDER) -> dict[str, np.ndarray]:
+    """Fixed matrices for the two short transforms of :func:`formants` (only ``order + 1`` lags
+    and coefficients are involved, so a product with a [K, order + 1] matrix costs less than a
+    full FFT, in torch and in onnxruntime alike): ``acf`` [K, order + 1] maps a real
+    one-sided power spectrum to its autocorrelation (the inverse real DFT), ``cos`` / ``sin``
+    [order + 1, K] map polynomial coefficients to the real and imaginary parts of their DFT."""
+    k = np.arange(n_fft // 2 + 1)[:, None]
+    lag = np.arange(order + 1)[None, :]
+    ang = 2 * np.pi * k * lag / n_fft  # [K, L]
+    weight = np.full((len(k), 1), 2.0)
+    weight[0] = weight[-1] = 1.0  # DC and Nyquist appear once in the two-sided spectrum
+    return {
+        "acf": (weight * np.cos(ang) / n_fft).astype(np.float32),
+        "cos": np.cos(ang).T.astype(np.float32),
+        "sin": (-np.sin(ang)).T.astype(np.float32),
+    }
+
+
+def formants(power: Tensor, freqs_khz: Tensor, emphasis: Tensor, mats: dict[str, Tensor]) -> Tensor:
+    """F1-F3 (kHz) of every frame of power[B, T, K] → [B, T, 3] (module docstring); `mats` from
+    :func:`dft_matrices` as tensors."""
+    r = torch.matmul(power * emphasis, mats["acf"])
     a = levinson(r)
-    spec = torch.fft.rfft(a, n=n_fft)
-    log_env = -torch.log(spec.real * spec.real + spec.imag * spec.imag + 1e-12)
+    re, im = torch.matmul(a, mats["cos"]), torch.matmul(a, mats["sin"])
+    log_env = -torch.log(re * re + im * im + 1e-12)
     mid = log_env[..., 1:-1]
     band = (freqs_khz[1:-1] >= F_LO) & (freqs_khz[1:-1] <= F_HI)
     pk = (mid > log_env[..., :-2]) & (mid >= log_env[..., 2:]) & band

@@ -65,7 +65,11 @@ from stlser.features.descriptors import (
 )
 
 #: Bump when the numbers of any set change (the feature cache keys on it).
-VERSION = 3
+VERSION = 4
+#: The feature cache zero-pads each clip to a multiple of this many samples (0.25 s) and
+#: batches clips of one padded length (:func:`clips_functionals`), up to MAX_BATCH at a time.
+PAD_QUANTUM = 4000
+MAX_BATCH = 8
 HOP_S = HOP / SAMPLE_RATE
 PERCENTILES = (1, 20, 50, 80, 99)
 UP_LEVELS = (25, 50, 75, 90)
@@ -428,6 +432,33 @@ def front_end(set_name: str) -> FunctionalFrontEnd:
     return FunctionalFrontEnd(set_name).eval()
 
 
+def padded_length(n: int) -> int:
+    """The length (samples) a clip of `n` samples is zero-padded to for the feature cache."""
+    return max(1, -(-int(n) // PAD_QUANTUM)) * PAD_QUANTUM
+
+
+def clips_functionals(waves: Sequence[np.ndarray], set_name: str) -> list[np.ndarray]:
+    """The functionals of 16 kHz mono clips, each → float32[D] (the feature cache's entry
+    point). Each clip is zero-padded to :func:`padded_length`, and clips of one padded length
+    are computed together, up to :data:`MAX_BATCH` at a time: a clip's values are the same
+    whatever it is computed with (bit-identical to the clip alone), at a fraction of the
+    per-clip cost of one-by-one."""
+    groups: dict[int, list[int]] = {}
+    for i, w in enumerate(waves):
+        groups.setdefault(padded_length(len(w)), []).append(i)
+    out: list[np.ndarray] = [np.empty(0, np.float32)] * len(waves)
+    for n, idx in sorted(groups.items()):
+        for j in range(0, len(idx), MAX_BATCH):
+            part = idx[j : j + MAX_BATCH]
+            x = np.zeros((len(part), n), np.float32)
+            for k, i in enumerate(part):
+                x[k, : len(waves[i])] = waves[i]
+            lengths = np.asarray([len(waves[i]) for i in part], np.int64)
+            for k, row in zip(part, batch_functionals(x, lengths, set_name), strict=True):
+                out[k] = row
+    return out
+
+
 def batch_functionals(wave: np.ndarray, lengths: np.ndarray, set_name: str) -> np.ndarray:
     """The functionals of a right-padded batch of 16 kHz mono clips → float32[B, D]."""
     x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
@@ -437,6 +468,5 @@ def batch_functionals(wave: np.ndarray, lengths: np.ndarray, set_name: str) -> n
 
 
 def clip_functionals(wave: np.ndarray, set_name: str) -> np.ndarray:
-    """The functionals of one 16 kHz mono clip → float32[D] (the feature cache's entry point)."""
-    x = np.asarray(wave, dtype=np.float32).reshape(1, -1)
-    return batch_functionals(x, np.asarray([x.shape[1]]), set_name)[0]
+    """The functionals of one 16 kHz mono clip → float32[D], as the feature cache stores them."""
+    return clips_functionals([np.asarray(wave, dtype=np.float32).reshape(-1)], set_name)[0]

@@ -37,6 +37,7 @@ length.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -83,17 +84,23 @@ def _interp(cs: Tensor, pos: Tensor) -> Tensor:
 
 
 def decimate(wave16: Tensor, taps: Tensor) -> Tensor:
-    """Low-pass FIR (odd length, centred, zeros outside) and keep every second sample:
+    """Low-pass FIR (odd length, symmetric, centred, zeros outside) and keep every second sample:
     [B, N] → [B, ceil(N / 2)]. Written as a sum of shifted slices, so every output sample is
     computed by the same operations whatever the batch (bit-identical alone and batched)."""
     half = N_TAPS // 2
     n = wave16.shape[1]
     xp = F.pad(wave16, (half, half + 1))
     x2 = xp[:, : 2 * ((n + 1) // 2) + 2 * half].reshape(xp.shape[0], -1, 2)  # even / odd pairs
-    out = torch.zeros_like(x2[:, : (n + 1) // 2, 0])
-    m = out.shape[1]
-    for i in range(N_TAPS):
-        out = out + taps[i] * x2[:, i // 2 : i // 2 + m, i % 2]
+    m = (n + 1) // 2
+    half_n = N_TAPS // 2
+
+    def tap(i: int) -> Tensor:
+        return x2[:, i // 2 : i // 2 + m, i % 2]
+
+    # the taps are symmetric: taps[i] (x[i] + x[N_TAPS - 1 - i]), half the multiplications
+    out = taps[half_n] * tap(half_n)
+    for i in range(half_n):
+        out = out + taps[i] * (tap(i) + tap(N_TAPS - 1 - i))
     return out
 
 
@@ -138,6 +145,29 @@ def cycle_jitter(seg: Tensor, cs: Tensor, period: Tensor) -> Tensor:
     mean_p = (per * okf).sum(-1) / okf.sum(-1).clamp_min(1.0)
     dif = ((per[..., 1:] - per[..., :-1]).abs() * pair).sum(-1) / pair.sum(-1).clamp_min(1.0)
     return dif / mean_p.clamp_min(1.0)
+
+
+def on_frames(fn: Callable[..., Tensor], keep: Tensor, *args: Tensor) -> Tensor:
+    """``fn(*args)`` (each arg [B, T, ...], result [B, T, ...]) computed only on the frames where
+    ``keep[B, T]`` is true, zeros elsewhere. Every frame's value is computed by the same
+    per-frame operations either way; in eager mode this skips the frames whose value is
+    discarded (unvoiced ones), while a traced or exported graph keeps static shapes and
+    computes every frame."""
+    if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling():
+        full = fn(*args)
+        return full * keep.view(*keep.shape, *[1] * (full.dim() - 2)).to(full.dtype)
+    b, t = keep.shape
+    idx = keep.reshape(-1).nonzero().squeeze(1)
+    if idx.numel() == 0:  # nothing to keep (also no zero-size FFT): the shape from one frame
+        if b * t == 0:
+            return fn(*args)
+        one = fn(*[a.reshape(b * t, *a.shape[2:])[:1].unsqueeze(0) for a in args])[0]
+        return one.new_zeros(b, t, *one.shape[1:])
+    sub = [a.reshape(b * t, *a.shape[2:]).index_select(0, idx).unsqueeze(0) for a in args]
+    got = fn(*sub)[0]
+    out = got.new_zeros(b * t, *got.shape[1:])
+    out.index_copy_(0, idx, got)
+    return out.reshape(b, t, *got.shape[1:])
 
 
 def voice_features(
@@ -220,7 +250,7 @@ def voice_features(
     diff = (amp[..., 1:] - amp[..., :-1]).abs() * pair.to(amp.dtype)
     mean_amp = (amp * whole.to(amp.dtype)).sum(-1) / n_amp
     shimmer = vf * diff.sum(-1) / n_pair / (mean_amp + 1e-10)
-    jitter = vf * cycle_jitter(seg, cs, period)
+    jitter = on_frames(cycle_jitter, voiced, seg, cs, period)
     return {
         "f0": f0,
         "voicing_prob": prob,
