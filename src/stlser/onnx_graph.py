@@ -46,6 +46,7 @@ def _to_proto(
     verbose: bool,
     optional: dict[str, torch.Tensor] | None = None,
     optimize: bool = True,
+    outputs: list[str] | None = None,
 ) -> Any:
     """Trace the pipeline → onnx.ModelProto (exporter chatter silenced unless `verbose`).
     `optional`: further inputs (name → default value), stored as initializers of the same name,
@@ -59,7 +60,9 @@ def _to_proto(
     try:
         with warnings.catch_warnings(), quiet:
             warnings.simplefilter("ignore")
-            proto = _trace(pipeline, wave, lengths, dynamo, verbose, optional or {}, optimize)
+            proto = _trace(
+                pipeline, wave, lengths, dynamo, verbose, optional or {}, optimize, outputs
+            )
     finally:
         onnx_log.setLevel(level)
     from onnx import numpy_helper
@@ -77,10 +80,11 @@ def _trace(
     verbose: bool,
     optional: dict[str, torch.Tensor],
     optimize: bool = True,
+    outputs: list[str] | None = None,
 ) -> Any:
     import onnx
 
-    names = {"input_names": ["wave", "lengths", *optional], "output_names": ["probs"]}
+    names = {"input_names": ["wave", "lengths", *optional], "output_names": outputs or ["probs"]}
     args = (wave, lengths, *optional.values())
     if dynamo:
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -135,7 +139,8 @@ def check_against_torch(
     feeds = {"wave": wave.numpy(), "lengths": lengths.numpy()}
     (got,) = sess.run(["probs"], {**feeds, **{k: v.numpy() for k, v in (given or {}).items()}})
     with torch.inference_mode():
-        ref = pipeline(wave, lengths, *(given or {}).values()).numpy()
+        ref = pipeline(wave, lengths, *(given or {}).values())
+    ref = (ref[0] if isinstance(ref, tuple) else ref).numpy()
     return float(np.abs(got - ref).max())
 
 
@@ -159,12 +164,14 @@ def wave_graph(
     optional: dict[str, torch.Tensor] | None = None,
     tolerance: float = CHECK_TOLERANCE,
     optimize: bool = True,
+    outputs: list[str] | None = None,
 ) -> Path:
-    """Export ``module(wave, lengths, *optional) -> probs`` to `out`; RuntimeError if onnxruntime
-    and torch disagree by more than `tolerance` on clips of 0.7, 4.3 and 1.1 s (with the
-    optional inputs left out, and given other values)."""
+    """Export ``module(wave, lengths, *optional) -> probs`` (or a tuple whose first item is
+    probs, named by `outputs`) to `out`; RuntimeError if onnxruntime and torch disagree on the
+    probabilities by more than `tolerance` on clips of 0.7, 4.3 and 1.1 s (with the optional
+    inputs left out, and given other values)."""
     module = module.eval()
-    proto = _to_proto(module, dynamo, verbose, optional, optimize)
+    proto = _to_proto(module, dynamo, verbose, optional, optimize, outputs or ["probs"])
     meta = {**meta, "exporter": "torch.export (dynamo)" if dynamo else "torchscript"}
     data = _write(proto, meta, doc, out)
     err = check_against_torch(module, data, [0.7, 4.3, 1.1])

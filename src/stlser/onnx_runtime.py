@@ -95,6 +95,23 @@ class OnnxRecognizer(BaseRecognizer):
                 p, f"graph expects {self.sample_rate} Hz; this runtime feeds {SAMPLE_RATE} Hz"
             )
         self.meta["source"] = str(p)
+        # a graph over stlser's own sets with the speaker-statistics inputs and the
+        # functionals output can be adapted to a speaker (`BaseRecognizer.adapt`)
+        outs = [o.name for o in out]
+        stats = {i.name: i.shape for i in self.session.get_overridable_initializers()}
+        if "functionals" in outs and {"stats_mean", "stats_std"} <= set(stats):
+            try:
+                self.functional_sets = [str(s) for s in json.loads(self.meta["functionals"])]
+                self.functionals_dim = int(stats["stats_mean"][0])
+            except (KeyError, ValueError, TypeError, IndexError):
+                self.functional_sets = None
+
+    def _feeds(self, wave: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {"wave": wave, "lengths": lengths}
+        if self.speaker is not None:
+            feeds["stats_mean"] = np.asarray(self.speaker.mean, np.float32)
+            feeds["stats_std"] = np.asarray(self.speaker.std, np.float32)
+        return feeds
 
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.sets:
@@ -102,21 +119,27 @@ class OnnxRecognizer(BaseRecognizer):
 
             x = smile.batch(wave, lengths, self.sets, self.sample_rate)
             return self._session_run({"functionals": x})
-        return self._session_run({"wave": wave, "lengths": lengths})
+        return self._session_run(self._feeds(wave, lengths))
 
-    def _session_run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _functionals(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        if not self.adaptable:
+            return super()._functionals(wave, lengths)
+        return self._session_run({"wave": wave, "lengths": lengths}, "functionals")
+
+    def _session_run(self, feeds: dict[str, np.ndarray], output: str = "probs") -> np.ndarray:
         """`session.run`; onnxruntime's own exceptions (Fail, RuntimeException, InvalidArgument,
         ... — plain Exceptions) become a ModelRunError naming the file, so `stlser predict`
         prints one line (exit 2) and the service a JSON error, never a traceback."""
         try:
-            (probs,) = self.session.run(["probs"], feeds)
+            (probs,) = self.session.run([output], feeds)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ModelRunError(self.meta.get("source", "<onnx>"), first) from None
         probs = np.asarray(probs)
         if probs.ndim != 2 or probs.shape[0] != len(next(iter(feeds.values()))):
             raise ModelRunError(
-                self.meta.get("source", "<onnx>"), f"output of shape {probs.shape} is not [B, C]"
+                self.meta.get("source", "<onnx>"),
+                f"output {output} of shape {probs.shape} is not [B, ·]",
             )
         return probs
 

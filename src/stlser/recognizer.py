@@ -9,6 +9,8 @@ torch-free.
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -18,11 +20,17 @@ from typing import Any
 import numpy as np
 
 from stlser import audio
+from stlser.adapt import SpeakerStats
 from stlser.audio import AudioError, _Resampler, iter_array_blocks, iter_blocks, to_float
 from stlser.safety import ModelRunError
 from stlser.vad import SampleBuffer, VADConfig, iter_speech_windows
 
 SAMPLE_RATE = audio.SAMPLE_RATE
+log = logging.getLogger(__name__)
+NOT_ADAPTABLE = (
+    "speaker adaptation needs a model over functionals (the default recipe, e.g. the shipped "
+    "model); this model reads log-mel frames"
+)
 #: The network's CNN pools time by 16: clips are zero-padded (lengths unchanged) to this width.
 MIN_BATCH_SAMPLES = int(audio.MIN_SECONDS * SAMPLE_RATE)
 #: Batches are padded to a multiple of this many samples (0.5 s); see `pad_batch`.
@@ -117,16 +125,87 @@ def pad_batch(
 
 
 class BaseRecognizer:
-    """Everything but the network call; subclasses set `labels` and implement `_run`."""
+    """Everything but the network call; subclasses set `labels` and implement `_run`.
+
+    Models over functionals can be adapted to a speaker (`adapt`): `_run` then normalises the
+    functionals with `speaker` (that speaker's statistics) instead of the training set's."""
 
     labels: list[str]
     sample_rate: int = SAMPLE_RATE
     #: model output columns kept by `restrict` (None: all)
     _keep: list[int] | None = None
+    #: the speaker statistics every prediction uses (set by `adapt`); None: global statistics
+    speaker: SpeakerStats | None = None
+    #: what the last `adapt` was given (usable or not), for reports
+    adaptation: SpeakerStats | None = None
+    #: a model over functionals: the sets and their number of values (None: not adaptable)
+    functional_sets: list[str] | None = None
+    functionals_dim: int = 0
 
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """wave[B, N] float32, lengths[B] int64 → probabilities[B, C] float (numpy)."""
         raise NotImplementedError
+
+    def _functionals(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """wave[B, N], lengths[B] → the model's functionals [B, D] (adaptable models only)."""
+        raise ValueError(NOT_ADAPTABLE)
+
+    # --- speaker adaptation
+    @property
+    def adaptable(self) -> bool:
+        return self.functional_sets is not None
+
+    def speaker_stats(
+        self,
+        clips: Iterable[Any],
+        sample_rate: int | None = None,
+        speaker: str = "",
+        batch_size: int = 16,
+    ) -> SpeakerStats:
+        """The statistics of one speaker's clips (paths, bytes, arrays with `sample_rate`),
+        computed as crossval computes a test speaker's (`stlser.adapt`); clips are decoded a
+        batch at a time, so any number fits in memory. A bad clip raises its AudioError."""
+        if not self.adaptable:
+            raise ValueError(NOT_ADAPTABLE)
+        rows: list[np.ndarray] = []
+        samples = 0
+        it = iter(clips)
+        while True:
+            waves = [decode(x, sample_rate) for _, x in zip(range(batch_size), it, strict=False)]
+            if not waves:
+                break
+            samples += sum(len(w) for w in waves)
+            wave, lengths = pad_batch(waves)
+            rows.append(np.asarray(self._functionals(wave, lengths), np.float64))
+        if not rows:
+            raise ValueError("speaker statistics need at least one clip")
+        return SpeakerStats.from_functionals(
+            np.concatenate(rows), samples / SAMPLE_RATE, list(self.functional_sets or []), speaker
+        )
+
+    def adapt(
+        self, speaker: SpeakerStats | Iterable[Any], sample_rate: int | None = None
+    ) -> BaseRecognizer:
+        """A recognizer for one speaker: its functionals normalised with that speaker's own
+        statistics (`SpeakerStats`, or computed here from the speaker's unlabeled clips). Too
+        few clips or too little audio (`stlser.adapt.MIN_CLIPS`, `MIN_SECONDS`): the global
+        statistics stay, with a warning (`adaptation` records what was given). This recognizer
+        is not changed."""
+        stats = (
+            speaker
+            if isinstance(speaker, SpeakerStats)
+            else self.speaker_stats(speaker, sample_rate)
+        )
+        if not self.adaptable:
+            raise ValueError(NOT_ADAPTABLE)
+        stats.check(self.functionals_dim, list(self.functional_sets or []))
+        new = copy.copy(self)
+        new.adaptation = stats
+        new.speaker = stats if stats.usable else None
+        if not stats.usable:
+            who = f"speaker {stats.speaker!r}: " if stats.speaker else ""
+            log.warning(f"{who}{stats.why_not()}; the global statistics are used")
+        return new
 
     def restrict(self, labels: Sequence[str] | None) -> BaseRecognizer:
         """Answer with these labels only: the model's probabilities of them, renormalised to
@@ -179,9 +258,14 @@ class BaseRecognizer:
         )
 
     # --- clips
-    def predict(self, x: Any, sample_rate: int | None = None) -> Prediction:
+    def predict(
+        self, x: Any, sample_rate: int | None = None, speaker: SpeakerStats | None = None
+    ) -> Prediction:
         """Emotion of one clip: a path, bytes, a binary file object, or an array (then
-        `sample_rate` is required). Bad audio raises `stlser.audio.AudioError`."""
+        `sample_rate` is required); with `speaker`, normalised with that speaker's statistics
+        (`adapt`). Bad audio raises `stlser.audio.AudioError`."""
+        if speaker is not None:
+            return self.adapt(speaker).predict(x, sample_rate)
         wave = decode(x, sample_rate)
         return self._prediction(self.probabilities([wave])[0], len(wave))
 
@@ -274,10 +358,17 @@ class BaseRecognizer:
                 yield i, results[i]
 
     def predict_batch(
-        self, inputs: Iterable[Any], batch_size: int = 16, sample_rate: int | None = None
+        self,
+        inputs: Iterable[Any],
+        batch_size: int = 16,
+        sample_rate: int | None = None,
+        speaker: SpeakerStats | None = None,
     ) -> list[Prediction]:
         """Predictions for many clips, batching clips of similar length; equal to calling
-        `predict` on each. The first bad input raises its AudioError."""
+        `predict` on each (with `speaker`: adapted to that speaker). The first bad input
+        raises its AudioError."""
+        if speaker is not None:
+            return self.adapt(speaker).predict_batch(inputs, batch_size, sample_rate)
         out = []
         for _, r in self.iter_predict(inputs, batch_size, sample_rate):
             if isinstance(r, AudioError):

@@ -215,7 +215,16 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from stlser.cli.predict import predict_cli
 
     labels = [x for x in (a.labels or "").split(",") if x.strip()] or None
-    return predict_cli(a.model, a.inputs, output=a.output, segments=a.segments, labels=labels)
+    return predict_cli(
+        a.model,
+        a.inputs,
+        output=a.output,
+        segments=a.segments,
+        labels=labels,
+        adapt=a.adapt,
+        speaker_stats=a.speaker_stats,
+        save_stats=a.save_stats,
+    )
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
@@ -422,6 +431,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "-o", "--output", default=None, help="out.csv or out.jsonl (default: table on stdout)"
+    )
+    s.add_argument(
+        "--adapt",
+        choices=["none", "folder", "speaker"],
+        default="none",
+        help="speaker adaptation (models over functionals, e.g. the shipped one): normalise "
+        "each speaker's clips with that speaker's own statistics, from its unlabeled clips. "
+        "folder = the clips of one folder are one speaker; speaker = the input is a CSV with "
+        "path and speaker columns (default: none, the training set's global statistics)",
+    )
+    s.add_argument(
+        "--speaker-stats",
+        default=None,
+        metavar="FILE",
+        help="use these saved speaker statistics (.json or .npz) for every input",
+    )
+    s.add_argument(
+        "--save-stats",
+        default=None,
+        metavar="DIR",
+        help="with --adapt: write each speaker's statistics to DIR/<speaker>.json",
     )
     s.set_defaults(func=cmd_predict)
 

@@ -44,8 +44,26 @@ def audio_extensions() -> set[str]:
     return {e for fmt, exts in _EXTENSIONS.items() if fmt in have for e in exts}
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files and folders → (audio files, [(input, reason)] for inputs that do not exist).
+def read_input_csv(path: Path) -> tuple[list[Path], list[str] | None]:
+    """The clips a CSV lists (a `path` column, relative paths from the CSV's folder) and their
+    speakers (a `speaker` column, else None). ValueError names what is missing."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    cols = set(rows[0]) if rows else set()
+    if "path" not in cols:
+        raise ValueError(f"{path}: an input CSV needs a 'path' column (has {sorted(cols)})")
+    files = [
+        Path(r["path"]) if Path(r["path"]).is_absolute() else path.parent / r["path"] for r in rows
+    ]
+    speakers = [str(r.get("speaker") or "").strip() for r in rows] if "speaker" in cols else None
+    return files, speakers
+
+
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike], speakers: dict[Path, str] | None = None
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders and CSV lists (a `path` column) → (audio files, [(input, reason)] for
+    inputs that do not exist). A CSV's `speaker` column fills `speakers` (file → speaker).
 
     Folders are searched recursively for extensions libsndfile reads (sorted, hidden skipped).
     """
@@ -54,6 +72,16 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     missing: list[tuple[str, str]] = []
     for item in inputs:
         p = Path(item)
+        if p.is_file() and p.suffix.lower() == ".csv":
+            listed, spk = read_input_csv(p)
+            for i, f in enumerate(listed):
+                if not f.exists():
+                    missing.append((str(f), "no such file"))
+                    continue
+                files.append(f)
+                if spk is not None and speakers is not None:
+                    speakers[f] = spk[i]
+            continue
         if p.is_dir():
             found = sorted(
                 q
@@ -185,24 +213,88 @@ def load_recognizer(model: str | os.PathLike | None) -> Any:
     return rec
 
 
+def _speaker_groups(
+    files: list[Path], todo: list[int], adapt: str, speakers: dict[Path, str]
+) -> dict[str, list[int]]:
+    """Indices of `todo` by speaker: the file's folder (``folder``) or its CSV speaker."""
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        key = str(files[i].parent) if adapt == "folder" else speakers.get(files[i], "")
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _adapted(rec: Any, name: str, clips: list[Path], save_stats: Path | None, say: Any) -> Any:
+    """`rec` adapted to one speaker from its clips (global statistics if too few, or if a clip
+    cannot be read), saying which on stderr; the statistics saved under `save_stats`."""
+    if not name:
+        say(f"stlser predict: {len(clips)} clip(s) without a speaker: global statistics")
+        return rec
+    try:
+        stats = rec.speaker_stats(clips, speaker=name)
+    except AudioError as e:
+        say(f"stlser predict: speaker {name!r}: global statistics ({e})")
+        return rec
+    if save_stats is not None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
+        stats.save(save_stats / f"{safe or 'speaker'}.json")
+    adapted = rec.adapt(stats)
+    how = "adapted" if adapted.speaker is not None else f"global statistics ({stats.why_not()})"
+    say(f"stlser predict: speaker {name!r}: {stats.clips} clips, {stats.seconds:.1f} s → {how}")
+    return adapted
+
+
 def predict_cli(
     model: str | os.PathLike,
     inputs: list[str],
     output: str | os.PathLike | None = None,
     segments: bool = False,
     labels: list[str] | None = None,
+    adapt: str = "none",
+    speaker_stats: str | os.PathLike | None = None,
+    save_stats: str | os.PathLike | None = None,
 ) -> int:
-    """`stlser predict`: classify files and folders (recursively); one row per file, or per
-    speech segment with `segments`. Writes CSV or JSONL by the output suffix, else prints a
-    table. Unreadable files are reported on stderr and as rows with an `error`; the others go
-    on. Returns 0 if at least one file succeeded, 1 if none did."""
+    """`stlser predict`: classify files, folders (recursively) and CSV lists; one row per file,
+    or per speech segment with `segments`. With `adapt` (``folder``: each folder's clips are
+    one speaker; ``speaker``: a CSV's `speaker` column) or saved `speaker_stats`, each speaker's
+    clips are normalised with that speaker's statistics (`stlser.adapt`). Writes CSV or JSONL
+    by the output suffix, else prints a table. Unreadable files are reported on stderr and as
+    rows with an `error`; the others go on. Returns 0 if at least one file succeeded, 1 if none
+    did."""
     from tqdm import tqdm
+
+    from stlser.adapt import SpeakerStats
 
     out = Path(output) if output else None
     if out is not None:
         check_output_file(out, (".csv", ".jsonl"))
+    if adapt not in ("none", "folder", "speaker"):
+        raise ValueError(f"--adapt must be none, folder or speaker, not {adapt!r}")
+    if adapt != "none" and speaker_stats:
+        raise ValueError("give --adapt or --speaker-stats, not both")
+    if (adapt != "none" or speaker_stats) and segments:
+        raise ValueError("speaker adaptation is for clips; --segments does not take it yet")
+    if save_stats and adapt == "none":
+        raise ValueError("--save-stats needs --adapt folder or --adapt speaker")
+    stats_dir = Path(save_stats) if save_stats else None
+    if stats_dir is not None:
+        stats_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(stats_dir, os.W_OK):
+            raise ValueError(f"--save-stats: folder {stats_dir} is not writable")
+    fixed = SpeakerStats.load(speaker_stats) if speaker_stats else None
+    speakers: dict[Path, str] = {}
+    csv_inputs = [i for i in inputs if str(i).lower().endswith(".csv") and Path(i).is_file()]
+    if adapt == "speaker":
+        if not csv_inputs or any(read_input_csv(Path(c))[1] is None for c in csv_inputs):
+            raise ValueError("--adapt speaker needs a CSV input with 'path' and 'speaker' columns")
     rec = load_recognizer(model).restrict(labels)
-    files, missing = expand_inputs(inputs)
+    if (adapt != "none" or fixed is not None) and not rec.adaptable:
+        from stlser.recognizer import NOT_ADAPTABLE
+
+        raise ValueError(NOT_ADAPTABLE)
+    if fixed is not None:
+        rec = rec.adapt(fixed)
+    files, missing = expand_inputs(inputs, speakers)
     rows: list[dict[str, Any]] = []
     for item, reason in missing:
         print(f"stlser predict: {item}: {reason}", file=sys.stderr)
@@ -253,13 +345,24 @@ def predict_cli(
                 )
                 continue
             todo.append(i)
-        for j, r in rec.iter_predict([files[i] for i in todo], batch_size=16):
-            if isinstance(r, AudioError):
-                fail(todo[j], r)
-                continue
-            ok += 1
-            done[todo[j]] = [_row(str(files[todo[j]]), rec.labels, r)]
-            bar.update(1)
+        groups = _speaker_groups(files, todo, adapt, speakers) if adapt != "none" else {"": todo}
+        for name, idx in groups.items():
+            who = rec
+            if adapt != "none":
+                who = _adapted(
+                    rec,
+                    name,
+                    [files[i] for i in idx],
+                    stats_dir,
+                    lambda m: bar.write(m, file=sys.stderr),
+                )
+            for j, r in who.iter_predict([files[i] for i in idx], batch_size=16):
+                if isinstance(r, AudioError):
+                    fail(idx[j], r)
+                    continue
+                ok += 1
+                done[idx[j]] = [_row(str(files[idx[j]]), rec.labels, r)]
+                bar.update(1)
     rows += [r for i in sorted(done) for r in done[i]]
     bar.close()
     if out is not None:

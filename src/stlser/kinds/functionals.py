@@ -151,20 +151,33 @@ class FunctionalsRecognizer(BaseRecognizer):
         labels: list[str],
         sets: list[str],
         meta: dict[str, Any],
+        speaker_probs: Any = None,
     ) -> None:
         self.model = model.eval()
         self.labels = [str(x) for x in labels]
         self.sets = list(sets)
         self.sample_rate = SAMPLE_RATE
         self.meta = dict(meta)
+        #: normalised functionals → probabilities (the kind's `speaker_probs`); None: the
+        #: model cannot be adapted to a speaker
+        self._speaker_probs = speaker_probs
+        if speaker_probs is not None:
+            self.functional_sets = list(sets)
+            self.functionals_dim = int(model.mean.shape[0])
 
     def functionals(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return functionals_of(wave, lengths, self.sets)
 
+    _functionals = functionals
+
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(self.functionals(wave, lengths))
         with torch.inference_mode():
-            return self.model(x).numpy()
+            if self.speaker is None:
+                return self.model(x).numpy()
+            mean = torch.from_numpy(self.speaker.mean)
+            std = torch.from_numpy(self.speaker.std)
+            return self._speaker_probs(self.model, (x - mean) / std).numpy()
 
     def __repr__(self) -> str:
         kind = self.meta.get("kind", "functionals")
@@ -172,10 +185,15 @@ class FunctionalsRecognizer(BaseRecognizer):
 
 
 def recognizer(
-    model: torch.nn.Module, art: dict[str, Any], sets: list[str], kind: str, source: Any
+    model: torch.nn.Module,
+    art: dict[str, Any],
+    sets: list[str],
+    kind: str,
+    source: Any,
+    speaker_probs: Any = None,
 ) -> FunctionalsRecognizer:
     meta = {**(art.get("meta") or {}), "source": str(source), "kind": kind}
-    return FunctionalsRecognizer(model, list(art["labels"]), sets, meta)
+    return FunctionalsRecognizer(model, list(art["labels"]), sets, meta, speaker_probs)
 
 
 #: Largest |probability difference| between torch and onnxruntime a functionals graph may show
@@ -190,12 +208,21 @@ class WaveModel(torch.nn.Module):
     the functionals normalised by ``stats_mean[D]`` / ``stats_std[D]`` (default: the training
     set's global statistics; a speaker's own statistics adapt the model to that speaker)."""
 
-    def __init__(self, kind: FunctionalsKind, model: torch.nn.Module, sets: list[str]) -> None:
+    def __init__(
+        self,
+        kind: FunctionalsKind,
+        model: torch.nn.Module,
+        sets: list[str],
+        with_functionals: bool = False,
+    ) -> None:
         from stlser.features.functionals import FunctionalFrontEnd
 
         super().__init__()
         self.kind, self.model = kind, model.eval()
         self.front = FunctionalFrontEnd("+".join(sets)).eval()
+        #: also return the functionals (a second output, from which a runtime computes a
+        #: speaker's statistics)
+        self.with_functionals = bool(with_functionals)
 
     def forward(
         self,
@@ -203,11 +230,12 @@ class WaveModel(torch.nn.Module):
         lengths: torch.Tensor,
         stats_mean: torch.Tensor | None = None,
         stats_std: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = self.front(wave, lengths)
         mean = self.model.mean if stats_mean is None else stats_mean
         std = self.model.std if stats_std is None else stats_std
-        return self.kind.speaker_probs(self.model, (x - mean) / std)
+        probs = self.kind.speaker_probs(self.model, (x - mean) / std)
+        return (probs, x) if self.with_functionals else probs
 
 
 def export(
@@ -244,11 +272,13 @@ def export(
             "the training set's global ones)"
         )
         stats = {"stats_mean": model.mean.detach().clone(), "stats_std": model.std.detach().clone()}
+        meta["outputs"] = "probs[B,C] float32 over labels; functionals[B,D] float32"
         return wave_graph(
-            WaveModel(kind, model, sets),
+            WaveModel(kind, model, sets, with_functionals=True),
             meta,
             out,
             optional=stats,
+            outputs=["probs", "functionals"],
             tolerance=GRAPH_TOLERANCE,
             optimize=False,  # onnxscript's rewriter takes minutes on this graph; onnxruntime
             **kw,  # optimises it when a session loads it
@@ -287,7 +317,7 @@ class FunctionalsKind(Kind):
 
     def recognizer(self, path: str | Path, art: dict[str, Any]) -> FunctionalsRecognizer:
         model, art = self.read_model(path, art)
-        return recognizer(model, art, self.sets(art), self.name, path)
+        return recognizer(model, art, self.sets(art), self.name, path, self.speaker_probs)
 
     def export(self, path: str | Path, art: dict[str, Any], out: str | Path, **kw: Any) -> Path:
         model, art = self.read_model(path, art)

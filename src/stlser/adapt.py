@@ -1,0 +1,151 @@
+"""Speaker statistics for label-free, test-time speaker adaptation of a functionals model.
+
+The default recipe normalises each speaker's functionals with that speaker's own mean and
+standard deviation (crossval does it for every test speaker, from audio alone). At prediction
+time the same is possible whenever several clips of one speaker are at hand: `SpeakerStats`
+holds a speaker's statistics, computed from the functionals of that speaker's unlabeled clips
+exactly as crossval computes them (population mean and std per value; a std below 1e-8 counts
+as 1), saved as data (``.npz`` without pickles, or ``.json``) and reused.
+
+Below :data:`MIN_CLIPS` clips or :data:`MIN_SECONDS` seconds of audio the statistics are too
+noisy to stand for the speaker (one clip has no spread at all): they are still computed and
+saved, but `usable` is False and recognizers fall back to the training set's global
+statistics, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stlser.utils import atomic_path, write_text
+
+#: Fewest clips whose statistics stand for a speaker.
+MIN_CLIPS = 5
+#: Least audio (seconds, all clips together) whose statistics stand for a speaker.
+MIN_SECONDS = 10.0
+FORMAT = "stlser-speaker-stats/1"
+
+
+@dataclass
+class SpeakerStats:
+    """One speaker's functionals statistics (``mean[D]``, ``std[D]``) and what they rest on."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    clips: int
+    seconds: float
+    #: the functional sets the values belong to (a model over other sets cannot use them)
+    sets: list[str] = field(default_factory=list)
+    speaker: str = ""
+
+    @property
+    def usable(self) -> bool:
+        """Enough clips and audio to stand for the speaker (module docstring)."""
+        return self.clips >= MIN_CLIPS and self.seconds >= MIN_SECONDS
+
+    def why_not(self) -> str:
+        """Why the statistics are not used ('' if they are)."""
+        if self.usable:
+            return ""
+        return (
+            f"{self.clips} clip(s), {self.seconds:.1f} s of audio: below the minimum of "
+            f"{MIN_CLIPS} clips and {MIN_SECONDS:g} s for speaker statistics"
+        )
+
+    @classmethod
+    def from_functionals(
+        cls, X: np.ndarray, seconds: float, sets: list[str], speaker: str = ""
+    ) -> SpeakerStats:
+        """Statistics of the rows of X[N, D] (one row per clip), as crossval computes them."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or len(X) == 0:
+            raise ValueError("speaker statistics need at least one clip's functionals")
+        X = np.where(np.isfinite(X), X, 0.0)
+        std = X.std(axis=0)
+        std = np.where(std > 1e-8, std, 1.0)
+        return cls(
+            X.mean(axis=0).astype(np.float32),
+            std.astype(np.float32),
+            len(X),
+            float(seconds),
+            list(sets),
+            str(speaker),
+        )
+
+    def check(self, dim: int, sets: list[str]) -> None:
+        """ValueError unless these statistics fit a model over `sets` with `dim` values."""
+        if self.mean.shape != (dim,) or self.std.shape != (dim,):
+            raise ValueError(
+                f"speaker statistics have {self.mean.shape[-1]} values; the model reads {dim}"
+            )
+        if self.sets and list(sets) and list(self.sets) != list(sets):
+            raise ValueError(
+                f"speaker statistics are of functional sets {self.sets}; the model reads {sets}"
+            )
+
+    # ------------------------------------------------------------------ as data
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "speaker": self.speaker,
+            "clips": self.clips,
+            "seconds": self.seconds,
+            "sets": self.sets,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to ``.json`` or ``.npz`` (by the suffix), atomically."""
+        p = Path(path)
+        if p.suffix.lower() == ".json":
+            write_text(p, json.dumps(self.to_dict()) + "\n")
+        elif p.suffix.lower() == ".npz":
+            with atomic_path(p) as tmp, open(tmp, "wb") as f:
+                np.savez(
+                    f,
+                    mean=self.mean,
+                    std=self.std,
+                    meta=np.asarray(json.dumps({**self.to_dict(), "mean": [], "std": []})),
+                )
+        else:
+            raise ValueError(f"speaker statistics are saved as .json or .npz, not {p.name!r}")
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SpeakerStats:
+        """Read a file written by `save` (never unpickles); ValueError names what is wrong."""
+        p = Path(path)
+        try:
+            if p.suffix.lower() == ".npz":
+                with np.load(p, allow_pickle=False) as z:
+                    d = json.loads(str(z["meta"]))
+                    d["mean"], d["std"] = z["mean"], z["std"]
+            else:
+                d = json.loads(p.read_text(encoding="utf-8"))
+            if d.get("format") != FORMAT:
+                raise ValueError(f"format {d.get('format')!r} is not {FORMAT}")
+            mean = np.asarray(d["mean"], dtype=np.float32).reshape(-1)
+            std = np.asarray(d["std"], dtype=np.float32).reshape(-1)
+            if mean.shape != std.shape or not (np.isfinite(mean).all() and (std > 0).all()):
+                raise ValueError("mean and std must be finite, of one length, std > 0")
+            return cls(
+                mean,
+                std,
+                int(d["clips"]),
+                float(d["seconds"]),
+                [str(s) for s in d.get("sets") or []],
+                str(d.get("speaker") or ""),
+            )
+        except OSError as e:
+            raise ValueError(f"{p}: cannot read speaker statistics ({e.strerror or e})") from None
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p}: not a speaker statistics file ({e})") from None
+        except ValueError as e:
+            raise ValueError(f"{p}: not a speaker statistics file ({e})") from None

@@ -1,0 +1,171 @@
+"""Label-free speaker adaptation at prediction time: statistics as crossval computes them, the
+adapted recognizer equal to crossval's speaker normalisation, the fallback below the minimum,
+statistics saved as data, `stlser predict --adapt`, and the ONNX graph's statistics inputs."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from stlser import adapt
+from stlser.adapt import SpeakerStats
+from stlser.features.normalise import normalize_functionals
+from stlser.testing import speechlike
+
+BASE = Path(__file__).resolve().parents[1] / "src" / "stlser" / "models"
+
+
+@pytest.fixture(scope="module")
+def rec():
+    from stlser.inference import Recognizer
+
+    return Recognizer.load(BASE / "base.pt")
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [speechlike(1.6 + 0.25 * i, 40 + i) for i in range(6)]
+
+
+def test_stats_are_crossvals_speaker_normalisation():
+    X = np.random.default_rng(0).normal(size=(7, 5)) * [1, 2, 3, 0, 5]
+    st = SpeakerStats.from_functionals(X, 12.0, ["compact"])
+    z, _ = normalize_functionals(X, ["s"] * 7, "speaker")
+    assert np.allclose((X - st.mean) / st.std, z, atol=1e-5)
+    assert st.std[3] == 1.0  # a constant value is left unscaled, as crossval does
+
+
+def test_adapted_recognizer_is_crossvals_prediction(rec, clips):
+    st = rec.speaker_stats(clips, sample_rate=16000, speaker="a")
+    assert st.usable and st.clips == 6 and st.sets == ["compact", "large"]
+    adapted = rec.adapt(st)
+    assert rec.speaker is None and adapted.speaker is st  # the original is unchanged
+    wave = clips[0][None].astype(np.float32)
+    X = rec.functionals(wave, np.asarray([wave.shape[1]]))
+    z = (X - st.mean) / st.std
+    with torch.no_grad():
+        want = torch.softmax(rec.model.log_probs(torch.from_numpy(z)), -1).numpy()[0]
+    got = adapted.predict(clips[0], sample_rate=16000)
+    assert np.allclose([got.probabilities[x] for x in rec.labels], want, atol=1e-6)
+    # the keyword form and a batch give the same answer
+    again = rec.predict(clips[0], sample_rate=16000, speaker=st)
+    assert again.probabilities == got.probabilities
+    batch = rec.predict_batch(clips[:2], sample_rate=16000, speaker=st)
+    assert np.allclose([batch[0].probabilities[x] for x in rec.labels], want, atol=1e-5)
+    assert got.probabilities != rec.predict(clips[0], sample_rate=16000).probabilities
+
+
+def test_too_few_clips_fall_back_to_global_statistics(rec, clips, caplog):
+    with caplog.at_level(logging.WARNING):
+        few = rec.adapt(clips[:2], sample_rate=16000)
+    assert few.speaker is None and few.adaptation is not None and not few.adaptation.usable
+    assert "below the minimum" in caplog.text and "global statistics" in caplog.text
+    p = few.predict(clips[0], sample_rate=16000).probabilities
+    assert p == rec.predict(clips[0], sample_rate=16000).probabilities
+    assert adapt.MIN_CLIPS > 2
+
+
+def test_stats_saved_as_data_and_checked(rec, clips, tmp_path):
+    st = rec.speaker_stats(clips[:5], sample_rate=16000, speaker="b")
+    for name in ("s.json", "s.npz"):
+        back = SpeakerStats.load(st.save(tmp_path / name))
+        assert np.array_equal(back.mean, st.mean) and np.array_equal(back.std, st.std)
+        assert (back.clips, back.sets, back.speaker) == (st.clips, st.sets, "b")
+    with pytest.raises(ValueError, match=".json or .npz"):
+        st.save(tmp_path / "s.pkl")
+    np.savez(tmp_path / "bad.npz", mean=np.zeros(3), std=np.ones(3), meta=np.asarray([{}], object))
+    with pytest.raises(ValueError, match="not a speaker statistics file"):
+        SpeakerStats.load(tmp_path / "bad.npz")  # an object array: never unpickled
+    short = SpeakerStats(st.mean[:10], st.std[:10], 9, 30.0, ["compact", "large"])
+    with pytest.raises(ValueError, match="10 values; the model reads 4378"):
+        rec.adapt(short)
+
+
+def test_network_models_say_they_cannot_adapt(tmp_path):
+    from stlser import testing
+    from stlser.inference import Recognizer
+
+    net = Recognizer.load(testing.make_artefact(tmp_path / "net.pt", ["a", "b"]))
+    assert not net.adaptable
+    with pytest.raises(ValueError, match="needs a model over functionals"):
+        net.adapt([speechlike(1.0, 1)] * 5, sample_rate=16000)
+
+
+def _folders(root: Path) -> None:
+    for s, n in (("spk1", 5), ("spk2", 2)):
+        (root / s).mkdir(parents=True)
+        for i in range(n):
+            sf.write(root / s / f"c{i}.wav", speechlike(2.2 + 0.1 * i, 7 * i + len(s)), 16000)
+
+
+def _stlser(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from stlser.cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_predict_adapt_folder_and_speaker_csv(rec, tmp_path):
+    _folders(tmp_path / "in")
+    out, stats = tmp_path / "out.csv", tmp_path / "stats"
+    model = str(BASE / "base.pt")
+    r = _stlser("predict", "--model", model, "--adapt", "folder", str(tmp_path / "in"),
+                "--save-stats", str(stats), "-o", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "→ adapted" in r.stderr and "global statistics (2 clip(s)" in r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 7
+    saved = sorted(p.name for p in stats.iterdir())
+    assert len(saved) == 2 and all(n.endswith(".json") for n in saved)
+    st = SpeakerStats.load(next(p for p in stats.iterdir() if "spk1" in p.name))
+    want = rec.adapt(st).predict(tmp_path / "in" / "spk1" / "c0.wav")
+    row = next(r for r in rows if r["path"].endswith("spk1/c0.wav"))
+    assert row["label"] == want.label
+    assert abs(float(row[f"prob_{want.label}"]) - want.confidence) < 1e-5
+    # the same grouping from a CSV with a speaker column
+    listing = tmp_path / "list.csv"
+    with open(listing, "w") as f:
+        f.write("path,speaker\n")
+        for p in sorted((tmp_path / "in").rglob("*.wav")):
+            f.write(f"{p.relative_to(tmp_path)},{p.parent.name}\n")
+    out2 = tmp_path / "out2.csv"
+    r = _stlser("predict", "--model", model, "--adapt", "speaker", str(listing), "-o", str(out2))
+    assert r.returncode == 0, r.stderr
+    rows2 = {r["path"]: r for r in csv.DictReader(open(out2))}
+    assert {Path(p).name for p in rows2} == {Path(r["path"]).name for r in rows}
+    row2 = next(r for p, r in rows2.items() if p.endswith("spk1/c0.wav"))
+    assert row2["label"] == row["label"]
+
+
+def test_predict_adapt_refuses_before_any_work(tmp_path):
+    _folders(tmp_path / "in")
+    out = tmp_path / "out.csv"
+    r = _stlser("predict", "--adapt", "speaker", str(tmp_path / "in"), "-o", str(out))
+    assert r.returncode == 2 and "needs a CSV input" in r.stderr and not out.exists()
+    r = _stlser("predict", "--speaker-stats", str(tmp_path / "nope.json"), str(tmp_path / "in"))
+    assert r.returncode == 2 and "cannot read speaker statistics" in r.stderr
+
+
+def test_onnx_graph_takes_a_speakers_statistics(rec, clips):
+    from stlser.onnx_runtime import OnnxRecognizer
+
+    onnx = OnnxRecognizer(BASE / "base.onnx")
+    assert onnx.adaptable and onnx.functional_sets == rec.functional_sets
+    st_onnx = onnx.speaker_stats(clips, sample_rate=16000)
+    st = rec.speaker_stats(clips, sample_rate=16000)
+    # on the model's own scale (its global std): jitter's step functionals move most
+    scale = rec.model.std.numpy()
+    assert (np.abs(st_onnx.mean - st.mean) / scale).max() < 0.1
+    assert (np.abs(st_onnx.std - st.std) / scale).max() < 0.1
+    a = onnx.adapt(st).predict(clips[1], sample_rate=16000).probabilities
+    b = rec.adapt(st).predict(clips[1], sample_rate=16000).probabilities
+    assert max(abs(a[k] - b[k]) for k in a) < 2e-3
+    assert a != onnx.predict(clips[1], sample_rate=16000).probabilities
