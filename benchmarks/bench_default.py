@@ -339,9 +339,8 @@ def _loso(z: dict[str, Any], tmp: Path) -> tuple[str, float | None]:
         return f"### EmoDB LOSO\n\nfailed: {bl.short_error(proc.stderr)}\n", None
     import json
 
-    summary = json.loads((tmp / "loso" / "summary.json").read_text())
-    ua = summary.get("ua_mean", summary.get("ua"))
-    ua_txt = f"; UA {100 * float(ua):.1f}" if isinstance(ua, int | float) else ""
+    report = json.loads((tmp / "loso" / "report.json").read_text())
+    ua_txt = f"; UA {100 * float(report['ua']):.1f}"
     goal = f"≤ {GOAL_LOSO_S:g} s: {'met' if wall <= GOAL_LOSO_S else 'NOT met'}"
     return (
         f"""### EmoDB LOSO, default recipe, first run

@@ -198,6 +198,12 @@ def main(quick: bool = False, **overrides: Any) -> str:
                 str(60 * z["long_minutes"] + 60),
                 "--max-mb",
                 "50",
+                # every client thread comes from 127.0.0.1: without these, the per-client and
+                # in-flight limits answer 429 / 503 to most concurrent requests
+                "--max-uploads",
+                "64",
+                "--max-uploads-per-client",
+                "64",
             ]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
@@ -248,6 +254,9 @@ memory before and its peak (VmHWM) after (the server decodes block by block and 
 {bl.md_table(["model", "status", "seconds", "RSS before MB", "peak RSS MB", "goal"], long_rows)}
 """
     intro = (
+        "`stlser serve --max-uploads 64 --max-uploads-per-client 64` (all client threads share "
+        "the address 127.0.0.1; the defaults, 4 in flight and 2 per client, would refuse most "
+        "concurrent requests). "
         f"`stlser serve` (uvicorn, one worker process) on 127.0.0.1; `POST /predict` with a "
         f"{z['clip_s']:g} s 16-bit WAV as the raw body; {z['requests']} requests per row from "
         f"concurrent client threads in this process (bounded in count and by a {z['deadline_s']} s "

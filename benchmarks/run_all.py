@@ -90,6 +90,23 @@ typical one; other load on the machine inflates the median first (see the load a
     return header + "\n" + "\n".join(parts), ok
 
 
+def _split(report: str) -> tuple[str, list[tuple[str, str]]]:
+    """(header, [(section title, text)]) of a report whose sections start with "## "."""
+    parts = report.split("\n## ")
+    return parts[0], [(p.split("\n", 1)[0], "## " + p) for p in parts[1:]]
+
+
+def merge_sections(old: str, new: str, note: str) -> str:
+    """`old` with each section of `new` put in place of the section of the same title (or
+    appended), and `note` under the header."""
+    head, sections = _split(old)
+    _, fresh = _split(new)
+    by_title = dict(fresh)
+    merged = [by_title.pop(t, text) for t, text in sections] + list(by_title.values())
+    body = "\n".join(m.rstrip("\n") + "\n" for m in merged)
+    return head.rstrip("\n") + "\n\n" + note.strip() + "\n\n" + body
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds per script)")
@@ -104,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="torch/OpenMP threads for every measurement, children included (default: torch's)",
+    )
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: replace those sections in the existing report (--out, default "
+        "docs/benchmarks.md) and say so under its header, keeping the other sections",
     )
     ap.add_argument(
         "--out",
@@ -121,7 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     used = bl.cpu_busy_share()
     if used is not None and used > 0.25:
         print(f"warning: {100 * used:.0f} % of the CPU is busy: {bl.BUSY_NOTE}.", file=sys.stderr)
+    if a.update and (a.quick or not a.only):
+        raise SystemExit("--update replaces the sections named by --only in a full report")
     report, ok = run(a.quick, names, sys.argv[1:] if argv is None else argv)
+    if a.update:
+        out = Path(a.out) if a.out else DEFAULT_OUT
+        _, fresh = _split(report)
+        args = " ".join(sys.argv[1:] if argv is None else argv)
+        when = dt.datetime.now(dt.UTC)
+        note = (
+            f"Re-run by `python -m benchmarks.run_all {args}` on {when:%Y-%m-%d %H:%M} UTC: "
+            f"{', '.join(t for t, _ in fresh)} (the other sections are from the run above)."
+        )
+        report = merge_sections(out.read_text(encoding="utf-8"), report, note)
+        write_text(out, report)
+        print(report)
+        print(f"sections {names} replaced in {out}", file=sys.stderr)
+        return 0 if ok else 1
     if a.out:
         out = Path(a.out)
     elif not a.quick and names == list(SCRIPTS):

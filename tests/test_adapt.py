@@ -169,3 +169,33 @@ def test_onnx_graph_takes_a_speakers_statistics(rec, clips):
     b = rec.adapt(st).predict(clips[1], sample_rate=16000).probabilities
     assert max(abs(a[k] - b[k]) for k in a) < 2e-3
     assert a != onnx.predict(clips[1], sample_rate=16000).probabilities
+
+
+def test_segments_adapted_to_the_recording(rec, tmp_path):
+    """--adapt recording: the recording's speech windows give its statistics (first pass), and
+    each window is normalised with them (second pass)."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for i in range(7):
+        parts += [speechlike(1.5 + 0.2 * i, 60 + i), 3e-4 * rng.standard_normal(8000)]
+    x = np.concatenate(parts).astype(np.float32)
+    path = tmp_path / "talk.wav"
+    sf.write(path, x, 16000)
+    plain = rec.segments(path)
+    adapted = rec.segments(path, adapt=True)
+    st = rec.recording_stats(path)
+    assert st is not None and st.usable and st.clips == len(plain) >= 5
+    assert [(s.start, s.end) for s in adapted] == [(s.start, s.end) for s in plain]
+    want = rec.adapt(st).segments(path)
+    assert [s.probabilities for s in adapted] == [s.probabilities for s in want]
+    assert [s.probabilities for s in adapted] != [s.probabilities for s in plain]
+    with open(path, "rb") as f:  # a seekable file object is read twice
+        assert [s.label for s in rec.segments(f, adapt=True)] == [s.label for s in adapted]
+    out = tmp_path / "seg.csv"
+    r = _stlser("predict", "--model", str(BASE / "base.pt"), "--segments", "--adapt",
+                "recording", str(path), "-o", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    labels = [row["label"] for row in csv.DictReader(open(out))]
+    assert labels == [s.label for s in adapted]
+    r = _stlser("predict", "--adapt", "recording", str(path))
+    assert r.returncode == 2 and "needs --segments" in r.stderr

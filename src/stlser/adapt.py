@@ -16,7 +16,9 @@ statistics, saying so.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ MIN_CLIPS = 5
 #: Least audio (seconds, all clips together) whose statistics stand for a speaker.
 MIN_SECONDS = 10.0
 FORMAT = "stlser-speaker-stats/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -149,3 +152,59 @@ class SpeakerStats:
             raise ValueError(f"{p}: not a speaker statistics file ({e})") from None
         except ValueError as e:
             raise ValueError(f"{p}: not a speaker statistics file ({e})") from None
+
+
+# ------------------------------------------------------------------ with a recognizer
+def clips_stats(
+    rec: Any,
+    clips: Iterable[Any],
+    sample_rate: int | None = None,
+    speaker: str = "",
+    batch_size: int = 16,
+    decoded: bool = False,
+    empty_ok: bool = False,
+) -> SpeakerStats | None:
+    """The statistics of clips through `rec`'s functionals (`BaseRecognizer.speaker_stats`);
+    `decoded`: the clips are 16 kHz float arrays already. No clip: ValueError, or None with
+    `empty_ok`."""
+    from stlser.recognizer import NOT_ADAPTABLE, SAMPLE_RATE, decode, pad_batch
+
+    if not rec.adaptable:
+        raise ValueError(NOT_ADAPTABLE)
+    rows: list[np.ndarray] = []
+    samples = 0
+    it = iter(clips)
+    while True:
+        batch = [x for _, x in zip(range(batch_size), it, strict=False)]
+        if not batch:
+            break
+        waves = batch if decoded else [decode(x, sample_rate) for x in batch]
+        samples += sum(len(w) for w in waves)
+        wave, lengths = pad_batch(waves)
+        rows.append(np.asarray(rec._functionals(wave, lengths), np.float64))
+    if not rows:
+        if empty_ok:
+            return None
+        raise ValueError("speaker statistics need at least one clip")
+    return SpeakerStats.from_functionals(
+        np.concatenate(rows), samples / SAMPLE_RATE, list(rec.functional_sets or []), speaker
+    )
+
+
+def adapted(rec: Any, stats: SpeakerStats) -> Any:
+    """A copy of `rec` normalising with `stats` (global statistics below the minimum, with a
+    warning); `rec.adaptation` records what was given (`BaseRecognizer.adapt`)."""
+    import copy
+
+    from stlser.recognizer import NOT_ADAPTABLE
+
+    if not rec.adaptable:
+        raise ValueError(NOT_ADAPTABLE)
+    stats.check(rec.functionals_dim, list(rec.functional_sets or []))
+    new = copy.copy(rec)
+    new.adaptation = stats
+    new.speaker = stats if stats.usable else None
+    if not stats.usable:
+        who = f"speaker {stats.speaker!r}: " if stats.speaker else ""
+        log.warning(f"{who}{stats.why_not()}; the global statistics are used")
+    return new

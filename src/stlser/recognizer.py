@@ -9,8 +9,6 @@ torch-free.
 
 from __future__ import annotations
 
-import copy
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +24,6 @@ from stlser.safety import ModelRunError
 from stlser.vad import SampleBuffer, VADConfig, iter_speech_windows
 
 SAMPLE_RATE = audio.SAMPLE_RATE
-log = logging.getLogger(__name__)
 NOT_ADAPTABLE = (
     "speaker adaptation needs a model over functionals (the default recipe, e.g. the shipped "
     "model); this model reads log-mel frames"
@@ -99,6 +96,15 @@ def decode(
 
 
 # ----------------------------------------------------------------------------- batching
+def _rewind(x: Any) -> None:
+    """Ready a source for a second pass: paths, bytes and arrays are read anew; a file object
+    must be seekable."""
+    if hasattr(x, "read"):
+        if not (hasattr(x, "seek") and getattr(x, "seekable", lambda: True)()):
+            raise ValueError("adapting to a recording reads it twice: give a seekable file")
+        x.seek(0)
+
+
 def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (sorted, longest first)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -165,23 +171,9 @@ class BaseRecognizer:
         """The statistics of one speaker's clips (paths, bytes, arrays with `sample_rate`),
         computed as crossval computes a test speaker's (`stlser.adapt`); clips are decoded a
         batch at a time, so any number fits in memory. A bad clip raises its AudioError."""
-        if not self.adaptable:
-            raise ValueError(NOT_ADAPTABLE)
-        rows: list[np.ndarray] = []
-        samples = 0
-        it = iter(clips)
-        while True:
-            waves = [decode(x, sample_rate) for _, x in zip(range(batch_size), it, strict=False)]
-            if not waves:
-                break
-            samples += sum(len(w) for w in waves)
-            wave, lengths = pad_batch(waves)
-            rows.append(np.asarray(self._functionals(wave, lengths), np.float64))
-        if not rows:
-            raise ValueError("speaker statistics need at least one clip")
-        return SpeakerStats.from_functionals(
-            np.concatenate(rows), samples / SAMPLE_RATE, list(self.functional_sets or []), speaker
-        )
+        from stlser.adapt import clips_stats
+
+        return clips_stats(self, clips, sample_rate, speaker, batch_size)
 
     def adapt(
         self, speaker: SpeakerStats | Iterable[Any], sample_rate: int | None = None
@@ -191,21 +183,11 @@ class BaseRecognizer:
         few clips or too little audio (`stlser.adapt.MIN_CLIPS`, `MIN_SECONDS`): the global
         statistics stay, with a warning (`adaptation` records what was given). This recognizer
         is not changed."""
-        stats = (
-            speaker
-            if isinstance(speaker, SpeakerStats)
-            else self.speaker_stats(speaker, sample_rate)
-        )
-        if not self.adaptable:
-            raise ValueError(NOT_ADAPTABLE)
-        stats.check(self.functionals_dim, list(self.functional_sets or []))
-        new = copy.copy(self)
-        new.adaptation = stats
-        new.speaker = stats if stats.usable else None
-        if not stats.usable:
-            who = f"speaker {stats.speaker!r}: " if stats.speaker else ""
-            log.warning(f"{who}{stats.why_not()}; the global statistics are used")
-        return new
+        from stlser.adapt import adapted
+
+        if not isinstance(speaker, SpeakerStats):
+            speaker = self.speaker_stats(speaker, sample_rate)
+        return adapted(self, speaker)
 
     def restrict(self, labels: Sequence[str] | None) -> BaseRecognizer:
         """Answer with these labels only: the model's probabilities of them, renormalised to
@@ -377,7 +359,7 @@ class BaseRecognizer:
         return out
 
     # --- long recordings
-    def iter_segments(
+    def _speech_windows(
         self,
         x: Any,
         sample_rate: int | None = None,
@@ -386,11 +368,10 @@ class BaseRecognizer:
         min_silence: float = 0.3,
         threshold_db: float = 10.0,
         pad: float = 0.1,
-        batch_size: int = 8,
         block_seconds: float = 10.0,
         max_seconds: float | None = None,
-    ) -> Iterator[Segment]:
-        """Like `segments`, yielding segments as they are found (constant memory)."""
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(start, end, samples) of every speech window of a recording, decoded block by block."""
         if is_source(x):
             blocks: Iterable[np.ndarray] = iter_blocks(x, block_seconds, max_seconds)
         else:
@@ -403,13 +384,57 @@ class BaseRecognizer:
                 raise AudioError("<array>", "no audio samples")
             blocks = iter_array_blocks(arr, max(1, int(block_seconds * SAMPLE_RATE)))
         cfg = VADConfig(min_speech=min_speech, min_silence=min_silence, threshold_db=threshold_db)
+        yield from iter_speech_windows(blocks, max_window, pad, cfg)
+
+    def iter_segments(
+        self,
+        x: Any,
+        sample_rate: int | None = None,
+        max_window: float = 6.0,
+        min_speech: float = 0.3,
+        min_silence: float = 0.3,
+        threshold_db: float = 10.0,
+        pad: float = 0.1,
+        batch_size: int = 8,
+        block_seconds: float = 10.0,
+        max_seconds: float | None = None,
+        adapt: bool = False,
+    ) -> Iterator[Segment]:
+        """Like `segments`, yielding segments as they are found (constant memory)."""
+        kw = {
+            "max_window": max_window,
+            "min_speech": min_speech,
+            "min_silence": min_silence,
+            "threshold_db": threshold_db,
+            "pad": pad,
+            "block_seconds": block_seconds,
+            "max_seconds": max_seconds,
+        }
+        if adapt:  # the recording as its own speaker: a first pass for its statistics
+            stats = self.recording_stats(x, sample_rate, batch_size=batch_size, **kw)
+            if stats is None:
+                return
+            _rewind(x)
+            yield from self.adapt(stats).iter_segments(x, sample_rate, batch_size=batch_size, **kw)
+            return
         pending: list[tuple[int, int, np.ndarray]] = []
-        for win in iter_speech_windows(blocks, max_window, pad, cfg):
+        for win in self._speech_windows(x, sample_rate, **kw):
             pending.append(win)
             if len(pending) >= batch_size:
                 yield from self._classify_windows(pending)
                 pending = []
         yield from self._classify_windows(pending)
+
+    def recording_stats(
+        self, x: Any, sample_rate: int | None = None, batch_size: int = 8, **kw: Any
+    ) -> SpeakerStats | None:
+        """The statistics of a recording's speech windows (the recording as one speaker; keywords
+        as `segments`); None if it has no speech. One pass, decoded block by block."""
+        from stlser.adapt import clips_stats
+
+        wins = (w for _, _, w in self._speech_windows(x, sample_rate, **kw))
+        name = str(x) if isinstance(x, str | os.PathLike) else "<recording>"
+        return clips_stats(self, wins, SAMPLE_RATE, name, batch_size, decoded=True, empty_ok=True)
 
     def _classify_windows(self, wins: list[tuple[int, int, np.ndarray]]) -> Iterator[Segment]:
         probs = self.probabilities([w for _, _, w in wins])
@@ -430,7 +455,9 @@ class BaseRecognizer:
         `max_window` s and classified. Paths, bytes and file objects are decoded block by block,
         so memory does not grow with the recording's length. Other keywords: `min_silence`,
         `threshold_db`, `pad`, `batch_size`, `block_seconds`, `max_seconds` (refuse longer
-        audio, `stlser.audio.check_limits`). No speech → [].
+        audio, `stlser.audio.check_limits`), `adapt` (models over functionals: the recording is
+        one speaker, its windows' statistics normalise them, `recording_stats` and `adapt`; two
+        passes over the audio, so a file object must be seekable). No speech → [].
         """
         return list(self.iter_segments(x, sample_rate, max_window, min_speech, **kw))
 

@@ -271,6 +271,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         allowed_origins=a.allow_origin,
         max_uploads=a.max_uploads,
         read_timeout=a.read_timeout,
+        max_uploads_per_client=a.max_uploads_per_client,
     )
     return 0
 
@@ -434,12 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--adapt",
-        choices=["none", "folder", "speaker"],
+        choices=["none", "folder", "speaker", "recording"],
         default="none",
         help="speaker adaptation (models over functionals, e.g. the shipped one): normalise "
         "each speaker's clips with that speaker's own statistics, from its unlabeled clips. "
         "folder = the clips of one folder are one speaker; speaker = the input is a CSV with "
-        "path and speaker columns (default: none, the training set's global statistics)",
+        "path and speaker columns; recording = with --segments, each recording is one speaker "
+        "(default: none, the training set's global statistics)",
     )
     s.add_argument(
         "--speaker-stats",
@@ -488,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra Origin allowed to POST, e.g. https://app.example.org (repeatable)",
     )
     s.add_argument("--max-uploads", type=int, default=4, help="uploads in flight (then 503)")
+    s.add_argument(
+        "--max-uploads-per-client",
+        type=int,
+        default=2,
+        help="uploads in flight from one client address (then 429); raise it behind a proxy, "
+        "where every client has the proxy's address",
+    )
     s.add_argument("--read-timeout", type=float, default=30.0, help="seconds to send a body")
     s.set_defaults(func=cmd_serve)
     return p

@@ -268,13 +268,15 @@ def predict_cli(
     out = Path(output) if output else None
     if out is not None:
         check_output_file(out, (".csv", ".jsonl"))
-    if adapt not in ("none", "folder", "speaker"):
-        raise ValueError(f"--adapt must be none, folder or speaker, not {adapt!r}")
+    if adapt not in ("none", "folder", "speaker", "recording"):
+        raise ValueError(f"--adapt must be none, folder, speaker or recording, not {adapt!r}")
     if adapt != "none" and speaker_stats:
         raise ValueError("give --adapt or --speaker-stats, not both")
-    if (adapt != "none" or speaker_stats) and segments:
-        raise ValueError("speaker adaptation is for clips; --segments does not take it yet")
-    if save_stats and adapt == "none":
+    if segments and adapt in ("folder", "speaker"):
+        raise ValueError("with --segments, --adapt recording (each recording is one speaker)")
+    if adapt == "recording" and not segments:
+        raise ValueError("--adapt recording needs --segments")
+    if save_stats and adapt in ("none", "recording"):
         raise ValueError("--save-stats needs --adapt folder or --adapt speaker")
     stats_dir = Path(save_stats) if save_stats else None
     if stats_dir is not None:
@@ -311,7 +313,7 @@ def predict_cli(
     if segments:
         for i, f in enumerate(files):
             try:
-                segs = list(rec.iter_segments(f))
+                segs = list(rec.iter_segments(f, adapt=adapt == "recording"))
             except AudioError as e:
                 fail(i, e)
                 continue

@@ -54,10 +54,9 @@ MIN_RATE = 8 * 1024
 MIN_RATE_GRACE = 3.0
 #: Uploads one client (IP address) may have in flight at once; one more gets 429.
 MAX_UPLOADS_PER_CLIENT = 2
-#: Audio classified per forward pass: longer uploads to /predict are decoded block by block
-#: and classified in equal windows of at most this length (probabilities averaged by length);
-#: /segments batches at most this much audio. Bounds a request's memory to about `--max-mb`
-#: plus one window's forward pass, whatever `--max-seconds` allows.
+#: Audio per forward pass: longer uploads to /predict are decoded block by block, classified
+#: in equal windows of at most this length (probabilities averaged by length); /segments
+#: batches at most this much audio. A request's memory: about `--max-mb` plus one window's pass.
 WINDOW_SECONDS = 20.0
 #: Multipart parts accepted in one upload (the audio plus a few form fields).
 MAX_PARTS = 8
@@ -566,6 +565,7 @@ def serve(
     allowed_origins: Sequence[str] | None = None,
     max_uploads: int = MAX_UPLOADS,
     read_timeout: float = READ_TIMEOUT,
+    max_uploads_per_client: int = MAX_UPLOADS_PER_CLIENT,
 ) -> None:
     """Load the model once and run the service with uvicorn until interrupted.
 
@@ -592,6 +592,7 @@ def serve(
         allowed_origins=allowed_origins,
         max_uploads=max_uploads,
         read_timeout=read_timeout,
+        max_uploads_per_client=max_uploads_per_client,
     )
     print(
         f"stlser service: http://{host}:{port}/  (labels: {', '.join(app.state.recognizer.labels)})"
