@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,48 +155,42 @@ class SpeakerStats:
 
 
 # ------------------------------------------------------------------ with a recognizer
-def clips_stats(
-    rec: Any,
-    clips: Iterable[Any],
-    sample_rate: int | None = None,
+#: What a recognizer over log-mel frames says when asked to adapt.
+NOT_ADAPTABLE = (
+    "speaker adaptation needs a model over functionals (the default recipe, e.g. the shipped "
+    "model); this model reads log-mel frames"
+)
+
+
+def stats_of(
+    waves: Iterable[np.ndarray],
+    functionals: Callable[[list[np.ndarray]], np.ndarray],
+    sets: list[str],
     speaker: str = "",
     batch_size: int = 16,
-    decoded: bool = False,
-    empty_ok: bool = False,
+    sample_rate: int = 16000,
 ) -> SpeakerStats | None:
-    """The statistics of clips through `rec`'s functionals (`BaseRecognizer.speaker_stats`);
-    `decoded`: the clips are 16 kHz float arrays already. No clip: ValueError, or None with
-    `empty_ok`."""
-    from stlser.recognizer import NOT_ADAPTABLE, SAMPLE_RATE, decode, pad_batch
-
-    if not rec.adaptable:
-        raise ValueError(NOT_ADAPTABLE)
+    """The statistics of decoded clips (`waves`, consumed `batch_size` at a time, so any
+    number fits in memory) through `functionals` (a batch of clips → [B, D]); None if there is
+    no clip."""
     rows: list[np.ndarray] = []
     samples = 0
-    it = iter(clips)
+    it = iter(waves)
     while True:
-        batch = [x for _, x in zip(range(batch_size), it, strict=False)]
+        batch = [w for _, w in zip(range(batch_size), it, strict=False)]
         if not batch:
             break
-        waves = batch if decoded else [decode(x, sample_rate) for x in batch]
-        samples += sum(len(w) for w in waves)
-        wave, lengths = pad_batch(waves)
-        rows.append(np.asarray(rec._functionals(wave, lengths), np.float64))
+        samples += sum(len(w) for w in batch)
+        rows.append(np.asarray(functionals(batch), np.float64))
     if not rows:
-        if empty_ok:
-            return None
-        raise ValueError("speaker statistics need at least one clip")
-    return SpeakerStats.from_functionals(
-        np.concatenate(rows), samples / SAMPLE_RATE, list(rec.functional_sets or []), speaker
-    )
+        return None
+    return SpeakerStats.from_functionals(np.concatenate(rows), samples / sample_rate, sets, speaker)
 
 
 def adapted(rec: Any, stats: SpeakerStats) -> Any:
     """A copy of `rec` normalising with `stats` (global statistics below the minimum, with a
     warning); `rec.adaptation` records what was given (`BaseRecognizer.adapt`)."""
     import copy
-
-    from stlser.recognizer import NOT_ADAPTABLE
 
     if not rec.adaptable:
         raise ValueError(NOT_ADAPTABLE)

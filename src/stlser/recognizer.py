@@ -3,8 +3,12 @@ types, input decoding, batching, and :class:`BaseRecognizer`, which implements
 ``predict``/``predict_batch``/``segments``/``stream`` on top of one method a runtime provides:
 ``_run(wave[B, N] float32, lengths[B] int64) -> probs[B, C]``.
 
-Imports only numpy and stlser's numpy modules (`audio`, `vad`), so the ONNX runtime stays
-torch-free.
+Imports only numpy and stlser's numpy modules (`audio`, `vad`, `adapt`), so the ONNX runtime
+stays torch-free.
+
+Why this is one module: every runtime (torch, onnxruntime) gets clips, batches, recordings,
+streams and speaker adaptation from the one base class here; split, each piece would reach
+back into the others' private helpers (decoding, padding, windowing).
 """
 
 from __future__ import annotations
@@ -18,16 +22,12 @@ from typing import Any
 import numpy as np
 
 from stlser import audio
-from stlser.adapt import SpeakerStats
+from stlser.adapt import NOT_ADAPTABLE, SpeakerStats, adapted, stats_of
 from stlser.audio import AudioError, _Resampler, iter_array_blocks, iter_blocks, to_float
 from stlser.safety import ModelRunError
 from stlser.vad import SampleBuffer, VADConfig, iter_speech_windows
 
 SAMPLE_RATE = audio.SAMPLE_RATE
-NOT_ADAPTABLE = (
-    "speaker adaptation needs a model over functionals (the default recipe, e.g. the shipped "
-    "model); this model reads log-mel frames"
-)
 #: The network's CNN pools time by 16: clips are zero-padded (lengths unchanged) to this width.
 MIN_BATCH_SAMPLES = int(audio.MIN_SECONDS * SAMPLE_RATE)
 #: Batches are padded to a multiple of this many samples (0.5 s); see `pad_batch`.
@@ -156,6 +156,9 @@ class BaseRecognizer:
         """wave[B, N], lengths[B] → the model's functionals [B, D] (adaptable models only)."""
         raise ValueError(NOT_ADAPTABLE)
 
+    def _functionals_of(self, waves: list[np.ndarray]) -> np.ndarray:
+        return self._functionals(*pad_batch(waves))
+
     # --- speaker adaptation
     @property
     def adaptable(self) -> bool:
@@ -171,9 +174,13 @@ class BaseRecognizer:
         """The statistics of one speaker's clips (paths, bytes, arrays with `sample_rate`),
         computed as crossval computes a test speaker's (`stlser.adapt`); clips are decoded a
         batch at a time, so any number fits in memory. A bad clip raises its AudioError."""
-        from stlser.adapt import clips_stats
-
-        return clips_stats(self, clips, sample_rate, speaker, batch_size)
+        if not self.adaptable:
+            raise ValueError(NOT_ADAPTABLE)
+        waves = (decode(x, sample_rate) for x in clips)
+        got = stats_of(waves, self._functionals_of, self.functional_sets or [], speaker, batch_size)
+        if got is None:
+            raise ValueError("speaker statistics need at least one clip")
+        return got
 
     def adapt(
         self, speaker: SpeakerStats | Iterable[Any], sample_rate: int | None = None
@@ -183,8 +190,6 @@ class BaseRecognizer:
         few clips or too little audio (`stlser.adapt.MIN_CLIPS`, `MIN_SECONDS`): the global
         statistics stay, with a warning (`adaptation` records what was given). This recognizer
         is not changed."""
-        from stlser.adapt import adapted
-
         if not isinstance(speaker, SpeakerStats):
             speaker = self.speaker_stats(speaker, sample_rate)
         return adapted(self, speaker)
@@ -430,11 +435,11 @@ class BaseRecognizer:
     ) -> SpeakerStats | None:
         """The statistics of a recording's speech windows (the recording as one speaker; keywords
         as `segments`); None if it has no speech. One pass, decoded block by block."""
-        from stlser.adapt import clips_stats
-
+        if not self.adaptable:
+            raise ValueError(NOT_ADAPTABLE)
         wins = (w for _, _, w in self._speech_windows(x, sample_rate, **kw))
         name = str(x) if isinstance(x, str | os.PathLike) else "<recording>"
-        return clips_stats(self, wins, SAMPLE_RATE, name, batch_size, decoded=True, empty_ok=True)
+        return stats_of(wins, self._functionals_of, self.functional_sets or [], name, batch_size)
 
     def _classify_windows(self, wins: list[tuple[int, int, np.ndarray]]) -> Iterator[Segment]:
         probs = self.probabilities([w for _, _, w in wins])
