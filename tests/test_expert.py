@@ -246,6 +246,7 @@ def test_crossval_in_one_process_matches_two(expert_run, tmp_path, synth_corpus)
     )
 
 
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_crossval_with_speed_copies(expert_run, tmp_path, synth_corpus):
     import pandas as pd
 
@@ -361,6 +362,7 @@ def test_restrict_renormalises_and_refuses_unknown_labels(expert_run):
     assert rec.restrict(None).labels == list(full)
 
 
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path, monkeypatch):
     from stlser import pretrain
     from stlser.inference import Recognizer
@@ -519,6 +521,7 @@ def test_model_init_refuses_incompatible_models(expert_run, tmp_path, change, ma
         expert.init_priors(str(init), sets, labels)
 
 
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_pretrain_fits_speed_copies_as_speakers_of_their_own(synth_corpus, tmp_path):
     """model.speeds in pretraining: each row's copies join the pooled fit, their (speaker,
     factor) normalised apart; the model's global statistics stay those of the originals; the

@@ -95,7 +95,7 @@ from stlser import testing
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 over = [
     "data.corpus=synth", f"data.root={root}", "split.val_speakers=1", f"cache_dir={out / 'cache'}",
-    "train.progress=false", "train.jobs=1", "model.speeds=[]",
+    "train.progress=false", "train.jobs=1", "model.speeds=[]", "split.folds=[0]",
 ]
 run = driver.crossval(config.load("recommended.yaml", over), out / "run")
 rec = Recognizer.load(run / "fold_00" / "model.pt")

@@ -83,6 +83,7 @@ def test_loss_decreases_and_report_schema(synth_corpus, tmp_path):
     assert not seen & test_spk
 
 
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_resume_reproduces_uninterrupted_run(synth_corpus, tmp_path):
     from stlser import driver
     from stlser.testing import CrashAfter, SimulatedCrash
@@ -107,6 +108,7 @@ def test_resume_reproduces_uninterrupted_run(synth_corpus, tmp_path):
     assert ra["ua"] == rb["ua"] and ra["folds"][0]["best_epoch"] == rb["folds"][0]["best_epoch"]
 
 
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_seeded_runs_are_identical(synth_corpus, tmp_path):
     from stlser import driver
 
@@ -208,6 +210,7 @@ def test_ensemble_in_parallel_equals_sequential(synth_corpus, tmp_path):
     pd.testing.assert_frame_equal(a, pd.read_csv(again / "predictions.csv"))
 
 
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_refit_trains_on_train_and_val_and_resumes_exactly(synth_corpus, tmp_path):
     """The refit stage retrains on train + val for the best epoch count; a crash inside it
     resumes without re-entering stage 1 and ends where the uninterrupted run ends."""

@@ -1,6 +1,10 @@
 """`stlser` command line: argument parsing only; every command calls one library function.
 
 Imports are lazy so `stlser --help` and light commands start fast (Lightning costs ~5 s).
+
+Why this is one module: it is the argument parser of every command (each a few lines calling
+the library), and `--help` must see all of them at once; `stlser.cli.predict` holds the one
+command with logic of its own.
 """
 
 from __future__ import annotations
