@@ -216,6 +216,7 @@ def test_crossval_writes_report_and_artefacts(expert_run):
     assert art["format"] == expert.FORMAT and model.dims == [96, 4282]
 
 
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_crossval_in_one_process_matches_two(expert_run, tmp_path, synth_corpus):
     import pandas as pd
 
@@ -463,6 +464,7 @@ def test_model_init_warns_when_the_model_heard_this_corpus(expert_run, caplog):
     assert "trained on synth itself" in caplog.text
 
 
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus, tmp_path):
     from stlser import driver
     from stlser.results import RunReport
