@@ -138,12 +138,6 @@ def _corpus_manifest(tmp: Path, n_synthetic: int) -> tuple[Path, str, float]:
     return path, what, audio
 
 
-def _smile_available() -> bool:
-    from stlser import featuresets
-
-    return featuresets.opensmile_available()
-
-
 def _extraction(z: dict[str, Any], tmp: Path) -> tuple[str, dict[str, float]]:
     import pandas as pd
 
@@ -167,7 +161,9 @@ def _extraction(z: dict[str, Any], tmp: Path) -> tuple[str, dict[str, float]]:
         ]
     ]
     facts = {"own_wall": own["wall"]}
-    if _smile_available():
+    from stlser import featuresets
+
+    if featuresets.opensmile_available():
         df = pd.read_csv(manifest)
         sub = df.iloc[:: z["smile_every"]]
         sub_path = tmp / "manifest_smile.csv"

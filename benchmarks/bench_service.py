@@ -60,16 +60,6 @@ def _wav_bytes(seconds: float) -> bytes:
     return buf.getvalue()
 
 
-def _long_wav_bytes(minutes: float) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    with sf.SoundFile(buf, "w", 16000, 1, subtype="PCM_16", format="WAV") as f:
-        for block in bl.iter_long_recording(minutes, seed=1):
-            f.write(block)
-    return buf.getvalue()
-
-
 def _server_rss_mb(pid: int) -> tuple[float, float]:
     """(current, peak) resident set size of the server process (VmRSS, VmHWM), MB."""
     got = {}
@@ -151,11 +141,11 @@ def main(quick: bool = False, **overrides: Any) -> str:
     z = bl.sizes(SIZES, quick, overrides)
     load = bl.load_text()
     body = _wav_bytes(z["clip_s"])
-    long_body = _long_wav_bytes(z["long_minutes"])
     rows: list[list[Any]] = []
     long_rows: list[list[Any]] = []
     with tempfile.TemporaryDirectory(prefix="stlser-bench-svc-") as td:
         tmp = Path(td)
+        long_body = bl.write_long_wav(tmp / "long.wav", z["long_minutes"], seed=1).read_bytes()
         from importlib import resources
 
         shipped = resources.files("stlser") / "models"

@@ -35,6 +35,14 @@ FORMAT = "stlser-speaker-stats/1"
 log = logging.getLogger(__name__)
 
 
+def zscore_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per column of X[N, D] (float64; a std below 1e-8 counts as 1): the
+    statistics crossval normalises a speaker's functionals with
+    (`stlser.features.normalise.normalize_functionals`) and `SpeakerStats` holds."""
+    std = X.std(axis=0)
+    return X.mean(axis=0), np.where(std > 1e-8, std, 1.0)
+
+
 @dataclass
 class SpeakerStats:
     """One speaker's functionals statistics (``mean[D]``, ``std[D]``) and what they rest on."""
@@ -69,11 +77,9 @@ class SpeakerStats:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or len(X) == 0:
             raise ValueError("speaker statistics need at least one clip's functionals")
-        X = np.where(np.isfinite(X), X, 0.0)
-        std = X.std(axis=0)
-        std = np.where(std > 1e-8, std, 1.0)
+        mean, std = zscore_stats(np.where(np.isfinite(X), X, 0.0))
         return cls(
-            X.mean(axis=0).astype(np.float32),
+            mean.astype(np.float32),
             std.astype(np.float32),
             len(X),
             float(seconds),
@@ -148,9 +154,7 @@ class SpeakerStats:
             )
         except OSError as e:
             raise ValueError(f"{p}: cannot read speaker statistics ({e.strerror or e})") from None
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p}: not a speaker statistics file ({e})") from None
-        except ValueError as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{p}: not a speaker statistics file ({e})") from None
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from stlser.adapt import zscore_stats
+
 #: Smallest standard deviation a normaliser divides by.
 STD_FLOOR = 1e-5
 NORM_MODES = ("none", "global", "speaker", "utterance")
@@ -218,7 +220,5 @@ def normalize_functionals(
 
 
 def _zscore(X: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    mean = ref.mean(axis=0)
-    std = ref.std(axis=0)
-    std = np.where(std > 1e-8, std, 1.0)
+    mean, std = zscore_stats(ref)
     return (X - mean) / std
