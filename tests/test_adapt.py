@@ -199,3 +199,107 @@ def test_segments_adapted_to_the_recording(rec, tmp_path):
     assert labels == [s.label for s in adapted]
     r = _stlser("predict", "--adapt", "recording", str(path))
     assert r.returncode == 2 and "needs --segments" in r.stderr
+
+
+def test_running_stats_equal_the_stats_of_every_clip():
+    from stlser.adapt import RunningStats, SpeakerStats
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(loc=5.0, scale=[0.1, 3.0, 100.0], size=(23, 3))
+    X[4, 1] = np.nan  # a non-finite value counts as 0, as in from_functionals
+    run = RunningStats(3, ["compact"], "s1")
+    for a, b in ((0, 1), (1, 9), (9, 10), (10, 23)):
+        run.add(X[a:b], seconds=1.5 * (b - a))
+    got, want = run.stats(), SpeakerStats.from_functionals(X, 1.5 * 23, ["compact"], "s1")
+    assert got.clips == want.clips == 23 and got.seconds == pytest.approx(want.seconds)
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-6)
+    np.testing.assert_allclose(got.std, want.std, rtol=1e-5)
+    with pytest.raises(ValueError, match="3 values"):
+        run.add(np.zeros((1, 4)), 1.0)
+
+
+def _wav(x: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def test_service_speaker_token_adapts_and_never_leaks(rec, clips):
+    """A token's clips accumulate into that speaker's statistics; from the minimum on the
+    answer is the recognizer's adapted to exactly those clips; another client (address) cannot
+    use or probe the token, and its own answers stay global."""
+    from starlette.testclient import TestClient
+
+    from stlser.service.app import create_app
+
+    app = create_app(rec)
+    a = TestClient(app, base_url="http://127.0.0.1", client=("10.0.0.1", 1000))
+    b = TestClient(app, base_url="http://127.0.0.1", client=("10.0.0.2", 1000))
+    assert a.get("/health").json()["adaptable"] is True
+    token = a.post("/speakers").json()["speaker"]
+    for i, x in enumerate(clips):
+        r = a.post(f"/predict?speaker={token}", files={"file": ("c.wav", _wav(x))})
+        assert r.status_code == 200, r.text
+        info = r.json()["speaker"]
+        assert info["clips"] == i + 1 and info["adapted"] == (i + 1 >= adapt.MIN_CLIPS)
+    stats = rec.speaker_stats(clips, 16000)
+    assert stats.usable
+    want = rec.predict(clips[-1], 16000, speaker=stats).probabilities
+    got = r.json()["probabilities"]
+    assert max(abs(got[k] - want[k]) for k in want) < 1e-4
+    # the other client: the token is unknown to it, the same answer as for a made-up one
+    for t in (token, "made-up-token"):
+        other = b.post(f"/predict?speaker={t}", files={"file": ("c.wav", _wav(clips[0]))})
+        assert other.status_code == 404 and "unknown speaker token" in other.json()["error"]
+        assert b.delete(f"/speakers/{t}").status_code == 404
+    plain = b.post("/predict", files={"file": ("c.wav", _wav(clips[-1]))}).json()
+    glob = rec.predict(clips[-1], 16000).probabilities
+    assert "speaker" not in plain
+    assert max(abs(plain["probabilities"][k] - glob[k]) for k in glob) < 1e-4
+    assert a.delete(f"/speakers/{token}").json() == {"deleted": True}
+    assert a.post(f"/predict?speaker={token}", content=_wav(clips[0])).status_code == 404
+
+
+def test_speaker_tokens_are_bounded_and_expire():
+    from stlser.service.speakers import SpeakerTokens, UnknownSpeaker
+
+    now = [0.0]
+    reg = SpeakerTokens(
+        3, ["compact"], per_client=2, total=3, idle_seconds=10, clock=lambda: now[0]
+    )
+    t1, t2 = reg.create("a"), reg.create("a")
+    t3 = reg.create("a")  # a third for the same client drops its oldest
+    with pytest.raises(UnknownSpeaker):
+        reg.check(t1, "a")
+    reg.check(t2, "a")
+    u1, u2 = reg.create("b"), reg.create("c")  # the registry is full at 3: LRU (t3) dropped
+    assert len(reg) == 3
+    with pytest.raises(UnknownSpeaker):
+        reg.check(t3, "a")
+    st = reg.add(u1, "b", np.ones((1, 3)), 2.0)
+    assert st.clips == 1 and st.seconds == 2.0
+    now[0] = 11.0  # u2 unused for 11 s: expired; u1 too
+    with pytest.raises(UnknownSpeaker):
+        reg.check(u2, "c")
+    assert len(reg) == 0
+
+
+def test_stream_with_running_statistics(rec):
+    """`stream(adapt=True)`: global statistics until 5 windows and 10 s, then each window is
+    normalised with the statistics of every window so far."""
+    x = speechlike(12.0, 9)
+    plain = list(rec.stream([x], 16000, window=3.0, hop=1.0))
+    got = list(rec.stream([x[:50_000], x[50_000:]], 16000, window=3.0, hop=1.0, adapt=True))
+    assert [(s.start, s.end) for s in got] == [(s.start, s.end) for s in plain]
+    waves = [x[int(s.start * 16000) : int(s.end * 16000)] for s in plain]
+    X = np.concatenate([rec._functionals_of([w]) for w in waves])
+    for k, (g, p) in enumerate(zip(got, plain, strict=True)):
+        stats = SpeakerStats.from_functionals(X[: k + 1], g.end, rec.functional_sets)
+        if not stats.usable:
+            assert g.probabilities == pytest.approx(p.probabilities, abs=1e-6), k
+        else:
+            want = rec.adapt(stats).probabilities([waves[k]])[0]
+            assert list(g.probabilities.values()) == pytest.approx(list(want), abs=1e-5), k
+    assert any(g.probabilities != p.probabilities for g, p in zip(got, plain, strict=True))

@@ -73,11 +73,22 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The service from a model artefact, served by uvicorn in a background thread."""
-    uvicorn = pytest.importorskip("uvicorn")
     from stlser.service import create_app
 
     model = make_artefact(tmp_path_factory.mktemp("browser_model") / "model.pt")
-    app = create_app(model, max_mb=5.0, max_seconds=60.0)
+    yield from _serve(create_app(model, max_mb=5.0, max_seconds=60.0))
+
+
+@pytest.fixture(scope="module")
+def base_server():
+    """The service with the shipped model (over functionals: speaker adaptation)."""
+    from stlser.service import create_app
+
+    yield from _serve(create_app("base", max_mb=5.0, max_seconds=60.0))
+
+
+def _serve(app):
+    uvicorn = pytest.importorskip("uvicorn")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -173,6 +184,9 @@ def test_upload_shows_probability_bars(page, files):
     for label, prob, pct, _ in bars:
         assert prob == pytest.approx(api["probabilities"][label], abs=1e-6)
         assert pct == pytest.approx(100 * prob, abs=0.051)
+    # the page says "unsure" exactly when the service does
+    assert isinstance(api["unsure"], bool)
+    assert page.locator("#unsure").count() == int(api["unsure"])
     # widths follow the probabilities
     widths = page.eval_on_selector_all("#bars .bar-fill", "els => els.map(e => e.style.width)")
     assert [float(w.rstrip("%")) for w in widths] == pytest.approx(
@@ -229,3 +243,30 @@ def test_api_error_is_shown(page, files):
     page.wait_for_selector("#error:not([hidden])")
     assert "not readable as audio" in page.inner_text("#error")
     assert page.is_hidden("#result")  # the earlier result is not left beside the error
+
+
+def test_same_speaker_adapts_after_the_minimum(browser, base_server, tmp_path):
+    """With "same speaker" on, the page keeps a speaker token: the status counts the clips
+    until the adaptation minimum and then says the answers are adapted; "New speaker" starts
+    over."""
+    ctx = browser.new_context(viewport={"width": 900, "height": 900})
+    pg = ctx.new_page()
+    pg.goto(base_server + "/")
+    pg.wait_for_selector("body[data-ready='true']", timeout=15_000)
+    assert pg.is_visible("#speaker-row")
+    pg.check("#speaker-toggle")
+    for i in range(5):
+        f = tmp_path / f"s{i}.wav"
+        sf.write(f, testing.speechlike(2.5, 70 + i), 16_000, subtype="PCM_16")
+        pg.set_input_files("#file", str(f))
+        with pg.expect_response("**/predict?speaker=*") as resp:
+            pg.click("#predict")
+        assert resp.value.status == 200, resp.value.text()
+        info = resp.value.json()["speaker"]
+        assert info["clips"] == i + 1
+        pg.wait_for_selector(f"#speaker-status[data-adapted='{str(info['adapted']).lower()}']")
+        text = pg.inner_text("#speaker-status")
+        assert ("Adapted" in text) == (i == 4), text
+    pg.click("#speaker-reset")
+    assert pg.inner_text("#speaker-status") == ""
+    ctx.close()

@@ -415,6 +415,15 @@ def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path,
     loco_md = (tmp_path / "out" / "loco.md").read_text()
     assert "| a | b |" in loco_md and "Confusion, a" in loco_md
     assert np.sum(res["a"]["speaker_norm"]["confusion"]) == res["a"]["speaker_norm"]["n"]
+    # answer settings fitted on the held-out predictions, in both of the model's files
+    temps = expert.from_artefact(path)[1]["meta"]["temperature"]
+    assert set(temps) == {"global", "speaker"}
+    assert Recognizer.load(path).temperature == temps
+    assert Recognizer.load(tmp_path / "out" / "model.onnx").temperature == temps
+    assert "Every clip" in loco_md and "Answers given" in loco_md
+    rel = res["a"]["reliability_global"]
+    assert 0 <= rel["ece_after"] <= 1 and rel["temperature"] > 0
+    assert abs(sum(res["a"]["every_label_global"]["answered"].values()) - 1) < 1e-9
 
 
 def test_prior_reexpresses_the_pretrained_head_exactly():
@@ -567,3 +576,36 @@ def test_pretrain_fits_speed_copies_as_speakers_of_their_own(synth_corpus, tmp_p
     what["features"] = dataclasses.asdict(plain.features)
     old = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
     assert pretrain.recipe_digest(plain) == old
+
+
+def test_answer_settings_apply_in_the_recognizer(expert_run, tmp_path):
+    """A model's temperature and default labels (stlser.calibration) change what predict says
+    exactly as documented; restrict(all_labels) answers with every label again."""
+    import shutil
+
+    from stlser import calibration, pretrain
+    from stlser.inference import Recognizer
+
+    shutil.copy(expert_run / "fold_00" / "model.pt", tmp_path / "model.pt")
+    raw = Recognizer.load(tmp_path / "model.pt")
+    clip = testing.tone(1.5, freq=220, harmonics=4, am_hz=4)
+    p_raw = np.array(list(raw.predict(clip, 16000).probabilities.values()))
+    keep = raw.labels[:3]
+    pretrain.set_answer_settings(tmp_path, {"global": 2.5, "speaker": 1.5}, keep)
+    rec = Recognizer.load(tmp_path / "model.pt")
+    assert rec.labels == keep and rec.all_labels == raw.labels
+    got = rec.predict(clip, 16000)
+    want = calibration.apply(p_raw[None, :3] / p_raw[:3].sum(), 2.5)[0]
+    assert np.allclose(list(got.probabilities.values()), want, atol=1e-6)
+    assert got.unsure == (want.max() < calibration.UNSURE_BELOW)
+    assert rec.restrict(rec.all_labels).labels == raw.labels
+    assert rec.restrict(None).labels == keep  # back to the default labels
+    clips = [testing.tone(2.0, freq=150 + 20 * i, harmonics=3, am_hz=3) for i in range(6)]
+    stats = rec.speaker_stats(clips, 16000)
+    assert stats.usable
+    with_spk = rec.predict(clip, 16000, speaker=stats)  # the speaker temperature
+    p_spk = np.array(list(raw.predict(clip, 16000, speaker=stats).probabilities.values()))
+    want = calibration.apply(p_spk[None, :3] / p_spk[:3].sum(), 1.5)[0]
+    assert np.allclose(list(with_spk.probabilities.values()), want, atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        pretrain.set_answer_settings(tmp_path, {"global": 100.0})

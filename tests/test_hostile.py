@@ -402,7 +402,7 @@ def test_uploads_in_flight_are_bounded_and_health_answers(app_factory):
 
 
 def test_multipart_parsing_runs_off_the_event_loop(app_factory, monkeypatch):
-    from stlser.service import app as app_mod
+    from stlser.service import uploads as app_mod
 
     seen = []
     real = app_mod._parse_multipart

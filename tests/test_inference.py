@@ -143,7 +143,8 @@ def test_predict_accepts_path_bytes_fileobj_and_arrays(rec, clips):
     assert o.duration == pytest.approx(2.5, abs=1e-3)
     assert max(abs(o.probabilities[k] - by_path.probabilities[k]) for k in LABELS) < 0.02
     d = by_path.to_dict()
-    assert set(d) == {"label", "probabilities", "duration"}
+    assert set(d) == {"label", "probabilities", "duration", "unsure"}
+    assert d["unsure"] == (d["probabilities"][d["label"]] < 0.5)
     json.dumps(d)
 
 
@@ -407,6 +408,7 @@ def test_cli_predict_csv_with_bad_file(model_path, folder, tmp_path, capsys):
     assert list(df.columns) == [
         "path",
         "label",
+        "unsure",
         *[f"prob_{k}" for k in LABELS],
         "duration",
         "error",
@@ -420,6 +422,9 @@ def test_cli_predict_csv_with_bad_file(model_path, folder, tmp_path, capsys):
     assert set(good["label"]) <= set(LABELS)
     np.testing.assert_allclose(good[probs].sum(axis=1), 1.0, atol=1e-4)
     assert sorted(good["duration"]) == [0.3, 1.2, 2.5]
+    unsure = good[probs].max(axis=1) < 0.5
+    assert list(good["unsure"].astype(str)) == [str(bool(u)) for u in unsure]
+    assert bad["unsure"].iloc[0] == ""
     err = capsys.readouterr().err
     assert "broken.wav" in err
     # the numbers are the Python API's

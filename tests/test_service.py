@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import stlser  # noqa: E402
 from stlser.service import create_app  # noqa: E402
-from stlser.service.app import ApiError, _read_body  # noqa: E402
+from stlser.service.uploads import ApiError, _read_body  # noqa: E402
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 SR = 16_000

@@ -158,6 +158,48 @@ class SpeakerStats:
             raise ValueError(f"{p}: not a speaker statistics file ({e})") from None
 
 
+class RunningStats:
+    """A speaker's statistics accumulated clip by clip (streams, the service's speaker tokens):
+    count, mean and sum of squared deviations merged per batch of rows (Chan et al., "Updating
+    formulae and a pairwise algorithm for computing sample variances", 1979), so the memory is
+    three vectors whatever the number of clips; `stats()` equals `SpeakerStats.from_functionals`
+    of every row seen (to float rounding)."""
+
+    def __init__(self, dim: int, sets: list[str], speaker: str = "") -> None:
+        self.n = 0
+        self.seconds = 0.0
+        self.mean = np.zeros(dim, np.float64)
+        self.m2 = np.zeros(dim, np.float64)
+        self.sets, self.speaker = list(sets), str(speaker)
+
+    def add(self, X: np.ndarray, seconds: float) -> None:
+        """Rows X[N, D] (one per clip) holding `seconds` of audio together."""
+        X = np.asarray(X, np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.mean):
+            raise ValueError(f"running statistics of {len(self.mean)} values got {X.shape}")
+        X = np.where(np.isfinite(X), X, 0.0)
+        n, mean = len(X), X.mean(0)
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 += ((X - mean) ** 2).sum(0) + delta**2 * self.n * n / total
+        self.mean += delta * n / total
+        self.n, self.seconds = total, self.seconds + float(seconds)
+
+    def stats(self) -> SpeakerStats:
+        if not self.n:
+            raise ValueError("speaker statistics need at least one clip")
+        std = np.sqrt(self.m2 / self.n)
+        std = np.where(std > 1e-8, std, 1.0)
+        return SpeakerStats(
+            self.mean.astype(np.float32),
+            std.astype(np.float32),
+            self.n,
+            self.seconds,
+            self.sets,
+            self.speaker,
+        )
+
+
 # ------------------------------------------------------------------ with a recognizer
 #: What a recognizer over log-mel frames says when asked to adapt.
 NOT_ADAPTABLE = (

@@ -25,6 +25,10 @@ from stlser.safety import ModelLoadError, ModelRunError
 __all__ = ["OnnxRecognizer", "Prediction", "Segment", "read_metadata"]
 
 
+#: Metadata keys of the answer settings (`stlser.calibration`), JSON-encoded.
+ANSWER_KEYS = ("temperature", "default_labels")
+
+
 def read_metadata(session: Any) -> dict[str, str]:
     """The string metadata `stlser.export.export_onnx` stored in the graph."""
     return dict(session.get_modelmeta().custom_metadata_map)
@@ -95,6 +99,10 @@ class OnnxRecognizer(BaseRecognizer):
                 p, f"graph expects {self.sample_rate} Hz; this runtime feeds {SAMPLE_RATE} Hz"
             )
         self.meta["source"] = str(p)
+        try:
+            self._answer_with({k: json.loads(self.meta.get(k) or "null") for k in ANSWER_KEYS})
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ModelLoadError(p, f"malformed stlser metadata ({e})"[:300]) from None
         # a graph over stlser's own sets with the speaker-statistics inputs and the
         # functionals output can be adapted to a speaker (`BaseRecognizer.adapt`)
         outs = [o.name for o in out]

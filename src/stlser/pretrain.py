@@ -2,11 +2,18 @@
 
 The corpora of ``data.pool`` (each under ``data.root/<name>`` in its release layout) are read
 into one manifest (utterance and speaker ids prefixed with the corpus), labels mapped to one
-vocabulary (:data:`VOCAB`); each utterance's softmax is limited to the labels its corpus has
-(the loss mask of `stlser.heads.fit_head`). The recognizer is the expert recipe
-(`stlser.kinds.expert`, ``model.kind: expert``); L2 is chosen on one validation speaker per corpus, then the model is refit
-on every speaker. :func:`leave_one_corpus_out` scores the recipe on each corpus after training
-on the others, beside an eGeMAPS + linear SVM trained on the same corpora.
+vocabulary (:data:`VOCAB`); each utterance's softmax covers the whole vocabulary, so a clip of
+a corpus without `disgust` still teaches that it is not disgust (limited to its corpus's labels,
+a label taught by one corpus had no say against it elsewhere, and out-of-domain clips collapsed
+onto it: docs/decisions.md D17). The recognizer is the expert recipe (`stlser.kinds.expert`,
+``model.kind: expert``); L2 is chosen on one validation speaker per corpus, then the model is
+refit on every speaker. :func:`leave_one_corpus_out` scores the recipe on each corpus after
+training on the others, beside an eGeMAPS + linear SVM trained on the same corpora, and fits the
+model's answer settings (`stlser.calibration`) on those held-out predictions.
+
+Why this is one module: the general model, its leave-one-corpus-out check and the answer
+settings fitted on that check's predictions are one procedure over one pooled manifest; the
+check refits the same recipe, and the settings exist only because of the check.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stlser import heads
+from stlser import calibration, heads
 from stlser.config import ExperimentConfig
 from stlser.kinds import expert, functionals
 from stlser.metrics import ua
@@ -134,13 +141,13 @@ def fit_pool(
         va,
         list(cfg.model.l2_grid),
         mode=cfg.model.l2_mode,
-        mask=mask,
         score=score,
         refit=np.arange(len(X_all)),
     )
     raw = torch.as_tensor(X, dtype=torch.float32)
     model.mean.copy_(raw.mean(0))
     model.std.copy_(raw.std(0).clamp_min(1e-5))
+    per_corpus = {c: sorted(set(df_all["label"][corpus == c])) for c in sorted(set(corpus))}
     info = {
         "l2": sel["l2"],
         "val_speakers": sorted(df["speaker"].iloc[va].unique().tolist()),
@@ -148,9 +155,8 @@ def fit_pool(
         "n": int(len(df)),
         "speed_copies": list(cfg.model.speeds) if copies else [],
         "speakers": int(df["speaker"].nunique()),
-        "labels_per_corpus": {
-            c: sorted(set(df_all["label"][corpus == c])) for c in sorted(set(corpus))
-        },
+        "labels_per_corpus": per_corpus,
+        "default_labels": calibration.default_labels(labels, per_corpus),
     }
     return model.eval(), labels, info
 
@@ -189,6 +195,7 @@ def recipe_digest(cfg: ExperimentConfig) -> str:
     if not model["speeds"]:  # a key added later, at its off value: the models made before match
         del model["speeds"]
     what = {
+        "softmax": "vocabulary",  # every row's softmax over all labels (not its corpus's)
         "pool": sorted(cfg.data.pool),
         "seed": cfg.seed,
         "model": model,
@@ -278,6 +285,7 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
         E = functionals.load_matrix(df, ["egemaps"], cfg.cache_dir, cfg.train.progress)
         Z_eg = _normalise(E.astype(np.float64), df, cfg)
     results: dict[str, Any] = {}
+    answers: dict[str, dict[str, Any]] = {}
     for entry in pool:
         held = entry.partition("=")[2] or entry
         test = (df["corpus"] == held).to_numpy()
@@ -306,6 +314,8 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
             "speaker_norm": _scores(y, lp_spk.argmax(1).numpy(), shared),
             "global_norm": _scores(y, p_glob.argmax(1).numpy(), shared),
         }
+        answers[held] = _answers(model, labels, art["meta"], Z_all[test], X[test], df[test])
+        res.update(answers[held]["scores"])
         # per gender (speaker-normalised), where the corpus records it
         gender = df["gender"].astype(str).to_numpy()[rows]
         res["by_gender"] = {
@@ -334,9 +344,104 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
             f"{100 * res['global_norm']['ua']:.1f} (global); SVM "
             f"{100 * res.get('svm', {}).get('ua', float('nan')):.1f}"
         )
+    temps = _calibrate(answers, results)
     write_json(out / "loco.json", results)
     write_text(out / "loco.md", render_loco(results))
+    if (out / "model.pt").exists():
+        set_answer_settings(out, temps)
     return results
+
+
+def _answers(
+    model: heads.LogisticHeads,
+    labels: list[str],
+    meta: dict[str, Any],
+    Z: np.ndarray,
+    X: np.ndarray,
+    df: pd.DataFrame,
+) -> dict[str, Any]:
+    """A held-out corpus as a user meets the model: every clip, answered with the model's default
+    labels (a true label outside them is always wrong). Log-probabilities of both
+    normalisations (for calibration), UA over every true class, the answers' distribution."""
+    from stlser import metrics
+
+    dl = list(meta.get("default_labels") or labels)
+    cols = [labels.index(lab) for lab in dl]
+    with torch.no_grad():
+        lp = {
+            "speaker": model.log_probs(torch.as_tensor(Z, dtype=torch.float32)).numpy(),
+            "global": torch.log(model(torch.as_tensor(X, dtype=torch.float32))).numpy(),
+        }
+    lp = {k: calibration.log_softmax(v[:, cols].astype(np.float64)) for k, v in lp.items()}
+    truth = df["label"].astype(str).to_numpy()
+    y = np.asarray([dl.index(t) if t in dl else -1 for t in truth])
+    names = dl + sorted(set(truth) - set(dl))
+    scores: dict[str, Any] = {"answers": dl}
+    for k, v in lp.items():
+        pred = np.asarray(dl)[v.argmax(1)]
+        share = {lab: float(np.mean(pred == lab)) for lab in dl}
+        m = metrics.compute(list(truth), list(pred), names)
+        scores[f"every_label_{k}"] = {"ua": m["ua"], "wa": m["wa"], "answered": share}
+    return {"lp": lp, "y": y, "scores": scores}
+
+
+def _calibrate(answers: dict[str, dict[str, Any]], results: dict[str, Any]) -> dict[str, float]:
+    """Temperatures of both normalisations fitted on every held-out corpus's answers (returned:
+    the model's settings); in `results`, each corpus's reliability before and after a
+    temperature fitted on the *other* held-out corpora (ECE; share of wrong answers above 0.9)."""
+    temps = {}
+    for k in ("global", "speaker"):
+        temps[k] = calibration.fit_temperature((a["lp"][k], a["y"]) for a in answers.values())
+        for held, a in answers.items():
+            others = [(b["lp"][k], b["y"]) for h, b in answers.items() if h != held]
+            t = calibration.fit_temperature(others) if others else 1.0
+            rel = {"temperature": t}
+            for when, tt in (("before", 1.0), ("after", t)):
+                p = np.exp(a["lp"][k] / tt)
+                p /= p.sum(1, keepdims=True)
+                right = p.argmax(1) == a["y"]
+                rel[f"ece_{when}"] = calibration.ece(p, right)
+                rel[f"wrong_over_0.9_{when}"] = float(((p.max(1) > 0.9) & ~right).sum()) / max(
+                    1, int((~right).sum())
+                )
+                rel[f"unsure_{when}"] = float(np.mean(p.max(1) < calibration.UNSURE_BELOW))
+            results[held][f"reliability_{k}"] = rel
+    log.info(f"answer temperatures (leave-one-corpus-out): {temps}")
+    return temps
+
+
+def set_answer_settings(
+    out: Path, temps: dict[str, float], default_labels: list[str] | None = None
+) -> None:
+    """Write the temperatures (and `default_labels`, when given) into the model in `out`
+    (`model.pt`'s metadata and, when present, `model.onnx`'s), atomically; the weights are
+    untouched."""
+    from stlser.safety import safe_torch_load
+    from stlser.utils import atomic_path
+
+    art = safe_torch_load(out / "model.pt", "model artefact")
+    art["meta"] = {**art.get("meta", {}), "temperature": dict(temps)}
+    if default_labels is not None:
+        art["meta"]["default_labels"] = list(default_labels)
+    calibration.settings(art["meta"])  # refuse a temperature out of range
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(art, tmp)
+    if (out / "model.onnx").exists():
+        import json
+
+        import onnx
+
+        graph = onnx.load(str(out / "model.onnx"))
+        props = {p.key: p for p in graph.metadata_props}
+        for key, value in (
+            ("temperature", temps),
+            ("default_labels", art["meta"].get("default_labels")),
+        ):
+            if value:
+                entry = props.get(key) or graph.metadata_props.add()
+                entry.key, entry.value = key, json.dumps(value)
+        with atomic_path(out / "model.onnx") as tmp:
+            onnx.save(graph, str(tmp))
 
 
 def render_loco(results: dict[str, Any]) -> str:
@@ -357,6 +462,7 @@ def render_loco(results: dict[str, Any]) -> str:
             f"{100 * s['ua']:.1f} | {100 * g['ua']:.1f} | {100 * s['wa']:.1f} | "
             f"{100 * svm['ua'] if svm else float('nan'):.1f} | {gap} | {sex or '–'} |"
         )
+    lines += _render_answers(results)
     for held, r in results.items():  # confusion (speaker norm): rows true, columns predicted
         conf = r["speaker_norm"].get("confusion")
         if conf is None:
@@ -374,3 +480,46 @@ def render_loco(results: dict[str, Any]) -> str:
             for a, row in zip(labs, conf, strict=True)
         ]
     return "\n".join(lines) + "\n"
+
+
+def _render_answers(results: dict[str, Any]) -> list[str]:
+    """The held-out corpora as a user meets the model: default labels, every clip."""
+    rows = [(h, r) for h, r in results.items() if "answers" in r]
+    if not rows:
+        return []
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        "",
+        "Every clip, answered with the model's default labels (a true label outside them counts "
+        "as wrong); reliability with a temperature fitted on the *other* held-out corpora",
+        "",
+        "| held-out corpus | answers with | UA, one clip | UA, speaker stats | top answer, one "
+        "clip | ECE one clip, T=1 → fitted | wrong answers > 0.9, T=1 → fitted | unsure (< "
+        f"{calibration.UNSURE_BELOW}), fitted | ECE speaker stats, T=1 → fitted |",
+        "|---|---|---:|---:|---|---|---|---:|---|",
+    ]
+    for held, r in rows:
+        g, s = r["every_label_global"], r["every_label_speaker"]
+        top = max(g["answered"], key=g["answered"].get)
+        rg, rs = r["reliability_global"], r["reliability_speaker"]
+        lines.append(
+            f"| {md_cell(held)} | {md_cell(', '.join(r['answers']))} | {pct(g['ua'])} | "
+            f"{pct(s['ua'])} | {md_cell(top)} {pct(g['answered'][top])} % | "
+            f"{pct(rg['ece_before'])} → {pct(rg['ece_after'])} (T {rg['temperature']:.2f}) | "
+            f"{pct(rg['wrong_over_0.9_before'])} % → {pct(rg['wrong_over_0.9_after'])} % | "
+            f"{pct(rg['unsure_after'])} % | {pct(rs['ece_before'])} → {pct(rs['ece_after'])} "
+            f"(T {rs['temperature']:.2f}) |"
+        )
+    labs = list(dict.fromkeys(lab for _, r in rows for lab in r["answers"]))
+    lines += [
+        "",
+        "Answers given, one clip with global statistics (share of the corpus's clips, %)",
+        "",
+        "| held-out corpus | " + " | ".join(md_cell(x) for x in labs) + " |",
+        "|---|" + "---:|" * len(labs),
+    ]
+    for held, r in rows:
+        share = r["every_label_global"]["answered"]
+        cells = [pct(share[x]) if x in share else "–" for x in labs]
+        lines.append(f"| {md_cell(held)} | " + " | ".join(cells) + " |")
+    return lines

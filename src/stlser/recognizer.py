@@ -16,14 +16,21 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stlser import audio
-from stlser.adapt import NOT_ADAPTABLE, SpeakerStats, adapted, stats_of
+from stlser import audio, calibration
+from stlser.adapt import NOT_ADAPTABLE, RunningStats, SpeakerStats, adapted, stats_of
 from stlser.audio import AudioError, _Resampler, iter_array_blocks, iter_blocks, to_float
+from stlser.locate import (  # noqa: F401  (part of this module's API)
+    BASE,
+    describe_model,
+    is_shipped_name,
+    resolve_init_path,
+    resolve_model_path,
+    shipped_model,
+)
 from stlser.safety import ModelRunError
 from stlser.vad import SampleBuffer, VADConfig, iter_speech_windows
 
@@ -37,11 +44,13 @@ PAD_QUANTUM = SAMPLE_RATE // 2
 # ------------------------------------------------------------------------------- results
 @dataclass
 class Prediction:
-    """The emotion of one clip: top label, every label's probability, clip length (s)."""
+    """The emotion of one clip: top label, every label's probability, clip length (s);
+    `unsure`: the top probability is below `stlser.calibration.UNSURE_BELOW`."""
 
     label: str
     probabilities: dict[str, float]
     duration: float
+    unsure: bool = False
 
     @property
     def confidence(self) -> float:
@@ -59,6 +68,7 @@ class Segment:
     end: float
     label: str
     probabilities: dict[str, float]
+    unsure: bool = False
 
     @property
     def duration(self) -> float:
@@ -147,6 +157,17 @@ class BaseRecognizer:
     #: a model over functionals: the sets and their number of values (None: not adaptable)
     functional_sets: list[str] | None = None
     functionals_dim: int = 0
+    #: answer settings (`stlser.calibration`): temperature per normalisation, default labels
+    temperature: dict[str, float] = {"global": 1.0, "speaker": 1.0}  # noqa: RUF012
+    default_labels: list[str] | None = None
+
+    def _answer_with(self, meta: dict[str, Any]) -> None:
+        """Take the model's answer settings from its metadata and answer with its default
+        labels (a runtime calls this once its `labels` are set)."""
+        self.temperature, self.default_labels = calibration.settings(meta)
+        if self.default_labels and not set(self.default_labels) <= set(self.labels):
+            raise ValueError(f"default labels {self.default_labels} not among {self.labels}")
+        self.restrict(None)
 
     def _run(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """wave[B, N] float32, lengths[B] int64 → probabilities[B, C] float (numpy)."""
@@ -194,12 +215,21 @@ class BaseRecognizer:
             speaker = self.speaker_stats(speaker, sample_rate)
         return adapted(self, speaker)
 
+    @property
+    def all_labels(self) -> list[str]:
+        """Every label the model knows (`labels`: those it answers with now)."""
+        return list(getattr(self, "_all_labels", None) or self.labels)
+
     def restrict(self, labels: Sequence[str] | None) -> BaseRecognizer:
         """Answer with these labels only: the model's probabilities of them, renormalised to
-        sum to 1 (e.g. the 4 IEMOCAP classes of a model that knows 8). None: all labels."""
-        full = getattr(self, "_all_labels", None) or list(self.labels)
+        sum to 1 (e.g. the 4 IEMOCAP classes of a model that knows 8). None: the model's
+        default labels (`default_labels`, else all); ``["all"]`` or ``all_labels``: every label."""
+        full = self.all_labels
         self._all_labels = full
-        if not labels:
+        labels = labels or self.default_labels
+        if list(labels or []) == ["all"] and "all" not in full:
+            labels = full
+        if not labels or list(labels) == full:
             self._keep, self.labels = None, list(full)
             return self
         wanted = [str(x).strip() for x in labels]
@@ -226,6 +256,7 @@ class BaseRecognizer:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             source = (getattr(self, "meta", None) or {}).get("source") or type(self).__name__
             raise ModelRunError(source, f"{type(e).__name__}: {first}") from None
+        p = calibration.apply(p, self.temperature["global" if self.speaker is None else "speaker"])
         if self._keep is not None:
             p = p[:, self._keep]
             p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
@@ -235,13 +266,13 @@ class BaseRecognizer:
         return {lab: float(v) for lab, v in zip(self.labels, p, strict=True)}
 
     def _prediction(self, p: np.ndarray, n_samples: int) -> Prediction:
-        return Prediction(
-            self.labels[int(np.argmax(p))], self._probs_dict(p), n_samples / SAMPLE_RATE
-        )
+        top, unsure = int(np.argmax(p)), bool(p.max() < calibration.UNSURE_BELOW)
+        return Prediction(self.labels[top], self._probs_dict(p), n_samples / SAMPLE_RATE, unsure)
 
     def _segment(self, p: np.ndarray, a: int, b: int) -> Segment:
+        top, unsure = int(np.argmax(p)), bool(p.max() < calibration.UNSURE_BELOW)
         return Segment(
-            a / SAMPLE_RATE, b / SAMPLE_RATE, self.labels[int(np.argmax(p))], self._probs_dict(p)
+            a / SAMPLE_RATE, b / SAMPLE_RATE, self.labels[top], self._probs_dict(p), unsure
         )
 
     # --- clips
@@ -468,7 +499,12 @@ class BaseRecognizer:
 
     # --- live audio
     def stream(
-        self, chunks: Iterable[Any], sample_rate: int, window: float = 3.0, hop: float = 1.0
+        self,
+        chunks: Iterable[Any],
+        sample_rate: int,
+        window: float = 3.0,
+        hop: float = 1.0,
+        adapt: bool = False,
     ) -> Iterator[Segment]:
         """Rolling predictions over live audio.
 
@@ -476,9 +512,19 @@ class BaseRecognizer:
         t = hop, 2·hop, ...) yields a Segment for the last `window` seconds [max(0, t - window),
         t); at the end of the stream one more for the last window if audio arrived since. The
         output depends only on the samples, not on how they were chunked.
+
+        `adapt` (models over functionals): the stream is one speaker; every window's
+        functionals join running statistics (`stlser.adapt.RunningStats`, the new audio of each
+        window counted once), and from the adaptation minimum on (5 windows, 10 s of audio)
+        each window is normalised with them; before that, with the global statistics.
         """
         if window <= 0 or hop <= 0:
             raise ValueError("window and hop must be > 0")
+        if adapt and not self.adaptable:
+            raise ValueError(NOT_ADAPTABLE)
+        sets = list(self.functional_sets or [])
+        running = RunningStats(self.functionals_dim, sets, "<stream>") if adapt else None
+        seen = [0]  # samples already counted in the running statistics
         rate = audio.check_array(0, sample_rate, source="<stream>")  # >= MIN_SAMPLE_RATE
         resample = _Resampler(rate)
         guard = audio.PeakGuard("<stream>")  # running peak: chunks above 1.0 are scaled down
@@ -490,8 +536,13 @@ class BaseRecognizer:
 
         def emit(t: int) -> Segment:
             a = max(0, t - win_n)
-            p = self.probabilities([buf.get(a, t)])[0]
-            return self._segment(p, a, t)
+            wave, who = buf.get(a, t), self
+            if running is not None:
+                running.add(self._functionals_of([wave]), (t - seen[0]) / SAMPLE_RATE)
+                seen[0] = t
+                stats = running.stats()
+                who = adapted(self, stats) if stats.usable else self
+            return self._segment(who.probabilities([wave])[0], a, t)
 
         for chunk in chunks:
             buf.append(resample(guard(to_float(chunk, "<stream>", fit=False))))
@@ -509,89 +560,3 @@ class BaseRecognizer:
             buf.drop_before(last_end - win_n)
         if buf.end > last_end and buf.end >= MIN_BATCH_SAMPLES:
             yield emit(buf.end)
-
-
-#: Name of the general model shipped inside the package (stlser/models/base.pt).
-BASE = "base"
-
-
-def shipped_model(name: str = BASE, suffix: str = ".pt") -> Path:
-    """Path of a model shipped inside the package (`make pretrained` builds it)."""
-    from importlib.resources import files
-
-    p = Path(str(files("stlser") / "models" / f"{name}{suffix}"))
-    if not p.is_file():
-        raise FileNotFoundError(f"the shipped model {name!r} is missing from this install ({p})")
-    return p
-
-
-def is_shipped_name(path: object) -> bool:
-    """True when `path` names the shipped model: None or the string ``"base"`` exactly.
-
-    The rule is unambiguous and does not depend on the current folder: the string ``base``
-    always means the shipped model, even where a file or folder called `base` exists; a local
-    one is written with a separator (``./base``) or passed as a `Path`, which is always a path.
-    """
-    return path is None or (isinstance(path, str) and path == BASE)
-
-
-def resolve_model_path(path: str | os.PathLike | None = None, shipped: str = ".pt") -> Path:
-    """The model file a user means: ``None`` or ``"base"`` (the shipped general model, its
-    `shipped` twin — ``.pt`` or ``.onnx`` — when present, else ``.pt``; see `is_shipped_name`:
-    a local `base` folder must be written ``./base``), a `model.pt`/`.onnx` file, a training run
-    folder holding `model.pt`, or a crossval run folder (its first fold, `fold_00/model.pt`)."""
-    if is_shipped_name(path):
-        try:
-            return shipped_model(BASE, shipped)
-        except FileNotFoundError:
-            return shipped_model(BASE)
-    assert path is not None
-    p = Path(path)
-    if p.is_dir():
-        for cand in (p / "model.pt", p / "fold_00" / "model.pt", p / "model.onnx"):
-            if cand.is_file():
-                return cand
-        raise FileNotFoundError(
-            f"{p}: no model.pt, fold_00/model.pt or model.onnx in this folder "
-            "(pass a model.pt artefact, a crossval run folder, or an .onnx file)"
-        )
-    if not p.exists():
-        raise FileNotFoundError(f"model {p} not found")
-    if p.suffix == ".ckpt":
-        raise ValueError(
-            f"{p} is a Lightning checkpoint without the feature/normaliser settings; "
-            "use the model.pt artefact written beside it (its run folder)"
-        )
-    return p
-
-
-def describe_model(spec: object, path: str | os.PathLike) -> str:
-    """One line saying which model file was loaded: ``model: shipped base (base.onnx, sha256
-    1a2b…)`` or ``model: ./base/model.pt (sha256 …)`` — so a model picked up by name is never
-    a surprise."""
-    import hashlib
-
-    p = Path(path)
-    try:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()[:16]
-    except OSError:
-        digest = "unreadable"
-    if is_shipped_name(spec):
-        return f"model: shipped {BASE} ({p.name}, sha256 {digest}…)"
-    return f"model: {p} (sha256 {digest}…)"
-
-
-def resolve_init_path(spec: str) -> Path:
-    """The `model.pt` that ``model.init`` names (``"base"``: the shipped model's torch artefact);
-    an ONNX file holds no trainable weights and is refused."""
-    try:
-        path = resolve_model_path(spec, shipped=".pt")
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"model.init: {e}") from None
-    if path.suffix.lower() == ".onnx":
-        raise ValueError(f"model.init {spec}: {path} is an ONNX file; give its model.pt")
-    return path

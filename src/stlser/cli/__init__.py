@@ -427,8 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--labels",
         default=None,
-        help="answer with these labels only, e.g. "
-        "angry,happy,neutral,sad (probabilities renormalised)",
+        help="answer with these labels only, e.g. angry,happy,neutral,sad (probabilities "
+        "renormalised); 'all' = every label the model knows (default: the model's default "
+        "labels; for the shipped model those at least two of its corpora teach)",
     )
     s.add_argument("inputs", nargs="+")
     s.add_argument(

@@ -15,6 +15,7 @@ import soundfile as sf
 
 from stlser import audio
 from stlser.audio import AudioError
+from stlser.calibration import UNSURE_BELOW
 from stlser.recognizer import Prediction, Segment
 from stlser.utils import csv_cell, printable, write_text
 
@@ -104,6 +105,7 @@ def _row(
     path: str, labels: list[str], r: Prediction | Segment | None, error: str = ""
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"path": path, "label": "" if r is None else r.label}
+    row["unsure"] = None if r is None else r.unsure
     for lab in labels:
         row[f"prob_{lab}"] = None if r is None else round(r.probabilities[lab], 6)
     if isinstance(r, Segment):
@@ -116,7 +118,7 @@ def _row(
 
 
 def _write_rows(rows: list[dict[str, Any]], out: Path, labels: list[str], segments: bool) -> None:
-    cols = ["path", "label", *[f"prob_{lab}" for lab in labels], "duration"]
+    cols = ["path", "label", "unsure", *[f"prob_{lab}" for lab in labels], "duration"]
     cols += ["start", "end"] if segments else []
     cols += ["error"]
     if out.suffix.lower() == ".jsonl":
@@ -163,7 +165,8 @@ def _table(rows: list[dict[str, Any]], segments: bool) -> str:
             continue
         conf = r[f"prob_{r['label']}"]
         label = printable(r["label"])
-        lines.append(f"{name:<{width}}  {span}{label:<12} {conf:5.3f} {r['duration']:8.2f}")
+        note = "  (unsure)" if r["unsure"] else ""
+        lines.append(f"{name:<{width}}  {span}{label:<12} {conf:5.3f} {r['duration']:8.2f}{note}")
     return "\n".join(lines)
 
 
@@ -375,6 +378,8 @@ def predict_cli(
         )
     elif rows:
         print(_table(rows, segments))
+        if any(r["unsure"] for r in rows if not r["error"]):
+            print(f"(unsure: top probability below {UNSURE_BELOW})", file=sys.stderr)
     if not files and not missing:
         print("stlser predict: no inputs", file=sys.stderr)
     return 0 if ok else 1

@@ -158,6 +158,7 @@ class FunctionalsRecognizer(BaseRecognizer):
         self.sets = list(sets)
         self.sample_rate = SAMPLE_RATE
         self.meta = dict(meta)
+        self._answer_with(self.meta)
         #: normalised functionals → probabilities (the kind's `speaker_probs`); None: the
         #: model cannot be adapted to a speaker
         self._speaker_probs = speaker_probs
@@ -265,6 +266,7 @@ def export(
         "training": json.dumps(art.get("meta") or {}, default=str),
         "outputs": "probs[B,C] float32 over labels",
     }
+    meta.update(answer_metadata(art.get("meta") or {}))
     if all(featuresets.is_own(s) for s in sets):
         meta["inputs"] = (
             "wave[B,N] float32 16 kHz mono, zero-padded; lengths[B] int64 samples; optional "
@@ -288,6 +290,13 @@ def export(
         "concatenated in the order of 'functionals'"
     )
     return vector_graph(model, dim, meta, out)
+
+
+def answer_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """The answer settings of an artefact's metadata (`stlser.calibration`) as ONNX metadata:
+    ``temperature`` (JSON; to apply to the graph's probabilities as p^(1/T), renormalised) and
+    ``default_labels`` (JSON)."""
+    return {k: json.dumps(meta[k]) for k in ("temperature", "default_labels") if meta.get(k)}
 
 
 def model_size(model: torch.nn.Module) -> int:

@@ -16,7 +16,6 @@ import asyncio
 import functools
 import logging
 import math
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,20 +27,24 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from stlser import __version__
 from stlser import audio as audio_mod
+from stlser.adapt import MIN_CLIPS, MIN_SECONDS, NOT_ADAPTABLE
 from stlser.safety import ModelRunError
 from stlser.service.server import server_config
+from stlser.service.speakers import SpeakerTokens, UnknownSpeaker
+from stlser.service.uploads import (
+    MIN_RATE_GRACE,
+    ApiError,
+    _audio_from_request,
+    _check_header,
+    _plain,
+)
 
 log = logging.getLogger("stlser.service")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-#: The multipart field that must hold the audio.
-FIELD = "file"
-#: Bytes allowed on top of the audio limit for multipart boundaries and part headers.
-MULTIPART_SLACK = 16 * 1024
 #: Inferences run at once; more requests wait (bounds memory and CPU on a small machine).
 MAX_CONCURRENT = 2
 #: Uploads being received or processed at once; one more gets 503 with Retry-After.
@@ -51,15 +54,17 @@ READ_TIMEOUT = 30.0
 #: Lowest average transfer rate of a body (bytes/s), enforced after MIN_RATE_GRACE seconds:
 #: an upload trickling in below it is cut off with 408 (it would hold an upload slot).
 MIN_RATE = 8 * 1024
-MIN_RATE_GRACE = 3.0
 #: Uploads one client (IP address) may have in flight at once; one more gets 429.
 MAX_UPLOADS_PER_CLIENT = 2
 #: Audio per forward pass: longer uploads to /predict are decoded block by block, classified
 #: in equal windows of at most this length (probabilities averaged by length); /segments
 #: batches at most this much audio. A request's memory: about `--max-mb` plus one window's pass.
 WINDOW_SECONDS = 20.0
-#: Multipart parts accepted in one upload (the audio plus a few form fields).
-MAX_PARTS = 8
+#: The answer for a speaker token this client does not hold.
+UNKNOWN_SPEAKER = (
+    "unknown speaker token (expired, dropped, or not this client's): ask POST /speakers for one"
+)
+SR = audio_mod.SAMPLE_RATE
 #: Longest error message sent back (long reasons are cut).
 MAX_ERROR_CHARS = 300
 #: Host names accepted by default: loopback only (add real names with `allowed_hosts`).
@@ -127,20 +132,6 @@ def check_options(
         raise UsageError(f"--host must be a host name or address, got {host!r}")
 
 
-class ApiError(Exception):
-    """An error for the client: HTTP status and a plain message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _plain(reason: str) -> str:
-    """An AudioError reason without libsndfile's "Error opening <_io.BytesIO object at 0x…>: "."""
-    return re.sub(r"Error opening <[^>]*>: ?", "", reason).strip()
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     if len(message) > MAX_ERROR_CHARS:
         message = message[: MAX_ERROR_CHARS - 1] + "…"
@@ -188,184 +179,6 @@ def _load_recognizer(model: Any) -> Any:
     return model
 
 
-async def _read_body(
-    request: Request,
-    limit: int,
-    timeout: float | None = None,
-    min_rate: float = 0.0,
-    grace: float = MIN_RATE_GRACE,
-) -> bytes:
-    """Read the request body into memory, stopping (413) as soon as it passes `limit` bytes,
-    (408) when the whole body has not arrived within `timeout` seconds, and (408) as soon as
-    the average rate falls below `min_rate` bytes/s after `grace` seconds: each wait for the
-    next chunk has a deadline (the time by which the bytes so far would be too few), so a
-    client that sends one byte a second, or nothing, is cut off without waiting for `timeout`.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise ApiError(
-                    413, f"upload too large: {int(declared)} bytes > limit {limit} bytes"
-                )
-        except ValueError:
-            raise ApiError(400, "invalid Content-Length header") from None
-    buf = bytearray()
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    stream = request.stream().__aiter__()
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                wait = None
-                if min_rate > 0:  # the next byte is due when len(buf) + 1 = rate x (t - grace)
-                    wait = max(0.0, grace + (len(buf) + 1) / min_rate - (loop.time() - t0))
-                try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), wait)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ApiError(
-                        408,
-                        f"upload too slow: below {min_rate / 1024:g} kB/s after {grace:g} s "
-                        f"({len(buf)} bytes in {loop.time() - t0:.1f} s)",
-                    ) from None
-                buf.extend(chunk)
-                if len(buf) > limit:
-                    raise ApiError(413, f"upload too large: more than the limit of {limit} bytes")
-    except ClientDisconnect:
-        raise ApiError(400, "the client disconnected before the upload was complete") from None
-    except TimeoutError:
-        raise ApiError(
-            408, f"upload too slow: the body did not arrive within {timeout:g} s"
-        ) from None
-    return bytes(buf)
-
-
-def _parse_multipart(
-    body: bytes, content_type: str, max_parts: int = MAX_PARTS
-) -> tuple[dict[str, bytes], list[str]]:
-    """Parse a multipart/form-data body in memory → ({field name: data}, names in order).
-
-    More than `max_parts` parts → 400 as soon as the next one begins (a body of many tiny parts
-    costs time per part); only the data of the first part of each name is kept."""
-    from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise ApiError(400, "multipart upload without a boundary")
-    parts: dict[str, bytes] = {}
-    names: list[str] = []
-    state: dict[str, Any] = {"hname": b"", "hval": b"", "disp": None, "data": bytearray()}
-
-    def on_part_begin() -> None:
-        if len(names) >= max_parts:
-            raise ApiError(400, f"too many parts in the multipart upload (limit {max_parts})")
-        state.update(disp=None, data=bytearray())
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["hname"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["hval"] += data[start:end]
-
-    def on_header_end() -> None:
-        if state["hname"].lower() == b"content-disposition":
-            state["disp"] = state["hval"]
-        state.update(hname=b"", hval=b"")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["data"] is not None:
-            state["data"].extend(data[start:end])
-
-    def on_header_end_name() -> None:  # drop the data of names already seen or not wanted
-        _, opts = parse_options_header(state["disp"] or b"")
-        state["name"] = opts.get(b"name", b"").decode("utf-8", "replace")
-        if state["name"] in parts or state["name"] != FIELD:
-            state["data"] = None
-
-    def on_part_end() -> None:
-        if "name" not in state:
-            on_header_end_name()
-        name = state.pop("name")
-        names.append(name)
-        if state["data"] is not None:
-            parts.setdefault(name, bytes(state["data"]))
-
-    callbacks = {
-        "on_part_begin": on_part_begin,
-        "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_headers_finished": on_header_end_name,
-    }
-    try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-        parser.write(body)
-        parser.finalize()
-    except FormParserError:
-        raise ApiError(400, "malformed multipart upload") from None
-    return parts, names
-
-
-async def _audio_from_request(
-    request: Request,
-    max_bytes: int,
-    timeout: float | None = None,
-    min_rate: float = 0.0,
-    grace: float = MIN_RATE_GRACE,
-) -> bytes:
-    """The uploaded audio bytes: multipart field `file`, or the raw body for any other type.
-    Multipart bodies are parsed in a worker thread (never on the event loop)."""
-    ctype = request.headers.get("content-type", "")
-    multipart = ctype.lower().startswith("multipart/form-data")
-    body = await _read_body(
-        request, max_bytes + (MULTIPART_SLACK if multipart else 0), timeout, min_rate, grace
-    )
-    if not body:
-        raise ApiError(
-            400, f"empty request: send audio as the raw body or as multipart field '{FIELD}'"
-        )
-    if not multipart:
-        return body
-    parts, names = await run_in_threadpool(_parse_multipart, body, ctype)
-    if FIELD not in parts:
-        shown = [repr(n[:40]) for n in names[:5]]
-        got = ", ".join(shown) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        got = got or "none"
-        raise ApiError(
-            400, f"multipart upload must put the audio in the field '{FIELD}' (got: {got})"
-        )
-    data = parts[FIELD]
-    if not data:
-        raise ApiError(400, f"the '{FIELD}' field is empty (0 bytes)")
-    if len(data) > max_bytes:
-        raise ApiError(413, f"upload too large: {len(data)} bytes > limit {max_bytes} bytes")
-    return data
-
-
-def _check_header(data: bytes, max_seconds: float) -> float:
-    """Read the audio header (no full decode); reject unreadable audio, too low a sample rate
-    and audio too long or too costly to decode (`stlser.audio.check_limits`); → seconds."""
-    try:
-        meta = audio_mod.info(data)
-    except audio_mod.AudioError as e:
-        raise ApiError(422, _plain(e.reason)) from None
-    if meta.sample_rate <= 0 or meta.frames <= 0:
-        raise ApiError(422, "no audio samples (the header declares 0 frames)")
-    try:
-        audio_mod.check_limits(meta, "<upload>", max_seconds)
-    except audio_mod.AudioTooLarge as e:
-        raise ApiError(413, e.reason) from None
-    except audio_mod.AudioError as e:
-        raise ApiError(422, e.reason) from None
-    return meta.duration
-
-
 def create_app(
     model: Any,
     max_mb: float = 20.0,
@@ -401,6 +214,8 @@ def create_app(
     max_bytes = int(max_mb * 1024 * 1024)
     labels = [str(x) for x in rec.labels]
     slots = asyncio.Semaphore(MAX_CONCURRENT)
+    adaptable = bool(getattr(rec, "adaptable", False))
+    speakers = SpeakerTokens(rec.functionals_dim, rec.functional_sets or []) if adaptable else None
 
     app = FastAPI(
         title="stlser",
@@ -474,9 +289,12 @@ def create_app(
                 log.error("model failed at run time: %s", e)
                 raise ApiError(500, f"the model failed on this input: {e.problem}") from None
 
+    def _client(request: Request) -> str:
+        return request.client.host if request.client else "?"
+
     async def _upload(request: Request, fn: Any) -> tuple[float, Any]:
         """One upload, end to end, if fewer than `max_uploads` are in flight (else 503)."""
-        client = request.client.host if request.client else "?"
+        client = _client(request)
         if per_client.get(client, 0) >= max_uploads_per_client:
             raise ApiError(
                 429, f"too many uploads in progress from {client} (limit {max_uploads_per_client})"
@@ -503,6 +321,29 @@ def create_app(
         wave = audio_mod.load(data, max_seconds=max_seconds)  # blockwise, bounded
         return rec.predict(wave, sample_rate=audio_mod.SAMPLE_RATE)
 
+    def _predict_speaker(data: bytes, token: str, client: str) -> tuple[Any, Any]:
+        """One clip of a token's speaker: its functionals join the speaker's statistics, then
+        the clip is answered with them (global statistics below the adaptation minimum)."""
+        if audio_mod.info(data).duration > WINDOW_SECONDS:
+            raise ApiError(
+                413,
+                f"a clip sent with a speaker token may last at most {WINDOW_SECONDS:g} s "
+                "(one utterance); send long recordings to /segments",
+            )
+        wave = audio_mod.load(data, max_seconds=max_seconds)
+        assert speakers is not None
+        try:
+            stats = speakers.add(token, client, rec._functionals_of([wave]), len(wave) / SR)
+        except UnknownSpeaker:
+            raise ApiError(404, UNKNOWN_SPEAKER) from None
+        who = rec.adapt(stats) if stats.usable else rec
+        return who.predict(wave, sample_rate=SR), stats
+
+    def _speakers_or_400() -> SpeakerTokens:
+        if speakers is None:
+            raise ApiError(400, NOT_ADAPTABLE)
+        return speakers
+
     def _segments(data: bytes, max_window: float) -> Any:
         from stlser.recognizer import BaseRecognizer
 
@@ -524,6 +365,7 @@ def create_app(
             "sample_rate": int(getattr(rec, "sample_rate", audio_mod.SAMPLE_RATE)),
             "max_mb": float(max_mb),
             "max_seconds": float(max_seconds),
+            "adaptable": adaptable,
         }
 
     @app.get("/labels")
@@ -531,12 +373,55 @@ def create_app(
         return {"labels": labels}
 
     @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
-        """One clip → label and class probabilities (multipart field `file` or raw body)."""
-        duration, pred = await _upload(request, _predict)
+    async def predict(
+        request: Request,
+        speaker: str | None = Query(
+            None, min_length=1, max_length=64, description="a token from POST /speakers"
+        ),
+    ) -> dict[str, Any]:
+        """One clip → label and class probabilities (multipart field `file` or raw body); with
+        `speaker`, adapted to that speaker's clips so far (see POST /speakers)."""
+        if speaker is None:
+            duration, pred = await _upload(request, _predict)
+            out = dict(pred.to_dict())
+            out.setdefault("duration", duration)
+            return out
+        tokens, client = _speakers_or_400(), _client(request)
+        try:
+            tokens.check(speaker, client)  # before the upload is read
+        except UnknownSpeaker:
+            raise ApiError(404, UNKNOWN_SPEAKER) from None
+        fn = functools.partial(_predict_speaker, token=speaker, client=client)
+        duration, (pred, stats) = await _upload(request, fn)
         out = dict(pred.to_dict())
         out.setdefault("duration", duration)
+        out["speaker"] = {
+            "clips": stats.clips,
+            "seconds": round(stats.seconds, 3),
+            "adapted": stats.usable,
+            "note": stats.why_not(),
+        }
         return out
+
+    @app.post("/speakers")
+    async def new_speaker(request: Request) -> dict[str, Any]:
+        """A token for one speaker's clips: send it with each of them (`/predict?speaker=`)."""
+        tokens = _speakers_or_400()
+        return {
+            "speaker": tokens.create(_client(request)),
+            "min_clips": MIN_CLIPS,
+            "min_seconds": MIN_SECONDS,
+            "idle_seconds": tokens.idle,
+        }
+
+    @app.delete("/speakers/{token}")
+    async def drop_speaker(token: str, request: Request) -> dict[str, Any]:
+        """Forget a speaker's statistics now (they also expire when unused)."""
+        try:
+            _speakers_or_400().delete(token, _client(request))
+        except UnknownSpeaker:
+            raise ApiError(404, UNKNOWN_SPEAKER) from None
+        return {"deleted": True}
 
     @app.post("/segments")
     async def segments(

@@ -17,7 +17,8 @@ const KNOWN_COLOURS = {
 const PALETTE = ["#d64545", "#e0a100", "#8a94a6", "#3a6fd8", "#8e5bd0", "#4f9a3a", "#e07b28",
   "#2aa198", "#ff6fa0", "#9b8b6e"];
 
-const state = { labels: [], maxBytes: 20 * 1024 * 1024, maxSeconds: 600, busy: false, rec: null };
+const state = { labels: [], maxBytes: 20 * 1024 * 1024, maxSeconds: 600, busy: false, rec: null,
+  speaker: null, minClips: 5, minSeconds: 10 };
 const $ = (id) => document.getElementById(id);
 
 function colourOf(label) {
@@ -48,12 +49,10 @@ function fmtTime(s) {
 }
 
 // ------------------------------------------------------------------------------ API calls
-async function postAudio(path, blob, name) {
-  const form = new FormData();
-  form.append("file", blob, name);
+async function request(path, init) {
   let resp;
   try {
-    resp = await fetch(path, { method: "POST", body: form });
+    resp = await fetch(path, init);
   } catch (e) {
     throw new Error(`cannot reach the server (${e.message})`);
   }
@@ -70,6 +69,53 @@ async function postAudio(path, blob, name) {
   return body;
 }
 
+async function postAudio(path, blob, name) {
+  const form = new FormData();
+  form.append("file", blob, name);
+  return request(path, { method: "POST", body: form });
+}
+
+// --------------------------------------------------------------------- speaker adaptation
+// With "same speaker" on, the page asks the server for a speaker token once and sends it with
+// every clip: the server keeps that speaker's statistics (never shared with other clients) and,
+// from its minimum on, answers with them.
+async function predictPath() {
+  if (!$("speaker-toggle").checked) return "/predict";
+  if (!state.speaker) {
+    const t = await request("/speakers", { method: "POST" });
+    state.speaker = t.speaker;
+    state.minClips = t.min_clips;
+    state.minSeconds = t.min_seconds;
+    $("speaker-reset").disabled = false;
+  }
+  return `/predict?speaker=${encodeURIComponent(state.speaker)}`;
+}
+
+function showSpeaker(info) {
+  const el = $("speaker-status");
+  if (!info) return;
+  el.dataset.adapted = String(info.adapted);
+  el.textContent = info.adapted
+    ? `Adapted to this speaker (${info.clips} clips, ${Math.round(info.seconds)} s).`
+    : `This speaker so far: ${info.clips} of ${state.minClips} clips, ` +
+      `${Math.round(info.seconds)} of ${state.minSeconds} s; general statistics until then.`;
+}
+
+async function resetSpeaker() {
+  const token = state.speaker;
+  state.speaker = null;
+  $("speaker-reset").disabled = true;
+  $("speaker-status").textContent = "";
+  delete $("speaker-status").dataset.adapted;
+  if (token) {
+    try {
+      await request(`/speakers/${encodeURIComponent(token)}`, { method: "DELETE" });
+    } catch (e) {
+      // already expired on the server: nothing to forget
+    }
+  }
+}
+
 async function analyse(blob, name) {
   showError("");
   if (blob.size === 0) return showError("the file is empty");
@@ -81,8 +127,9 @@ async function analyse(blob, name) {
   $("result").hidden = true; // never leave an older result next to a new error
   $("timeline-card").hidden = true;
   try {
-    const pred = await postAudio("/predict", blob, name);
+    const pred = await postAudio(await predictPath(), blob, name);
     renderBars(pred, name);
+    showSpeaker(pred.speaker);
     const wantSegments = $("segments-toggle").checked || pred.duration > AUTO_SEGMENTS_SECONDS;
     if (wantSegments) {
       const seg = await postAudio("/segments", blob, name);
@@ -93,6 +140,7 @@ async function analyse(blob, name) {
     setBusy(false, "");
   } catch (e) {
     setBusy(false, "");
+    if (e.message.includes("unknown speaker token")) resetSpeaker();
     showError(e.message);
   }
 }
@@ -136,6 +184,12 @@ function renderBars(pred, name) {
   strong.textContent = pred.label;
   strong.style.color = colourOf(pred.label);
   summary.append("Most likely: ", strong, ` (${(100 * (probs[pred.label] || 0)).toFixed(1)} %)`);
+  if (pred.unsure) {
+    const note = document.createElement("span");
+    note.id = "unsure";
+    note.textContent = " · unsure: no emotion stands out in this clip";
+    summary.append(note);
+  }
   summary.append(document.createTextNode(` · ${name}${dur}`));
   $("result").hidden = false;
 }
@@ -305,6 +359,10 @@ async function init() {
   });
   $("record").addEventListener("click", () => startRecording().catch((e) => showError(e.message)));
   $("stop").addEventListener("click", () => stopRecording().catch((e) => showError(e.message)));
+  $("speaker-reset").addEventListener("click", () => resetSpeaker());
+  $("speaker-toggle").addEventListener("change", () => {
+    if (!$("speaker-toggle").checked) resetSpeaker();
+  });
   try {
     const resp = await fetch("/health");
     const h = await resp.json();
@@ -314,6 +372,7 @@ async function init() {
     $("status").textContent = `Model ready · classes: ${state.labels.join(", ")} · ` +
       `limits: ${h.max_mb} MB, ${Math.round(state.maxSeconds)} s`;
     $("version").textContent = `stlser ${h.version}`;
+    $("speaker-row").hidden = !h.adaptable;
     document.body.dataset.ready = "true";
   } catch (e) {
     $("status").textContent = "";
