@@ -155,6 +155,7 @@ def _rank_main(
     threads: int,
     result: str,
     show_log: bool,
+    parent: int,
 ) -> None:
     """The body of one process started by :func:`spawn`."""
     import torch
@@ -162,7 +163,7 @@ def _rank_main(
     from stlser import logs
     from stlser.utils import die_with_parent
 
-    die_with_parent(int(os.environ["STLSER_DDP_PARENT"]))
+    die_with_parent(parent)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world)}
     env |= {"RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world)}
     os.environ.update(env | {"NODE_RANK": "0", "GROUP_RANK": "0"})
@@ -194,8 +195,7 @@ def spawn(fn: Callable[..., Any], args: tuple, tc: Any) -> Any:
     result = os.path.join(folder, "result.pkl")
     show = any(getattr(h, "_stlser_cli", False) for h in logging.getLogger("stlser").handlers)
     log.info(f"training one model on {world} processes ({threads} torch thread(s) each)")
-    os.environ["STLSER_DDP_PARENT"] = str(os.getpid())
-    args_all = (fn, args, world, _free_port(), threads, result, show)
+    args_all = (fn, args, world, _free_port(), threads, result, show, os.getpid())
     ctx = mp.start_processes(_rank_main, args_all, nprocs=world, join=False, start_method="spawn")
     try:
         while not ctx.join():
