@@ -1,14 +1,19 @@
 """Data-parallel training (`stlser.ddp`) in real processes: one network trained on 2 CPU
 processes (gloo) against 1 process, same global batch and seed; the per-step training loss
 curves agree within :data:`TOLERANCE`, each process saw its half of every batch, only rank 0
-wrote, and the model loads with ``stlser predict``."""
+wrote, and the model loads with ``stlser predict``. Two torchrun "machines" on loopback give
+the predictions of the 2 processes stlser started."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from lightning.pytorch.callbacks import Callback
 
@@ -103,7 +108,7 @@ def test_parallel_keys_are_checked_with_the_launch(monkeypatch):
     assert not ddp.needs_spawn(tc) and ddp.global_rank() == 1
 
 
-@pytest.mark.slow  # 30-70 s on a busy 2-core machine: 2 new processes import torch and Lightning
+@pytest.mark.slow  # 1-2 min on a busy 2-core machine: new processes import torch and Lightning
 def test_two_processes_follow_the_one_process_loss_curve(synth_corpus, tmp_path):
     from stlser import driver
     from stlser.cli import main
@@ -133,3 +138,49 @@ def test_two_processes_follow_the_one_process_loss_curve(synth_corpus, tmp_path)
     out = tmp_path / "pred.csv"
     assert main(["predict", "--model", str(runs[2]), str(wav), "-o", str(out)]) == 0
     assert out.read_text().count("\n") == 2  # header + the clip
+    torchrun = _torchrun_two_machines(synth_corpus, tmp_path)
+    got, want = (pd.read_csv(r / "predictions.csv") for r in (torchrun, runs[2]))
+    pd.testing.assert_frame_equal(got, want)
+
+
+def _torchrun_two_machines(corpus: Path, tmp_path: Path) -> Path:
+    """`stlser crossval` under torchrun as two machines of one process each, on 127.0.0.1."""
+    out = tmp_path / "torchrun"
+    sets = [f"data.root={corpus}", f"cache_dir={tmp_path / 'cache'}", *TINY]
+    sets += ["train.devices=1", "train.num_nodes=2", "train.strategy=ddp"]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    port = str(ddp._free_port())
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                "-m",
+                "stlser.cli",
+                "crossval",
+                "-o",
+                str(out),
+                *[x for o in sets for x in ("--set", o)],
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    return out
