@@ -30,6 +30,9 @@ from stlser.cli import main
         ("train.class_weights=maybe", "true or false"),
         ("features.degenerate_share=nan", "finite"),
         ("train=5", "mapping"),
+        ("train.strategy=fsdp", "auto | ddp | ddp_spawn"),
+        ("train.num_nodes=0", ">= 1"),
+        ("train.devices=-2", ">= 1"),
     ],
 )
 def test_bad_values_fail_at_load(override, words):
@@ -46,6 +49,8 @@ def test_bad_values_fail_at_load(override, words):
         (["model.kind=expert", "model.l2_mode=best"], "select | average"),
         (["model.kind=svm", "model.c_grid=[0]"], "model.c_grid"),
         (["model.kind=svm", "model.init=base"], "model.init"),
+        (["train.strategy=ddp_spawn", "train.num_nodes=2"], "train.num_nodes=2"),
+        (["train.devices=2", "train.jobs=2"], "train.jobs=2"),
     ],
 )
 def test_bad_values_of_a_kind_fail_at_load(overrides, words):
@@ -91,6 +96,15 @@ def test_cli_rejects_bad_value_before_any_work(tmp_path, capsys):
     rc = main(["crossval", "--set", "train.monitor=val_uaa", "-o", str(out)])
     assert rc == 2 and "val_uaa" in capsys.readouterr().err
     assert not out.exists()  # nothing was prepared
+
+
+def test_cli_refuses_several_machines_without_a_launcher(tmp_path, capsys, monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    out = tmp_path / "run"
+    rc = main(["crossval", "--set", "train.num_nodes=2", "-o", str(out)])
+    assert rc == 2 and "train.num_nodes=2" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_overrides_and_with_value_do_not_mutate():

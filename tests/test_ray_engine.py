@@ -1,7 +1,7 @@
 """The ray engine on a real local Ray cluster (started once for the module, 2 CPUs): crossval
 and baseline give the committed local predictions of tests/equivalence.py; a worker process
-killed mid-run is retried and nothing is lost; the cluster listens on 127.0.0.1 only and asks
-for a token; and
+killed mid-run is retried and nothing is lost; a sweep gives the local engine's results; the
+cluster listens on 127.0.0.1 only and asks for a token; and
 ``--engine ray`` without Ray installed exits 2 naming the extra."""
 
 from __future__ import annotations
@@ -174,3 +174,40 @@ def test_ray_engine_without_the_extra_exits_2(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "pip install 'stlser[cluster]'" in r.stderr
     assert not out.exists()
+
+
+@needs_ray
+@pytest.mark.slow  # 75 s: the sweep runs twice, locally and on Ray
+def test_sweep_on_ray_gives_the_local_results(ray_cluster, tmp_path, one_torch_thread):
+    """Every value of a sweep cross-validated on the Ray cluster: the same predictions and
+    sweep table as the local engine."""
+    import pandas as pd
+
+    from stlser.cli import main
+
+    csv = equivalence.build(tmp_path / "corpus", per_class=2)
+    sets = ["model.kind=svm", *equivalence.overrides("svm", csv, tmp_path / "cache")]
+    values = "[0.01],[1.0]"
+    for engine in ("local", "ray"):
+        argv = [
+            "sweep",
+            "--param",
+            "model.c_grid",
+            "--values",
+            values,
+            "-o",
+            str(tmp_path / engine),
+        ]
+        argv += ["--engine", engine] + [x for o in sets for x in ("--set", o)]
+        assert main(argv) == 0
+    cells = sorted(p.name for p in (tmp_path / "local").iterdir() if p.is_dir())
+    assert len(cells) == 2
+    for cell in cells:
+        local, ray = (
+            pd.read_csv(tmp_path / e / cell / "predictions.csv") for e in ("local", "ray")
+        )
+        pd.testing.assert_frame_equal(local, ray)
+    keep = ["value", "ua_mean", "wa_mean", "ua_pooled", "n_folds"]
+    local, ray = (pd.read_csv(tmp_path / e / "sweep.csv")[keep] for e in ("local", "ray"))
+    pd.testing.assert_frame_equal(local, ray)
+    assert ray_cluster.is_initialized()  # a cluster the sweep joined is left running

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stlser import levers, windows
+from stlser import ddp, levers, windows
 from stlser.config import ExperimentConfig
 from stlser.model import collate
 
@@ -65,6 +65,8 @@ class EpochBatches(torch.utils.data.Sampler):
         #: Reads the epoch when an iterator is made. Lightning creates (and prefetches from) the
         #: first iterator before it calls set_epoch, so on resume set_epoch alone comes too late.
         self.epoch_source: Callable[[], int] | None = None
+        #: data-parallel training (`stlser.ddp`): this process keeps its share of every batch
+        self.rank, self.world = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -75,6 +77,8 @@ class EpochBatches(torch.utils.data.Sampler):
         batches = make_batches(
             self.lengths, self.batch_size, self.seed * 1000 + self.epoch, self.shuffle, self.bucket
         )
+        if self.world > 1:
+            batches = [ddp.shard(b, self.rank, self.world) for b in batches]
         if self.keyed:
             batches = [[(i, self.epoch) for i in b] for b in batches]
         return iter(batches)

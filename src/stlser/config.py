@@ -250,15 +250,13 @@ ModelConfig = NetworkConfig | ExpertConfig | SvmConfig
 
 
 def known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `d` that are fields of the dataclass `cls` (stored settings written by
-    another version, e.g. an artefact's, may hold others)."""
+    """The entries of `d` that are fields of `cls` (an artefact's stored settings may hold others)."""
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in d.items() if k in names}
 
 
 def model_from_dict(d: dict[str, Any]) -> Any:
-    """The model config variant of a stored ``model_config`` (an artefact's), its keys of other
-    kinds left out."""
+    """The model config variant of a stored ``model_config``, other kinds' keys left out."""
     cls = MODEL_CONFIGS.get(str(d.get("kind", "network")))
     if cls is None:
         raise ConfigError(f"model.kind={d.get('kind')!r} is not one of: {', '.join(MODEL_CONFIGS)}")
@@ -300,7 +298,10 @@ class TrainConfig:
     ensemble: int = 1  # models per fold (own seed, own validation speakers), scores averaged
     deterministic: bool = True
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
+    # one network on devices × num_nodes processes (stlser.ddp); batch_size is the global batch
     devices: int = 1
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     log_every_n_steps: int = 10
     progress: bool = True
 
@@ -313,6 +314,10 @@ class TrainConfig:
                     f"config train.accelerator={self.accelerator!r}: no CUDA device on this "
                     "machine (use cpu)"
                 )
+        from stlser.ddp import config_problem  # devices, num_nodes, strategy, jobs together
+
+        if problem := config_problem(self):
+            raise ConfigError(problem)
 
 
 @dataclass
@@ -343,7 +348,8 @@ _BELOW1: Check = (lambda v: 0 <= v <= 0.99, "in [0, 0.99]")
 _RULES: list[tuple[Check, str]] = [
     (_POS, "features.n_mels features.n_mfcc features.n_fft model.kernel model.d_lstm "
      "model.stl_heads model.stl_ff model.agg_kernel train.batch_size train.max_epochs "
-     "train.crops_per_utterance train.jobs train.ensemble train.devices train.log_every_n_steps"),
+     "train.crops_per_utterance train.jobs train.ensemble train.devices train.num_nodes "
+     "train.log_every_n_steps"),
     (_NONNEG, ".seed split.val_speakers features.fmin features.degenerate_min_utts "
      "model.stl_layers model.speaker_adversarial train.weight_decay train.min_epochs "
      "train.patience train.freeze_epochs train.mixup train.gain_db train.crop_seconds "
@@ -389,17 +395,15 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
         args = get_args(hint)
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        for a in inner:
+        for a in (a for a in args if a is not type(None)):
             try:
                 return _typed(value, a, key)
             except ConfigError:
                 continue
         raise bad()
     if origin is Literal:
-        if value in get_args(hint) and type(value) is type(
-            next(a for a in get_args(hint) if a == value)
-        ):
+        same = [a for a in get_args(hint) if a == value and type(a) is type(value)]
+        if same:
             return value
         raise bad()
     if origin is list:
@@ -424,11 +428,9 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
                 value = float(value)
             except ValueError:
                 raise bad() from None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        if not math.isfinite(value):
             raise bad()
         return float(value)
     return value
@@ -567,10 +569,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     a file cannot be used."""
     p = Path(path)
     if not p.exists():
-        packaged = Path(__file__).parent / "configs" / p.name
-        if packaged.exists():
-            p = packaged
-        else:
+        p = Path(__file__).parent / "configs" / p.name  # a packaged config by its name
+        if not p.exists():
             raise ConfigError(f"config {path} not found")
     if not p.is_file():
         raise ConfigError(f"config {path} is not a file")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from stlser import config as config_mod
-from stlser import engines, kinds, runs
+from stlser import ddp, engines, kinds, runs
 from stlser.config import ExperimentConfig
 from stlser.kinds.base import FoldOutput
 from stlser.metrics import ua
@@ -78,6 +78,9 @@ def crossval(
 
     `engine` runs the units here (``local``) or as Ray tasks (``ray``, on the cluster at
     `address`, else an embedded local one; `stlser.engines`); results do not depend on it.
+
+    Under torchrun (``train.num_nodes`` machines, `stlser.ddp`) every rank runs this with the
+    same config: each computes the same units and trains them together, only rank 0 writes.
     """
     from stlser import fingerprint
 
@@ -87,6 +90,9 @@ def crossval(
         raise ValueError(f"--output {run} is a file, not a run folder")
     kind.check(cfg)
     engines.require(engine)
+    ddp.check_launch(cfg.train)
+    if ddp.launched() and engine != "local":
+        raise ValueError(f"--engine {engine}: under torchrun every process runs the units itself")
     t0 = time.time()
     guarded: dict[str, Any] = {}
 
@@ -94,6 +100,10 @@ def crossval(
         fp = fingerprint.compute(cfg, df, folds)
         guarded["fp"] = fingerprint.guard(run, fp, resume, force, log.warning)
 
+    if ddp.global_rank() > 0:  # a torchrun rank besides 0: trains, writes nothing
+        df, folds, labels, _ = runs.prepare(cfg)
+        data = kind.prepare(cfg, df, labels)
+        return _run_folds(cfg, kind, data, run, df, folds, labels, resume, callbacks, t0)
     df, folds, labels, skipped = runs.prepare(cfg, check=check)
     handle = runs.lock(run)
     try:
@@ -139,7 +149,11 @@ def _run_folds(
         results[(pos, k)] = _reused(runs.member_dir(run / f"fold_{pos:02d}", k), scores)
     label_of = dict(zip(df["utt_id"].astype(str), df["label"].astype(str), strict=True))
 
+    follower = ddp.global_rank() > 0
+
     def finish(unit: runs.Unit, res: FoldOutput) -> None:
+        if follower:
+            return
         fold = folds[picked[unit.pos]]
         save_npy(unit.dir / "probs.npy", np.asarray(res.scores, np.float32))
         if res.pred is not None:
@@ -180,6 +194,8 @@ def _run_folds(
     engines.run(
         todo, _fit_unit, finish, state, jobs=jobs, threads=cfg.train.num_threads, **(where or {})
     )
+    if follower:
+        return run
 
     preds, rows, infos = [], [], []
     for pos, i in enumerate(picked):

@@ -13,11 +13,12 @@ Ray is an optional extra (``pip install 'stlser[cluster]'``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from stlser import runs
@@ -112,6 +113,22 @@ def init_ray(address: str | None = None) -> bool:
     ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, **opts)
     log.info(f"started a local Ray cluster ({usable_cores()} CPUs, 127.0.0.1, token auth)")
     return True
+
+
+@contextlib.contextmanager
+def session(engine: str, address: str | None = None) -> Iterator[None]:
+    """Several runs on one engine (a sweep's cells, leave-one-corpus-out's models): with
+    ``ray``, one connection for all of them (an embedded cluster starts once, not per run, and
+    is shut down at the end); with ``local``, nothing to set up."""
+    require(engine)
+    started = init_ray(address) if engine == "ray" else False
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def _ray_unit(

@@ -46,5 +46,7 @@ def setup(show_verbose: bool = False) -> None:
         h._stlser_cli = True  # type: ignore[attr-defined]
         lg.addHandler(h)
     lg.setLevel(logging.DEBUG if show_verbose else logging.INFO)
+    if os.environ.get("RANK", "0") != "0":  # a data-parallel rank other than 0 (torchrun)
+        lg.setLevel(logging.WARNING)
     lg.propagate = False
     quiet_third_party()

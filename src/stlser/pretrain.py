@@ -257,14 +257,34 @@ def _scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any
     return {"ua": m["ua"], "wa": m["wa"], "n": int(len(y)), "confusion": conf.tolist()}
 
 
-def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
+def _without(entry: str) -> Path:
+    """One leave-one-corpus-out model (a unit of `stlser.engines`): the recipe fitted on every
+    corpus of the pool but `entry`, in ``out/without-<corpus>/`` (reused when made already)."""
+    from stlser import runs
+
+    w = runs.WORKER
+    cfg, df, X, copies = w["cfg"], w["df"], w["X"], w["copies"]
+    held = entry.partition("=")[2] or entry
+    test = (df["corpus"] == held).to_numpy()
+    pool = [c for c in cfg.data.pool if c != entry]
+    one = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pool=pool))
+    pooled = (df[~test].reset_index(drop=True), X[~test], [c[~test] for c in copies])
+    return pretrain(one, Path(w["out"]) / f"without-{held}", pooled)
+
+
+def leave_one_corpus_out(
+    cfg: ExperimentConfig, out: str | Path, engine: str = "local", address: str | None = None
+) -> dict[str, Any]:
     """For each corpus of ``data.pool``: fit on the others, test on it (labels both sides
     share). Scores the recipe with the held-out speakers normalised by their own statistics
     (as in crossval) and by the stored global statistics (what `stlser predict` does with one
     clip), and an eGeMAPS + linear SVM fitted on the same corpora (C on the same validation
     speakers; needs the ``opensmile`` extra, else left out). Writes `loco.json` and `loco.md`
-    into `out`."""
-    from stlser import featuresets
+    into `out`.
+
+    The models without each corpus are units of `engine` (`stlser.engines`: here, or Ray tasks
+    on the cluster at `address`, else an embedded one); the scoring runs here."""
+    from stlser import engines, featuresets
     from stlser.kinds.svm import make_classifier
 
     out = Path(out)
@@ -284,21 +304,21 @@ def leave_one_corpus_out(cfg: ExperimentConfig, out: str | Path) -> dict[str, An
     elif featuresets.opensmile_available():
         E = functionals.load_matrix(df, ["egemaps"], cfg.cache_dir, cfg.train.progress)
         Z_eg = _normalise(E.astype(np.float64), df, cfg)
+    # the model without each corpus is kept (out/without-<corpus>/): fine-tuning it on the
+    # held-out corpus is the leak-free fine-tuning experiment; a rerun reuses it
+    paths: dict[str, Path] = {}
+    state = {"cfg": cfg, "df": df, "X": X, "copies": copies, "out": str(out)}
+    engines.run(
+        pool, _without, paths.__setitem__, state, threads=cfg.train.num_threads, engine=engine,
+        address=address,
+    )  # fmt: skip
     results: dict[str, Any] = {}
     answers: dict[str, dict[str, Any]] = {}
     for entry in pool:
         held = entry.partition("=")[2] or entry
         test = (df["corpus"] == held).to_numpy()
         train_df = df[~test].reset_index(drop=True)
-        one = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, pool=[c for c in pool if c != entry])
-        )
-        # the model without this corpus is kept (out/without-<corpus>/): fine-tuning it on the
-        # held-out corpus is the leak-free fine-tuning experiment; a rerun reuses it
-        path = pretrain(
-            one, out / f"without-{held}", (train_df, X[~test], [c[~test] for c in copies])
-        )
-        model, art = expert.from_artefact(path)
+        model, art = expert.from_artefact(paths[entry])
         labels = list(art["labels"])
         shared = [lab for lab in labels if lab in set(df["label"][test])]
         rows = test & df["label"].isin(shared).to_numpy()

@@ -28,7 +28,7 @@ from stlser import config as config_mod
 from stlser import corpora, splits
 from stlser.config import ExperimentConfig
 from stlser.splits import Fold
-from stlser.utils import environment, read_csv, write_json, write_text
+from stlser.utils import die_with_parent, environment, read_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -211,24 +211,8 @@ def worker_threads(requested: int | None, jobs: int) -> int:
     return requested or max(1, usable_cores() // jobs)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: this process gets SIGKILL when its parent dies (a killed run leaves no worker);
-    a parent that died while this worker was starting ends it now."""
-    import os
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def _init_worker(state: dict[str, Any], threads: int, parent: int) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     import torch
 
     from stlser import logs

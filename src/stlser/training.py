@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
-from stlser import augment, finetune, levers, logs, windows
+from stlser import augment, ddp, finetune, levers, logs, windows
 from stlser.augment import freq_warp, spec_augment  # noqa: F401 (re-exported)
 from stlser.batching import (  # noqa: F401 (re-exported)
     EpochBatches,
@@ -144,15 +144,37 @@ class SERModule(L.LightningModule):
         loss = self._mixed(self._loss, logits, y, lam, perm)
         self._train_correct += int((logits.argmax(-1) == y).sum())
         self._train_seen += len(y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        many = self.trainer.world_size > 1
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y),
+            sync_dist=many,
+        )  # fmt: skip
+        share = self._share(len(y)) if many else 1.0
         if self.speaker_head is None or not speakers:
-            return loss
+            return loss * share
         # speaker-adversarial head behind a gradient reversal (stlser.levers): the head
         # minimises speaker CE, the encoder receives −λ × its gradient
         s_logits = self.speaker_head(levers.grad_reverse(z, self.adversarial))
         s_loss = self._mixed(F.cross_entropy, s_logits, speakers[0], lam, perm)
-        self.log("train_speaker_loss", s_loss, on_step=False, on_epoch=True, batch_size=len(y))
-        return loss + s_loss
+        self.log(
+            "train_speaker_loss", s_loss, on_step=False, on_epoch=True, batch_size=len(y),
+            sync_dist=many,
+        )  # fmt: skip
+        return (loss + s_loss) * share
+
+    def _share(self, n: int) -> float:
+        """Data-parallel training: the weight of this process's mean loss, its share of the
+        step's examples × the number of processes. DDP averages the gradients over the
+        processes, so the step's gradient is that of the global batch's mean loss."""
+        total = self.trainer.strategy.reduce(torch.tensor(float(n)), reduce_op="sum")
+        return n * self.trainer.world_size / float(total)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # data-parallel: every process validates (and is checkpointed) with rank 0's BatchNorm
+        # running statistics, as DDP hands them out before each training step
+        if self.trainer.world_size > 1 and batch_idx == self.trainer.num_training_batches - 1:
+            for buf in self.model.buffers():
+                torch.distributed.broadcast(buf, 0)
 
     @staticmethod
     def _mixed(loss_fn, logits: Tensor, y: Tensor, lam: float, perm: Tensor | None) -> Tensor:
@@ -162,8 +184,11 @@ class SERModule(L.LightningModule):
         return lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])
 
     def on_train_epoch_end(self) -> None:
-        if self._train_seen:
-            self.log("train_acc", self._train_correct / self._train_seen, prog_bar=False)
+        counts = torch.tensor([self._train_correct, self._train_seen], dtype=torch.float64)
+        if self.trainer.world_size > 1:  # every process's examples
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        if counts[1] > 0:
+            self.log("train_acc", float(counts[0] / counts[1]), prog_bar=False)
 
     def validation_step(self, batch, _):
         feats, lengths, y = batch
@@ -288,7 +313,7 @@ def _fit(
         max_epochs=max_epochs,
         min_epochs=min(tc.min_epochs, max_epochs),
         accelerator=tc.accelerator,
-        devices=tc.devices,
+        **ddp.trainer_options(tc),
         precision=tc.precision,
         deterministic=tc.deterministic,
         callbacks=callbacks,
@@ -303,7 +328,9 @@ def _fit(
         limit_val_batches=None if val_dl is not None else 0,
         plugins=[AtomicCheckpointIO()],
     )
-    train_dl.batch_sampler.epoch_source = lambda: trainer.fit_loop.epoch_progress.current.processed
+    sampler = train_dl.batch_sampler
+    sampler.epoch_source = lambda: trainer.fit_loop.epoch_progress.current.processed
+    sampler.rank, sampler.world = ddp.global_rank(), ddp.world_size(tc)
     last = out / "checkpoints" / "last.ckpt"
     resuming = resume and last.exists()
     history = out / "logs" / "metrics.csv"
@@ -314,7 +341,8 @@ def _fit(
         trainer.fit(
             module, train_dl, val_dl, ckpt_path=str(last) if resuming else None, weights_only=True
         )
-    if before is not None:  # the CSV logger starts a fresh file on resume: keep the earlier epochs
+    if before is not None and trainer.is_global_zero:  # resumed: the CSV logger starts a fresh
+        # file, keep the earlier epochs
         after = pd.read_csv(history) if history.exists() else before.iloc[:0]
         first = after["epoch"].min() if len(after) else np.inf
         merged = pd.concat([before[before["epoch"] < first], after], ignore_index=True)
@@ -339,10 +367,18 @@ def train_fold(
     one tested and saved — as the baseline refits its SVM on train + val.
 
     With `model.init`, both stages start from that artefact's weights (`stlser.finetune`);
-    an incompatible artefact is a ValueError before anything is trained."""
+    an incompatible artefact is a ValueError before anything is trained.
+
+    With ``train.devices × train.num_nodes`` > 1 the model trains on that many processes
+    (`stlser.ddp`): started here on one machine, or by torchrun. Only rank 0 writes; the other
+    ranks return ``probs`` with no rows."""
+    tc = cfg.train
+    ddp.check_launch(tc)
+    if ddp.needs_spawn(tc):
+        return ddp.spawn(train_fold, (cfg, data, out_dir, resume, callbacks), tc)
+    zero = ddp.global_rank() == 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tc = cfg.train
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     t0 = time.time()
@@ -385,7 +421,8 @@ def train_fold(
             else float("nan"),
             "epochs_run": int(trainer.current_epoch),
         }
-        write_json(stage1, s1)
+        if zero:
+            write_json(stage1, s1)
     best_epoch, best_score = s1["best_epoch"], s1["best_score"]
     epochs_run = s1["epochs_run"]
     if tc.refit:
@@ -398,6 +435,8 @@ def train_fold(
         epochs_run += max(1, best_epoch)
     else:
         state = load_checkpoint(s1["best_path"])
+    if not zero:
+        return {"probs": np.zeros((0, len(labels)), np.float32), "rank": ddp.global_rank()}
     module.load_state_dict(state["state_dict"])
     model = module.model.eval()
     res = predict(model, data.test[0], embeddings=True, crop=module.crop)

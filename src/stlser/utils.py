@@ -273,3 +273,17 @@ def environment() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         pass
     return env
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed run leaves no worker);
+    a parent that died while this worker was starting ends it now."""
+    if platform.system() == "Linux":
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)

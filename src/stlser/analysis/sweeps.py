@@ -44,6 +44,8 @@ def sweep(
     param: str,
     values: Sequence[Any] | str,
     out: str | Path,
+    engine: str = "local",
+    address: str | None = None,
 ) -> Path:
     """Cross-validate `cfg` once per value of the config key `param`.
 
@@ -51,8 +53,11 @@ def sweep(
     ``out/<param>=<value>/``; a value whose ``report.json`` exists is reused, and a half-finished
     one resumes at its last finished fold. Writes ``sweep.csv`` (after every value) and
     ``sweep.png`` (UA and WA, mean ± std over folds). Returns the CSV path.
+
+    Each value's units run on `engine` (`stlser.engines`; with ``ray`` one cluster serves every
+    value, joined at `address` or started once); the values run one after another.
     """
-    from stlser import driver
+    from stlser import engines
 
     raw = split_values(values) if isinstance(values, str) else list(values)
     if not raw:
@@ -60,7 +65,26 @@ def sweep(
     parsed = [parse_value(v) for v in raw]
     names = [v if isinstance(v, str) else _value_label(v) for v in raw]
     cfgs = [with_value(cfg, param, v) for v in parsed]  # validate every value before any run
+    engines.require(engine)
     out = Path(out)
+    with engines.session(engine, address):
+        rows = _cells(cfg, param, parsed, names, cfgs, out, {"engine": engine, "address": address})
+    _plot_sweep(param, parsed, pd.DataFrame(rows), out / "sweep.png")
+    return out / "sweep.csv"
+
+
+def _cells(
+    cfg: ExperimentConfig,
+    param: str,
+    parsed: list[Any],
+    names: list[str],
+    cfgs: list[ExperimentConfig],
+    out: Path,
+    where: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Cross-validate every value not finished yet; `sweep.csv` rewritten after each."""
+    from stlser import driver
+
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for v, name, c in zip(parsed, names, cfgs, strict=True):
@@ -70,7 +94,7 @@ def sweep(
         else:
             _log(f"sweep {param}={name} → {run}")
             c.name = f"{cfg.name}-{param}={name}"
-            driver.crossval(c, run, resume=True)
+            driver.crossval(c, run, resume=True, **where)
         rep = _report(run)
         ua_m, ua_s = fold_stats(rep, "ua")
         wa_m, wa_s = fold_stats(rep, "wa")
@@ -92,10 +116,8 @@ def sweep(
                 "run": run.name,
             }
         )
-        table = pd.DataFrame(rows)
-        write_csv(out / "sweep.csv", table)
-    _plot_sweep(param, parsed, pd.DataFrame(rows), out / "sweep.png")
-    return out / "sweep.csv"
+        write_csv(out / "sweep.csv", pd.DataFrame(rows))
+    return rows
 
 
 def _plot_sweep(param: str, values: list[Any], table: pd.DataFrame, out: Path) -> None:

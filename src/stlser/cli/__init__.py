@@ -37,8 +37,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["local", "ray"],
         default="local",
-        help="where the folds run: here or in local worker processes (local, the default), or "
-        "as Ray tasks (ray; needs pip install 'stlser[cluster]'); results are the same",
+        help="where the models are fitted (the folds; for pretrain, the --loco models): here or "
+        "in local worker processes (local, the default), or as Ray tasks (ray; needs pip "
+        "install 'stlser[cluster]'); results are the same",
     )
     p.add_argument(
         "--address",
@@ -190,7 +191,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     from stlser import analysis
 
-    out = analysis.sweep(_load_cfg(a), a.param, a.values, a.output)
+    where = _where(a)
+    out = analysis.sweep(_load_cfg(a), a.param, a.values, a.output, **where)
     print(f"sweep: {out}")
     return 0
 
@@ -234,11 +236,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from stlser import pretrain
 
+    where = _where(a)
     cfg = _load_cfg(a)
-    path = pretrain.pretrain(cfg, a.output)
+    path = pretrain.pretrain(cfg, a.output)  # one model: fitted here, on either engine
     print(f"model: {path}")
     if a.loco:
-        pretrain.leave_one_corpus_out(cfg, a.output)
+        pretrain.leave_one_corpus_out(cfg, a.output, **where)
         print((Path(a.output) / "loco.md").read_text())
     return 0
 
@@ -399,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", required=True)
     s.add_argument("--values", required=True)
     s.add_argument("-o", "--output", required=True)
+    _engine_args(s)
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("analyze", help="figures from a finished run")
@@ -466,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cfg_args(s)
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--loco", action="store_true", help="also score leave-one-corpus-out (loco.md)")
+    _engine_args(s)
     s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("export", help="ONNX graph: 16 kHz waveform → probabilities")
