@@ -110,10 +110,12 @@ def _worker_setup() -> None:
 # ------------------------------------------------------------------------------- features
 def _feature_shard(batch: Any, cache_dir: str, cfg: FeatureConfig, what: str, speed: float) -> Any:
     """One Ray Data task: the features of one shard's files → its Parquet shard; returns a row
-    (shard, files done, unreadable files as JSON [[path, reason]])."""
+    (shard, files done, unreadable files as JSON [[path, reason]], the node it ran on)."""
     import pandas as pd
+    import ray
 
     _worker_setup()
+    node = ray.get_runtime_context().get_node_id()
     cache = FeatureCache(cache_dir, cfg, what, speed)
     out = []
     for name, paths, keys in zip(batch["shard"], batch["paths"], batch["keys"], strict=True):
@@ -124,7 +126,7 @@ def _feature_shard(batch: Any, cache_dir: str, cfg: FeatureConfig, what: str, sp
             rows += _features_of(cache, items[i : i + BATCH], failed)
         if rows:
             cache.write_shard(name, rows)
-        out.append({"shard": name, "done": len(rows), "failed": json.dumps(failed)})
+        out.append({"shard": name, "done": len(rows), "failed": json.dumps(failed), "node": node})
     return pd.DataFrame(out)
 
 
@@ -182,7 +184,8 @@ def fill_cache(
 
     Returns the statistics of `fill_cache`, plus ``skipped`` ([(path, reason)] of the files
     that could not be read or computed; they stay uncached, and are listed in ``skipped.csv``
-    in the cache's config folder, path ``skipped_csv``) and ``shards`` (written now)."""
+    in the cache's config folder, path ``skipped_csv``), ``shards`` (written now) and ``nodes``
+    (how many Ray nodes ran them)."""
     import time
 
     t0 = time.perf_counter()
@@ -207,13 +210,14 @@ def fill_cache(
         f"features ({what}) on Ray: {len(paths)} files, {len(keyed) - len(misses)} cached, "
         f"{len(misses)} to compute in {len(plan)} shard(s) of up to {shard_files}"
     )
-    computed = 0
+    computed, nodes = 0, set()
     if plan:
         kwargs = {"cache_dir": str(cache.root.parent), "cfg": cfg, "what": what, "speed": speed}
         with _ray(address) as ray:
             _quiet_data(ray, progress)
             for n, row in enumerate(_stream(ray, plan, _feature_shard, kwargs, workers), 1):
                 computed += int(row["done"])
+                nodes.add(row["node"])
                 failed = [tuple(x) for x in json.loads(row["failed"])]
                 for path, reason in failed:
                     log.warning(f"skipped {path}: {reason}")
@@ -242,6 +246,7 @@ def fill_cache(
         "workers": workers or usable_cores(),
         "cache_dir": str(cache.root),
         "shards": len(plan),
+        "nodes": len(nodes),
         "skipped": skipped,
         "skipped_csv": str(listing) if skipped else None,
     }
