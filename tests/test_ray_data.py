@@ -187,8 +187,10 @@ def test_predictions_equal_the_local_engine(ray_cluster, corpus, tmp_path):
             got = ray_rows[path]
             assert got["label"] == want["label"] and got["error"] == want["error"], path
             for k, v in want.items():
+                # float32 model: clips batched with other neighbours (shards of 4 here, one
+                # stream locally) move the probabilities by up to a few 1e-5
                 if k.startswith("prob_") and v:
-                    assert abs(float(got[k]) - float(v)) <= 2e-6, (path, k)
+                    assert abs(float(got[k]) - float(v)) <= 1e-4, (path, k)
         assert ray_rows[str(corpus.parent / "broken.wav")]["error"]
 
 

@@ -1,8 +1,8 @@
 """The Ray Data path: features and predictions of many audio files, streamed over a Ray cluster
 in shards (``stlser features --engine ray``, ``stlser predict --engine ray``).
 
-The driver lists the files (paths only, never audio) and cuts them into shards of
-`SHARD_FILES` files. Each shard is one row of a Ray Dataset, and one Ray Data task reads,
+The driver lists the files (paths only, never audio) and cuts them into shards of up to
+`SHARD_FILES` files (`shard_size`). Each shard is one row of a Ray Dataset, and one Ray Data task reads,
 decodes and processes its files a few at a time, so a task holds at most one shard's results
 and one batch of waveforms. Ray Data's streaming executor runs as many tasks as there are free
 CPUs and no more, whatever the number of files. A task whose worker process or node dies is
@@ -44,10 +44,21 @@ from stlser.utils import atomic_path, usable_cores, write_csv
 
 log = logging.getLogger(__name__)
 
-#: Files per shard: one Ray Data task, one Parquet file, one progress line.
+#: Files per shard at most: one Ray Data task, one Parquet file, one progress line.
 SHARD_FILES = 64
+#: Fewer files than this many full shards: smaller shards (of at least 4 files), so that the
+#: work still spreads over the CPUs.
+MIN_SHARDS = 32
 #: Clips decoded and processed together inside a task.
 BATCH = 16
+
+
+def shard_size(n: int, shard_files: int | None = None) -> int:
+    """Files per shard for `n` files: `shard_files` if given, else `SHARD_FILES`, or fewer (at
+    least 4) to make `MIN_SHARDS` shards. It depends on `n` only, so a rerun plans the same."""
+    if shard_files:
+        return max(1, shard_files)
+    return min(SHARD_FILES, max(4, -(-n // MIN_SHARDS)))
 
 
 def _name(parts: Any) -> str:
@@ -93,7 +104,7 @@ def _stream(
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     opts: dict[str, Any] = {"max_retries": engines.MAX_RETRIES}
     if workers > 0:
-        opts["concurrency"] = workers
+        opts["compute"] = ray.data.TaskPoolStrategy(size=workers)
     ds = ds.map_batches(
         fn, batch_size=1, batch_format="pandas", fn_kwargs=kwargs, num_cpus=1, **opts
     )
@@ -175,7 +186,7 @@ def fill_cache(
     speed: float = 1.0,
     address: str | None = None,
     workers: int = 0,
-    shard_files: int = SHARD_FILES,
+    shard_files: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """`stlser.features.fill_cache` on Ray Data: the features of every manifest row not yet
@@ -202,13 +213,14 @@ def fill_cache(
     misses = [(p, k) for p, k in keyed.items() if k not in done]
     misses.sort(key=lambda m: (_stat(m[0])[1], m[0]))  # similar lengths share a shard
     plan = []
-    for i in range(0, len(misses), max(1, shard_files)):
-        part = misses[i : i + shard_files]
+    size = shard_size(len(misses), shard_files)
+    for i in range(0, len(misses), size):
+        part = misses[i : i + size]
         name = _name([k for _, k in part])
         plan.append({"shard": name, "paths": [p for p, _ in part], "keys": [k for _, k in part]})
     log.info(
         f"features ({what}) on Ray: {len(paths)} files, {len(keyed) - len(misses)} cached, "
-        f"{len(misses)} to compute in {len(plan)} shard(s) of up to {shard_files}"
+        f"{len(misses)} to compute in {len(plan)} shard(s) of up to {size}"
     )
     computed, nodes = 0, set()
     if plan:
@@ -259,9 +271,15 @@ _MODELS: dict[tuple[str, tuple[str, ...] | None], Any] = {}
 def _recognizer(model: str, labels: tuple[str, ...] | None) -> Any:
     """The model, loaded once per worker process."""
     if (model, labels) not in _MODELS:
-        from stlser.inference import Recognizer
+        if model.lower().endswith(".onnx"):  # one thread: the task has one CPU
+            from stlser.onnx_runtime import OnnxRecognizer
 
-        _MODELS[(model, labels)] = Recognizer.load(model).restrict(list(labels) if labels else None)
+            rec = OnnxRecognizer(model, threads=1)
+        else:
+            from stlser.inference import Recognizer
+
+            rec = Recognizer.load(model)
+        _MODELS[(model, labels)] = rec.restrict(list(labels) if labels else None)
     return _MODELS[(model, labels)]
 
 
@@ -329,7 +347,7 @@ def predict_files(
     parts: str | os.PathLike,
     address: str | None = None,
     workers: int = 0,
-    shard_files: int = SHARD_FILES,
+    shard_files: int | None = None,
     max_seconds: float = audio.MAX_CLIP_SECONDS,
     progress: bool = True,
 ) -> Iterator[tuple[str, str, list[float], float, str]]:
@@ -344,13 +362,14 @@ def predict_files(
     names = [os.path.abspath(f) for f in files]
     head = [_stat(model_path), list(labels) if labels else None]
     plan = []
-    for i in range(0, len(names), max(1, shard_files)):
-        part = names[i : i + shard_files]
+    size = shard_size(len(names), shard_files)
+    for i in range(0, len(names), size):
+        part = names[i : i + size]
         plan.append({"shard": _name([head, [_stat(p) for p in part]]), "paths": part})
     folder = Path(parts)
     todo = [s for s in plan if not (folder / f"{s['shard']}.parquet").is_file()]
     log.info(
-        f"predict on Ray: {len(names)} files in {len(plan)} shard(s) of up to {shard_files}, "
+        f"predict on Ray: {len(names)} files in {len(plan)} shard(s) of up to {size}, "
         f"{len(plan) - len(todo)} already done"
     )
     if todo:
