@@ -139,6 +139,37 @@ def test_engine_ray_without_the_extra_exits_2(tmp_path, command):
     assert not out.exists() and not (tmp_path / "c").exists()
 
 
+@needs_ray  # pyarrow comes with the extra
+def test_local_predict_writes_parquet(tmp_path):
+    import pandas as pd
+
+    from stlser.cli import main
+
+    equivalence.build(tmp_path / "corpus", per_class=1)
+    (tmp_path / "corpus" / "corpus.csv").unlink()
+    (tmp_path / "corpus" / "broken.wav").write_bytes(b"not audio")
+    assert main(["predict", str(tmp_path / "corpus"), "-o", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(tmp_path / "corpus"), "-o", str(tmp_path / "p.parquet")]) == 0
+    want = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    got = pd.read_parquet(tmp_path / "p.parquet")
+    assert list(got.columns) == list(want.columns) and len(got) == len(want) == 16
+    assert list(got["label"]) == list(want["label"]) and list(got["path"]) == list(want["path"])
+    assert np.allclose(got["prob_angry"].fillna(-1), pd.to_numeric(want["prob_angry"]).fillna(-1))
+    assert got["error"].str.len().gt(0).sum() == 1
+
+
+@needs_ray  # else --engine ray exits 2 for the missing extra first
+def test_ray_predict_refuses_segments_and_adaptation_before_any_work(tmp_path, capsys):
+    from stlser.cli import main
+
+    out = tmp_path / "out.csv"
+    for extra in (["--segments"], ["--adapt", "folder"]):
+        argv = ["predict", str(tmp_path), "-o", str(out), "--engine", "ray", *extra]
+        assert main(argv) == 2
+        assert "--engine ray classifies whole clips" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- a real Ray
 @needs_ray
 def test_features_equal_the_local_engine_and_list_the_unreadable(ray_cluster, corpus, tmp_path):
