@@ -192,6 +192,17 @@ def test_features_equal_the_local_engine_and_list_the_unreadable(ray_cluster, co
     assert len(again["skipped"]) == 1
 
 
+@needs_ray
+def test_features_command_on_ray(ray_cluster, corpus, tmp_path, capsys):
+    from stlser.cli import main
+
+    argv = ["features", "--manifest", str(corpus), "--cache-dir", str(tmp_path / "c")]
+    assert main([*argv, "--engine", "ray", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "46 files" in out and "(0 cached, 45 computed)" in out
+    assert "1 file(s) skipped, reasons in" in out and "skipped.csv" in out
+
+
 def _rows(path: Path) -> dict[str, dict[str, str]]:
     if path.suffix == ".parquet":
         import pandas as pd
