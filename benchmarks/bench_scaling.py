@@ -5,11 +5,16 @@ features in memory by design, so its memory grows by the size of the features).
 
     python -m benchmarks.bench_scaling [--quick]
     python -m benchmarks.bench_scaling --ray    # Ray engine overhead only (needs stlser[cluster])
+    python -m benchmarks.bench_scaling --ray-data [FILES]  # features/predict throughput, local vs
+                                                # Ray Data, 1 and 2 workers, on FILES EmoDB clips
 
 Every measurement runs in a fresh Python process. Peak memory is the process's peak resident
 set size (VmHWM) during the measured work (reset with ``/proc/self/clear_refs`` just before it;
 ``ru_maxrss`` is not used because Linux carries the parent's peak into a child's), "growth" is
 that peak minus the resident size just before the work (after imports and setup).
+
+Why this is one module: every scaling question of the project (with data size, with workers,
+on one engine or on Ray) is measured and reported here, on the same helpers and corpora.
 """
 
 from __future__ import annotations
@@ -362,10 +367,212 @@ No-op units (`abs` of an int) through `stlser.engines.run_ray` on the embedded c
     return bl.section("Ray engine overhead", intro, body, False)
 
 
+def _timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+#: The projection's cluster: nodes × cores, and the audio it processes.
+PROJECT_NODES, PROJECT_CORES, PROJECT_HOURS = 8, 32, 1000.0
+
+
+def ray_data_throughput(files: int = 120, reps: int = 3) -> str:
+    """Throughput of `stlser features` (frames of the default config, and the torch front end's
+    ``compact`` functionals) and of `stlser predict` (the shipped model) on the first `files`
+    EmoDB clips: the local engine and Ray Data (`stlser.raydata`) at 1 and 2 workers, parallel
+    efficiency at 2, Ray's fixed costs, and a projection to a cluster. Run in a fresh process
+    (Ray reads its settings when imported)."""
+    import pandas as pd
+    import soundfile as sf
+
+    from stlser import engines, raydata
+    from stlser.config import FeatureConfig
+    from stlser.features import fill_cache, load_functionals
+    from stlser.onnx_runtime import OnnxRecognizer
+    from stlser.recognizer import resolve_model_path
+
+    root = bl.corpus_root("emodb")
+    if root is None:
+        raise FileNotFoundError("the EmoDB corpus is not in ../shared/corpora/emodb")
+    paths = sorted((root / "wav").glob("*.wav"))[:files]
+    seconds = [sf.info(str(p)).duration for p in paths]
+    audio_s = float(sum(seconds))
+    df = pd.DataFrame({"utt_id": [p.stem for p in paths], "path": [str(p) for p in paths]})
+    df["duration"] = seconds
+    cfg = FeatureConfig()
+    model = resolve_model_path("base", shipped=".onnx")
+    load = bl.load_text()
+    runs: dict[tuple[str, str, int], list[float]] = {}
+
+    def timed(key: tuple[str, str, int], fn: Any) -> None:
+        runs.setdefault(key, []).append(_timed(fn))
+
+    with tempfile.TemporaryDirectory(prefix="stlser-bench-raydata-") as td:
+        tmp = Path(td)
+        recs = {w: OnnxRecognizer(model, threads=w) for w in (1, 2)}
+        # warm-up: imports, the filter bank, the ONNX session's first runs
+        fill_cache(df.head(4), cfg, tmp / "lw", workers=1, progress=False)
+        load_functionals(df.head(4), tmp / "lw", workers=1, progress=False, feature_set="compact")
+        for rec in recs.values():
+            list(rec.iter_predict([str(p) for p in paths[:4]], batch_size=16))
+        for r in range(reps):
+            for w in (1, 2):
+                timed(
+                    ("features (frames)", "local", w),
+                    lambda d=tmp / f"lf{w}-{r}", w=w: fill_cache(
+                        df, cfg, d, workers=w, progress=False
+                    ),
+                )
+                timed(
+                    ("features (compact)", "local", w),
+                    lambda d=tmp / f"lc{w}-{r}", w=w: load_functionals(
+                        df, d, workers=w, progress=False, feature_set="compact"
+                    ),
+                )
+                timed(
+                    ("predict", "local", w),
+                    lambda rec=recs[w]: list(
+                        rec.iter_predict([str(p) for p in paths], batch_size=16)
+                    ),
+                )
+        t_start = _timed(lambda: engines.init_ray(None))
+        import ray
+
+        def ray_features(name: str, what: str, n: int, w: int) -> None:
+            st = raydata.fill_cache(
+                df.head(n), cfg, tmp / name, what=what, workers=w, progress=False
+            )
+            if st["misses"] != n:
+                raise RuntimeError(f"expected {n} computed files, got {st['misses']}")
+
+        def ray_predict(name: str, n: int, w: int) -> None:
+            got = list(raydata.predict_files(model, paths[:n], None, tmp / name, workers=w))
+            if sum(1 for r in got if not r[4]) != n:
+                raise RuntimeError("a clip was not classified")
+
+        def warm() -> None:  # worker processes start, import torch, load the model
+            ray_features("warm-f", "frames", 8, 2)
+            ray_features("warm-c", "compact", 8, 2)
+            ray_predict("warm-p", 8, 2)
+
+        t_warm = _timed(warm)
+        n = len(paths)
+        for r in range(reps):
+            for w in (1, 2):
+                timed(
+                    ("features (frames)", "ray", w),
+                    lambda w=w, r=r: ray_features(f"rf{w}-{r}", "frames", n, w),
+                )
+                timed(
+                    ("features (compact)", "ray", w),
+                    lambda w=w, r=r: ray_features(f"rc{w}-{r}", "compact", n, w),
+                )
+                timed(("predict", "ray", w), lambda w=w, r=r: ray_predict(f"rp{w}-{r}", n, w))
+        t_down = _timed(ray.shutdown)
+    times = {k: bl.stats(v)["median"] for k, v in runs.items()}
+    shards = -(-len(paths) // raydata.shard_size(len(paths)))
+    rows, projection = [], []
+    for task in ("features (frames)", "features (compact)", "predict"):
+        for engine in ("local", "ray"):
+            t1, t2 = times[(task, engine, 1)], times[(task, engine, 2)]
+            eff = t1 / (2 * t2)
+            rows.append(
+                [
+                    task,
+                    engine,
+                    bl.fmt(t1),
+                    bl.fmt(len(paths) / t1),
+                    bl.fmt(t2),
+                    bl.fmt(len(paths) / t2),
+                    f"{100 * eff:.0f} %",
+                ]
+            )
+            if engine == "ray":
+                cost = t1 / audio_s  # worker-seconds per second of audio, overheads included
+                cores = PROJECT_NODES * PROJECT_CORES
+                hours = PROJECT_HOURS * 3600 * cost / (cores * min(1.0, eff)) / 3600
+                projection.append(
+                    [
+                        task,
+                        f"{1000 * cost:.2f}",
+                        f"{100 * min(1.0, eff):.0f} %",
+                        bl.fmt(hours),
+                        bl.fmt(hours * min(1.0, eff)),
+                    ]
+                )
+    local_ray = [
+        ["start the embedded cluster (import + `ray.init`)", bl.fmt(t_start)],
+        ["first runs on 8 files (workers start, import torch, load the model)", bl.fmt(t_warm)],
+        ["`ray.shutdown`", bl.fmt(t_down)],
+    ]
+    for task in ("features (frames)", "features (compact)", "predict"):
+        extra = (times[(task, "ray", 1)] - times[(task, "local", 1)]) / shards
+        local_ray.append([f"{task}: Ray minus local at 1 worker, per shard", bl.fmt(extra)])
+    intro = f"""
+The first {len(paths)} EmoDB clips (sorted by name, {audio_s / 60:.1f} min of audio), read from
+the shared corpus folder. Local engine: `fill_cache` / `load_functionals` with 1 and 2 pool
+processes; predict = `iter_predict` of the shipped ONNX model (what `stlser predict` runs)
+with 1 and 2 onnxruntime threads (the local predict has no process pool). Ray: `stlser.raydata`
+on the embedded cluster ({bl.load_text()} load at the end; 2 CPUs), `workers` = Ray Data tasks
+at once, shards of {raydata.shard_size(len(paths))} files ({shards} shards), after a warm-up
+run that started the worker processes (the local engine warmed up too). Median of {reps} runs
+per cell, a fresh cache or parts folder each.
+Efficiency at 2 = time at 1 / (2 × time at 2). This machine is shared with other jobs (load
+average at start: {load}), so the timings are noisy.
+"""
+    body = f"""{
+        bl.md_table(
+            [
+                "task",
+                "engine",
+                "1 worker s",
+                "files/s",
+                "2 workers s",
+                "files/s",
+                "efficiency at 2",
+            ],
+            rows,
+        )
+    }
+
+Ray's fixed costs on this machine:
+
+{bl.md_table(["Ray Data step", "seconds"], local_ray)}
+
+Projection (not a measurement) for {PROJECT_HOURS:.0f} hours of audio on {PROJECT_NODES} nodes
+× {PROJECT_CORES} cores = {PROJECT_NODES * PROJECT_CORES} Ray Data workers: the measured cost of
+one Ray worker per second of audio (1-worker run, per-shard overhead included) divided by the
+workers and by the efficiency measured at 2 workers, assuming it holds at
+{PROJECT_NODES * PROJECT_CORES}, cores as fast as these, the audio and cache on a filesystem
+that keeps up, and EmoDB-like clip lengths. Add the cluster's start-up (tens of seconds).
+
+{
+        bl.md_table(
+            [
+                "task",
+                "ms of worker time per audio second",
+                "efficiency assumed",
+                "projected hours",
+                "hours at 100 % efficiency",
+            ],
+            projection,
+        )
+    }
+"""
+    return bl.section("Ray Data throughput", intro, body, False)
+
+
 def cli(argv: list[str] | None = None) -> None:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
+    if "--ray-data" in args:
+        rest = args[args.index("--ray-data") + 1 :]
+        t0 = time.perf_counter()
+        print(ray_data_throughput(int(rest[0]) if rest else 120))
+        print(f"({time.perf_counter() - t0:.0f} s)")
+        return
     if "--ray" in args:
         t0 = time.perf_counter()
         print(ray_overhead())

@@ -490,3 +490,35 @@ def test_bench_selection_bag_of_words_draws_its_codebook_from_the_given_rows_onl
     np.testing.assert_allclose(shares.sum(1), 1.0, rtol=1e-6)
     # every word is a frame of rows 0–2: the far rows' frames all fall on the same nearest word
     assert (shares[3:] > 0).sum(1).max() == 1
+
+
+@pytest.mark.slow
+def test_ray_data_throughput_small(shared_corpora):
+    """`bench_scaling --ray-data` on 8 EmoDB clips, in its own process (Ray reads its
+    settings when imported): every table row is filled."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install 'stlser[cluster]'); CI installs it")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "src")])}
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_scaling", "--ray-data", "8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = rows_of(r.stdout, ("task", "engine", "1 worker s"))
+    assert [(row[0], row[1]) for row in rows] == [
+        (task, engine)
+        for task in ("features (frames)", "features (compact)", "predict")
+        for engine in ("local", "ray")
+    ]
+    assert all(row[-1].endswith("%") for row in rows)
+    projected = rows_of(r.stdout, ("task", "ms of worker time per audio second"))
+    assert len(projected) == 3 and all(float(row[-1].replace(",", "")) > 0 for row in projected)

@@ -15,9 +15,31 @@ from __future__ import annotations
 
 import os
 
+from stlser import audio
+from stlser.audio import AudioError
 from stlser.recognizer import BaseRecognizer, Prediction, Segment, resolve_model_path
 
-__all__ = ["Prediction", "Recognizer", "Segment", "resolve_model_path"]
+__all__ = ["Prediction", "Recognizer", "Segment", "clip_problem", "resolve_model_path"]
+
+
+def clip_problem(
+    path: str | os.PathLike, max_seconds: float = audio.MAX_CLIP_SECONDS
+) -> AudioError | None:
+    """Why a file cannot be classified as one clip, from its header alone (None: it can be
+    decoded; decoding may still fail): unreadable, a rate below the minimum, too large, or
+    longer than `max_seconds` (then the error says to use ``--segments``)."""
+    try:
+        meta = audio.info(path)
+        if meta.duration <= max_seconds:
+            audio.check_limits(meta, path, max_seconds)
+    except AudioError as e:
+        return e
+    if meta.duration > max_seconds:
+        return AudioError(
+            path,
+            f"{meta.duration:.0f} s long; use --segments for recordings over {max_seconds:.0f} s",
+        )
+    return None
 
 
 class Recognizer:

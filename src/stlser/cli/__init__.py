@@ -37,9 +37,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["local", "ray"],
         default="local",
-        help="where the models are fitted (the folds; for pretrain, the --loco models): here or "
-        "in local worker processes (local, the default), or as Ray tasks (ray; needs pip "
-        "install 'stlser[cluster]'); results are the same",
+        help="where the work runs: here or in local worker processes (local, the default), or "
+        "as Ray tasks (ray; needs pip install 'stlser[cluster]'): the folds, the --loco models "
+        "of pretrain, the files of features and predict; results are the same",
     )
     p.add_argument(
         "--address",
@@ -129,11 +129,21 @@ def cmd_splits(a: argparse.Namespace) -> int:
 def cmd_features(a: argparse.Namespace) -> int:
     from stlser import corpora, features
 
+    where = _where(a)
     cfg = _load_cfg(a)
     df = corpora.read_manifest(a.manifest)
-    stats = features.fill_cache(df, cfg.features, a.cache_dir or cfg.cache_dir, workers=a.workers)
+    cache_dir = a.cache_dir or cfg.cache_dir
+    if where["engine"] == "local":
+        stats = features.fill_cache(df, cfg.features, cache_dir, workers=a.workers)
+        print(features.format_stats(stats))
+        return 0
+    from stlser import raydata
+
+    stats = raydata.fill_cache(df, cfg.features, cache_dir, address=a.address, workers=a.workers)
     print(features.format_stats(stats))
-    return 0
+    if stats["skipped"]:
+        print(f"{len(stats['skipped'])} file(s) skipped, reasons in {stats['skipped_csv']}")
+    return 1 if stats["skipped"] and len(stats["skipped"]) == stats["n"] else 0
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -220,6 +230,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from stlser.cli.predict import predict_cli
 
+    where = _where(a)
     labels = [x for x in (a.labels or "").split(",") if x.strip()] or None
     return predict_cli(
         a.model,
@@ -230,6 +241,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         adapt=a.adapt,
         speaker_stats=a.speaker_stats,
         save_stats=a.save_stats,
+        **where,
     )
 
 
@@ -339,8 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("features", help="fill the feature cache for a manifest; print throughput")
     s.add_argument("--manifest", required=True)
     s.add_argument("--cache-dir", default=None)
-    s.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes (0 = one per core); with --engine ray, Ray tasks at once (0 = one per "
+        "CPU of the cluster)",
+    )
     _cfg_args(s)
+    _engine_args(s)
     s.set_defaults(func=cmd_features)
 
     s = sub.add_parser(
@@ -440,7 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--segments", action="store_true", help="long audio: one prediction per speech segment"
     )
     s.add_argument(
-        "-o", "--output", default=None, help="out.csv or out.jsonl (default: table on stdout)"
+        "-o",
+        "--output",
+        default=None,
+        help="out.csv, out.jsonl or out.parquet (default: table on stdout)",
     )
     s.add_argument(
         "--adapt",
@@ -464,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="with --adapt: write each speaker's statistics to DIR/<speaker>.json",
     )
+    _engine_args(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("pretrain", help="the general model from several corpora (data.pool)")

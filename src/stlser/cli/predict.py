@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,10 @@ from stlser import audio
 from stlser.audio import AudioError
 from stlser.calibration import UNSURE_BELOW
 from stlser.recognizer import Prediction, Segment
-from stlser.utils import csv_cell, printable, write_text
+from stlser.utils import atomic_path, csv_cell, printable, write_text
+
+#: What writing a ``.parquet`` output needs.
+PARQUET_EXTRA = "pip install 'stlser[cluster]' or pip install pyarrow"
 
 #: `stlser predict` without --segments refuses longer files (one forward pass over an hour of
 #: audio needs gigabytes; the segments path streams instead).
@@ -121,6 +127,16 @@ def _write_rows(rows: list[dict[str, Any]], out: Path, labels: list[str], segmen
     cols = ["path", "label", "unsure", *[f"prob_{lab}" for lab in labels], "duration"]
     cols += ["start", "end"] if segments else []
     cols += ["error"]
+    if out.suffix.lower() == ".parquet":
+        import pandas as pd
+
+        frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+        for c in cols:
+            if c not in ("path", "label", "error"):
+                frame[c] = pd.to_numeric(frame[c]).astype("float64")
+        with atomic_path(out) as tmp:
+            frame.to_parquet(tmp, index=False)
+        return
     if out.suffix.lower() == ".jsonl":
         lines = []
         for r in rows:
@@ -256,21 +272,33 @@ def predict_cli(
     adapt: str = "none",
     speaker_stats: str | os.PathLike | None = None,
     save_stats: str | os.PathLike | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> int:
     """`stlser predict`: classify files, folders (recursively) and CSV lists; one row per file,
     or per speech segment with `segments`. With `adapt` (``folder``: each folder's clips are
     one speaker; ``speaker``: a CSV's `speaker` column) or saved `speaker_stats`, each speaker's
-    clips are normalised with that speaker's statistics (`stlser.adapt`). Writes CSV or JSONL
-    by the output suffix, else prints a table. Unreadable files are reported on stderr and as
-    rows with an `error`; the others go on. Returns 0 if at least one file succeeded, 1 if none
-    did."""
+    clips are normalised with that speaker's statistics (`stlser.adapt`). Writes CSV, JSONL or
+    Parquet by the output suffix, else prints a table. Unreadable files are reported on stderr
+    and as rows with an `error`; the others go on. Returns 0 if at least one file succeeded, 1
+    if none did. ``engine="ray"`` classifies whole clips on Ray Data (`stlser.raydata`; no
+    segments or adaptation)."""
     from tqdm import tqdm
 
     from stlser.adapt import SpeakerStats
 
     out = Path(output) if output else None
     if out is not None:
-        check_output_file(out, (".csv", ".jsonl"))
+        check_output_file(out, (".csv", ".jsonl", ".parquet"))
+        if out.suffix.lower() == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise ValueError(f"output {out.name}: writing Parquet needs pyarrow ({PARQUET_EXTRA})")
+    if engine == "ray":
+        if segments or adapt != "none" or speaker_stats or save_stats:
+            raise ValueError(
+                "--engine ray classifies whole clips: --segments, --adapt, --speaker-stats and "
+                "--save-stats need --engine local"
+            )
+        return _predict_ray(model, inputs, out, labels, address)
     if adapt not in ("none", "folder", "speaker", "recording"):
         raise ValueError(f"--adapt must be none, folder, speaker or recording, not {adapt!r}")
     if adapt != "none" and speaker_stats:
@@ -329,25 +357,13 @@ def predict_cli(
             done[i] = [_row(str(f), rec.labels, s) for s in segs]
             bar.update(1)
     else:
+        from stlser.inference import clip_problem
+
         todo = []
         for i, f in enumerate(files):  # header only: refuse what would not fit in memory
-            try:
-                meta = audio.info(f)
-                seconds = meta.duration
-                if seconds <= MAX_CLIP_SECONDS:  # longer: the --segments hint below
-                    audio.check_limits(meta, f, MAX_CLIP_SECONDS)
-            except AudioError as e:
-                fail(i, e)
-                continue
-            if seconds > MAX_CLIP_SECONDS:
-                fail(
-                    i,
-                    AudioError(
-                        f,
-                        f"{seconds:.0f} s long; use --segments for recordings "
-                        f"over {MAX_CLIP_SECONDS:.0f} s",
-                    ),
-                )
+            problem = clip_problem(f, MAX_CLIP_SECONDS)
+            if problem is not None:
+                fail(i, problem)
                 continue
             todo.append(i)
         groups = _speaker_groups(files, todo, adapt, speakers) if adapt != "none" else {"": todo}
@@ -380,6 +396,65 @@ def predict_cli(
         print(_table(rows, segments))
         if any(r["unsure"] for r in rows if not r["error"]):
             print(f"(unsure: top probability below {UNSURE_BELOW})", file=sys.stderr)
+    if not files and not missing:
+        print("stlser predict: no inputs", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _predict_ray(
+    model: str | os.PathLike,
+    inputs: list[str],
+    out: Path | None,
+    labels: list[str] | None,
+    address: str | None,
+) -> int:
+    """`predict_cli` on Ray Data (`stlser.raydata.predict_files`): the same rows, in input
+    order. With an output file, finished shards wait in ``.<output name>.parts`` beside it
+    until the output is written, so a rerun after an interruption skips them."""
+    from stlser import raydata
+    from stlser.recognizer import Prediction, resolve_model_path
+
+    rec = load_recognizer(model).restrict(labels)  # bad model or labels: refused here
+    files, missing = expand_inputs(inputs)
+    rows = []
+    for item, reason in missing:
+        print(f"stlser predict: {item}: {reason}", file=sys.stderr)
+        rows.append(_row(item, rec.labels, None, reason))
+    if out is not None:
+        parts = out.parent / f".{out.name}.parts"
+    else:
+        parts = Path(tempfile.mkdtemp(prefix="stlser-predict-"))
+    ok, written = 0, False
+    try:
+        results = raydata.predict_files(
+            resolve_model_path(model, shipped=".onnx"),
+            files,
+            labels,
+            parts,
+            address=address,
+            max_seconds=MAX_CLIP_SECONDS,
+        )
+        for f, (_, label, probs, duration, error) in zip(files, results, strict=True):
+            if error:
+                print(f"stlser predict: skipped {f}: {error}", file=sys.stderr)
+                rows.append(_row(str(f), rec.labels, None, error))
+                continue
+            ok += 1
+            unsure = max(probs) < UNSURE_BELOW
+            p = Prediction(label, dict(zip(rec.labels, probs, strict=True)), duration, unsure)
+            rows.append(_row(str(f), rec.labels, p))
+        if out is not None:
+            _write_rows(rows, out, rec.labels, False)
+            written = True
+            print(
+                f"{ok}/{len(files) + len(missing)} files classified; {len(rows)} rows → {out}",
+                file=sys.stderr,
+            )
+        elif rows:
+            print(_table(rows, False))
+    finally:
+        if out is None or written:  # else kept: a rerun skips the finished shards
+            shutil.rmtree(parts, ignore_errors=True)
     if not files and not missing:
         print("stlser predict: no inputs", file=sys.stderr)
     return 0 if ok else 1

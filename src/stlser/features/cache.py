@@ -1,10 +1,19 @@
-"""The feature disk cache and bulk extraction (a process pool over a manifest)."""
+"""The feature disk cache and bulk extraction (a process pool over a manifest).
+
+The cache holds an utterance's features either as its own ``.npy`` entry (written by the
+local engine) or as one row of a Parquet shard under ``<config-hash>/shards/`` (written by the
+Ray Data path, `stlser.raydata`): a lookup tries the entry, then the shards.
+
+Why this is one module: the cache's key, its two storage forms and the bulk extraction that
+fills it must agree on one key and one compute path (`FeatureCache.compute_waves`), whichever
+engine runs it; split, a change to one would silently make the others miss or disagree."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -21,10 +30,14 @@ from stlser import audio, featuresets, smile
 from stlser.config import SPEED_RANGE, FeatureConfig
 from stlser.features import frontend
 from stlser.features.frontend import compute, feature_key_config, front_end
-from stlser.utils import save_npy, usable_cores, write_json
+from stlser.utils import atomic_path, save_npy, usable_cores, write_json
+
+log = logging.getLogger(__name__)
 
 #: Bump when the numbers a given config produces change; old cache entries then miss.
 FEATURE_VERSION = 1
+#: The folder of a cache's Parquet shards (beside its ``.npy`` entries).
+SHARDS = "shards"
 #: openSMILE functional set → the cache's `what` for it (eGeMAPS keeps its historical name).
 FUNCTIONAL_WHAT = {
     name: "functionals" if name == "egemaps" else name for name in smile.FUNCTIONAL_SETS
@@ -48,7 +61,12 @@ class FeatureCache:
     without ``normalize``, which does not change features) and FEATURE_VERSION: an edited file
     or a changed config misses. ``what="functionals"`` caches eGeMAPS functionals under a
     distinct key; ``speed`` ≠ 1 (functionals only) caches those of the clip speed-perturbed by that
-    factor (:func:`stlser.audio.speed_perturb`), under a key of their own. Entries are written atomically; an unreadable entry counts as a miss.
+    factor (:func:`stlser.audio.speed_perturb`), under a key of their own. Entries are written
+    atomically; an unreadable entry counts as a miss.
+
+    Shards (``<config-hash>/shards/<name>.parquet``, :meth:`write_shard`) hold many utterances
+    each, one row per key (key, path, shape, float32 bytes); an entry found in neither place is
+    a miss. Reading shards needs pyarrow (the ``cluster`` extra that wrote them has it).
     """
 
     def __init__(
@@ -87,6 +105,7 @@ class FeatureCache:
         self.config_json = json.dumps(self.config, sort_keys=True)
         self.config_hash = _sha1(self.config_json)[:16]
         self.root = Path(cache_dir) / self.config_hash
+        self._index: dict[str, Path] | None = None  # key → shard holding it (read lazily)
 
     def key(self, path: str | os.PathLike) -> str:
         """Content key of one audio file (raises AudioError if it is missing)."""
@@ -102,7 +121,87 @@ class FeatureCache:
 
     def get(self, path: str | os.PathLike) -> np.ndarray | None:
         """Cached features of `path`, or None on a miss."""
-        return self._read(self.entry(self.key(path)))
+        key = self.key(path)
+        return dict(self.iter_cached([key])).get(key)
+
+    # --- shards
+    @property
+    def shards(self) -> Path:
+        return self.root / SHARDS
+
+    def shard_index(self) -> dict[str, Path]:
+        """{key: shard file} of every readable shard (read once per instance; a shard that
+        cannot be read is skipped, its keys miss)."""
+        if self._index is None:
+            self._index = {}
+            files = sorted(self.shards.glob("*.parquet")) if self.shards.is_dir() else []
+            if files:
+                try:
+                    import pyarrow.parquet as pq
+                except ImportError:
+                    log.warning(f"{self.shards}: reading feature shards needs pyarrow; ignored")
+                    return self._index
+                for f in files:
+                    try:
+                        keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
+                    except Exception as e:  # truncated or foreign file: its keys miss
+                        log.warning(f"{f}: unreadable feature shard ignored ({e})")
+                        continue
+                    for k in keys:
+                        self._index.setdefault(k, f)
+        return self._index
+
+    def cached(self, keys: Iterable[str]) -> set[str]:
+        """The keys among `keys` with an entry or a shard row (nothing is read but names)."""
+        index: dict[str, Path] | None = None
+        found = set()
+        for k in keys:
+            if self.entry(k).is_file():
+                found.add(k)
+                continue
+            index = self.shard_index() if index is None else index
+            if k in index:
+                found.add(k)
+        return found
+
+    def iter_cached(self, keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, features) of the keys that are cached: entries first, then shard rows (each
+        shard read once, one shard in memory at a time)."""
+        rest: dict[Path, set[str]] = {}
+        index: dict[str, Path] | None = None
+        for k in keys:
+            arr = self._read(self.entry(k))
+            if arr is not None:
+                yield k, arr
+                continue
+            index = self.shard_index() if index is None else index
+            if k in index:
+                rest.setdefault(index[k], set()).add(k)
+        for shard, wanted in rest.items():
+            yield from read_shard(shard, wanted)
+
+    def write_shard(self, name: str, rows: Sequence[tuple[str, str, np.ndarray]]) -> Path:
+        """Store [(key, path, features)] as one shard, atomically (rewriting a shard of the
+        same name gives the same file)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not (self.root / "config.json").exists():
+            write_json(self.root / "config.json", self.config)
+        arrs = [np.ascontiguousarray(a, dtype=np.float32) for _, _, a in rows]
+        table = pa.table(
+            {
+                "key": [k for k, _, _ in rows],
+                "path": [str(p) for _, p, _ in rows],
+                "shape": [list(a.shape) for a in arrs],
+                "values": [a.astype("<f4").tobytes() for a in arrs],
+            }
+        )
+        out = self.shards / f"{name}.parquet"
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+        self._index = None
+        return out
 
     def put(self, path: str | os.PathLike, arr: np.ndarray, key: str | None = None) -> Path:
         """Store `arr` for `path` atomically (pass `key` if it was taken before computing)."""
@@ -122,18 +221,28 @@ class FeatureCache:
         of one padded length (the same numbers as one by one), any other kind file by file."""
         if self.what == "frames" or not _is_own(self.what):
             return [self.compute(p) for p in paths]
+        return self.compute_waves([self.decode(p) for p in paths], paths)
+
+    def compute_waves(
+        self, waves: Sequence[np.ndarray], names: Sequence[str | os.PathLike]
+    ) -> list[np.ndarray]:
+        """Features of decoded clips (`decode`; `names` for error messages), as `compute_many`
+        computes them: own sets in batches, any other kind clip by clip."""
+        if self.what == "frames" or not _is_own(self.what):
+            return [self._features(w, n) for w, n in zip(waves, names, strict=True)]
         from stlser.features.functionals import clips_functionals
 
-        waves = [self.decode(p) for p in paths]
         try:
             return clips_functionals(waves, self.what)
         except Exception as e:  # name the files in any extractor failure
-            names = ", ".join(str(p) for p in paths)
-            raise RuntimeError(f"{names}: feature extraction failed ({e})") from e
+            listed = ", ".join(str(p) for p in names)
+            raise RuntimeError(f"{listed}: feature extraction failed ({e})") from e
 
     def compute(self, path: str | os.PathLike) -> np.ndarray:
         """Decode `path` and compute its features (no cache involved)."""
-        wave = self.decode(path)
+        return self._features(self.decode(path), path)
+
+    def _features(self, wave: np.ndarray, path: str | os.PathLike) -> np.ndarray:
         try:
             if self.what != "frames" and _is_own(self.what):
                 from stlser.features.functionals import clip_functionals
@@ -148,7 +257,7 @@ class FeatureCache:
 
     def get_or_compute(self, path: str | os.PathLike) -> np.ndarray:
         key = self.key(path)
-        hit = self._read(self.entry(key))
+        hit = dict(self.iter_cached([key])).get(key)
         if hit is not None:
             return hit
         arr = self.compute(path)
@@ -161,6 +270,21 @@ class FeatureCache:
             return np.load(entry, allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError, EOFError):
             return None
+
+
+def read_shard(shard: Path, wanted: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, features) of the rows of `shard` whose key is in `wanted` (none if the shard
+    cannot be read: those keys miss)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(shard).to_pydict()
+    except Exception as e:
+        log.warning(f"{shard}: unreadable feature shard ignored ({e})")
+        return
+    for key, shape, values in zip(table["key"], table["shape"], table["values"], strict=True):
+        if key in wanted:
+            yield key, np.frombuffer(values, dtype="<f4").reshape(shape).astype(np.float32)
 
 
 # ----------------------------------------------------------------------- bulk extraction
@@ -231,14 +355,12 @@ def _run(
     for utt, path in zip(df["utt_id"].astype(str), df["path"].astype(str), strict=True):
         by_path.setdefault(path, []).append(utt)
     got: dict[str, Any] = {}
-    misses: list[tuple[str, str | None]] = []
-    for path in by_path:
-        key = cache.key(path)
-        arr = cache._read(cache.entry(key)) if root is not None else None
-        if arr is None:
-            misses.append((path, key))
-        else:
-            got[path] = arr if keep else arr.shape
+    keys = {path: cache.key(path) for path in by_path}
+    if root is not None:
+        path_of = {k: p for p, k in keys.items()}
+        for key, arr in cache.iter_cached(list(path_of)):
+            got[path_of[key]] = arr if keep else arr.shape
+    misses: list[tuple[str, str | None]] = [(p, k) for p, k in keys.items() if p not in got]
     hits = len(by_path) - len(misses)
     if misses:
         from tqdm import tqdm
