@@ -161,6 +161,8 @@ def test_a_new_kind_runs_crossval_evaluate_predict_and_export(toy_kind, corpus, 
 
     ev = driver.evaluate(run / "fold_00" / "model.pt", run / "manifest.csv", tmp_path / "ev")
     assert RunReport.load(ev / "report.json").n == 45
+    with pytest.raises(ValueError, match="toy kind scores with its training normalisation"):
+        driver.evaluate(run / "fold_00", run / "manifest.csv", tmp_path / "ev1", stats="global")
 
 
 def test_unknown_kind_and_foreign_keys_are_refused_by_name():

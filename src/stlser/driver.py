@@ -16,6 +16,7 @@ has passed and the features are computed.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import time
@@ -287,7 +288,10 @@ def evaluate(
     run = Path(out) if out else path.parent / "evaluate"
     if run.exists() and not run.is_dir():
         raise ValueError(f"--output {run} is a file, not a folder")
-    probs = np.asarray(kind.score(path, art, df, cache_dir, stats=stats), np.float64)
+    if stats != "speaker" and "stats" not in inspect.signature(kind.score).parameters:
+        raise ValueError(f"the {kind.name} kind scores with its training normalisation only")
+    extra = {} if stats == "speaker" else {"stats": stats}  # a kind written before `stats`
+    probs = np.asarray(kind.score(path, art, df, cache_dir, **extra), np.float64)
     run.mkdir(parents=True, exist_ok=True)
     ids = df["utt_id"].astype(str).tolist()
     p = predictions_table(df, ids, "evaluate", labels, probs)
