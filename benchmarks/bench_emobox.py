@@ -313,7 +313,12 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--runs", type=Path, default=bl.REPO_ROOT / "runs" / "emobox")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
-    ap.add_argument("--note", default="", help="where the fold lists came from (report text)")
+    ap.add_argument(
+        "--note",
+        type=Path,
+        default=None,
+        help="a markdown file saying where the fold lists came from (appended to the report)",
+    )
     args = ap.parse_args(argv)
     if args.audio is None or not args.audio.is_dir():
         ap.error("CASIA's audio not found: give --audio")
@@ -342,7 +347,8 @@ def main(argv: list[str] | None = None) -> str:
         else "not run",
         "params": first.n_params or 0,
     }
-    return bl.emit(report(agree, got, init, recipe, args.note), args.out)
+    note = args.note.read_text(encoding="utf-8").strip() if args.note else ""
+    return bl.emit(report(agree, got, init, recipe, note), args.out)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ def test_bench_emobox_folds_both_ways_and_report(tmp_path):
     for s in ("model.functionals=[compact]", "model.speeds=[]", "train.jobs=1"):
         argv += ["--set", s]
     argv += ["--set", f"cache_dir={tmp_path / 'cache'}"]
-    md = bench_emobox.main(argv)
+    (tmp_path / "note.md").write_text("The lists came from a miniature tree.\n")
+    md = bench_emobox.main([*argv, "--note", str(tmp_path / "note.md")])
+    assert md.rstrip().endswith("### Fold lists used here\n\nThe lists came from a miniature tree.")
     assert out.read_text().strip() == md.strip()
     t = tables(md)
     agree = next(v for k, v in t.items() if k[0] == "EmoBox fold")
