@@ -286,7 +286,7 @@ def report(agree: list[list[str]], got: dict, init: str, recipe: dict, note: str
             "class, so 17 % would be an even spread; first seed):",
             bl.md_table(["system", "normalisation", *(f"top answer {f}" for f in folds)], top_rows),
             DIFFERENCES.format(**recipe).strip(),
-            *([f"### Fold lists used here\n\n{note}"] if note else []),
+            *([f"### About this run\n\n{note}"] if note else []),
         ]
     )
 
@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> str:
         "--note",
         type=Path,
         default=None,
-        help="a markdown file saying where the fold lists came from (appended to the report)",
+        help="a markdown file saying where the fold lists (and the init model) came from, "
+        "appended to the report",
     )
     args = ap.parse_args(argv)
     if args.audio is None or not args.audio.is_dir():

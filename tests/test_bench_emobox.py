@@ -69,7 +69,7 @@ def test_bench_emobox_folds_both_ways_and_report(tmp_path):
     argv += ["--set", f"cache_dir={tmp_path / 'cache'}"]
     (tmp_path / "note.md").write_text("The lists came from a miniature tree.\n")
     md = bench_emobox.main([*argv, "--note", str(tmp_path / "note.md")])
-    assert md.rstrip().endswith("### Fold lists used here\n\nThe lists came from a miniature tree.")
+    assert md.rstrip().endswith("### About this run\n\nThe lists came from a miniature tree.")
     assert out.read_text().strip() == md.strip()
     t = tables(md)
     agree = next(v for k, v in t.items() if k[0] == "EmoBox fold")
