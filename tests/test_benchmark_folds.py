@@ -112,6 +112,42 @@ def test_emobox_speaker_regex_and_unknown_naming(tmp_path: Path) -> None:
     assert sorted(set(df["speaker"])) == ["1001", "1002"]
 
 
+def test_emobox_casia_lists_lowercase_folders_and_key_speakers(tmp_path: Path) -> None:
+    """EmoBox's CASIA lists write the speaker folder ZhaoZuoxiang as ``zhaozuoxiang``: the file
+    is found ignoring letter case (when unambiguous) and the speaker comes from the key."""
+    audio = tmp_path / "casia"
+    for spk in ("ZhaoZuoxiang", "wangzhe"):
+        for emo in ("angry", "sad"):
+            tone(audio / spk / emo / "201.wav", 200 if emo == "angry" else 120)
+    root = tmp_path / "EmoBox" / "data" / "casia"
+    for k, spk in ((1, "wangzhe"), (2, "zhaozuoxiang")):
+        recs = [
+            {
+                "key": f"casia-201-{spk}-{emo}",
+                "wav": f"downloads/casia/{spk}/{emo}/201.wav",
+                "emo": emo,
+            }  # fmt: skip
+            for emo in ("angry", "sad")
+        ]
+        (root / f"fold_{k}").mkdir(parents=True)
+        (root / f"fold_{k}" / f"casia_test_fold_{k}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in recs)
+        )
+    df, skipped = build_manifest("emobox", root, audio=audio)
+    assert skipped == []
+    row = df.set_index("utt_id").loc["casia-201-zhaozuoxiang-sad"]
+    assert Path(row["path"]) == audio / "ZhaoZuoxiang" / "sad" / "201.wav"
+    assert row["speaker"] == "zhaozuoxiang" and row["fold"] == "2"
+    assert df.groupby("fold")["speaker"].agg(set).to_dict() == {
+        "1": {"wangzhe"},
+        "2": {"zhaozuoxiang"},
+    }
+    # two folders that differ only in case: ambiguous, not guessed
+    tone(audio / "zhaoZUOxiang" / "sad" / "201.wav", 300)
+    path, found = eb.resolve("downloads/casia/zhaozuoxiang/sad/201.wav", audio)
+    assert not found and path == audio / "downloads" / "casia" / "zhaozuoxiang" / "sad" / "201.wav"
+
+
 def test_emobox_inconsistent_lists_refused(tmp_path: Path) -> None:
     root, audio = emobox_tree(tmp_path, {1: ["1001"], 2: ["1002"]})
     lst = root / "fold_2" / "cremad_test_fold_2.jsonl"

@@ -161,6 +161,8 @@ def test_a_new_kind_runs_crossval_evaluate_predict_and_export(toy_kind, corpus, 
 
     ev = driver.evaluate(run / "fold_00" / "model.pt", run / "manifest.csv", tmp_path / "ev")
     assert RunReport.load(ev / "report.json").n == 45
+    with pytest.raises(ValueError, match="toy kind scores with its training normalisation"):
+        driver.evaluate(run / "fold_00", run / "manifest.csv", tmp_path / "ev1", stats="global")
 
 
 def test_unknown_kind_and_foreign_keys_are_refused_by_name():
@@ -213,3 +215,53 @@ def test_every_registered_kind_implements_the_interface():
         assert kind.name == name and kind.formats and kind.system
         assert config.MODEL_CONFIGS[name] is kind.config
         assert dataclasses.fields(kind.config)[0].name == "kind"
+
+
+@pytest.mark.parametrize("system", ["expert_select", "svm"])
+def test_evaluate_with_global_stats_scores_each_clip_as_predict_does(
+    system, tmp_path_factory, one_torch_thread
+):
+    """`stlser evaluate --stats global`: every clip normalised alone by the training set's
+    global statistics, i.e. the probabilities `Recognizer.predict` gives for the file; the
+    speaker statistics of crossval give other probabilities for the same clips."""
+    from stlser import driver
+    from stlser.inference import Recognizer
+    from stlser.results import RunReport
+
+    work = tmp_path_factory.getbasetemp() / "equivalence"
+    run = work / system  # the run test_equivalence made, else made here
+    run = run if (run / "report.json").exists() else equivalence.run(system, work)
+    test = pd.read_csv(run / "fold_00" / "predictions.csv", dtype=str)
+    man = pd.read_csv(run / "manifest.csv", dtype=str)
+    one = work / f"{system}-fold0-global.csv"
+    man[man.utt_id.isin(test.utt_id)].to_csv(one, index=False)
+    cache = str(config.load(run / "config.yaml").cache_dir)
+    ev = {
+        s: driver.evaluate(run / "fold_00", one, work / f"{system}-ev-{s}", cache, stats=s)
+        for s in ("speaker", "global")
+    }
+    assert RunReport.load(ev["global"] / "report.json").extra["stats"] == "global"
+    kind, art, path = kinds.read(run / "fold_00")
+    labels = [str(x) for x in art["labels"]]
+    df = pd.read_csv(one, dtype=str)
+    glob = kind.score(path, art, df, cache, stats="global")
+    spk = kind.score(path, art, df, cache, stats="speaker")
+    rec = Recognizer.load(run / "fold_00" / "model.pt")
+    alone = np.array([[rec.predict(p).probabilities[lab] for lab in labels] for p in df["path"]])
+    np.testing.assert_allclose(glob, alone, atol=1e-4)
+    assert np.abs(glob - spk).max() > 1e-3
+    # one clip scored alone = the same clip among the others (no statistics shared)
+    first = kind.score(path, art, df.head(1), cache, stats="global")
+    np.testing.assert_allclose(first, glob[:1], atol=1e-6)
+    with pytest.raises(ValueError, match="stats must be one of"):
+        kind.score(path, art, df, cache, stats="speakers")
+
+
+def test_evaluate_global_stats_refused_for_the_network(tmp_path_factory, one_torch_thread):
+    from stlser.cli import main
+
+    work = tmp_path_factory.getbasetemp() / "equivalence"
+    run = work / "network"
+    run = run if (run / "report.json").exists() else equivalence.run("network", work)
+    argv = ["evaluate", "--model", str(run / "fold_00"), "--manifest", str(run / "manifest.csv")]
+    assert main([*argv, "--stats", "global", "-o", str(work / "net-global")]) == 2

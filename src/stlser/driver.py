@@ -16,6 +16,7 @@ has passed and the features are computed.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import time
@@ -282,9 +283,13 @@ def evaluate(
     manifest: str | Path,
     out: str | Path | None = None,
     cache_dir: str = ".cache/stlser",
+    stats: str = "speaker",
 ) -> Path:
     """Score a trained model of any kind (a `model.pt`, a run folder, or ``base``, the shipped
-    model) on every utterance of a manifest whose labels it knows; writes a report."""
+    model) on every utterance of a manifest whose labels it knows; writes a report. `stats`:
+    ``speaker`` normalises each speaker of the manifest by its own statistics (as crossval
+    does with a test speaker), ``global`` each clip alone by the training set's global
+    statistics (as `stlser predict` does; functionals kinds only)."""
     from stlser import corpora, reports
 
     t0 = time.time()
@@ -299,7 +304,10 @@ def evaluate(
     run = Path(out) if out else path.parent / "evaluate"
     if run.exists() and not run.is_dir():
         raise ValueError(f"--output {run} is a file, not a folder")
-    probs = np.asarray(kind.score(path, art, df, cache_dir), np.float64)
+    if stats != "speaker" and "stats" not in inspect.signature(kind.score).parameters:
+        raise ValueError(f"the {kind.name} kind scores with its training normalisation only")
+    extra = {} if stats == "speaker" else {"stats": stats}  # a kind written before `stats`
+    probs = np.asarray(kind.score(path, art, df, cache_dir, **extra), np.float64)
     run.mkdir(parents=True, exist_ok=True)
     ids = df["utt_id"].astype(str).tolist()
     p = predictions_table(df, ids, "evaluate", labels, probs)
@@ -321,6 +329,7 @@ def evaluate(
             "kind": kind.name,
             "model": str(path),
             "manifest": str(manifest),
+            "stats": stats,
             "n_params": about["n_params"],
             "seconds": round(time.time() - t0, 1),
         },

@@ -176,7 +176,7 @@ def cmd_crossval(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from stlser import driver
 
-    out = driver.evaluate(a.model, a.manifest, a.output, cache_dir=a.cache_dir)
+    out = driver.evaluate(a.model, a.manifest, a.output, cache_dir=a.cache_dir, stats=a.stats)
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
@@ -398,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--cache-dir", default=".cache/stlser")
     s.add_argument("--manifest", required=True)
+    s.add_argument(
+        "--stats",
+        choices=["speaker", "global"],
+        default="speaker",
+        help="speaker: each speaker normalised by its own statistics (as in crossval); global: "
+        "each clip alone by the training set's statistics, as `stlser predict` (functionals "
+        "kinds: expert, svm)",
+    )
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=cmd_evaluate)
 

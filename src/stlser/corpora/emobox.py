@@ -10,9 +10,11 @@ with one official train/test split) has the fold ``none`` and is always trained 
 
 Audio paths: the ``wav`` path is looked up under the audio folder (``--audio``; default `root`)
 whole, then with its leading components stripped one by one (``downloads/cremad/AudioWAV/x.wav``,
-``cremad/AudioWAV/x.wav``, ``AudioWAV/x.wav``, ``x.wav``); the first existing file wins. An
-absolute path that exists is used as it is. A file found nowhere is kept at the first candidate
-and reported as unreadable by the audio check.
+``cremad/AudioWAV/x.wav``, ``AudioWAV/x.wav``, ``x.wav``); the first existing file wins; then
+the same candidates with letter case ignored, one unambiguous match per path component
+(EmoBox's lists spell some folders in lower case: CASIA's ``ZhaoZuoxiang`` is ``zhaozuoxiang``).
+An absolute path that exists is used as it is. A file found nowhere is kept at the first
+candidate and reported as unreadable by the audio check.
 
 Speakers: a ``speaker`` field of the line; else the first group of ``--speaker-regex`` searched
 in the key; else the corpus's known key naming (:data:`KEY_SPEAKER`); else none (the
@@ -36,7 +38,7 @@ LAYOUT = (
 #: Fold id of utterances that no test list names (always in training).
 TRAIN_ONLY = "none"
 #: Speaker from the key, per corpus (first group), where the naming is known.
-KEY_SPEAKER = {"cremad": r"^cremad-(\d{4})-"}
+KEY_SPEAKER = {"cremad": r"^cremad-(\d{4})-", "casia": r"^casia-\d+-([^-]+)-"}
 _LIST_RE = re.compile(r"^(?P<corpus>.+)_(?P<part>train|test)_fold_(?P<k>\d+)\.jsonl$")
 
 
@@ -68,7 +70,27 @@ def resolve(wav: str, audio: Path) -> tuple[Path, bool]:
     for c in cands:
         if c.is_file():
             return c, True
+    for i in range(len(parts)):
+        if (c := _nocase(audio, parts[i:])) is not None:
+            return c, True
     return (cands[0] if cands else audio / wav), False
+
+
+def _nocase(base: Path, parts: list[str]) -> Path | None:
+    """`base`/`parts` with each component matched ignoring letter case (None if a component
+    has no match or several)."""
+    cur = base
+    for part in parts:
+        if not (cur / part).exists():
+            try:
+                hits = [n for n in os.listdir(cur) if n.lower() == part.lower()]
+            except OSError:
+                return None
+            if len(hits) != 1:
+                return None
+            part = hits[0]
+        cur = cur / part
+    return cur if cur.is_file() else None
 
 
 def _label_map(root: Path) -> dict[str, str]:

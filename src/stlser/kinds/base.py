@@ -96,10 +96,17 @@ class Kind(ABC):
 
     @abstractmethod
     def score(
-        self, path: str | Path, art: dict[str, Any], df: pd.DataFrame, cache_dir: str | None
+        self,
+        path: str | Path,
+        art: dict[str, Any],
+        df: pd.DataFrame,
+        cache_dir: str | None,
+        stats: str = "speaker",
     ) -> np.ndarray:
-        """Probabilities[N, C] (the artefact's labels) of every manifest row, each speaker
-        normalised as in training (`stlser evaluate`)."""
+        """Probabilities[N, C] (the artefact's labels) of every manifest row (`stlser
+        evaluate`): `stats` ``speaker`` normalises each speaker as in training; ``global``
+        normalises every clip by the training set's global statistics, one clip at a time as
+        `stlser predict` does (ValueError for a kind that cannot)."""
 
     def describe(self, art: dict[str, Any]) -> dict[str, Any]:
         """The artefact in a few facts: kind, labels, parameters, training metadata."""

@@ -304,6 +304,15 @@ def model_size(model: torch.nn.Module) -> int:
     return int(sum(b.numel() for b in model.buffers()))
 
 
+#: `Kind.score`'s normalisation of the scored clips
+STATS = ("speaker", "global")
+
+
+def check_stats(stats: str) -> None:
+    if stats not in STATS:
+        raise ValueError(f"stats must be one of {STATS}, not {stats!r}")
+
+
 class FunctionalsKind(Kind):
     """A kind whose model reads one vector of functionals per clip (`expert`, `svm`): loading,
     the runtime, the ONNX graph and `stlser evaluate` are the same for all of them; a subclass
@@ -332,14 +341,22 @@ class FunctionalsKind(Kind):
         model, art = self.read_model(path, art)
         return export(self, model, art, self.sets(art), out, **kw)
 
-    def score(self, path: str | Path, art: dict[str, Any], df: Any, cache_dir: str | None) -> Any:
+    def score(
+        self,
+        path: str | Path,
+        art: dict[str, Any],
+        df: Any,
+        cache_dir: str | None,
+        stats: str = "speaker",
+    ) -> Any:
         from stlser.config import FeatureConfig
 
+        check_stats(stats)
         model, art = self.read_model(path, art)
         X = load_matrix(df, self.sets(art), cache_dir, progress=False).astype(np.float64)
         fc = FeatureConfig(**art["feature_config"])
         with torch.no_grad():
-            if fc.normalize != "speaker":  # the stored global statistics, as in prediction
+            if fc.normalize != "speaker" or stats == "global":  # the stored global statistics
                 return model(torch.as_tensor(X, dtype=torch.float32)).numpy()
             Z = speakers_normalised(X, df, fc)
             return self.speaker_probs(model, torch.as_tensor(Z, dtype=torch.float32)).numpy()

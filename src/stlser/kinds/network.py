@@ -251,10 +251,22 @@ class NetworkKind(Kind):
         doc = "stlser: 16 kHz waveform -> speech emotion probabilities (log-mel front end inside)"
         return wave_graph(pipeline, pipeline.export_metadata(), out, doc, **kw)
 
-    def score(self, path: str | Path, art: dict[str, Any], df: Any, cache_dir: str | None) -> Any:
+    def score(
+        self,
+        path: str | Path,
+        art: dict[str, Any],
+        df: Any,
+        cache_dir: str | None,
+        stats: str = "speaker",
+    ) -> Any:
         from stlser import features
         from stlser.model import predict
 
+        if stats != "speaker":
+            raise ValueError(
+                f"stats={stats!r}: the network kind is scored with its training normalisation "
+                "only (stats='speaker')"
+            )
         model, art = load_artefact(path, art)
         fc = FeatureConfig(**art["feature_config"])
         feats = features.load_features(df, fc, cache_dir)
