@@ -33,10 +33,13 @@ def ray_cluster():
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), str(ROOT / "src"), *([before] if before else [])]
     )
-    assert "ray" not in sys.modules, "ray imported before the cluster starts: no token auth"
     assert engines.init_ray(None) is True
     import ray
+    from ray._raylet import AuthenticationMode, get_authentication_mode
 
+    # token authentication holds whether or not another module's tests imported Ray first
+    # (engines.init_ray sets it before Ray's first import in this process)
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
     yield ray
     ray.shutdown()
     if before is None:
