@@ -146,6 +146,7 @@ def test_scaling_quick():
     assert {r[0] for r in seg} == {"network (random weights)", "default `base`"}
 
 
+@pytest.mark.slow  # 14 s; make test < 10 min; CI runs it in slow-checks
 def test_service_quick():
     md = bench_service.main(quick=True, requests=4, concurrency=[2])
     assert "| model | client threads | requests | errors | requests/s | p50 ms | p99 ms |" in md
@@ -159,6 +160,7 @@ def test_service_quick():
     assert "MB" in upload  # the long upload was answered and its memory measured
 
 
+@pytest.mark.slow  # 21 s; make test < 10 min; CI runs it in slow-checks
 def test_default_quick(monkeypatch):
     """The default recognizer's section on a synthetic folder (no corpus), no network export."""
     monkeypatch.setattr(bench_default.bl, "corpus_root", lambda name: None)

@@ -118,7 +118,7 @@ def test_the_cache_reads_shards(tmp_path, synth_corpus):
     assert (stats["hits"], stats["misses"]) == (2, 4)
 
 
-@pytest.mark.parametrize("command", ["features", "predict"])
+@pytest.mark.parametrize("command", [pytest.param("features", marks=pytest.mark.slow), "predict"])
 def test_engine_ray_without_the_extra_exits_2(tmp_path, command):
     csv_path = equivalence.build(tmp_path / "corpus", per_class=1)
     out = tmp_path / "out.csv"
@@ -277,6 +277,7 @@ class KillFirstAttempt:
 
 
 @needs_ray
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_a_worker_killed_mid_run_is_retried(ray_cluster, corpus, tmp_path, monkeypatch):
     from stlser import raydata
 

@@ -115,7 +115,10 @@ def test_cluster_asks_for_a_token(ray_cluster):
 
 
 @needs_ray
-@pytest.mark.parametrize("system", ["svm", "expert_select"])
+@pytest.mark.parametrize(
+    "system",
+    ["svm", pytest.param("expert_select", marks=pytest.mark.slow)],  # make test < 10 min
+)
 def test_ray_gives_the_local_predictions(system, ray_cluster, tmp_path_factory, one_torch_thread):
     work = tmp_path_factory.getbasetemp() / "ray-equivalence"
     out = _run(system, work, work / f"{system}-ray")
@@ -142,6 +145,7 @@ class KillFirstAttempt:
 
 
 @needs_ray
+@pytest.mark.slow  # make test < 10 min; CI runs it in slow-checks
 def test_a_worker_killed_mid_run_is_retried(
     ray_cluster, tmp_path_factory, monkeypatch, one_torch_thread
 ):

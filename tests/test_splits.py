@@ -221,6 +221,7 @@ def random_manifest(draw) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow  # 35 s; make test < 10 min; CI runs it in slow-checks
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(df=random_manifest(), seed=st.integers(0, 2**16), val=st.integers(1, 2))
 def test_random_manifests_never_leak(df: pd.DataFrame, seed: int, val: int) -> None:
