@@ -140,7 +140,9 @@ def test_two_processes_follow_the_one_process_loss_curve(synth_corpus, tmp_path)
     assert out.read_text().count("\n") == 2  # header + the clip
     torchrun = _torchrun_two_machines(synth_corpus, tmp_path)
     got, want = (pd.read_csv(r / "predictions.csv") for r in (torchrun, runs[2]))
-    pd.testing.assert_frame_equal(got, want)
+    # same answers; probabilities within float rounding (gloo's reduction order may differ
+    # between the two launches: measured up to 1e-6 under load)
+    pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-5, rtol=0)  # pred exact
 
 
 def _torchrun_two_machines(corpus: Path, tmp_path: Path) -> Path:
