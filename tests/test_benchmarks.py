@@ -354,6 +354,7 @@ def test_bench_accuracy_pairs_systems_with_the_svm_and_reprints_finished_runs(
     assert later == [["`old.md`", *row]]  # not the SVM (run here) nor CASIA (not asked)
 
 
+@pytest.mark.slow  # 12 s; make test < 10 min; CI runs it in slow-checks
 def test_bench_pretrain_never_reads_the_held_out_corpus(tmp_path):
     """Each held-out corpus's recipes are fitted and scored on the other two corpora only, both
     ways; the variants' differences are paired on the same pairs."""

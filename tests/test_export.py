@@ -26,6 +26,10 @@ from stlser.onnx_runtime import OnnxRecognizer  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from test_inference import LABELS, SR, burst_track, make_artefact, noise, voiced  # noqa: E402
 
+# the module's fixture exports the network once (~90 s on a 2-core host): make test < 10 min;
+# CI runs these in slow-checks
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread(one_torch_thread):
