@@ -417,8 +417,7 @@ def _calibrate(answers: dict[str, dict[str, Any]], results: dict[str, Any]) -> d
             t = calibration.fit_temperature(others) if others else 1.0
             rel = {"temperature": t}
             for when, tt in (("before", 1.0), ("after", t)):
-                p = np.exp(a["lp"][k] / tt)
-                p /= p.sum(1, keepdims=True)
+                p = np.exp(calibration.log_softmax(a["lp"][k] / tt))
                 right = p.argmax(1) == a["y"]
                 rel[f"ece_{when}"] = calibration.ece(p, right)
                 rel[f"wrong_over_0.9_{when}"] = float(((p.max(1) > 0.9) & ~right).sum()) / max(

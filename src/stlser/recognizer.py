@@ -265,15 +265,18 @@ class BaseRecognizer:
     def _probs_dict(self, p: np.ndarray) -> dict[str, float]:
         return {lab: float(v) for lab, v in zip(self.labels, p, strict=True)}
 
+    def _answer(self, p: np.ndarray) -> tuple[str, dict[str, float], bool]:
+        """(top label, every label's probability, unsure) of one row of probabilities."""
+        top = self.labels[int(np.argmax(p))]
+        return top, self._probs_dict(p), bool(p.max() < calibration.UNSURE_BELOW)
+
     def _prediction(self, p: np.ndarray, n_samples: int) -> Prediction:
-        top, unsure = int(np.argmax(p)), bool(p.max() < calibration.UNSURE_BELOW)
-        return Prediction(self.labels[top], self._probs_dict(p), n_samples / SAMPLE_RATE, unsure)
+        label, probs, unsure = self._answer(p)
+        return Prediction(label, probs, n_samples / SAMPLE_RATE, unsure)
 
     def _segment(self, p: np.ndarray, a: int, b: int) -> Segment:
-        top, unsure = int(np.argmax(p)), bool(p.max() < calibration.UNSURE_BELOW)
-        return Segment(
-            a / SAMPLE_RATE, b / SAMPLE_RATE, self.labels[top], self._probs_dict(p), unsure
-        )
+        label, probs, unsure = self._answer(p)
+        return Segment(a / SAMPLE_RATE, b / SAMPLE_RATE, label, probs, unsure)
 
     # --- clips
     def predict(
