@@ -6,7 +6,7 @@ features in memory by design, so its memory grows by the size of the features).
     python -m benchmarks.bench_scaling [--quick]
     python -m benchmarks.bench_scaling --ray    # Ray engine overhead only (needs stlser[cluster])
     python -m benchmarks.bench_scaling --ray-data [FILES]  # features/predict throughput, local vs
-                                                # Ray Data, 1 and 2 workers, on FILES EmoDB clips
+                                                # Ray, 1 and 2 workers, on FILES EmoDB clips
 
 Every measurement runs in a fresh Python process. Peak memory is the process's peak resident
 set size (VmHWM) during the measured work (reset with ``/proc/self/clear_refs`` just before it;
@@ -380,7 +380,7 @@ PROJECT_NODES, PROJECT_CORES, PROJECT_HOURS = 8, 32, 1000.0
 def ray_data_throughput(files: int = 120, reps: int = 3) -> str:
     """Throughput of `stlser features` (frames of the default config, and the torch front end's
     ``compact`` functionals) and of `stlser predict` (the shipped model) on the first `files`
-    EmoDB clips: the local engine and Ray Data (`stlser.raydata`) at 1 and 2 workers, parallel
+    EmoDB clips: the local engine and Ray (`stlser.raydata`) at 1 and 2 workers, parallel
     efficiency at 2, Ray's fixed costs, and a projection to a cluster. Run in a fresh process
     (Ray reads its settings when imported)."""
     import pandas as pd
@@ -514,7 +514,7 @@ The first {len(paths)} EmoDB clips (sorted by name, {audio_s / 60:.1f} min of au
 the shared corpus folder. Local engine: `fill_cache` / `load_functionals` with 1 and 2 pool
 processes; predict = `iter_predict` of the shipped ONNX model (what `stlser predict` runs)
 with 1 and 2 onnxruntime threads (the local predict has no process pool). Ray: `stlser.raydata`
-on the embedded cluster ({bl.load_text()} load at the end; 2 CPUs), `workers` = Ray Data tasks
+on the embedded cluster ({bl.load_text()} load at the end; 2 CPUs), `workers` = Ray tasks
 at once, shards of {raydata.shard_size(len(paths))} files ({shards} shards), after a warm-up
 run that started the worker processes (the local engine warmed up too). Median of {reps} runs
 per cell, a fresh cache or parts folder each.
@@ -538,10 +538,10 @@ average at start: {load}), so the timings are noisy.
 
 Ray's fixed costs on this machine:
 
-{bl.md_table(["Ray Data step", "seconds"], local_ray)}
+{bl.md_table(["Ray step", "seconds"], local_ray)}
 
 Projection (not a measurement) for {PROJECT_HOURS:.0f} hours of audio on {PROJECT_NODES} nodes
-× {PROJECT_CORES} cores = {PROJECT_NODES * PROJECT_CORES} Ray Data workers: the measured cost of
+× {PROJECT_CORES} cores = {PROJECT_NODES * PROJECT_CORES} Ray workers: the measured cost of
 one Ray worker per second of audio (1-worker run, per-shard overhead included) divided by the
 workers and by the efficiency measured at 2 workers, assuming it holds at
 {PROJECT_NODES * PROJECT_CORES}, cores as fast as these, the audio and cache on a filesystem
@@ -560,7 +560,7 @@ that keeps up, and EmoDB-like clip lengths. Add the cluster's start-up (tens of 
         )
     }
 """
-    return bl.section("Ray Data throughput", intro, body, False)
+    return bl.section("Ray throughput: features and predict", intro, body, False)
 
 
 def cli(argv: list[str] | None = None) -> None:

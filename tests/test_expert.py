@@ -322,6 +322,10 @@ def test_recognizer_and_onnx_agree_on_test_tones(expert_run, tmp_path):
     clips = _tones()
     p1 = rec.predict_batch(clips, sample_rate=16000)
     orec = Recognizer.load(export_onnx(expert_run / "fold_00" / "model.pt", tmp_path / "m.onnx"))
+    # the graph carries the global statistics a speaker's are shrunk toward when adapting
+    assert all(
+        np.array_equal(a, b) for a, b in zip(orec.global_stats, rec.global_stats, strict=True)
+    )
     # Exactly periodic test tones tie many frame values, so the step functionals (positions of
     # the extremes, rise / fall and up-level times) can flip between torch and onnxruntime on
     # rounding (measured 0.012 here; < 1e-4 on speech-like clips: tests/test_own_sets.py).

@@ -1,4 +1,4 @@
-"""The Ray Data path (`stlser.raydata`) on a real local Ray cluster (one embedded 2-CPU cluster
+"""The data path on Ray (`stlser.raydata`) on a real local Ray cluster (one embedded 2-CPU cluster
 for the module, 127.0.0.1, token auth): features and predictions equal the local engine's on
 the miniature corpus of tests/equivalence.py; an unreadable file is listed, not fatal; a worker
 process killed mid-run is retried with nothing lost; a run resumes after its driver is killed
@@ -203,6 +203,41 @@ def test_features_command_on_ray(ray_cluster, corpus, tmp_path, capsys):
     assert "1 file(s) skipped, reasons in" in out and "skipped.csv" in out
 
 
+@needs_ray
+def test_features_command_fills_what_the_recipe_reads(ray_cluster, corpus, tmp_path, capsys):
+    """For a model over functionals, `stlser features` fills the functional sets at each speed
+    (not the frames), on either engine, with the same numbers; crossval then finds them all."""
+    from stlser import features
+    from stlser.cli import main
+    from stlser.kinds.functionals import load_matrix
+
+    df = _manifest(corpus)
+    good = df[df["utt_id"] != "broken"].head(12)
+    manifest = tmp_path / "m.csv"
+    good.to_csv(manifest, index=False)
+    conf = tmp_path / "c.yaml"
+    conf.write_text("name: t\nmodel: {kind: expert, functionals: [compact], speeds: [1.1]}\n")
+    got = {}
+    for engine in ("local", "ray"):
+        cache = tmp_path / engine
+        argv = ["features", "-c", str(conf), "--manifest", str(manifest), "--cache-dir", str(cache)]
+        assert main([*argv, "--engine", engine, "--workers", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "compact: 12 files" in out and "compact @1.1: 12 files" in out, out
+        for speed in (1.0, 1.1):
+            cfg, what = features.functional_target("compact")
+            st = features.fill_cache(
+                good, cfg, cache, workers=1, progress=False, what=what, speed=speed
+            )
+            assert (st["hits"], st["misses"]) == (12, 0), (engine, speed)
+        got[engine] = [
+            load_matrix(good, ["compact"], str(cache), False, speed=a) for a in (1.0, 1.1)
+        ]
+    for a, b in zip(got["local"], got["ray"], strict=True):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(got["local"][0], got["local"][1])  # the speed copy differs
+
+
 def _rows(path: Path) -> dict[str, dict[str, str]]:
     if path.suffix == ".parquet":
         import pandas as pd
@@ -323,7 +358,15 @@ def test_features_resume_after_the_driver_is_killed(ray_cluster, corpus, tmp_pat
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the cluster it started
         proc.wait()
-    before = {p: p.stat().st_mtime_ns for p in cache.glob("*/shards/*.parquet")}
+    # a task already running in a worker may still finish its shard as the cluster goes down:
+    # the finished shards are those present once nothing has changed for 3 s
+    before: dict[Path, int] = {}
+    while True:
+        now = {p: p.stat().st_mtime_ns for p in cache.glob("*/shards/*.parquet")}
+        if now == before:
+            break
+        before = now
+        time.sleep(3.0)
     assert 0 < len(before) < 12, before  # interrupted: some shards, not all
     caplog.set_level("INFO", logger="stlser")
     df = _manifest(corpus)

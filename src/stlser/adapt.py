@@ -7,10 +7,17 @@ holds a speaker's statistics, computed from the functionals of that speaker's un
 exactly as crossval computes them (population mean and std per value; a std below 1e-8 counts
 as 1), saved as data (``.npz`` without pickles, or ``.json``) and reused.
 
-Below :data:`MIN_CLIPS` clips or :data:`MIN_SECONDS` seconds of audio the statistics are too
-noisy to stand for the speaker (one clip has no spread at all): they are still computed and
-saved, but `usable` is False and recognizers fall back to the training set's global
-statistics, saying so.
+A recognizer adapted to a speaker (`adapted`) normalises with those statistics shrunk toward
+the training set's global ones (`shrunk`): n clips count as n observations against
+:data:`PRIOR_CLIPS_MEAN` pseudo-clips of the global mean and :data:`PRIOR_CLIPS_VAR` of the
+global variance. A few clips' raw statistics are noisy (one clip has no spread at all) and
+lose to the global ones; shrunk, two clips already gain, and with a speaker's many clips the
+result is crossval's normalisation up to a few percent. The two counts were chosen on
+leave-one-corpus-out predictions (decision D20, `benchmarks/bench_adapt.py --select`).
+
+Below :data:`MIN_CLIPS` clips or :data:`MIN_SECONDS` seconds of audio the statistics do not
+stand for the speaker: they are still computed and saved, but `usable` is False and
+recognizers keep the training set's global statistics, saying so.
 """
 
 from __future__ import annotations
@@ -27,10 +34,14 @@ import numpy as np
 
 from stlser.utils import atomic_path, write_text
 
-#: Fewest clips whose statistics stand for a speaker.
-MIN_CLIPS = 5
+#: Fewest clips whose (shrunk) statistics stand for a speaker.
+MIN_CLIPS = 2
 #: Least audio (seconds, all clips together) whose statistics stand for a speaker.
-MIN_SECONDS = 10.0
+MIN_SECONDS = 3.0
+#: Pseudo-clips of the global mean and of the global variance that a speaker's statistics are
+#: shrunk toward (`shrunk`).
+PRIOR_CLIPS_MEAN = 2.0
+PRIOR_CLIPS_VAR = 4.0
 FORMAT = "stlser-speaker-stats/1"
 log = logging.getLogger(__name__)
 
@@ -158,6 +169,56 @@ class SpeakerStats:
             raise ValueError(f"{p}: not a speaker statistics file ({e})") from None
 
 
+def shrunk(
+    stats: SpeakerStats,
+    prior: tuple[np.ndarray, np.ndarray],
+    mean_clips: float = PRIOR_CLIPS_MEAN,
+    var_clips: float = PRIOR_CLIPS_VAR,
+) -> SpeakerStats:
+    """`stats` of n clips shrunk toward `prior` (the global mean and std): mean = (n·m + a·m_g) /
+    (n + a), variance = (n·v + b·v_g) / (n + b), a = `mean_clips`, b = `var_clips` (a
+    conjugate-prior style estimate: the global statistics count as a and b clips). Statistics
+    equal to the prior come back unchanged; the clip count and audio stay `stats`'s."""
+    n = float(stats.clips)
+    mean_g, std_g = (np.asarray(v, np.float64) for v in prior)
+    mean = (n * stats.mean.astype(np.float64) + mean_clips * mean_g) / (n + mean_clips)
+    # one clip has no spread: its stored std of 1 is the convention for constant values
+    var_s = stats.std.astype(np.float64) ** 2 if stats.clips > 1 else 0.0
+    var = (n * var_s + var_clips * std_g**2) / (n + var_clips)
+    std = np.sqrt(var)
+    return SpeakerStats(
+        mean.astype(np.float32),
+        np.where(std > 1e-8, std, 1.0).astype(np.float32),
+        stats.clips,
+        stats.seconds,
+        list(stats.sets),
+        stats.speaker,
+    )
+
+
+def encode_prior(mean: np.ndarray, std: np.ndarray) -> str:
+    """Global statistics as text for an ONNX graph's metadata (``global_stats``): base64 of
+    float32 little-endian, the means then the stds."""
+    import base64
+
+    both = np.concatenate([np.asarray(mean, "<f4").ravel(), np.asarray(std, "<f4").ravel()])
+    return base64.b64encode(both.tobytes()).decode("ascii")
+
+
+def decode_prior(text: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_prior`'s inverse; ValueError unless it holds 2 × `dim` finite values, std > 0."""
+    import base64
+    import binascii
+
+    try:
+        both = np.frombuffer(base64.b64decode(text, validate=True), "<f4").astype(np.float32)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"global_stats is not base64 float32 ({e})") from None
+    if both.shape != (2 * dim,) or not np.isfinite(both).all() or not (both[dim:] > 0).all():
+        raise ValueError(f"global_stats holds {both.size} values, not {2 * dim} finite ones")
+    return both[:dim], both[dim:]
+
+
 class RunningStats:
     """A speaker's statistics accumulated clip by clip (streams, the service's speaker tokens):
     count, mean and sum of squared deviations merged per batch of rows (Chan et al., "Updating
@@ -234,8 +295,9 @@ def stats_of(
 
 
 def adapted(rec: Any, stats: SpeakerStats) -> Any:
-    """A copy of `rec` normalising with `stats` (global statistics below the minimum, with a
-    warning); `rec.adaptation` records what was given (`BaseRecognizer.adapt`)."""
+    """A copy of `rec` normalising with `stats` shrunk toward the model's global statistics
+    (`shrunk`; global statistics below the minimum, with a warning); `rec.adaptation` records
+    what was given (`BaseRecognizer.adapt`)."""
     import copy
 
     if not rec.adaptable:
@@ -243,7 +305,12 @@ def adapted(rec: Any, stats: SpeakerStats) -> Any:
     stats.check(rec.functionals_dim, list(rec.functional_sets or []))
     new = copy.copy(rec)
     new.adaptation = stats
-    new.speaker = stats if stats.usable else None
+    prior = rec.global_stats
+    if prior is None and stats.usable:
+        log.warning(
+            "the model does not carry its global statistics: the speaker's are used unshrunk"
+        )
+    new.speaker = None if not stats.usable else stats if prior is None else shrunk(stats, prior)
     if not stats.usable:
         who = f"speaker {stats.speaker!r}: " if stats.speaker else ""
         log.warning(f"{who}{stats.why_not()}; the global statistics are used")

@@ -144,6 +144,20 @@ def check_against_torch(
     return float(np.abs(got - ref).max())
 
 
+def set_metadata(path: str | os.PathLike, updates: dict[str, str]) -> None:
+    """Set string metadata entries of the ONNX graph at `path` (added or replaced), atomically;
+    the graph itself is untouched."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    props = {p.key: p for p in graph.metadata_props}
+    for key, value in updates.items():
+        entry = props.get(key) or graph.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    with atomic_path(Path(path)) as tmp:
+        onnx.save(graph, str(tmp))
+
+
 def _write(proto: Any, meta: dict[str, str], doc: str, out: str | os.PathLike) -> bytes:
     import onnx
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from stlser.adapt import decode_prior
 from stlser.recognizer import SAMPLE_RATE, BaseRecognizer, Prediction, Segment
 from stlser.safety import ModelLoadError, ModelRunError
 
@@ -113,6 +114,13 @@ class OnnxRecognizer(BaseRecognizer):
                 self.functionals_dim = int(stats["stats_mean"][0])
             except (KeyError, ValueError, TypeError, IndexError):
                 self.functional_sets = None
+            if self.functional_sets is not None and "global_stats" in self.meta:
+                try:
+                    self.global_stats = decode_prior(
+                        self.meta["global_stats"], self.functionals_dim
+                    )
+                except ValueError as e:
+                    raise ModelLoadError(p, f"malformed stlser metadata ({e})"[:300]) from None
 
     def _feeds(self, wave: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
         feeds = {"wave": wave, "lengths": lengths}

@@ -19,6 +19,7 @@ check refits the same recipe, and the settings exist only because of the check.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -446,21 +447,10 @@ def set_answer_settings(
     with atomic_path(out / "model.pt") as tmp:
         torch.save(art, tmp)
     if (out / "model.onnx").exists():
-        import json
+        from stlser.onnx_graph import set_metadata
 
-        import onnx
-
-        graph = onnx.load(str(out / "model.onnx"))
-        props = {p.key: p for p in graph.metadata_props}
-        for key, value in (
-            ("temperature", temps),
-            ("default_labels", art["meta"].get("default_labels")),
-        ):
-            if value:
-                entry = props.get(key) or graph.metadata_props.add()
-                entry.key, entry.value = key, json.dumps(value)
-        with atomic_path(out / "model.onnx") as tmp:
-            onnx.save(graph, str(tmp))
+        values = {"temperature": temps, "default_labels": art["meta"].get("default_labels")}
+        set_metadata(out / "model.onnx", {k: json.dumps(v) for k, v in values.items() if v})
 
 
 def render_loco(results: dict[str, Any]) -> str:

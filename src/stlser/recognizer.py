@@ -157,6 +157,9 @@ class BaseRecognizer:
     #: a model over functionals: the sets and their number of values (None: not adaptable)
     functional_sets: list[str] | None = None
     functionals_dim: int = 0
+    #: the training set's functional mean and std, the normalisation without a speaker (and
+    #: the prior speaker statistics are shrunk toward, `stlser.adapt.shrunk`)
+    global_stats: tuple[np.ndarray, np.ndarray] | None = None
     #: answer settings (`stlser.calibration`): temperature per normalisation, default labels
     temperature: dict[str, float] = {"global": 1.0, "speaker": 1.0}  # noqa: RUF012
     default_labels: list[str] | None = None
@@ -207,10 +210,11 @@ class BaseRecognizer:
         self, speaker: SpeakerStats | Iterable[Any], sample_rate: int | None = None
     ) -> BaseRecognizer:
         """A recognizer for one speaker: its functionals normalised with that speaker's own
-        statistics (`SpeakerStats`, or computed here from the speaker's unlabeled clips). Too
-        few clips or too little audio (`stlser.adapt.MIN_CLIPS`, `MIN_SECONDS`): the global
-        statistics stay, with a warning (`adaptation` records what was given). This recognizer
-        is not changed."""
+        statistics (`SpeakerStats`, or computed here from the speaker's unlabeled clips), shrunk
+        toward the global ones (`stlser.adapt.shrunk`: a few clips count little, many clips
+        give crossval's normalisation). Too few clips or too little audio
+        (`stlser.adapt.MIN_CLIPS`, `MIN_SECONDS`): the global statistics stay, with a warning
+        (`adaptation` records what was given). This recognizer is not changed."""
         if not isinstance(speaker, SpeakerStats):
             speaker = self.speaker_stats(speaker, sample_rate)
         return adapted(self, speaker)
@@ -518,8 +522,9 @@ class BaseRecognizer:
 
         `adapt` (models over functionals): the stream is one speaker; every window's
         functionals join running statistics (`stlser.adapt.RunningStats`, the new audio of each
-        window counted once), and from the adaptation minimum on (5 windows, 10 s of audio)
-        each window is normalised with them; before that, with the global statistics.
+        window counted once), and from the adaptation minimum on (`stlser.adapt.MIN_CLIPS`
+        windows and `MIN_SECONDS` of audio) each window is normalised with them, shrunk toward
+        the global statistics (`stlser.adapt.shrunk`); before that, with the global statistics.
         """
         if window <= 0 or hop <= 0:
             raise ValueError("window and hop must be > 0")

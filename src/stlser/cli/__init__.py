@@ -127,23 +127,43 @@ def cmd_splits(a: argparse.Namespace) -> int:
 
 
 def cmd_features(a: argparse.Namespace) -> int:
+    """Fill the cache with what the config's recipe reads (`features.recipe_targets`)."""
+    import contextlib
+
     from stlser import corpora, features
 
     where = _where(a)
     cfg = _load_cfg(a)
     df = corpora.read_manifest(a.manifest)
     cache_dir = a.cache_dir or cfg.cache_dir
-    if where["engine"] == "local":
-        stats = features.fill_cache(df, cfg.features, cache_dir, workers=a.workers)
-        print(features.format_stats(stats))
-        return 0
-    from stlser import raydata
+    targets = features.recipe_targets(cfg.model, cfg.features)
+    failed_all = False
+    with contextlib.ExitStack() as stack:
+        if where["engine"] == "ray":
+            from stlser import engines, raydata
 
-    stats = raydata.fill_cache(df, cfg.features, cache_dir, address=a.address, workers=a.workers)
-    print(features.format_stats(stats))
-    if stats["skipped"]:
-        print(f"{len(stats['skipped'])} file(s) skipped, reasons in {stats['skipped_csv']}")
-    return 1 if stats["skipped"] and len(stats["skipped"]) == stats["n"] else 0
+            if engines.init_ray(a.address):  # one cluster for every target
+                stack.callback(sys.modules["ray"].shutdown)
+        for name, fcfg, what, speed in targets:
+            if where["engine"] == "local":
+                stats = features.fill_cache(
+                    df, fcfg, cache_dir, workers=a.workers, what=what, speed=speed
+                )
+            else:
+                stats = raydata.fill_cache(
+                    df,
+                    fcfg,
+                    cache_dir,
+                    what=what,
+                    speed=speed,
+                    address=a.address,
+                    workers=a.workers,
+                )
+            print(("" if name == "frames" else f"{name}: ") + features.format_stats(stats))
+            if stats.get("skipped"):
+                print(f"{len(stats['skipped'])} file(s) skipped, reasons in {stats['skipped_csv']}")
+                failed_all = failed_all or len(stats["skipped"]) == stats["n"]
+    return 1 if failed_all else 0
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -348,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_splits)
 
-    s = sub.add_parser("features", help="fill the feature cache for a manifest; print throughput")
+    s = sub.add_parser(
+        "features",
+        help="fill the feature cache with what the config's recipe reads (its functional sets "
+        "at each speed, or the network's frames); print throughput",
+    )
     s.add_argument("--manifest", required=True)
     s.add_argument("--cache-dir", default=None)
     s.add_argument(

@@ -281,7 +281,7 @@ def predict_cli(
     clips are normalised with that speaker's statistics (`stlser.adapt`). Writes CSV, JSONL or
     Parquet by the output suffix, else prints a table. Unreadable files are reported on stderr
     and as rows with an `error`; the others go on. Returns 0 if at least one file succeeded, 1
-    if none did. ``engine="ray"`` classifies whole clips on Ray Data (`stlser.raydata`; no
+    if none did. ``engine="ray"`` classifies whole clips on Ray tasks (`stlser.raydata`; no
     segments or adaptation)."""
     from tqdm import tqdm
 
@@ -408,7 +408,7 @@ def _predict_ray(
     labels: list[str] | None,
     address: str | None,
 ) -> int:
-    """`predict_cli` on Ray Data (`stlser.raydata.predict_files`): the same rows, in input
+    """`predict_cli` on Ray (`stlser.raydata.predict_files`): the same rows, in input
     order. With an output file, finished shards wait in ``.<output name>.parts`` beside it
     until the output is written, so a rerun after an interruption skips them."""
     from stlser import raydata

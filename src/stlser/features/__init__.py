@@ -9,8 +9,10 @@ from stlser.features.cache import (
     FeatureCache,
     fill_cache,
     format_stats,
+    functional_target,
     load_features,
     load_functionals,
+    recipe_targets,
 )
 from stlser.features.descriptors import Descriptors
 from stlser.features.frontend import (
@@ -63,6 +65,7 @@ __all__ = [
     "feature_key_config",
     "fill_cache",
     "format_stats",
+    "functional_target",
     "frame_stats",
     "front_end",
     "frontend",
@@ -70,6 +73,7 @@ __all__ = [
     "hann_window",
     "load_features",
     "load_functionals",
+    "recipe_targets",
     "masked_functionals",
     "mel_filterbank",
     "n_frames",

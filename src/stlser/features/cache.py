@@ -2,7 +2,7 @@
 
 The cache holds an utterance's features either as its own ``.npy`` entry (written by the
 local engine) or as one row of a Parquet shard under ``<config-hash>/shards/`` (written by the
-Ray Data path, `stlser.raydata`): a lookup tries the entry, then the shards.
+data path on Ray, `stlser.raydata`): a lookup tries the entry, then the shards.
 
 Why this is one module: the cache's key, its two storage forms and the bulk extraction that
 fills it must agree on one key and one compute path (`FeatureCache.compute_waves`), whichever
@@ -474,6 +474,16 @@ def load_functionals(
     `stlser.smile.FUNCTIONAL_SETS`, e.g. ``egemaps`` (eGeMAPSv02, 88) or ``compare``
     (ComParE_2016, 6,373; needs the ``opensmile`` extra). ``speed`` ≠ 1: of the speed-perturbed
     clips."""
+    cfg, what = functional_target(feature_set, sample_rate)
+    out, _, _ = _run(df, cfg, cache_dir, workers, progress, keep=True, what=what, speed=speed)
+    return out
+
+
+def functional_target(
+    feature_set: str, sample_rate: int = audio.SAMPLE_RATE
+) -> tuple[FeatureConfig, str]:
+    """(feature config, cache ``what``) under which `load_functionals` keeps `feature_set`;
+    ValueError for an unknown set, and openSMILE's sets need the ``opensmile`` extra."""
     if feature_set not in FUNCTIONAL_WHAT and not _is_own(feature_set):
         raise ValueError(
             f"feature_set must be own sets {sorted(featuresets.OWN_SETS)} (joined by '+') or one "
@@ -482,8 +492,25 @@ def load_functionals(
     if not _is_own(feature_set):
         featuresets.require_opensmile(f"functional set {feature_set!r}")
     cfg = FeatureConfig(kind="egemaps", sample_rate=sample_rate)
-    what = feature_set if _is_own(feature_set) else FUNCTIONAL_WHAT[feature_set]
-    out, _, _ = _run(df, cfg, cache_dir, workers, progress, keep=True, what=what, speed=speed)
+    return cfg, feature_set if _is_own(feature_set) else FUNCTIONAL_WHAT[feature_set]
+
+
+def recipe_targets(
+    model: Any, features: FeatureConfig
+) -> list[tuple[str, FeatureConfig, str, float]]:
+    """What a recipe reads from the cache, as (name, feature config, ``what``, speed): a model
+    over functionals (a ``functionals`` list; ``speeds`` for speed-perturbed copies) reads its
+    sets, consecutive own sets in one pass, at speed 1 and each speed; any other model reads
+    the frames of `features`. `stlser features` fills exactly these."""
+    sets = list(getattr(model, "functionals", None) or [])
+    if not sets:
+        return [("frames", features, "frames", 1.0)]
+    out = []
+    for speed in (1.0, *[float(a) for a in getattr(model, "speeds", None) or []]):
+        for group in featuresets.own_groups(sets):
+            name = "+".join(group)
+            cfg, what = functional_target(name)
+            out.append((name if speed == 1.0 else f"{name} @{speed:g}", cfg, what, speed))
     return out
 
 
@@ -507,11 +534,16 @@ def fill_cache(
     cache_dir: str | os.PathLike,
     workers: int = 0,
     progress: bool = True,
+    what: str = "frames",
+    speed: float = 1.0,
 ) -> dict[str, Any]:
     """Compute and store the features of every row (cached entries are read back to verify
-    them) without keeping them in memory; return throughput statistics."""
+    them) without keeping them in memory; return throughput statistics. `what`/`speed`: as
+    `FeatureCache` (e.g. a functional set from `functional_target`)."""
     t0 = time.perf_counter()
-    _, hits, misses = _run(df, cfg, cache_dir, workers, progress, keep=False)
+    _, hits, misses = _run(
+        df, cfg, cache_dir, workers, progress, keep=False, what=what, speed=speed
+    )
     wall = time.perf_counter() - t0
     seconds = _audio_seconds(df)
     return {
@@ -522,7 +554,7 @@ def fill_cache(
         "misses": misses,
         "x_realtime": seconds / wall if wall > 0 else float("inf"),
         "workers": _n_workers(workers),
-        "cache_dir": str(FeatureCache(cache_dir, cfg).root),
+        "cache_dir": str(FeatureCache(cache_dir, cfg, what, speed).root),
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stlser import __version__
+from stlser import __version__, adapt
 from stlser.kinds.base import Kind
 from stlser.recognizer import SAMPLE_RATE, BaseRecognizer
 
@@ -165,6 +165,10 @@ class FunctionalsRecognizer(BaseRecognizer):
         if speaker_probs is not None:
             self.functional_sets = list(sets)
             self.functionals_dim = int(model.mean.shape[0])
+            self.global_stats = (
+                model.mean.detach().numpy().astype(np.float32),
+                model.std.detach().numpy().astype(np.float32),
+            )
 
     def functionals(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return functionals_of(wave, lengths, self.sets)
@@ -274,6 +278,7 @@ def export(
             "the training set's global ones)"
         )
         stats = {"stats_mean": model.mean.detach().clone(), "stats_std": model.std.detach().clone()}
+        meta["global_stats"] = adapt.encode_prior(stats["stats_mean"], stats["stats_std"])
         meta["outputs"] = "probs[B,C] float32 over labels; functionals[B,D] float32"
         return wave_graph(
             WaveModel(kind, model, sets, with_functionals=True),

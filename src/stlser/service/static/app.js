@@ -18,7 +18,7 @@ const PALETTE = ["#d64545", "#e0a100", "#8a94a6", "#3a6fd8", "#8e5bd0", "#4f9a3a
   "#2aa198", "#ff6fa0", "#9b8b6e"];
 
 const state = { labels: [], maxBytes: 20 * 1024 * 1024, maxSeconds: 600, busy: false, rec: null,
-  speaker: null, minClips: 5, minSeconds: 10 };
+  speaker: null, minClips: 2, minSeconds: 3 };
 const $ = (id) => document.getElementById(id);
 
 function colourOf(label) {
