@@ -218,3 +218,37 @@ def test_sweep_on_ray_gives_the_local_results(ray_cluster, tmp_path, one_torch_t
     local, ray = (pd.read_csv(tmp_path / e / "sweep.csv")[keep] for e in ("local", "ray"))
     pd.testing.assert_frame_equal(local, ray)
     assert ray_cluster.is_initialized()  # a cluster the sweep joined is left running
+
+
+GPU_DRIVER = """
+import os
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback, as the embedded cluster
+import ray
+from stlser import engines
+from stlser.config import ExperimentConfig, NetworkConfig, TrainConfig
+ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)  # declared, not real
+got = {}
+def work(unit):
+    return ray.get_gpu_ids()
+for gpus in (0, 1, 2):
+    engines.run_ray([1, 2], work, lambda u, r, g=gpus: got.setdefault(g, []).append(r), {},
+                    gpus=gpus)
+print(sorted(len(r) for r in got[0]), sorted(len(r) for r in got[1]), sorted(len(r) for r in got[2]))
+net = ExperimentConfig(model=NetworkConfig(), train=TrainConfig(accelerator="cuda", devices=2))
+cpu = ExperimentConfig(model=NetworkConfig(), train=TrainConfig())
+print(engines.unit_gpus(net), engines.unit_gpus(cpu))
+"""
+
+
+@needs_ray
+def test_units_ask_ray_for_gpus(tmp_path):
+    """A unit's GPU request reaches Ray: on a cluster declaring 2 GPUs (none needed: Ray only
+    counts them), tasks asking for 0, 1 and 2 GPUs are given that many GPU ids; a network on a
+    GPU accelerator asks for its `train.devices`, anything on the CPU for none."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    r = subprocess.run(
+        [sys.executable, "-c", GPU_DRIVER], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[-2:] == ["[0, 0] [1, 1] [2, 2]", "2 0"], r.stdout

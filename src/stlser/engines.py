@@ -160,10 +160,13 @@ def run_ray(
     state: dict[str, Any],
     threads: int | None = None,
     address: str | None = None,
+    gpus: float = 0,
 ) -> None:
-    """Every unit as a Ray task asking for `threads` CPUs (default 1) and running with that many
-    torch threads; `on_done(unit, result)` here as each finishes. A cluster started here is shut
-    down at the end; on failure or interrupt the tasks still running are cancelled."""
+    """Every unit as a Ray task asking for `threads` CPUs (default 1) and `gpus` GPUs, running
+    with that many torch threads (a GPU task sees only the GPUs Ray gave it, through
+    ``CUDA_VISIBLE_DEVICES``); `on_done(unit, result)` here as each finishes. A cluster started
+    here is shut down at the end; on failure or interrupt the tasks still running are
+    cancelled."""
     units = list(units)
     if not units:
         return
@@ -172,10 +175,13 @@ def run_ray(
 
     try:
         n = max(1, threads or 1)
-        task = ray.remote(num_cpus=n, max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_unit)
+        task = ray.remote(
+            num_cpus=n, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False
+        )(_ray_unit)
         shared = ray.put(state)  # once: every task reads the same object
         fn = ray.put(work)
-        log.info(f"fitting {len(units)} models as Ray tasks, {n} CPU(s) each")
+        each = f"{n} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+        log.info(f"fitting {len(units)} models as Ray tasks, {each} each")
         cwd = os.getcwd()
         pending = {task.remote(fn, u, shared, n, cwd): u for u in units}
         try:
@@ -193,6 +199,18 @@ def run_ray(
             ray.shutdown()
 
 
+def unit_gpus(cfg: Any) -> int:
+    """GPUs one unit of `cfg` asks Ray for: a network trained on a GPU accelerator asks for its
+    `train.devices`; everything else (CPU training, models over functionals) for none."""
+    model, train = getattr(cfg, "model", None), getattr(cfg, "train", None)
+    if getattr(model, "kind", "") != "network" or getattr(train, "accelerator", "cpu") not in (
+        "gpu",
+        "cuda",
+    ):
+        return 0
+    return int(getattr(train, "devices", 1) or 1)
+
+
 def run(
     units: Iterable[Any],
     work: Callable[[Any], Any],
@@ -202,12 +220,13 @@ def run(
     threads: int | None = None,
     engine: str = "local",
     address: str | None = None,
+    gpus: float = 0,
 ) -> None:
     """`work(unit)` for every unit and `on_done(unit, result)` in this process, on the chosen
     engine: ``local`` is `runs.run_units` (`jobs` processes); ``ray`` is :func:`run_ray` (Ray
-    schedules the tasks by their CPU requests, so `jobs` does not apply)."""
+    schedules the tasks by their CPU and `gpus` requests, so `jobs` does not apply)."""
     require(engine)
     if engine == "local":
         runs.run_units(units, work, on_done, state, jobs=jobs, threads=threads)
     else:
-        run_ray(units, work, on_done, state, threads=threads, address=address)
+        run_ray(units, work, on_done, state, threads=threads, address=address, gpus=gpus)
