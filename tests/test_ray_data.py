@@ -301,11 +301,11 @@ class KillFirstAttempt:
         self.marker = marker
         self.inner = inner
 
-    def __call__(self, batch, **kwargs):
+    def __call__(self, shard, **kwargs):
         try:
             fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            return self.inner(batch, **kwargs)
+            return self.inner(shard, **kwargs)
         os.write(fd, f"{os.getpid()}\n".encode())
         os.close(fd)
         os._exit(1)

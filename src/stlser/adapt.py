@@ -305,13 +305,15 @@ def adapted(rec: Any, stats: SpeakerStats) -> Any:
     stats.check(rec.functionals_dim, list(rec.functional_sets or []))
     new = copy.copy(rec)
     new.adaptation = stats
-    prior = rec.global_stats
-    if prior is None and stats.usable:
+    if not stats.usable:
+        new.speaker = None
+        who = f"speaker {stats.speaker!r}: " if stats.speaker else ""
+        log.warning(f"{who}{stats.why_not()}; the global statistics are used")
+    elif rec.global_stats is None:
+        new.speaker = stats
         log.warning(
             "the model does not carry its global statistics: the speaker's are used unshrunk"
         )
-    new.speaker = None if not stats.usable else stats if prior is None else shrunk(stats, prior)
-    if not stats.usable:
-        who = f"speaker {stats.speaker!r}: " if stats.speaker else ""
-        log.warning(f"{who}{stats.why_not()}; the global statistics are used")
+    else:
+        new.speaker = shrunk(stats, rec.global_stats)
     return new

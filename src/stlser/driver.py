@@ -192,10 +192,9 @@ def _run_folds(
         quiet = dataclasses.replace(cfg.train, progress=False)
         todo = [dataclasses.replace(u, cfg=dataclasses.replace(u.cfg, train=quiet)) for u in todo]
         log.info(f"fitting {len(todo)} models in {jobs} processes, {threads} torch thread(s) each")
-    gpus = engines.unit_gpus(cfg) if (where or {}).get("engine") == "ray" else 0
     engines.run(
-        todo, _fit_unit, finish, state, jobs=jobs, threads=cfg.train.num_threads, gpus=gpus,
-        **(where or {}),
+        todo, _fit_unit, finish, state, jobs=jobs, threads=cfg.train.num_threads,
+        gpus=engines.unit_gpus(cfg), **(where or {}),
     )  # fmt: skip
     if follower:
         return run

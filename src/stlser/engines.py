@@ -202,13 +202,9 @@ def run_ray(
 def unit_gpus(cfg: Any) -> int:
     """GPUs one unit of `cfg` asks Ray for: a network trained on a GPU accelerator asks for its
     `train.devices`; everything else (CPU training, models over functionals) for none."""
-    model, train = getattr(cfg, "model", None), getattr(cfg, "train", None)
-    if getattr(model, "kind", "") != "network" or getattr(train, "accelerator", "cpu") not in (
-        "gpu",
-        "cuda",
-    ):
-        return 0
-    return int(getattr(train, "devices", 1) or 1)
+    if cfg.model.kind == "network" and cfg.train.accelerator in ("gpu", "cuda"):
+        return max(1, int(cfg.train.devices))
+    return 0
 
 
 def run(

@@ -85,44 +85,29 @@ def _bar(total: int, what: str, progress: bool) -> Iterator[Any]:
         yield bar
 
 
-@contextlib.contextmanager
-def _ray(address: str | None) -> Iterator[Any]:
-    """Ray connected (an embedded cluster started here is shut down at the end)."""
-    started = engines.init_ray(address)
-    import ray
-
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _run_shard(fn: Any, row: dict[str, Any], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    """Inside a Ray task: `fn` over one shard (a one-row batch) → its result rows."""
-    import pandas as pd
-
-    return fn(pd.DataFrame([row]), **kwargs).to_dict("records")
+def _run_shard(fn: Any, shard: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    """Inside a Ray task: `fn` over one shard."""
+    return fn(shard, **kwargs)
 
 
 def _stream(
-    ray: Any, rows: list[dict[str, Any]], fn: Any, kwargs: dict[str, Any], workers: int
-) -> Iterator[dict[str, Any]]:
-    """The result rows of `fn` over `rows` (one shard each, one Ray task per shard), as the
-    tasks finish. At most `workers` tasks are submitted at once (0: the cluster's CPUs), the
-    next one as soon as one finishes, so the driver holds a few shards' results at a time
-    whatever the number of shards; `kwargs` go to the object store once."""
+    ray: Any, shards: list[dict[str, Any]], fn: Any, kwargs: dict[str, Any], workers: int
+) -> Iterator[Any]:
+    """`fn(shard, **kwargs)` of every shard, one Ray task each, in the order they finish. At most
+    `workers` tasks are submitted at once (0: the cluster's CPUs), the next one as soon as one
+    finishes, so the driver holds a few shards' results at a time whatever the number of
+    shards; `kwargs` go to the object store once."""
     task = ray.remote(num_cpus=1, max_retries=engines.MAX_RETRIES, scheduling_strategy="SPREAD")(
         _run_shard
     )
     width = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
     shared = ray.put(kwargs)
-    todo = iter(rows)
-    pending = [task.remote(fn, row, shared) for row in itertools.islice(todo, width)]
+    todo = iter(shards)
+    pending = [task.remote(fn, shard, shared) for shard in itertools.islice(todo, width)]
     while pending:
         (ready,), pending = ray.wait(pending, num_returns=1)
-        pending += [task.remote(fn, row, shared) for row in itertools.islice(todo, 1)]
-        yield from ray.get(ready)
+        pending += [task.remote(fn, shard, shared) for shard in itertools.islice(todo, 1)]
+        yield ray.get(ready)
 
 
 def _worker_setup() -> None:
@@ -133,26 +118,24 @@ def _worker_setup() -> None:
 
 
 # ------------------------------------------------------------------------------- features
-def _feature_shard(batch: Any, cache_dir: str, cfg: FeatureConfig, what: str, speed: float) -> Any:
-    """One Ray task: the features of one shard's files → its Parquet shard; returns a row
-    (shard, files done, unreadable files as JSON [[path, reason]], the node it ran on)."""
-    import pandas as pd
+def _feature_shard(
+    shard: dict[str, Any], cache_dir: str, cfg: FeatureConfig, what: str, speed: float
+) -> dict[str, Any]:
+    """One Ray task: the features of one shard's files → its Parquet shard; returns the shard's
+    name, the files done, the unreadable files ([path, reason]) and the node it ran on."""
     import ray
 
     _worker_setup()
-    node = ray.get_runtime_context().get_node_id()
     cache = FeatureCache(cache_dir, cfg, what, speed)
-    out = []
-    for name, paths, keys in zip(batch["shard"], batch["paths"], batch["keys"], strict=True):
-        rows: list[tuple[str, str, np.ndarray]] = []
-        failed: list[list[str]] = []
-        items = list(zip(paths, keys, strict=True))
-        for i in range(0, len(items), BATCH):
-            rows += _features_of(cache, items[i : i + BATCH], failed)
-        if rows:
-            cache.write_shard(name, rows)
-        out.append({"shard": name, "done": len(rows), "failed": json.dumps(failed), "node": node})
-    return pd.DataFrame(out)
+    rows: list[tuple[str, str, np.ndarray]] = []
+    failed: list[list[str]] = []
+    items = list(zip(shard["paths"], shard["keys"], strict=True))
+    for i in range(0, len(items), BATCH):
+        rows += _features_of(cache, items[i : i + BATCH], failed)
+    if rows:
+        cache.write_shard(shard["shard"], rows)
+    node = ray.get_runtime_context().get_node_id()
+    return {"shard": shard["shard"], "done": len(rows), "failed": failed, "node": node}
 
 
 def _features_of(
@@ -239,11 +222,13 @@ def fill_cache(
     computed, nodes = 0, set()
     if plan:
         kwargs = {"cache_dir": str(cache.root.parent), "cfg": cfg, "what": what, "speed": speed}
-        with _ray(address) as ray, _bar(len(misses), "features", progress) as bar:
+        with engines.session("ray", address), _bar(len(misses), "features", progress) as bar:
+            import ray
+
             for n, row in enumerate(_stream(ray, plan, _feature_shard, kwargs, workers), 1):
                 computed += int(row["done"])
                 nodes.add(row["node"])
-                failed = [tuple(x) for x in json.loads(row["failed"])]
+                failed = [tuple(x) for x in row["failed"]]
                 bar.update(int(row["done"]) + len(failed))
                 for path, reason in failed:
                     log.warning(f"skipped {path}: {reason}")
@@ -298,47 +283,39 @@ def _recognizer(model: str, labels: tuple[str, ...] | None) -> Any:
 
 
 def _predict_shard(
-    batch: Any, model: str, labels: tuple[str, ...] | None, max_seconds: float
-) -> Any:
-    """One Ray task: the predictions of one shard's files, a row per file (shard, path,
-    label, probs, duration, error)."""
-    import pandas as pd
-
+    shard: dict[str, Any], model: str, labels: tuple[str, ...] | None, max_seconds: float
+) -> dict[str, Any]:
+    """One Ray task: the predictions of one shard's files: the shard's name and a row per file
+    in the shard's order (path, label, probs, duration, error)."""
     from stlser.inference import clip_problem
 
     _worker_setup()
     rec = _recognizer(model, labels)
-    out: list[dict[str, Any]] = []
-    for name, paths in zip(batch["shard"], batch["paths"], strict=True):
-        paths = list(paths)
-        rows: dict[int, dict[str, Any]] = {}
-        todo = []
-        for i, p in enumerate(paths):
-            problem = clip_problem(p, max_seconds)
-            if problem is None:
-                todo.append(i)
-            else:
-                rows[i] = {"label": "", "probs": [], "duration": np.nan, "error": problem.reason}
-        for j, r in rec.iter_predict([paths[i] for i in todo], batch_size=BATCH):
-            if isinstance(r, AudioError):
-                rows[todo[j]] = {"label": "", "probs": [], "duration": np.nan, "error": r.reason}
-            else:
-                probs = [float(r.probabilities[lab]) for lab in rec.labels]
-                rows[todo[j]] = {
-                    "label": r.label,
-                    "probs": probs,
-                    "duration": r.duration,
-                    "error": "",
-                }
-        out += [{"shard": name, "index": i, "path": paths[i], **rows[i]} for i in range(len(paths))]
-    return pd.DataFrame(out)
+    paths = list(shard["paths"])
+    rows: dict[int, dict[str, Any]] = {}
+    todo = []
+    for i, p in enumerate(paths):
+        problem = clip_problem(p, max_seconds)
+        if problem is None:
+            todo.append(i)
+        else:
+            rows[i] = {"label": "", "probs": [], "duration": np.nan, "error": problem.reason}
+    for j, r in rec.iter_predict([paths[i] for i in todo], batch_size=BATCH):
+        if isinstance(r, AudioError):
+            rows[todo[j]] = {"label": "", "probs": [], "duration": np.nan, "error": r.reason}
+        else:
+            probs = [float(r.probabilities[lab]) for lab in rec.labels]
+            rows[todo[j]] = {"label": r.label, "probs": probs, "duration": r.duration, "error": ""}
+    return {
+        "shard": shard["shard"],
+        "rows": [{"path": paths[i], **rows[i]} for i in range(len(paths))],
+    }
 
 
 def _write_part(path: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = sorted(rows, key=lambda r: int(r["index"]))
     table = pa.table(
         {
             "path": [str(r["path"]) for r in rows],
@@ -388,24 +365,19 @@ def predict_files(
     )
     if todo:
         folder.mkdir(parents=True, exist_ok=True)
-        size = {s["shard"]: len(s["paths"]) for s in todo}
-        waiting: dict[str, list[dict[str, Any]]] = {}
         kwargs = {
             "model": model_path,
             "labels": tuple(labels) if labels else None,
             "max_seconds": max_seconds,
         }
-        total = sum(size.values())
-        with _ray(address) as ray, _bar(total, "predict", progress) as bar:
-            finished = 0
-            for row in _stream(ray, todo, _predict_shard, kwargs, workers):
-                bar.update(1)
-                got = waiting.setdefault(row["shard"], [])
-                got.append(row)
-                if len(got) == size[row["shard"]]:
-                    _write_part(folder / f"{row['shard']}.parquet", waiting.pop(row["shard"]))
-                    finished += 1
-                    log.info(f"predict: shard {finished}/{len(todo)} done")
+        total = sum(len(s["paths"]) for s in todo)
+        with engines.session("ray", address), _bar(total, "predict", progress) as bar:
+            import ray
+
+            for n, done in enumerate(_stream(ray, todo, _predict_shard, kwargs, workers), 1):
+                _write_part(folder / f"{done['shard']}.parquet", done["rows"])
+                bar.update(len(done["rows"]))
+                log.info(f"predict: shard {n}/{len(todo)} done")
     import pyarrow.parquet as pq
 
     for s in plan:

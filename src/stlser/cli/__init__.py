@@ -128,37 +128,26 @@ def cmd_splits(a: argparse.Namespace) -> int:
 
 def cmd_features(a: argparse.Namespace) -> int:
     """Fill the cache with what the config's recipe reads (`features.recipe_targets`)."""
-    import contextlib
-
-    from stlser import corpora, features
+    from stlser import corpora, engines, features
 
     where = _where(a)
     cfg = _load_cfg(a)
     df = corpora.read_manifest(a.manifest)
     cache_dir = a.cache_dir or cfg.cache_dir
-    targets = features.recipe_targets(cfg.model, cfg.features)
     failed_all = False
-    with contextlib.ExitStack() as stack:
-        if where["engine"] == "ray":
-            from stlser import engines, raydata
-
-            if engines.init_ray(a.address):  # one cluster for every target
-                stack.callback(sys.modules["ray"].shutdown)
-        for name, fcfg, what, speed in targets:
+    with engines.session(where["engine"], a.address):  # one cluster for every target
+        for name, fcfg, what, speed in features.recipe_targets(cfg.model, cfg.features):
             if where["engine"] == "local":
                 stats = features.fill_cache(
                     df, fcfg, cache_dir, workers=a.workers, what=what, speed=speed
                 )
             else:
+                from stlser import raydata
+
                 stats = raydata.fill_cache(
-                    df,
-                    fcfg,
-                    cache_dir,
-                    what=what,
-                    speed=speed,
-                    address=a.address,
+                    df, fcfg, cache_dir, what=what, speed=speed, address=a.address,
                     workers=a.workers,
-                )
+                )  # fmt: skip
             print(("" if name == "frames" else f"{name}: ") + features.format_stats(stats))
             if stats.get("skipped"):
                 print(f"{len(stats['skipped'])} file(s) skipped, reasons in {stats['skipped_csv']}")
