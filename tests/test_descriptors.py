@@ -331,3 +331,34 @@ def test_moments_and_step_functionals_do_not_depend_on_scale_or_rounding():
     ref = masked_functionals(tied, torch.ones_like(tied, dtype=torch.bool), torch.tensor([6]))
     for name in ("rise_time", "fall_time", "peak_rate", "peak_distance"):
         assert float(out[0, 0, col[name]]) == float(ref[0, 0, col[name]]), name  # as if tied
+
+
+def test_frame_signal_equals_indexed_frames():
+    from stlser.features.voice import frame_signal
+
+    x = torch.randn(2, 1234, generator=torch.Generator().manual_seed(1))
+    for n_frames, width, hop in ((7, 400, 160), (20, 467, 80), (30, 80, 80), (1, 50, 160)):
+        idx = torch.arange(n_frames)[:, None] * hop + torch.arange(width)[None, :]
+        padded = torch.nn.functional.pad(x, (0, int(idx.max()) + 1))
+        torch.testing.assert_close(frame_signal(x, n_frames, width, hop), padded[:, idx])
+
+
+def test_exported_arithmetic_gives_the_eager_descriptors(monkeypatch):
+    """An exported graph computes the STFT and YIN's correlation as products with fixed
+    matrices (YIN's from hop-long blocks) instead of FFTs: the same descriptors to float
+    rounding, and the same voiced frames."""
+    from stlser.features import descriptors, voice
+
+    d = Descriptors().eval()
+    lengths = torch.tensor([int(3.0 * SR), int(0.5 * SR)])
+    wave = torch.zeros(2, int(lengths[0]))
+    for i, n in enumerate(lengths.tolist()):
+        wave[i, :n] = torch.from_numpy(speechlike(n / SR, 20 + i))
+    with torch.inference_mode():
+        eager, _, v_eager = d(wave, lengths)
+        monkeypatch.setattr(voice, "exporting", lambda: True)
+        monkeypatch.setattr(descriptors, "exporting", lambda: True)
+        graph, _, v_graph = d(wave, lengths)
+    assert torch.equal(v_eager, v_graph)
+    scale = eager.abs().amax(1, keepdim=True) + 1e-6  # per clip and descriptor
+    assert float(((graph - eager).abs() / scale).max()) < 2e-4

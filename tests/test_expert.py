@@ -58,21 +58,32 @@ def test_row_weights_balance_classes_by_their_weighted_mass():
 
 
 @pytest.mark.parametrize("with_prior", [False, True])
-def test_row_space_fit_equals_the_full_fit(with_prior):
+@pytest.mark.parametrize("rows", ["distinct", "duplicated", "shared"])
+def test_row_space_fit_equals_the_full_fit(with_prior, rows):
     """More features than rows: the fit in the span of the rows reaches the same head (around a
-    zero centre or a pretrained one), at a fraction of the cost."""
+    zero centre or a pretrained one), at a fraction of the cost — through the Cholesky basis,
+    through the eigenvector basis when rows repeat (a singular Gram matrix), and with one
+    design shared by several fits (a grid)."""
     rng = np.random.default_rng(2)
     y = np.repeat(np.arange(3), 6)
-    X = rng.normal(size=(18, 80)) + 1.5 * np.eye(3, 80)[y]
+    d = 40 if rows == "shared" else 80
+    X = rng.normal(size=(18, d)) + 1.5 * np.eye(3, d)[y]
+    if rows == "duplicated":
+        X[5] = X[4]
     prior = None
     if with_prior:
-        base = heads.fit_head(heads.Head(80, 3), rng.normal(size=(60, 80)), np.arange(60) % 3, 1.0)
+        base = heads.fit_head(heads.Head(d, 3), rng.normal(size=(60, d)), np.arange(60) % 3, 1.0)
         prior = heads.Prior(base, [0, 1, 2])
+    design = heads.Design(X, fits=4 if rows == "shared" else 1)
+    assert (design.L is not None) == (rows != "duplicated")
+    assert (design.basis is not None) == (rows == "duplicated")
+    assert heads.Design(X).L is None if rows == "shared" else True  # one fit: not worth it
     kw = dict(l2=0.3, prior=prior, max_iter=500)
-    full = heads.fit_head(heads.Head(80, 3), X, y, row_space=False, **kw)
-    rows = heads.fit_head(heads.Head(80, 3), X, y, row_space=True, **kw)
-    torch.testing.assert_close(rows.linear.weight, full.linear.weight, atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(rows.linear.bias, full.linear.bias, atol=2e-4, rtol=1e-3)
+    full = heads.fit_head(heads.Head(d, 3), X, y, row_space=False, **kw)
+    fit = heads.fit_head(heads.Head(d, 3), X, y, design=design, **kw)
+    torch.testing.assert_close(fit.linear.weight, full.linear.weight, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(fit.linear.bias, full.linear.bias, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(fit.center, full.center)
 
 
 def test_balance_gives_each_class_its_share_and_keeps_rows_distributions():

@@ -23,8 +23,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from stlser.featuresets import N_LLD, OPENSMILE_EXTRA, is_own, opensmile_available
 from stlser.featuresets import NAMES as FUNCTIONAL_SET_NAMES
-from stlser.featuresets import OPENSMILE_EXTRA, is_own, opensmile_available
 
 
 class ConfigError(ValueError):
@@ -54,13 +54,11 @@ class SplitConfig:
 
 @dataclass
 class FeatureConfig:
-    """Frame features of the network, and the normalisation every kind applies.
+    """Frame features of the network, and the normalisation every kind applies. ``preset:
+    authors`` (applied when the config is built): the authors' librosa recipe (n_fft 2048, hop
+    512, 10 s clips). ``n_fft`` None: the next power of two ≥ the window (:attr:`fft_size`)."""
 
-    ``preset: authors`` reproduces the authors' librosa recipe (n_fft 2048, hop 512, 10 s clips)
-    and is applied when the config is built. ``n_fft`` None means the next power of two ≥ the
-    window (:attr:`fft_size`)."""
-
-    kind: Literal["logmel", "mfcc", "egemaps"] = "logmel"
+    kind: Literal["logmel", "mfcc", "lld", "egemaps"] = "logmel"
     preset: Literal["default", "authors"] = "default"
     sample_rate: int = 16_000
     n_mels: int = 40
@@ -71,15 +69,13 @@ class FeatureConfig:
     fmax: float | None = None
     n_mfcc: int = 40
     fixed_seconds: float | None = None  # pad/cut every clip to this length (authors: 10.0)
-    # fitted on training data only
-    normalize: Literal["none", "global", "speaker", "utterance"] = "speaker"
+    normalize: Literal["none", "global", "speaker", "utterance"] = "speaker"  # fit on training
     # Speakers with (nearly) one label or few utterances (stlser.degenerate): "global" normalises
     # them with global statistics under normalize=speaker; "off" keeps speaker statistics.
     speaker_fallback: Literal["global", "off"] = "global"
     degenerate_share: float = 0.9  # share of the most frequent label that makes it degenerate
     degenerate_min_utts: int = 5  # fewer utterances than this: degenerate
-    # append Δ and ΔΔ (9-frame regression, computed in the torch front end, so exported too);
-    # stored as [static | Δ | ΔΔ] on the feature axis, read by the network as 3 input channels
+    # append Δ and ΔΔ (9-frame regression; torch front end): [static | Δ | ΔΔ], 3 input planes
     deltas: bool = False
 
     def __post_init__(self) -> None:
@@ -89,6 +85,12 @@ class FeatureConfig:
     def check(self) -> None:
         if self.deltas and self.kind not in ("logmel", "mfcc"):
             raise ConfigError(f"config features.deltas needs kind logmel or mfcc, not {self.kind}")
+        lld_frames = (self.sample_rate, self.win_ms, self.hop_ms, self.fixed_seconds)
+        if self.kind == "lld" and lld_frames != (16_000, 25.0, 10.0, None):
+            raise ConfigError(
+                "config features.kind=lld has 25 ms frames every 10 ms at 16 kHz: leave features."
+                "sample_rate / win_ms / hop_ms / fixed_seconds at 16000 / 25 / 10 / null"
+            )
         if self.kind == "egemaps" and not opensmile_available():
             raise ConfigError(f"config features.kind=egemaps needs openSMILE: {OPENSMILE_EXTRA}")
         if self.win_length < 1 or self.hop_length < 1:
@@ -127,8 +129,8 @@ class FeatureConfig:
     def n_features(self) -> int:
         if self.kind == "mfcc":
             return self.n_mfcc * self.input_channels
-        if self.kind == "egemaps":
-            return 25
+        if self.kind in ("egemaps", "lld"):
+            return 25 if self.kind == "egemaps" else N_LLD
         return self.n_mels * self.input_channels
 
 
@@ -246,7 +248,6 @@ MODEL_CONFIGS: dict[str, type] = {
     "expert": ExpertConfig,
     "svm": SvmConfig,
 }
-ModelConfig = NetworkConfig | ExpertConfig | SvmConfig
 
 
 def known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +331,10 @@ class ExperimentConfig:
     model: Any = field(default_factory=NetworkConfig)  # one of MODEL_CONFIGS, by model.kind
     train: TrainConfig = field(default_factory=TrainConfig)
     cache_dir: str = ".cache/stlser"
+
+    def check(self) -> None:
+        if self.train.freq_warp and self.features.kind not in ("logmel", "mfcc"):
+            raise ConfigError("config train.freq_warp needs a mel axis: features.kind logmel/mfcc")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -557,11 +562,6 @@ def with_value(cfg: ExperimentConfig, key: str, value: Any) -> ExperimentConfig:
         raise ConfigError(f"unknown config key {key!r}; known: {', '.join(sorted(node))}")
     node[parts[-1]] = value
     return from_dict(d)
-
-
-def with_model(cfg: ExperimentConfig, model: Any) -> ExperimentConfig:
-    """A copy of `cfg` with another model section (e.g. another kind's defaults), checked."""
-    return from_dict({**cfg.to_dict(), "model": asdict(model)})
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

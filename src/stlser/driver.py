@@ -274,7 +274,7 @@ def baseline(
     the corpus, folds and normalisation of `cfg` (`where`: `crossval`'s engine and address)."""
     from stlser.config import SvmConfig
 
-    svm = config_mod.with_model(cfg, SvmConfig())
+    svm = config_mod.with_value(cfg, "model", dataclasses.asdict(SvmConfig()))
     run = runs.resolve_output(cfg, out, suffix="-baseline")
     return crossval(svm, run, resume=resume, force=force, **where)
 

@@ -19,6 +19,8 @@ from stlser.smile import FUNCTIONAL_SETS as OPENSMILE_SETS
 
 #: stlser's own sets → number of functionals (a test checks these against the front end).
 OWN_SETS: dict[str, int] = {"compact": 96, "medium": 1752, "large": 4282}
+#: Values per frame of the own descriptors (``features.kind: lld``): 69 and their deltas.
+N_LLD = 138
 #: Every set name a config may use: own sets first.
 NAMES: tuple[str, ...] = (*OWN_SETS, *OPENSMILE_SETS)
 OPENSMILE_EXTRA = (

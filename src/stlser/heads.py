@@ -107,6 +107,60 @@ class _RowsTimes(torch.autograd.Function):
         return (g.T @ ctx.Z).T, None, None
 
 
+class Design:
+    """One head's fitting rows, prepared once for every fit on them (each L2 of a grid, with and
+    without a prior): the fitting set's centre and scale, the standardised rows Z[N, D] and, when
+    there are fewer rows than features and ``row_space``, a basis of their row space.
+
+    The loss sees W only through Z·W and the penalty pulls the rest of W − W₀ to zero, so the
+    optimum lies in W₀ + rowspace(Z). With an orthonormal basis Q[D, r] of that space the fit
+    moves V[r, C] (W = W₀ + Q V, ‖W − W₀‖ = ‖V‖) and the products read Z·Q[N, r] instead of
+    Z[N, D]; L-BFGS takes the same steps in either coordinates (it is invariant to an orthogonal
+    change of variables started at 0). The columns are centred, so the first m = N − 1 rows Zₘ
+    span the row space; the basis comes from the Cholesky factor of their Gram matrix,
+    Zₘ Zₘᵀ = L Lᵀ: Q = Zₘᵀ L⁻ᵀ, hence Zₘ·Q = L (the last row: one triangular solve), and
+    W − W₀ = Zₘᵀ (L⁻ᵀ V) is mapped back with another. When Zₘ Zₘᵀ is (nearly) singular
+    (duplicate rows), the basis is the eigenvectors of Z Zᵀ with non-negligible eigenvalues.
+    """
+
+    def __init__(self, X: np.ndarray | Tensor, row_space: bool = True, fits: int = 1) -> None:
+        Xt = torch.as_tensor(X, dtype=torch.float32)
+        self.center, self.scale = Xt.mean(0), Xt.std(0).clamp_min(1e-5)
+        self.Z = (Xt - self.center) / self.scale
+        n, d = self.Z.shape
+        self.L: Tensor | None = None
+        self.Zm: Tensor | None = None
+        self.basis: Tensor | None = None
+        Zv = self.Z
+        # worth it when the rows are few against the features, or the basis serves several fits
+        if row_space and (4 * n <= d or (fits >= 2 and 3 * n <= 2 * d)):
+            Zd = self.Z.double()
+            gram = Zd @ Zd.T
+            # the columns are centred, so the last row is minus the sum of the others: the
+            # first n - 1 rows span the row space
+            m = n - 1
+            L, info = torch.linalg.cholesky_ex(gram[:m, :m])
+            piv = torch.diagonal(L) ** 2
+            if m > 0 and int(info) == 0 and bool(piv.min() > 1e-9 * piv.max()):
+                self.L, self.Zm = L, Zd[:m]
+                last = torch.linalg.solve_triangular(L, gram[:m, m:], upper=False)  # [m, 1]
+                Zv = torch.cat([L, last.T]).float()
+            else:
+                ev, U = torch.linalg.eigh(gram)  # Z Zᵀ = U diag(ev) Uᵀ; row space = Zᵀ U / √ev
+                keep = ev > ev[-1] * 1e-10
+                self.basis = (Zd.T @ U[:, keep] / ev[keep].sqrt()).float()
+                Zv = self.Z @ self.basis
+        self.Zv = Zv
+        self.Zvt = Zv.T.contiguous()  # both layouts: each product then reads memory in order
+
+    def delta(self, V: Tensor) -> Tensor:
+        """W − W₀ [D, C] of the fit's variables V."""
+        if self.L is not None:
+            a = torch.linalg.solve_triangular(self.L.T, V.double(), upper=True)
+            return (self.Zm.T @ a).float()
+        return V if self.basis is None else self.basis @ V
+
+
 def fit_head(
     head: Head,
     X: np.ndarray,
@@ -117,6 +171,7 @@ def fit_head(
     prior: Prior | None = None,
     weight: np.ndarray | None = None,
     row_space: bool = True,
+    design: Design | None = None,
 ) -> Head:
     """Class-balanced multinomial logistic regression by full-batch L-BFGS (deterministic).
 
@@ -126,19 +181,15 @@ def fit_head(
     limits each row's softmax to the labels its corpus has (multi-corpus training). ``weight[N]``
     weighs rows (e.g. extra corpora or pseudo-labels); classes are balanced by their weighted mass.
 
-    With at most a quarter as many rows as features (ComParE's 6,373 on a few hundred clips) and
-    ``row_space``, the fit runs in the span of the rows: the loss sees W only through Z·W and the
-    penalty pulls the rest of W − W₀ to zero, so the optimum is the same, at a fraction of the
-    cost (measured on a busy core: 400 × 6,373 fits 1.6–4× faster; at 3,000 rows the
-    eigendecomposition would cost more than it saves).
+    With fewer rows than features and ``row_space`` the fit runs in the span of the rows
+    (:class:`Design`): the same optimum at a fraction of the cost. `design`: `X` prepared once
+    for several fits (`X` is then not read again).
     """
-    Xt = torch.as_tensor(X, dtype=torch.float32)
+    dz = design if design is not None else Design(X, row_space)
     yt = torch.as_tensor(y, dtype=torch.long)
     n_classes = head.linear.out_features
-    center, scale = Xt.mean(0), Xt.std(0).clamp_min(1e-5)
-    head.center.copy_(center)
-    head.scale.copy_(scale)
-    Z = (Xt - center) / scale
+    head.center.copy_(dz.center)
+    head.scale.copy_(dz.scale)
     if weight is None:
         count = torch.bincount(yt, minlength=n_classes).float().clamp_min(1)
         w = (len(yt) / (n_classes * count))[yt]
@@ -146,20 +197,12 @@ def fit_head(
         wt = torch.as_tensor(weight, dtype=torch.float32)
         w = wt / torch.zeros(n_classes).index_add_(0, yt, wt).clamp_min(1e-6)[yt]
     w = w / w.sum()
-    W0 = torch.zeros(Xt.shape[1], n_classes)
+    W0 = torch.zeros(dz.Z.shape[1], n_classes)
     b0 = torch.zeros(n_classes)
     if prior is not None:
-        W0, b0 = prior.weights(center, scale)
-    basis = None  # W = W0 + basis · V: V is what L-BFGS moves
-    if row_space and 4 * Z.shape[0] <= Z.shape[1]:  # else the eigh costs more than it saves
-        Zd = Z.double()
-        ev, U = torch.linalg.eigh(Zd @ Zd.T)  # Z Zᵀ = U diag(ev) Uᵀ; row space = Zᵀ U / √ev
-        keep = ev > ev[-1] * 1e-10
-        basis = (Zd.T @ U[:, keep] / ev[keep].sqrt()).float()
-    Zv = Z if basis is None else Z @ basis
-    Zvt = Zv.T.contiguous()  # both layouts: each product then reads memory in order
-    offset = Z @ W0 if prior is not None else 0.0
-    V = torch.zeros(Zv.shape[1], n_classes, requires_grad=True)
+        W0, b0 = prior.weights(dz.center, dz.scale)
+    offset = dz.Z @ W0 if prior is not None else 0.0
+    V = torch.zeros(dz.Zv.shape[1], n_classes, requires_grad=True)
     b = b0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [V, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
@@ -169,7 +212,7 @@ def fit_head(
 
     def closure() -> Tensor:
         opt.zero_grad()
-        logits = _RowsTimes.apply(V, Zv, Zvt) + offset + b
+        logits = _RowsTimes.apply(V, dz.Zv, dz.Zvt) + offset + b
         if absent is not None:
             logits = logits.masked_fill(absent, -1e4)
         ce = nn.functional.cross_entropy(logits, yt, reduction="none")
@@ -179,7 +222,7 @@ def fit_head(
 
     opt.step(closure)
     with torch.no_grad():
-        W = W0 + (V if basis is None else basis @ V)
+        W = W0 + dz.delta(V)
         head.linear.weight.copy_(W.T)
         head.linear.bias.copy_(b)
     return head
@@ -286,9 +329,16 @@ def fit_heads(
         if priors[i] is not None:
             cands += [(l2, priors[i]) for l2 in grid]
         if mode == "average":
+            dz = Design(Zi[fit], fits=len(cands))
             fits = [
                 fit_head(
-                    Head(dims[i], n_classes), Zi[fit], y[fit], l2, mask=rows_mask(fit), prior=p
+                    Head(dims[i], n_classes),
+                    Zi[fit],
+                    y[fit],
+                    l2,
+                    mask=rows_mask(fit),
+                    prior=p,
+                    design=dz,
                 )
                 for l2, p in cands
             ]
@@ -299,7 +349,9 @@ def fit_heads(
         # no validation speakers: the first L2, toward the pretrained head when there is one
         fallback = cands[len(grid) if priors[i] is not None else 0]
         best = (-1.0, fallback, None)
-        for cand in cands if len(val) else [fallback]:
+        tried = cands if len(val) else [fallback]
+        dz = Design(Zi[train], fits=len(tried))
+        for cand in tried:
             h = fit_head(
                 Head(dims[i], n_classes),
                 Zi[train],
@@ -307,6 +359,7 @@ def fit_heads(
                 cand[0],
                 mask=rows_mask(train),
                 prior=cand[1],
+                design=dz,
             )
             if not len(val):
                 break

@@ -1,9 +1,10 @@
-"""Acoustic features: the front end (`frontend`: log-mel / MFCC in torch, eGeMAPS), the torch
-descriptor / functional front end (`descriptors`, `voice`, `functionals`: openSMILE-style
-functionals without openSMILE), the disk cache with bulk extraction (`cache`) and normalisation
+"""Acoustic features: the front end (`frontend`: log-mel / MFCC / own-descriptor frames in
+torch, eGeMAPS), the torch descriptor / functional front end (`descriptors`, `voice`,
+`functionals`: openSMILE-style functionals without openSMILE; shared pieces in `dsp`), the disk
+cache with bulk extraction (`cache`) and normalisation
 (`normalise`). The names most callers need are re-exported here."""
 
-from stlser.features import cache, descriptors, frontend, functionals, normalise, voice
+from stlser.features import cache, descriptors, dsp, frontend, functionals, normalise, voice
 from stlser.features.cache import (
     FEATURE_VERSION,
     FeatureCache,
@@ -61,6 +62,7 @@ __all__ = [
     "dct_matrix",
     "descriptors",
     "dft_kernels",
+    "dsp",
     "egemaps_functionals",
     "feature_key_config",
     "fill_cache",

@@ -44,9 +44,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stlser.features.dsp import dct_matrix, deltas, mel_filterbank
 from stlser.features.formants import dft_matrices, formants, pre_emphasis_gain
-from stlser.features.frontend import dct_matrix, deltas, mel_filterbank
-from stlser.features.voice import ST_REF, lowpass_taps, on_frames, voice_features
+from stlser.features.voice import (
+    ST_REF,
+    exporting,
+    frame_signal,
+    lowpass_taps,
+    on_frames,
+    rdft_matrix,
+    voice_features,
+    yin_dft_matrices,
+)
 
 SAMPLE_RATE = 16000
 HOP = 160
@@ -150,6 +159,9 @@ class Descriptors(nn.Module):
         self.n_harm_bins = int((freqs <= 5.0).sum())
         self.n_ham_lo = int((freqs <= 2.0).sum())
         bufs.update({f"dft_{k}": v for k, v in dft_matrices(N_FFT).items()})
+        # used only while exporting (voice.exporting): the DFTs as products with fixed matrices
+        bufs["stft"] = rdft_matrix(WIN, N_FFT, win)
+        bufs.update(yin_dft_matrices(HOP // 2))
         for k, v in bufs.items():
             self.register_buffer(k, torch.from_numpy(np.ascontiguousarray(v)), persistent=False)
         self.win_energy = float((win**2).sum())
@@ -158,12 +170,25 @@ class Descriptors(nn.Module):
     def _dft(self) -> dict[str, Tensor]:
         return {"acf": self.dft_acf, "cos": self.dft_cos, "sin": self.dft_sin}
 
+    @property
+    def _yin(self) -> dict[str, Tensor]:
+        return {"yin_a": self.yin_a, "yin_e": self.yin_e, "yin_inv": self.yin_inv}
+
+    def _power(self, fr: Tensor) -> Tensor:
+        """Power spectrum [B, T, K] of the Hamming-windowed frames fr[B, T, WIN], normalised by
+        the window's energy: an FFT in eager torch, a product with a fixed matrix when exported."""
+        if exporting():
+            spec = torch.matmul(fr, self.stft)
+            k = N_FFT // 2 + 1
+            re, im = spec[..., :k], spec[..., k:]
+        else:
+            spec = torch.fft.rfft(fr * self.window, n=N_FFT)
+            re, im = spec.real, spec.imag
+        return (re * re + im * im) / self.win_energy
+
     # ------------------------------------------------------------------ pieces
     def _frames(self, x: Tensor, n_frames: int) -> Tensor:
-        xp = F.pad(x, (WIN // 2, WIN))
-        idx = torch.arange(n_frames, device=x.device)[:, None] * HOP
-        idx = idx + torch.arange(WIN, device=x.device)[None, :]
-        return xp[:, idx]  # [B, T, WIN]
+        return frame_signal(F.pad(x, (WIN // 2, 0)), n_frames, WIN, HOP)  # [B, T, WIN]
 
     def _energy(self, fr: Tensor, mel_pow: Tensor) -> list[Tensor]:
         ms = (fr * fr).mean(-1)
@@ -255,12 +280,11 @@ class Descriptors(nn.Module):
         n_frames = n // HOP + 1
         frames = frame_count(lengths)
         fr = self._frames(wave, n_frames)
-        spec = torch.fft.rfft(fr * self.window, n=N_FFT)
-        power = (spec.real * spec.real + spec.imag * spec.imag) / self.win_energy
+        power = self._power(fr)
         mel_pow, logmel, mfcc = self._bands(power)
         energy = self._energy(fr, mel_pow)
         spectral = self._spectral(power)
-        v = voice_features(wave, lengths, n_frames, HOP // 2, self.taps)
+        v = voice_features(wave, lengths, n_frames, HOP // 2, self.taps, self._yin)
         voiced = v["voiced"]
         f0_st = torch.where(
             voiced, 12.0 * torch.log2(v["f0"].clamp_min(1.0) / ST_REF), torch.zeros_like(v["f0"])
@@ -286,3 +310,24 @@ class Descriptors(nn.Module):
         valid = t[None, :] < frames[:, None]
         lld = torch.where(valid.unsqueeze(-1), lld, torch.zeros_like(lld))
         return lld, frames, voiced & valid
+
+
+class LldFrames(nn.Module):
+    """The network's frame features of ``features.kind: lld``: the descriptors and their deltas
+    of every 10 ms frame, with LogMel's interface.
+
+    ``forward(wave[B, N] float32, lengths[B] int64 | None) -> (lld[B, T, 138], frames[B] int64)``
+    with ``T = N // 160 + 1`` (LogMel's count for a 25 ms window at 16 kHz); frames at or beyond
+    ``frames[b]`` are 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.descriptors = Descriptors()
+        self.n_features = len(self.descriptors.names)
+
+    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if lengths is None:
+            lengths = torch.zeros(wave.shape[:1], dtype=torch.int64, device=wave.device)
+            lengths = lengths + wave.shape[1]
+        lld, frames, _ = self.descriptors(wave, lengths)
+        return lld, frames

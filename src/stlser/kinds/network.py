@@ -1,6 +1,7 @@
 """The paper's network as a recogniser kind (`model.kind: network`).
 
-CNN-BiLSTM-STL (`stlser.model`) on log-mel or MFCC frames (`stlser.features`), trained per fold
+CNN-BiLSTM-STL (`stlser.model`) on log-mel, MFCC or own-descriptor (lld) frames
+(`stlser.features`), trained per fold
 with Lightning (`stlser.training`, imported only when a fold is fitted). Its runtime is
 :class:`Pipeline` — front end, the training set's normalisation, the network and the softmax
 in one torch module, which is also the ONNX graph (`stlser.onnx_graph.wave_graph`).
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from stlser import __version__
 from stlser.config import FeatureConfig, NetworkConfig
-from stlser.features.frontend import LogMel
+from stlser.features import frontend
 from stlser.features.normalise import Normalize
 from stlser.kinds.base import FoldOutput, Kind
 from stlser.model import ARTEFACT_FORMAT, STLSER, count_parameters, load_artefact
@@ -76,7 +77,8 @@ def fold_data(cfg: Any, df: Any, feats: dict[str, np.ndarray], fold: Any, labels
 
 
 class Pipeline(nn.Module):
-    """16 kHz waveform → class probabilities: LogMel → normalisation → STLSER → softmax.
+    """16 kHz waveform → class probabilities: frames (LogMel or LldFrames) → normalisation →
+    STLSER → softmax.
 
     ``forward(wave[B, N] float32, lengths[B] int64) -> probs[B, C]``. Normalisation applies the
     training-set global statistics stored in the artefact (modes ``global`` and ``speaker`` —
@@ -101,16 +103,16 @@ class Pipeline(nn.Module):
         super().__init__()
 
         fc = feature_config
-        if fc.kind not in ("logmel", "mfcc"):
+        if fc.kind not in ("logmel", "mfcc", "lld"):
             raise ValueError(
-                f"features.kind={fc.kind!r} has no torch front end; only logmel/mfcc models can "
-                "run on raw audio"
+                f"features.kind={fc.kind!r} has no torch front end; only logmel/mfcc/lld models "
+                "can run on raw audio"
             )
         if fc.sample_rate != SAMPLE_RATE:
             raise ValueError(
                 f"models are trained at {SAMPLE_RATE} Hz, this one says {fc.sample_rate}"
             )
-        self.front_end = LogMel(fc)
+        self.front_end = frontend.frame_module(fc)
         self.model = model.eval()
         self.feature_config = fc
         self.labels = [str(x) for x in labels]
