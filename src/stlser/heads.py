@@ -91,6 +91,11 @@ class Prior:
         return W0, b0
 
 
+#: Rank tolerance of the row-space basis (:class:`Design`): a row whose variance left after the
+#: rows already taken is below this share of the largest row's squared norm is dependent.
+RANK_TOL = 1e-10
+
+
 class _RowsTimes(torch.autograd.Function):
     """``Z @ V`` for a tall Z[N, D] and a narrow V[D, C], given Z and its transpose Zt
     (contiguous): computed as ``(Vᵀ Zt)ᵀ`` and its gradient as ``(Gᵀ Z)ᵀ``, so that both
@@ -116,11 +121,13 @@ class Design:
     optimum lies in W₀ + rowspace(Z). With an orthonormal basis Q[D, r] of that space the fit
     moves V[r, C] (W = W₀ + Q V, ‖W − W₀‖ = ‖V‖) and the products read Z·Q[N, r] instead of
     Z[N, D]; L-BFGS takes the same steps in either coordinates (it is invariant to an orthogonal
-    change of variables started at 0). The columns are centred, so the first m = N − 1 rows Zₘ
-    span the row space; the basis comes from the Cholesky factor of their Gram matrix,
-    Zₘ Zₘᵀ = L Lᵀ: Q = Zₘᵀ L⁻ᵀ, hence Zₘ·Q = L (the last row: one triangular solve), and
-    W − W₀ = Zₘᵀ (L⁻ᵀ V) is mapped back with another. When Zₘ Zₘᵀ is (nearly) singular
-    (duplicate rows), the basis is the eigenvectors of Z Zᵀ with non-negligible eigenvalues.
+    change of variables started at 0). The basis comes from a rank-revealing (pivoted) Cholesky
+    factorisation of the Gram matrix, P Z Zᵀ Pᵀ = L Lᵀ (LAPACK ``dpstrf``), which also finds the
+    rank: centred columns and per-speaker normalised rows make Z Zᵀ singular. With the r
+    independent rows Zᵣ it picks and L's leading block Lᵣ: Q = Zᵣᵀ Lᵣ⁻ᵀ, hence Z·Q = Pᵀ L[:, :r]
+    (no product with Z), and W − W₀ = Zᵣᵀ (Lᵣ⁻ᵀ V) is mapped back with one triangular solve.
+    Rows whose remaining variance is below :data:`RANK_TOL` of the largest row's count as
+    dependent.
     """
 
     def __init__(self, X: np.ndarray | Tensor, row_space: bool = True, fits: int = 1) -> None:
@@ -129,36 +136,33 @@ class Design:
         self.Z = (Xt - self.center) / self.scale
         n, d = self.Z.shape
         self.L: Tensor | None = None
-        self.Zm: Tensor | None = None
-        self.basis: Tensor | None = None
+        self.Zr: Tensor | None = None
         Zv = self.Z
         # worth it when the rows are few against the features, or the basis serves several fits
         if row_space and (4 * n <= d or (fits >= 2 and 3 * n <= 2 * d)):
+            from scipy.linalg import lapack
+
             Zd = self.Z.double()
-            gram = Zd @ Zd.T
-            # the columns are centred, so the last row is minus the sum of the others: the
-            # first n - 1 rows span the row space
-            m = n - 1
-            L, info = torch.linalg.cholesky_ex(gram[:m, :m])
-            piv = torch.diagonal(L) ** 2
-            if m > 0 and int(info) == 0 and bool(piv.min() > 1e-9 * piv.max()):
-                self.L, self.Zm = L, Zd[:m]
-                last = torch.linalg.solve_triangular(L, gram[:m, m:], upper=False)  # [m, 1]
-                Zv = torch.cat([L, last.T]).float()
-            else:
-                ev, U = torch.linalg.eigh(gram)  # Z Zᵀ = U diag(ev) Uᵀ; row space = Zᵀ U / √ev
-                keep = ev > ev[-1] * 1e-10
-                self.basis = (Zd.T @ U[:, keep] / ev[keep].sqrt()).float()
-                Zv = self.Z @ self.basis
+            gram = (Zd @ Zd.T).numpy()
+            tol = RANK_TOL * float(gram.diagonal().max())
+            c, piv, rank, info = lapack.dpstrf(gram, tol=tol, lower=1)
+            if info < 0:  # an illegal argument: cannot happen with a square float64 matrix
+                raise RuntimeError(f"dpstrf failed (info {info})")
+            order = torch.as_tensor(piv.astype(np.int64) - 1)
+            L = torch.from_numpy(np.tril(c)[:, :rank])  # [N, r] in pivot order
+            self.L, self.Zr = L[:rank], Zd[order[:rank]]
+            Zv = torch.empty(n, rank, dtype=torch.float64)
+            Zv[order] = L
+            Zv = Zv.float()
         self.Zv = Zv
         self.Zvt = Zv.T.contiguous()  # both layouts: each product then reads memory in order
 
     def delta(self, V: Tensor) -> Tensor:
         """W − W₀ [D, C] of the fit's variables V."""
-        if self.L is not None:
-            a = torch.linalg.solve_triangular(self.L.T, V.double(), upper=True)
-            return (self.Zm.T @ a).float()
-        return V if self.basis is None else self.basis @ V
+        if self.L is None:
+            return V
+        a = torch.linalg.solve_triangular(self.L.T, V.double(), upper=True)
+        return (self.Zr.T @ a).float()
 
 
 def fit_head(
