@@ -525,3 +525,31 @@ def test_ray_data_throughput_small(shared_corpora):
     assert all(row[-1].endswith("%") for row in rows)
     projected = rows_of(r.stdout, ("task", "ms of worker time per audio second"))
     assert len(projected) == 3 and all(float(row[-1].replace(",", "")) > 0 for row in projected)
+
+
+def test_lld_study_scores_the_epoch_early_stopping_kept_on_validation_speakers(tmp_path):
+    """The study's table reads each finished fold's validation UA at the epoch of least
+    validation loss (not the best validation UA, not the test UA) and pairs the two frames."""
+    import pandas as pd
+
+    from benchmarks import study_lld_frames as st
+
+    def fold(kind: str, seed: int, f: int, loss: list[float], val_ua: list[float], done=True):
+        d = tmp_path / f"{kind}_s{seed}" / f"fold_{f:02d}"
+        (d / "logs").mkdir(parents=True)
+        rows = [
+            {"epoch": e, "val_loss": v, "val_ua": u}
+            for e, (v, u) in enumerate(zip(loss, val_ua, strict=True))
+        ]
+        pd.DataFrame(rows).to_csv(d / "logs" / "metrics.csv", index=False)
+        if done:
+            (d / "model.pt").write_bytes(b"")
+
+    fold("logmel", 0, 0, [1.0, 0.5, 0.7], [0.3, 0.6, 0.9])  # least loss at epoch 1: 60 %
+    fold("lld", 0, 0, [1.0, 0.8, 0.4], [0.2, 0.95, 0.7])  # epoch 2: 70 %
+    fold("logmel", 0, 1, [1.0], [0.5])
+    fold("lld", 0, 1, [1.0], [0.9], done=False)  # still training: not scored
+    out = st.table(tmp_path, [0], [0, 1])
+    assert "| 0 | 0 | 60.0 (1) | 70.0 (2) | +10.0 |" in out
+    assert "| 0 | 1 | 50.0 (0) | not finished |  |" in out
+    assert "Paired folds: 1; mean lld − log-mel +10.0" in out

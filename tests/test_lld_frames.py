@@ -14,16 +14,7 @@ from stlser.config import N_LLD, ConfigError, FeatureConfig
 from stlser.features import frontend
 from stlser.features.descriptors import Descriptors
 from stlser.testing import speechlike
-
-TINY = [
-    "model.channels=[4,8]",
-    "model.pool_time=[2,2]",
-    "model.pool_freq=[2,2]",
-    "model.d_lstm=8",
-    "model.stl_layers=1",
-    "model.stl_heads=2",
-    "model.stl_ff=16",
-]
+from tests.test_levers import TINY
 
 
 def test_lld_config_is_checked_and_sized():
@@ -75,7 +66,6 @@ def lld_run(synth_corpus, tmp_path_factory):
 
 
 def test_network_on_lld_frames_trains_and_predicts_as_scored(lld_run):
-    from stlser import driver
     from stlser.inference import Recognizer
     from stlser.results import RunReport
 
@@ -88,14 +78,15 @@ def test_network_on_lld_frames_trains_and_predicts_as_scored(lld_run):
     clip = pd.read_csv(run / "manifest.csv")["path"].iloc[0]
     pred = rec.predict(clip)
     assert pred.label in rec.labels and abs(sum(pred.probabilities.values()) - 1) < 1e-5
-    # scoring the artefact again (its own front end on every file) = crossval's cached frames
-    ev = driver.evaluate(
-        run / "fold_00" / "model.pt", run / "manifest.csv", run / "ev", cache_dir=str(cache)
-    )
-    a = pd.read_csv(run / "predictions.csv").set_index("utt_id")
-    b = pd.read_csv(ev / "predictions.csv").set_index("utt_id").loc[a.index]
-    probs = [c for c in a.columns if c.startswith("prob_")]
-    np.testing.assert_allclose(b[probs].to_numpy(), a[probs].to_numpy(), atol=1e-5)
+    # the recognizer's front end gives the frames training read from the feature cache
+    from stlser.audio import load
+    from stlser.features.cache import FeatureCache
+
+    cached = FeatureCache(cache, FeatureConfig(kind="lld")).get_or_compute(clip)
+    wave = torch.from_numpy(load(clip, sr=16000))[None]
+    with torch.inference_mode():
+        frames, n = rec.pipeline.front_end(wave, torch.tensor([wave.shape[1]]))
+    np.testing.assert_allclose(frames[0, : int(n[0])].numpy(), cached, atol=1e-5)
 
 
 def test_network_on_lld_frames_exports_to_one_graph(lld_run, tmp_path):
