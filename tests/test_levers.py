@@ -221,16 +221,15 @@ def test_label_smoothing_and_speaker_head_live_in_the_training_module():
 
 
 # ------------------------------------------------------------------ all levers, end to end
-@pytest.fixture(scope="module")
-def lever_run(synth_corpus, tmp_path_factory):
-    """One LOSO fold (two training speakers), two epochs, tiny network, every lever on."""
+def tiny_run(corpus, tmp, overrides: list[str]):
+    """Crossval of one LOSO fold (two training speakers), two epochs, tiny network, with
+    `overrides` → (run folder, cache folder)."""
     from stlser import driver
 
-    tmp = tmp_path_factory.mktemp("levers")
     cfg = config.load(
         None,
         [
-            f"data.root={synth_corpus}",
+            f"data.root={corpus}",
             "data.corpus=synth",
             f"cache_dir={tmp / 'cache'}",
             "split.folds=[0]",
@@ -238,10 +237,16 @@ def lever_run(synth_corpus, tmp_path_factory):
             "train.batch_size=16",
             "train.progress=false",
             *TINY,
-            *LEVERS,
+            *overrides,
         ],
     )
     return driver.crossval(cfg, tmp / "run"), tmp / "cache"
+
+
+@pytest.fixture(scope="module")
+def lever_run(synth_corpus, tmp_path_factory):
+    """One LOSO fold, two epochs, tiny network, every lever on."""
+    return tiny_run(synth_corpus, tmp_path_factory.mktemp("levers"), LEVERS)
 
 
 def test_every_lever_on_trains_reports_and_predicts(lever_run, synth_corpus):

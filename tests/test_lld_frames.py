@@ -14,7 +14,7 @@ from stlser.config import N_LLD, ConfigError, FeatureConfig
 from stlser.features import frontend
 from stlser.features.descriptors import Descriptors
 from stlser.testing import speechlike
-from tests.test_levers import TINY
+from tests.test_levers import tiny_run
 
 
 def test_lld_config_is_checked_and_sized():
@@ -45,24 +45,7 @@ def test_lld_frames_are_the_descriptors_of_the_clip():
 @pytest.fixture(scope="module")
 def lld_run(synth_corpus, tmp_path_factory):
     """One fold (two training speakers), two epochs, tiny network on lld frames."""
-    from stlser import driver
-
-    tmp = tmp_path_factory.mktemp("lld")
-    cfg = config.load(
-        None,
-        [
-            f"data.root={synth_corpus}",
-            "data.corpus=synth",
-            f"cache_dir={tmp / 'cache'}",
-            "split.folds=[0]",
-            "features.kind=lld",
-            "train.max_epochs=2",
-            "train.batch_size=16",
-            "train.progress=false",
-            *TINY,
-        ],
-    )
-    return driver.crossval(cfg, tmp / "run"), tmp / "cache"
+    return tiny_run(synth_corpus, tmp_path_factory.mktemp("lld"), ["features.kind=lld"])
 
 
 def test_network_on_lld_frames_trains_and_predicts_as_scored(lld_run):

@@ -120,15 +120,15 @@ class Design:
     The loss sees W only through Z·W and the penalty pulls the rest of W − W₀ to zero, so the
     optimum lies in W₀ + rowspace(Z). With an orthonormal basis Q[D, r] of that space the fit
     moves V[r, C] (W = W₀ + Q V, ‖W − W₀‖ = ‖V‖) and the products read Z·Q[N, r] instead of
-    Z[N, D]. The optimum is the same; the path is not quite (torch's L-BFGS scales its first step
-    by the gradient's L1 norm, which a rotation changes), so fits stopped at 100 iterations differ
-    by float-level amounts to ~1e-3 in probability. The basis comes from a rank-revealing (pivoted) Cholesky
-    factorisation of the Gram matrix, P Z Zᵀ Pᵀ = L Lᵀ (LAPACK ``dpstrf``), which also finds the
-    rank: centred columns and per-speaker normalised rows make Z Zᵀ singular. With the r
-    independent rows Zᵣ it picks and L's leading block Lᵣ: Q = Zᵣᵀ Lᵣ⁻ᵀ, hence Z·Q = Pᵀ L[:, :r]
-    (no product with Z), and W − W₀ = Zᵣᵀ (Lᵣ⁻ᵀ V) is mapped back with one triangular solve.
-    Rows whose remaining variance is below :data:`RANK_TOL` of the largest row's count as
-    dependent.
+    Z[N, D]. The optimum is the same; the path is not quite (torch's L-BFGS scales its first
+    step by the gradient's L1 norm, which a rotation changes), so fits stopped at 100 iterations
+    differ by float-level amounts to ~1e-3 in probability. The basis comes from a rank-revealing
+    (pivoted) Cholesky factorisation of the Gram matrix, P Z Zᵀ Pᵀ = L Lᵀ (LAPACK ``dpstrf``),
+    which also finds the rank: centred columns and per-speaker normalised rows make Z Zᵀ
+    singular. With the r independent rows Zᵣ it picks and L's leading block Lᵣ: Q = Zᵣᵀ Lᵣ⁻ᵀ,
+    hence Z·Q = Pᵀ L[:, :r] (no product with Z), and W − W₀ = Zᵣᵀ (Lᵣ⁻ᵀ V) is mapped back with
+    one triangular solve. Rows whose remaining variance is below :data:`RANK_TOL` of the largest
+    row's count as dependent.
     """
 
     def __init__(self, X: np.ndarray | Tensor, row_space: bool = True, fits: int = 1) -> None:

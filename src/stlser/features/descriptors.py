@@ -172,7 +172,7 @@ class Descriptors(nn.Module):
 
     @property
     def _yin(self) -> dict[str, Tensor]:
-        return {"yin_a": self.yin_a, "yin_e": self.yin_e, "yin_inv": self.yin_inv}
+        return {"yin_e": self.yin_e, "yin_inv": self.yin_inv}
 
     def _power(self, fr: Tensor) -> Tensor:
         """Power spectrum [B, T, K] of the Hamming-windowed frames fr[B, T, WIN], normalised by

@@ -154,8 +154,7 @@ def yin_dft_matrices(hop8: int = 80) -> dict[str, np.ndarray]:
     """The fixed matrices of YIN's cross-correlation in an exported graph
     (:func:`cross_correlation`)."""
     return {
-        "yin_a": rdft_matrix(hop8, BLOCK_FFT),
-        "yin_e": rdft_matrix(_BLOCK_SPAN * hop8, BLOCK_FFT),
+        "yin_e": rdft_matrix(_BLOCK_SPAN * hop8, BLOCK_FFT),  # its first hop8 rows: one block's
         "yin_inv": irdft_matrix(BLOCK_FFT, TAU_MAX + 1),
     }
 
@@ -180,10 +179,9 @@ def cross_correlation(
         return torch.fft.irfft(cross, n=CORR_FFT)[..., : TAU_MAX + 1]
     per = YIN_WIN // hop8  # blocks per window (4)
     n_blocks = n_frames + per - 1
-    blocks = frame_signal(x8, n_blocks + _BLOCK_SPAN - 1, hop8, hop8)  # [B, S, hop]
-    span = torch.cat([blocks[:, i : i + n_blocks] for i in range(_BLOCK_SPAN)], dim=-1)
+    span = frame_signal(x8, n_blocks, _BLOCK_SPAN * hop8, hop8)  # block s and the 2 after it
     k = BLOCK_FFT // 2 + 1
-    a = torch.matmul(blocks[:, :n_blocks], mats["yin_a"])
+    a = torch.matmul(span[..., :hop8], mats["yin_e"][:hop8])  # block s alone
     e = torch.matmul(span, mats["yin_e"])
     ar, ai, er, ei = a[..., :k], a[..., k:], e[..., :k], e[..., k:]
     c = torch.matmul(torch.cat([er * ar + ei * ai, ei * ar - er * ai], dim=-1), mats["yin_inv"])
