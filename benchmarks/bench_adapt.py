@@ -15,6 +15,10 @@ n = 1, 2, 3, 5, 10 and all, and normalise all of that speaker's clips:
   (`stlser.adapt.MIN_CLIPS`, `MIN_SECONDS`) the global statistics;
 * n = 0 is the global statistics (one clip at a time, `stlser predict` without `--adapt`).
 
+`--per-column` also compares a per-column shrinkage of the mean (empirical Bayes: column j counts
+as k_j = W_j / B_j clips, W the mean within-speaker variance and B the between-speaker variance
+of the speaker means, both on the training corpora's speakers) with the shipped constant.
+
 `--select` also runs the choice of the two shrinkage counts (`PRIOR_CLIPS_MEAN`,
 `PRIOR_CLIPS_VAR`) as it was made: on a grid, for each held-out corpus, the pair with the best
 mean UA over n = 1, 2, 3, 5, 10 on the *other* held-out corpora; and the shipped pair, best on
@@ -64,6 +68,7 @@ class Held:
         self.y = np.asarray([shared.index(v) for v in lab[self.scored]])
         self.sets = functionals.FunctionalsKind.sets(art)
         self.prior = (self.model.mean.numpy(), self.model.std.numpy())
+        self.k = per_column_counts(X[~test], df["speaker"].astype(str).to_numpy()[~test])
         self.speakers = np.unique(self.spk)
         self.picks: dict[tuple[int, int], dict[str, SpeakerStats]] = {}
         for n in COUNTS:
@@ -98,6 +103,8 @@ class Held:
                 return st
             if how == "adapt" and not st.usable:
                 return None
+            if how == "per-column":
+                return adapt.shrunk(st, self.prior, a * self.k, b)
             return adapt.shrunk(st, self.prior, a, b)
 
         out: dict[int, list[float]] = {}
@@ -107,6 +114,49 @@ class Held:
 
     def global_ua(self) -> float:
         return self.ua_with(dict.fromkeys(self.speakers))
+
+
+def per_column_counts(X: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes pseudo-clips of each column's speaker mean: W / B, W the mean
+    within-speaker variance, B the between-speaker variance of the true means (that of the
+    speaker means less their sampling variance W / n), floored at 1e-3 W."""
+    us = np.unique(speakers)
+    rows = [speakers == s for s in us]
+    m = np.stack([X[r].mean(0) for r in rows])
+    v = np.stack([X[r].var(0) for r in rows])
+    n = np.asarray([r.sum() for r in rows], np.float64)[:, None]
+    w = v.mean(0)
+    b = m.var(0) - (v / n).mean(0)
+    return w / np.maximum(b, 1e-3 * w + 1e-30)
+
+
+def per_column(helds: dict[str, Held]) -> str:
+    """Five clips' share of the all-clips gain: shipped counts against per-column counts."""
+    a, b = adapt.PRIOR_CLIPS_MEAN, adapt.PRIOR_CLIPS_VAR
+    rows = []
+    for held, h in helds.items():
+        glob = h.global_ua()
+        for name, c in (
+            ("shipped", h.curve("shrunk", a, b)),
+            ("per-column", h.curve("per-column", 1.0, b)),
+        ):
+            ms = {n: float(np.mean(v)) for n, v in c.items()}
+            share = 100 * (ms[5] - glob) / (ms[0] - glob) if ms[0] > glob else float("nan")
+            rows.append(
+                [held, name, f"{glob:.1f}", *(f"{ms[n]:.1f}" for n in COUNTS), f"{share:.0f} %"]
+            )
+    head = [
+        "held-out corpus",
+        "mean shrinkage",
+        "UA global",
+        *(f"n={n or 'all'}" for n in COUNTS),
+        "5-clip share",
+    ]
+    return f"""Shrinkage of a speaker's mean: {a:g} pseudo-clips for every column (shipped) or W/B per column
+(empirical Bayes, counts from the training corpora; quartiles differ by corpus); variance {b:g}:
+
+{bl.md_table(head, rows)}
+"""
 
 
 def _few(curve: dict[int, list[float]]) -> float:
@@ -142,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--config", default="pretrain.yaml")
     ap.add_argument("--select", action="store_true", help="also run the shrinkage choice")
+    ap.add_argument("--per-column", action="store_true", help="also try per-column counts")
     ap.add_argument("--out", default=None, help="also write the table here (markdown)")
     a = ap.parse_args(argv)
     cfg = config.load(a.config)
@@ -191,6 +242,8 @@ Five clips' share of the all-clips gain over the global statistics:
 """
     if a.select:
         text += "\n" + selection(helds)
+    if a.per_column:
+        text += "\n" + per_column(helds)
     bl.emit(text, Path(a.out) if a.out else None)
     return 0
 

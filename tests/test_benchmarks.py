@@ -262,6 +262,8 @@ def test_bench_accuracy_fine_tunes_from_the_other_corpora_only(tmp_path):
         "--set",
         "model.functionals=[egemaps]",
         "--set",
+        "model.level=keep",
+        "--set",
         f"cache_dir={tmp_path / 'cache'}",
     ]
     md = bench_accuracy.main(args)
@@ -378,6 +380,8 @@ def test_bench_pretrain_never_reads_the_held_out_corpus(tmp_path):
             "strong=model.l2_grid=[10.0]",
             "--set",
             "model.functionals=[egemaps]",
+            "--set",
+            "model.level=keep",
             "--set",
             f"cache_dir={tmp_path / 'cache'}",
         ]
@@ -553,3 +557,61 @@ def test_lld_study_scores_the_epoch_early_stopping_kept_on_validation_speakers(t
     assert "| 0 | 0 | 60.0 (1) | 70.0 (2) | +10.0 |" in out
     assert "| 0 | 1 | 50.0 (0) | not finished |  |" in out
     assert "Paired folds: 1; mean lld − log-mel +10.0" in out
+
+
+def test_level_columns_are_those_the_gain_moves():
+    """On clips and their 3× copies: the columns `level_columns` leaves alone do not move, the
+    flagged ones do, and after `relative_level` none does (a gain is a level shift)."""
+    import numpy as np
+
+    from benchmarks import benchlib as bl
+    from benchmarks import study_level as sl
+    from stlser.features.functionals import FunctionalFrontEnd, batch_functionals
+    from stlser.featuresets import level_columns
+
+    names = FunctionalFrontEnd("compact+large").names
+    clips = []
+    for s in range(4):
+        rng = np.random.default_rng(s)
+        x = bl.speechlike(1.0, rng)
+        clips.append(0.3 * x / np.abs(x).max() + 1e-3 * rng.standard_normal(len(x)))
+    w = np.stack(clips + [3 * c for c in clips]).astype(np.float32)
+    X = batch_functionals(w, np.full(len(w), w.shape[1]), "compact+large").astype(np.float64)
+    shift, drop = level_columns(names)
+    assert shift.sum() > 200 and drop.sum() > 50
+    assert not any(shift[i] or drop[i] for i, n in enumerate(names) if "mfcc" in n)
+
+    def moved(M: np.ndarray) -> np.ndarray:  # mean change in units of the clips' spread
+        return np.abs(M[4:] - M[:4]).mean(0) / (M[:4].std(0) + 1e-9)
+
+    raw, rel = moved(X), moved(sl.relative_level(X, names))
+    free = ~(shift | drop)
+    assert np.median(raw[free]) < 0.01 and np.quantile(raw[free], 0.95) < 0.1
+    assert np.median(raw[shift]) > 1.0 and np.median(raw[drop]) > 1.0
+    assert np.quantile(rel, 0.95) < 0.1 and np.median(rel[shift]) < 0.01
+
+
+def test_level_study_chooses_each_corpus_variant_on_the_other_corpora():
+    from benchmarks import study_level as sl
+
+    keep, drop = sl.KEPT, sl.DROPPED
+    score = {
+        (keep, "a"): 50.0, (drop, "a"): 10.0,
+        (keep, "b"): 30.0, (drop, "b"): 40.0,
+        (keep, "c"): 30.0, (drop, "c"): 40.0,
+    }  # fmt: skip
+    # a is best with the level kept, yet b and c (which choose for a) prefer it dropped
+    assert sl.nested_choice(score, ["a", "b", "c"]) == {"a": drop, "b": keep, "c": keep}
+
+
+def test_adapt_per_column_counts_are_within_over_between_speaker_variance():
+    import numpy as np
+
+    from benchmarks.bench_adapt import per_column_counts
+
+    rng = np.random.default_rng(0)
+    spk = np.repeat(np.arange(200), 50).astype(str)
+    between = rng.standard_normal((200, 2)) * np.array([1.0, 0.2])  # speaker means
+    x = between[np.repeat(np.arange(200), 50)] + rng.standard_normal((10000, 2))  # within: 1
+    k = per_column_counts(x, spk)
+    assert abs(k[0] - 1.0) < 0.25 and abs(k[1] - 25.0) < 10.0

@@ -47,6 +47,8 @@ def test_bad_values_fail_at_load(override, words):
         (["model.kind=expert", "model.l2_grid=[.nan]"], "model.l2_grid"),
         (["model.kind=expert", "model.functionals=[foo]"], "model.functionals"),
         (["model.kind=expert", "model.l2_mode=best"], "select | average"),
+        (["model.kind=expert", "model.level=quiet"], "keep | drop"),
+        (["model.kind=expert", "model.functionals=[egemaps]", "model.level=drop"], "model.level"),
         (["model.kind=svm", "model.c_grid=[0]"], "model.c_grid"),
         (["model.kind=svm", "model.init=base"], "model.init"),
         (["train.strategy=ddp_spawn", "train.num_nodes=2"], "train.num_nodes=2"),

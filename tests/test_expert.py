@@ -213,6 +213,18 @@ def expert_run(synth_corpus, tmp_path_factory):
     return driver.crossval(cfg, out / "run")
 
 
+def _on_synth(expert_run, synth_corpus, *extra: str) -> list[str]:
+    """Overrides of recommended.yaml for the synthetic corpus, on the fixture's feature cache."""
+    return [
+        "data.corpus=synth",
+        f"data.root={synth_corpus}",
+        "split.val_speakers=1",
+        f"cache_dir={expert_run.parent / 'cache'}",
+        "train.progress=false",
+        *extra,
+    ]
+
+
 def test_crossval_writes_report_and_artefacts(expert_run):
     from stlser.results import RunReport
 
@@ -264,15 +276,7 @@ def test_crossval_with_speed_copies(expert_run, tmp_path, synth_corpus):
     from stlser import driver
     from stlser.results import RunReport
 
-    over = [
-        "data.corpus=synth",
-        f"data.root={synth_corpus}",
-        "split.val_speakers=1",
-        f"cache_dir={expert_run.parent / 'cache'}",
-        "train.progress=false",
-        "model.init=null",
-        "model.functionals=[compact]",
-    ]
+    over = _on_synth(expert_run, synth_corpus, "model.init=null", "model.functionals=[compact]")
     runs = {
         v: driver.crossval(
             config.load("recommended.yaml", [*over, f"model.speeds={v}"]), tmp_path / str(i)
@@ -290,6 +294,33 @@ def test_crossval_with_speed_copies(expert_run, tmp_path, synth_corpus):
     a, b = (pd.read_csv(r / "predictions.csv") for r in runs.values())
     probs = [c for c in a.columns if c.startswith("prob_")]
     assert np.abs(a[probs].to_numpy() - b[probs].to_numpy()).max() > 1e-3  # the copies count
+
+
+def test_level_drop_fits_zero_weights_on_the_values_a_gain_moves(
+    expert_run, tmp_path, synth_corpus
+):
+    """`model.level: drop`: the heads' weights on the level columns are exactly 0 (elsewhere
+    not), and the recognizer answers a clip and its copy 20 dB quieter alike."""
+    from stlser import driver
+    from stlser.inference import Recognizer
+
+    over = _on_synth(
+        expert_run, synth_corpus, "split.folds=[0]", "model.speeds=[]", "model.level=drop"
+    )
+    run = driver.crossval(config.load("recommended.yaml", over), tmp_path / "drop")
+    model, _ = expert.from_artefact(run / "fold_00" / "model.pt")
+    w = torch.cat([h.linear.weight.detach() for h in model.heads], dim=1).abs().amax(0).numpy()
+    mask = expert.dropped_columns(config.load("recommended.yaml", over).model)
+    assert mask.sum() > 300 and (w[mask] == 0).all() and (w[~mask] > 0).mean() > 0.9
+    rec = Recognizer.load(run / "fold_00" / "model.pt")
+    kept = Recognizer.load(expert_run / "fold_00" / "model.pt")
+    clip = testing.tone(1.8, freq=210, harmonics=4, am_hz=4, noise=0.01)
+
+    def change(r) -> float:
+        a, b = r.predict(clip, 16000), r.predict(0.1 * clip, 16000)
+        return max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities)
+
+    assert change(rec) < 0.02 < change(kept)
 
 
 def _tones() -> list[np.ndarray]:
@@ -392,6 +423,7 @@ def test_pretrain_pools_corpora_and_scores_each_left_out(synth_corpus, tmp_path,
             f"data.root={root}",
             "data.pool=[synth=a, synth=b]",
             "model.functionals=[egemaps]",
+            "model.level=keep",
             f"cache_dir={tmp_path / 'cache'}",
             "train.progress=false",
         ],
@@ -493,15 +525,7 @@ def test_model_init_fine_tunes_from_a_pretrained_model(expert_run, synth_corpus,
     from stlser.results import RunReport
 
     init = expert_run / "fold_00" / "model.pt"
-    overrides = [
-        "data.corpus=synth",
-        f"data.root={synth_corpus}",
-        "split.val_speakers=1",
-        "split.folds=[0]",
-        f"cache_dir={expert_run.parent / 'cache'}",
-        "train.progress=false",
-        f"model.init={init}",
-    ]
+    overrides = _on_synth(expert_run, synth_corpus, "split.folds=[0]", f"model.init={init}")
     run = driver.crossval(config.load("recommended.yaml", overrides), tmp_path / "ft")
     assert RunReport.load(run / "report.json").ua > 0.5
     fold = json.loads((run / "fold_00" / "fold.json").read_text())
@@ -564,6 +588,7 @@ def test_pretrain_fits_speed_copies_as_speakers_of_their_own(synth_corpus, tmp_p
         f"data.root={root}",
         "data.pool=[synth=a]",
         "model.functionals=[egemaps]",
+        "model.level=keep",
         f"cache_dir={tmp_path / 'cache'}",
         "train.progress=false",
     ]

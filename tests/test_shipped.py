@@ -37,6 +37,24 @@ def test_default_recognizer_loads_and_predicts_deterministically():
     assert max(abs(a.probabilities[k] - c.probabilities[k]) for k in a.probabilities) < 1e-4
 
 
+def test_the_shipped_model_answers_alike_at_any_playback_volume():
+    """The general model ignores the functionals a gain moves (`model.level: drop`): a clip and
+    its copies 10 and 20 dB quieter get the same answer with the same probabilities to 0.02
+    (the model of 2026-12-05, which kept the level, moved them by 0.16-0.27)."""
+    from stlser.inference import Recognizer
+    from stlser.kinds import expert
+
+    assert expert.from_artefact(shipped_model("base", ".pt"))[1]["model_config"]["level"] == "drop"
+    rec = Recognizer.load()
+    for seed, freq in ((0, 140), (1, 230)):
+        clip = testing.tone(2.0, freq=freq, harmonics=5, am_hz=3, noise=0.003, seed=seed)
+        a = rec.predict(clip, 16000)
+        for gain in (0.3, 0.1):
+            b = rec.predict(gain * clip, 16000)
+            assert b.label == a.label
+            assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 0.02
+
+
 def test_predict_without_model_and_with_label_subset(tmp_path, capsys):
     import soundfile as sf
 

@@ -194,19 +194,23 @@ class ExpertConfig:
     # fine-tuning: "base" (the shipped general model) or an expert model.pt: each L2 of l2_grid
     # fitted pulling toward zero and toward the pretrained weights
     init: str | None = None
+    # "drop": the heads ignore the functionals a recording gain moves (own sets only), so an
+    # answer follows the playback volume far less (`featuresets.level_columns`)
+    level: Literal["keep", "drop"] = "keep"
 
     def check(self) -> None:
+        if self.level == "drop" and not all(map(is_own, self.functionals)):
+            raise ConfigError(
+                "config model.level=drop needs stlser's own sets; set model.level=keep"
+            )
         _check_sets(self.functionals)
         if not self.l2_grid or min(self.l2_grid) < 0:
             raise ConfigError(f"config model.l2_grid must be numbers >= 0, got {self.l2_grid}")
         lo, hi = SPEED_RANGE
-        if any(not lo <= v <= hi or v == 1.0 for v in self.speeds) or len(set(self.speeds)) < len(
-            self.speeds
-        ):
-            raise ConfigError(
-                f"config model.speeds must be distinct factors in [{lo}, {hi}] other than 1, "
-                f"got {self.speeds}"
-            )
+        bad = [v for v in self.speeds if not lo <= v <= hi or v == 1.0]
+        if bad or len(set(self.speeds)) < len(self.speeds):
+            msg = f"distinct factors in [{lo}, {hi}] other than 1, got {self.speeds}"
+            raise ConfigError(f"config model.speeds must be {msg}")
 
 
 @dataclass
@@ -234,10 +238,8 @@ class SvmConfig:
 def _check_sets(sets: list[str]) -> None:
     unknown = [s for s in sets if s not in FUNCTIONAL_SET_NAMES]
     if unknown or not sets or len(set(sets)) < len(sets):
-        raise ConfigError(
-            f"config model.functionals={sets} must name distinct sets from: "
-            + " | ".join(FUNCTIONAL_SET_NAMES)
-        )
+        names = " | ".join(FUNCTIONAL_SET_NAMES)
+        raise ConfigError(f"config model.functionals={sets} must name distinct sets from: {names}")
     if any(not is_own(s) for s in sets) and not opensmile_available():
         raise ConfigError(f"config model.functionals={sets} needs openSMILE: {OPENSMILE_EXTRA}")
 

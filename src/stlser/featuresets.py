@@ -14,6 +14,9 @@ This module imports neither torch nor openSMILE: the config checks use it.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
+
+import numpy as np
 
 from stlser.smile import FUNCTIONAL_SETS as OPENSMILE_SETS
 
@@ -71,3 +74,40 @@ def own_groups(sets: list[str]) -> list[list[str]]:
         else:
             out.append([s])
     return out
+
+
+#: Functionals that a gain moves: a level shift moves the location of a log-power descriptor
+#: (a gain ``a`` adds ``2 ln a`` to log energy and to every log-mel band; the MFCCs, whose DCT
+#: rows past 0 sum to zero, do not move) and scales RMS and loudness and all but their
+#: scale-free functionals.
+LOCATION_FUNCS = {"mean", "p1", "p20", "p50", "p80", "p99", "min", "max", "lin_offset", "quad_c"}
+SCALE_FREE_FUNCS = {
+    "skewness", "kurtosis", "relpos_min", "relpos_max", "rise_time", "fall_time",
+    "uplevel25", "uplevel50", "uplevel75", "uplevel90", "peak_rate", "peak_distance",
+}  # fmt: skip
+LOG_POWER_LLDS = {"log_energy", *(f"mel{i:02d}" for i in range(1, 27))}
+SCALED_LLDS = {"rms", "loudness", "d_rms", "d_loudness"}
+
+
+def level_columns(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks over functional names (``"set:descriptor[_V|_UV]_functional"``) of the values a
+    recording gain moves: ``shifted`` (location functionals of the log-power descriptors: they
+    move by the level's change) and ``scaled`` (RMS and loudness and their deltas, except the
+    scale-free functionals). Every other value of the own sets does not depend on the gain, but
+    for the front end's fixed floors in near-silent frames (``model.level: drop``)."""
+    shifted = np.zeros(len(names), bool)
+    scaled = np.zeros(len(names), bool)
+    llds = sorted(LOG_POWER_LLDS | SCALED_LLDS, key=len, reverse=True)
+    for j, name in enumerate(names):
+        rest = name.split(":", 1)[-1]
+        for d in llds:
+            tag = next((t for t in ("_V_", "_UV_", "_") if rest.startswith(d + t)), None)
+            if tag is None:
+                continue
+            func = rest[len(d) + len(tag) :]
+            if d in SCALED_LLDS:
+                scaled[j] = func not in SCALE_FREE_FUNCS
+            else:
+                shifted[j] = func in LOCATION_FUNCS
+            break
+    return shifted, scaled

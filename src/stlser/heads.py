@@ -55,6 +55,14 @@ class LogisticHeads(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.softmax(self.log_probs((x - self.mean) / self.std), -1)
 
+    def drop_inputs(self, mask: np.ndarray) -> None:
+        """Zero the weights of the columns where `mask` (over every set's columns) is true: no
+        answer depends on them any more."""
+        cols = torch.as_tensor(np.asarray(mask, bool))
+        with torch.no_grad():
+            for h, part in zip(self.heads, torch.split(cols, self.dims), strict=True):
+                h.linear.weight[:, part] = 0.0
+
 
 class Prior:
     """A pretrained head as the starting point and L2 centre of a new fit (fine-tuning).

@@ -124,6 +124,9 @@ def fit_pool(
     mask = label_mask(df_all, labels)
     corpus = df_all["corpus"].astype(str).to_numpy()
     Z = _normalise(X_all, df_all, cfg)
+    drop = expert.dropped_columns(cfg.model)
+    if drop is not None:
+        Z[:, drop] = 0.0  # constant inputs: their weights stay 0
     dims = functionals.set_dims(list(cfg.model.functionals))
     select = cfg.model.l2_mode == "select"
     va = _val_rows(df, cfg.seed) if select else np.zeros(0, np.int64)  # average: none needed

@@ -105,6 +105,17 @@ def init_priors(
 
 
 # ------------------------------------------------------------------------------ the kind
+def dropped_columns(m: ExpertConfig) -> np.ndarray | None:
+    """With ``model.level: drop``, the columns a recording gain moves (else None)."""
+    if m.level != "drop":
+        return None
+    from stlser.features.functionals import front_end
+    from stlser.featuresets import level_columns
+
+    shifted, scaled = level_columns(front_end("+".join(m.functionals)).names)
+    return shifted | scaled
+
+
 class ExpertKind(functionals.FunctionalsKind):
     name = "expert"
     config = ExpertConfig
@@ -172,6 +183,9 @@ class ExpertKind(functionals.FunctionalsKind):
         every = fit if copies is None else np.concatenate([fit, *copies])
         Z, _ = normalize_functionals(X, data["speakers"], data["mode"], every, data["glob"])
         m = cfg.model
+        drop = dropped_columns(m)
+        if drop is not None:
+            Z[:, drop] = 0.0  # constant inputs: the other weights are fitted without them
         model, sel = fit_heads(
             Z,
             data["y"],
@@ -184,6 +198,8 @@ class ExpertKind(functionals.FunctionalsKind):
             m.l2_mode,
             copies,
         )
+        if drop is not None:
+            model.drop_inputs(drop)  # a prior (model.init) may have left weights there
         raw = torch.as_tensor(X[fit], dtype=torch.float32)
         model.mean.copy_(raw.mean(0))
         model.std.copy_(raw.std(0).clamp_min(1e-5))
