@@ -200,9 +200,7 @@ class ExpertConfig:
 
     def check(self) -> None:
         if self.level == "drop" and not all(map(is_own, self.functionals)):
-            raise ConfigError(
-                "config model.level=drop needs stlser's own sets; set model.level=keep"
-            )
+            raise ConfigError("config model.level=drop needs own sets; set model.level=keep")
         _check_sets(self.functionals)
         if not self.l2_grid or min(self.l2_grid) < 0:
             raise ConfigError(f"config model.l2_grid must be numbers >= 0, got {self.l2_grid}")
