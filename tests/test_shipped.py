@@ -40,7 +40,7 @@ def test_default_recognizer_loads_and_predicts_deterministically():
 def test_the_shipped_model_answers_alike_at_any_playback_volume():
     """The general model ignores the functionals a gain moves (`model.level: drop`): a clip and
     its copies 10 and 20 dB quieter get the same answer with the same probabilities to 0.02
-    (the model of 2026-12-05, which kept the level, moved them by 0.16-0.27)."""
+    (the same recipe with the level kept moves them by 0.16-0.27)."""
     from stlser.inference import Recognizer
     from stlser.kinds import expert
 
