@@ -68,7 +68,6 @@ class Held:
         self.y = np.asarray([shared.index(v) for v in lab[self.scored]])
         self.sets = functionals.FunctionalsKind.sets(art)
         self.prior = (self.model.mean.numpy(), self.model.std.numpy())
-        self.k = per_column_counts(X[~test], df["speaker"].astype(str).to_numpy()[~test])
         self.speakers = np.unique(self.spk)
         self.picks: dict[tuple[int, int], dict[str, SpeakerStats]] = {}
         for n in COUNTS:
@@ -95,7 +94,9 @@ class Held:
             lp = self.model.log_probs(z)[:, self.keep]
         return 100 * ua(self.y, lp.argmax(1).numpy())
 
-    def curve(self, how: str, a: float = 0.0, b: float = 0.0) -> dict[int, list[float]]:
+    def curve(
+        self, how: str, a: float | np.ndarray = 0.0, b: float = 0.0
+    ) -> dict[int, list[float]]:
         """UA per n (a list over draws): `how` = raw | shrunk (with counts a, b) | adapt."""
 
         def use(st: SpeakerStats) -> SpeakerStats | None:
@@ -103,8 +104,6 @@ class Held:
                 return st
             if how == "adapt" and not st.usable:
                 return None
-            if how == "per-column":
-                return adapt.shrunk(st, self.prior, a * self.k, b)
             return adapt.shrunk(st, self.prior, a, b)
 
         out: dict[int, list[float]] = {}
@@ -130,15 +129,19 @@ def per_column_counts(X: np.ndarray, speakers: np.ndarray) -> np.ndarray:
     return w / np.maximum(b, 1e-3 * w + 1e-30)
 
 
-def per_column(helds: dict[str, Held]) -> str:
-    """Five clips' share of the all-clips gain: shipped counts against per-column counts."""
+def per_column(helds: dict[str, Held], df: pd.DataFrame, X: np.ndarray) -> str:
+    """Five clips' share of the all-clips gain: shipped counts against per-column counts (from
+    the rows of `df` / `X` outside each held-out corpus)."""
     a, b = adapt.PRIOR_CLIPS_MEAN, adapt.PRIOR_CLIPS_VAR
+    speakers = df["speaker"].astype(str).to_numpy()
     rows = []
     for held, h in helds.items():
         glob = h.global_ua()
+        train = (df["corpus"] != held).to_numpy()
+        k = per_column_counts(X[train], speakers[train])
         for name, c in (
             ("shipped", h.curve("shrunk", a, b)),
-            ("per-column", h.curve("per-column", 1.0, b)),
+            ("per-column", h.curve("shrunk", k, b)),
         ):
             ms = {n: float(np.mean(v)) for n, v in c.items()}
             share = 100 * (ms[5] - glob) / (ms[0] - glob) if ms[0] > glob else float("nan")
@@ -243,7 +246,7 @@ Five clips' share of the all-clips gain over the global statistics:
     if a.select:
         text += "\n" + selection(helds)
     if a.per_column:
-        text += "\n" + per_column(helds)
+        text += "\n" + per_column(helds, df, X)
     bl.emit(text, Path(a.out) if a.out else None)
     return 0
 

@@ -31,7 +31,6 @@ other held-out corpora only** (best mean one-clip UA there): the corpus itself n
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,24 +108,25 @@ def evaluate(
                     fits[(variant, held)] = (model, labels, info)
             te = (df["corpus"] == held).to_numpy()
             dte = df[te].reset_index(drop=True)
-            xg = torch.as_tensor(Xv[te], dtype=torch.float32)
-            zg = (xg - model.mean) / model.std
-            if variant == ONE_CLIP:
-                zg[:, torch.as_tensor(shift | drop)] = 0.0
-            zs = torch.as_tensor(pretrain._normalise(Xv[te], dte, cfg), dtype=torch.float32)
-            with torch.no_grad():
-                lp_g, lp_s = model.log_probs(zg).numpy(), model.log_probs(zs).numpy()
+            zs = pretrain._normalise(Xv[te], dte, cfg)
+            xg = Xv[te]
+            if variant == ONE_CLIP:  # the level columns at the global mean: z-score 0
+                xg = xg.copy()
+                level = shift | drop
+                xg[:, level] = model.mean.numpy()[level]
+            # one clip as `stlser pretrain --loco` scores it: the default labels, every clip
+            g = pretrain._answers(model, labels, info, zs, xg, dte)["scores"]["every_label_global"]
+            top = max(g["answered"], key=g["answered"].get)
             y = dte["label"].astype(str).to_numpy()
-            dl = info["default_labels"]
-            pred = np.asarray(dl)[lp_g[:, [labels.index(v) for v in dl]].argmax(1)]
             shared = [v for v in labels if v in set(y)]
             rows = np.isin(y, shared)
-            pred_s = np.asarray(shared)[lp_s[rows][:, [labels.index(v) for v in shared]].argmax(1)]
-            top, count = collections.Counter(pred.tolist()).most_common(1)[0]
+            with torch.no_grad():
+                lp_s = model.log_probs(torch.as_tensor(zs[rows], dtype=torch.float32)).numpy()
+            pred_s = np.asarray(shared)[lp_s[:, [labels.index(v) for v in shared]].argmax(1)]
             out[(variant, held)] = {
-                "share": 100 * count / len(pred),
+                "share": 100 * g["answered"][top],
                 "top": top,
-                "ua_one": 100 * ua(y, pred),
+                "ua_one": 100 * g["ua"],
                 "ua_speaker": 100 * ua(y[rows], pred_s),
             }
             print(f"{variant} / {held}: {out[(variant, held)]}", file=sys.stderr, flush=True)
