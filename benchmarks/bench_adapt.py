@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
               "`make pretrained` (stlser pretrain --loco) first", file=sys.stderr)  # fmt: skip
         return 2
     df = pool_manifest(cfg.data.root, list(cfg.data.pool))
-    X = functionals.load_matrix(df, list(cfg.model.functionals), cfg.cache_dir, progress=True)
+    rel = cfg.model.level == "drop"  # the functionals the models read
+    X = functionals.load_matrix(df, list(cfg.model.functionals), cfg.cache_dir, True, relative=rel)
     helds = {c: Held(c, df, X, pretrained, a.draws) for c in cfg.data.pool}
     rows, shares = [], []
     ab = (adapt.PRIOR_CLIPS_MEAN, adapt.PRIOR_CLIPS_VAR)

@@ -14,9 +14,13 @@ spectral-shape, voice and timing descriptor do not move. Variants of the general
   offsets) of the log-power descriptors taken relative to the clip's mean log energy; RMS and
   loudness (and their deltas) keep only their scale-free functionals
   (`stlser.featuresets.level_columns`);
-* **level dropped** (``model.level: drop``, what the shipped general model uses): the heads
-  ignore every value the gain moves (those columns are constant when the heads are fitted, so
-  their weights stay 0);
+* **level dropped, fixed floors**: the heads ignore every value the gain moves (those columns
+  are constant when the heads are fitted, so their weights stay 0), over the functionals of the
+  clip as given;
+* **level dropped** (``model.level: drop``, what the shipped general model uses): the same over
+  the functionals computed relative to each clip's level (``compact+large/relative``:
+  `stlser.features.descriptors`, ``relative_level``), so the front end's fixed floors in
+  near-silent frames no longer carry the level either;
 * **level dropped, one clip only**: the level-kept heads, with the level columns' z-scores set
   to 0 when a clip is normalised with the global statistics (speaker-normalised answers
   unchanged).
@@ -60,18 +64,27 @@ def relative_level(X: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return out
 
 
-KEPT, RELATIVE, DROPPED, ONE_CLIP = (
+KEPT, RELATIVE, FIXED, DROPPED, ONE_CLIP = (
     "level kept",
     "relative level",
+    "level dropped, fixed floors",
     "level dropped (model.level: drop)",
     "level dropped, one clip only",
 )
-VARIANTS: dict[str, tuple[Callable[[np.ndarray, Sequence[str]], np.ndarray] | None, str]] = {
-    KEPT: (None, "keep"),
-    RELATIVE: (relative_level, "keep"),
-    DROPPED: (None, "drop"),
-    ONE_CLIP: (None, "keep"),  # the level-kept heads, level columns zeroed one clip at a time
+#: variant → (transform of the functionals, model.level, functionals relative to the clip's level)
+VARIANTS: dict[str, tuple[Callable[[np.ndarray, Sequence[str]], np.ndarray] | None, str, bool]] = {
+    KEPT: (None, "keep", False),
+    RELATIVE: (relative_level, "keep", False),
+    FIXED: (None, "drop", False),
+    DROPPED: (None, "drop", True),
+    ONE_CLIP: (
+        None,
+        "keep",
+        False,
+    ),  # the level-kept heads, level columns zeroed one clip at a time
 }
+#: the variants whose answers the gain check compares
+GAIN_VARIANTS = (KEPT, FIXED, DROPPED)
 
 
 def nested_choice(score: dict[tuple[str, str], float], corpora: Sequence[str]) -> dict[str, str]:
@@ -85,16 +98,17 @@ def nested_choice(score: dict[tuple[str, str], float], corpora: Sequence[str]) -
 
 
 def evaluate(
-    X: np.ndarray, df: pd.DataFrame, cfg: config.ExperimentConfig, names: Sequence[str]
+    X: dict[bool, np.ndarray], df: pd.DataFrame, cfg: config.ExperimentConfig, names: Sequence[str]
 ) -> dict[tuple[str, str], dict[str, float | str]]:
     """Every variant × held-out corpus → share and label of the most frequent one-clip answer,
-    one-clip UA, speaker-statistics UA."""
+    one-clip UA, speaker-statistics UA. `X[relative]`: the functionals of every row of `df`,
+    of the clip as given (False) and relative to its level (True)."""
     corpora = list(cfg.data.pool)
     shift, drop = featuresets.level_columns(names)
     out: dict[tuple[str, str], dict[str, float]] = {}
     fits: dict[tuple[str, str], tuple] = {}  # reused one clip at a time and by the gain check
-    for variant, (fn, level) in VARIANTS.items():
-        Xv = X if fn is None else fn(X, names)
+    for variant, (fn, level, rel) in VARIANTS.items():
+        Xv = X[rel] if fn is None else fn(X[rel], names)
         cfg_v = config.with_value(cfg, "model.level", level)
         for held in corpora:
             if variant == ONE_CLIP:
@@ -104,7 +118,7 @@ def evaluate(
                 model, labels, info = pretrain.fit_pool(
                     Xv[tr], df[tr].reset_index(drop=True), cfg_v
                 )
-                if variant in (KEPT, DROPPED):
+                if variant in GAIN_VARIANTS:
                     fits[(variant, held)] = (model, labels, info)
             te = (df["corpus"] == held).to_numpy()
             dte = df[te].reset_index(drop=True)
@@ -141,23 +155,30 @@ GAIN_CLIPS = 30
 def gain_check(df: pd.DataFrame, cfg: config.ExperimentConfig, fits: dict) -> dict:
     """One clip at a time, the held-out corpus's clips (every k-th, :data:`GAIN_CLIPS`) and their
     copies played at each of :data:`GAINS`: share of changed answers (default labels) and median
-    largest probability change, for the level-kept and level-dropped models."""
+    largest probability change, for the models of :data:`GAIN_VARIANTS`."""
     from stlser.audio import load
 
-    sets = "+".join(cfg.model.functionals)
     out = {}
     for held in cfg.data.pool:
         rows = df.index[df["corpus"] == held]
         rows = rows[:: max(1, len(rows) // GAIN_CLIPS)][:GAIN_CLIPS]
         waves = [load(str(df.at[r, "path"])) for r in rows]
-        feats = {g: F.clips_functionals([g * w for w in waves], sets) for g in (1.0, *GAINS)}
-        for variant in (KEPT, DROPPED):
+        feats = {
+            rel: {
+                g: F.clips_functionals(
+                    [g * w for w in waves], F.pass_name(cfg.model.functionals, rel)
+                )
+                for g in (1.0, *GAINS)
+            }
+            for rel in (False, True)
+        }
+        for variant in GAIN_VARIANTS:
             model, labels, info = fits[(variant, held)]
             keep = [labels.index(v) for v in info["default_labels"]]
             with torch.no_grad():
                 p = {
                     g: model(torch.as_tensor(np.stack(x)))[:, keep].numpy()
-                    for g, x in feats.items()
+                    for g, x in feats[VARIANTS[variant][2]].items()
                 }
             for g in GAINS:
                 out[(f"gain {g:g}: {variant}", held)] = {
@@ -181,7 +202,7 @@ def render(res: dict, corpora: Sequence[str]) -> str:
     ]
     gains = []
     for g in GAINS:
-        for v in (KEPT, DROPPED):
+        for v in GAIN_VARIANTS:
             cells = [res[(f"gain {g:g}: {v}", c)] for c in corpora]
             gains.append([f"{20 * np.log10(g):.0f} dB", v, *(f"{x['changed']:.0f} % · {x['moved']:.3f}" for x in cells)])  # fmt: skip
     gain_head = [
@@ -210,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.load(a.config)
     df = pretrain.pool_manifest(cfg.data.root, list(cfg.data.pool))
     sets = list(cfg.model.functionals)
-    X = fk.load_matrix(df, sets, cfg.cache_dir, progress=True).astype(np.float64)
+    X = {
+        rel: fk.load_matrix(df, sets, cfg.cache_dir, True, relative=rel).astype(np.float64)
+        for rel in (False, True)
+    }
     names = F.FunctionalFrontEnd("+".join(sets)).names
     res = evaluate(X, df, cfg, names)
     bl.emit(render(res, list(cfg.data.pool)), Path(a.out) if a.out else None)

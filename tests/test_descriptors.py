@@ -333,6 +333,40 @@ def test_moments_and_step_functionals_do_not_depend_on_scale_or_rounding():
         assert float(out[0, 0, col[name]]) == float(ref[0, 0, col[name]]), name  # as if tied
 
 
+def test_relative_level_leaves_only_the_level_functionals_to_the_gain():
+    """Clips with digital-silence pauses, played 40 dB quieter and 10 dB louder: relative to
+    the clip's level, every functional but the level ones stays (the few that move are step
+    functionals of jitter crossing a threshold by float rounding), the level ones move by
+    exactly the gain; with the fixed floors, most of the others move too."""
+    from stlser.features.functionals import clips_functionals
+    from stlser.featuresets import level_columns
+
+    def clip(seed: int) -> np.ndarray:
+        x = speechlike(0.6, seed)
+        y = speechlike(0.5, seed + 10)
+        return np.concatenate([x, np.zeros(3200, np.float32), y, np.zeros(1600, np.float32)])
+
+    waves = [clip(s) for s in range(4)]
+    for name, fixed in (("compact+large/relative", False), ("compact+large", True)):
+        names = _fe(name).names
+        level = np.logical_or(*level_columns(names))
+        a = np.stack(clips_functionals(waves, name)).astype(np.float64)
+        spread = a.std(0) + 1e-6
+        for gain in (0.01,) if fixed else (0.01, 3.0):
+            b = np.stack(clips_functionals([gain * w for w in waves], name)).astype(np.float64)
+            moved = (np.abs(b - a) / spread)[:, ~level] > 0.05
+            if fixed:
+                assert moved.mean() > 0.2
+                continue
+            assert moved.mean() < 0.005, np.asarray(names)[~level][moved.any(0)][:5]
+            bad = [n for n in np.asarray(names)[~level][moved.any(0)] if "jitter" not in n]
+            assert not bad
+            j = names.index("large:log_energy_mean")
+            np.testing.assert_allclose(b[:, j] - a[:, j], 2 * np.log(gain), atol=1e-4)
+            j = names.index("large:rms_mean")
+            np.testing.assert_allclose(b[:, j] / a[:, j], gain, rtol=1e-4)
+
+
 def test_frame_signal_equals_indexed_frames():
     from stlser.features.voice import frame_signal
 

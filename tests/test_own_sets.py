@@ -50,7 +50,8 @@ def test_matrix_of_own_sets_is_one_pass_and_cached(synth_corpus, tmp_path):
     assert np.array_equal(again, X[:, 96:])  # the same numbers computed alone
 
 
-def test_cache_batches_give_each_clip_its_numbers_alone():
+@pytest.mark.parametrize("name", ["compact+large", "compact+large/relative"])
+def test_cache_batches_give_each_clip_its_numbers_alone(name):
     """The cache computes clips of one padded length together; a clip's values must not depend
     on its batch (nor on whether it has a voiced frame at all: the silent clip)."""
     from stlser.features.functionals import clip_functionals, clips_functionals, padded_length
@@ -58,9 +59,9 @@ def test_cache_batches_give_each_clip_its_numbers_alone():
     waves = [speechlike(s, seed) for seed, s in enumerate((0.3, 0.31, 0.9, 1.0, 1.05, 2.2))]
     waves.append(np.zeros(4100, np.float32))
     assert len({padded_length(len(w)) for w in waves}) < len(waves)  # some share a batch
-    together = clips_functionals(waves, "compact+large")
+    together = clips_functionals(waves, name)
     for w, row in zip(waves, together, strict=True):
-        assert np.array_equal(clip_functionals(w, "compact+large"), row)
+        assert np.array_equal(clip_functionals(w, name), row)
         assert np.isfinite(row).all()
 
 

@@ -40,8 +40,8 @@ MIN_CLIPS = 2
 MIN_SECONDS = 3.0
 #: Pseudo-clips of the global mean and of the global variance that a speaker's statistics are
 #: shrunk toward (`shrunk`).
-PRIOR_CLIPS_MEAN = 1.0
-PRIOR_CLIPS_VAR = 16.0
+PRIOR_CLIPS_MEAN = 2.0
+PRIOR_CLIPS_VAR = 8.0
 FORMAT = "stlser-speaker-stats/1"
 log = logging.getLogger(__name__)
 

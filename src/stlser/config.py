@@ -194,8 +194,8 @@ class ExpertConfig:
     # fine-tuning: "base" (the shipped general model) or an expert model.pt: each L2 of l2_grid
     # fitted pulling toward zero and toward the pretrained weights
     init: str | None = None
-    # "drop": the heads ignore the functionals a recording gain moves (own sets only), so an
-    # answer follows the playback volume far less (`featuresets.level_columns`)
+    # "drop" (own sets only): functionals relative to each clip's level, and the heads ignore
+    # the ones a gain moves (`featuresets.level_columns`): answers ignore the playback volume
     level: Literal["keep", "drop"] = "keep"
 
     def check(self) -> None:

@@ -94,7 +94,9 @@ def level_columns(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     recording gain moves: ``shifted`` (location functionals of the log-power descriptors: they
     move by the level's change) and ``scaled`` (RMS and loudness and their deltas, except the
     scale-free functionals). Every other value of the own sets does not depend on the gain, but
-    for the front end's fixed floors in near-silent frames (``model.level: drop``)."""
+    for the front end's fixed floors in near-silent frames, which the pass relative to the clip's
+    level removes (``"compact+large/relative"``; ``model.level: drop`` reads that pass and
+    ignores these columns)."""
     shifted = np.zeros(len(names), bool)
     scaled = np.zeros(len(names), bool)
     llds = sorted(LOG_POWER_LLDS | SCALED_LLDS, key=len, reverse=True)

@@ -166,16 +166,18 @@ def fit_pool(
 
 
 def _features(df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
+    rel = cfg.model.level == "drop"  # own sets relative to each clip's level
     return functionals.load_matrix(
-        df, list(cfg.model.functionals), cfg.cache_dir, cfg.train.progress
+        df, list(cfg.model.functionals), cfg.cache_dir, cfg.train.progress, relative=rel
     )
 
 
 def _copies(df: pd.DataFrame, cfg: ExperimentConfig) -> list[np.ndarray]:
     """Functionals of every row speed-perturbed by each factor of model.speeds (cached)."""
-    sets, cache = list(cfg.model.functionals), cfg.cache_dir
+    sets, cache, rel = list(cfg.model.functionals), cfg.cache_dir, cfg.model.level == "drop"
     return [
-        functionals.load_matrix(df, sets, cache, cfg.train.progress, a) for a in cfg.model.speeds
+        functionals.load_matrix(df, sets, cache, cfg.train.progress, a, rel)
+        for a in cfg.model.speeds
     ]
 
 

@@ -35,6 +35,14 @@ outside the clip. Power spectrum ``P[k]`` normalised by the window's energy. Des
   F1-F3 (kHz, 0 when unvoiced) from an LPC envelope (:mod:`stlser.features.formants`); the
   harmonic differences H1-H2 and H1-A3 (dB; Hanson 1997, eGeMAPS).
 * deltas: the 9-frame regression Δ of every static descriptor (``frontend.deltas``).
+
+``relative_level=True`` makes every descriptor but the level ones independent of the clip's
+gain: the clip is scaled to an RMS of :data:`LEVEL_REF` (over its valid samples) before
+anything is computed, so the fixed floors above (``1e-10`` in the logarithms, the voicing
+energy gate, the silent-frame tests) sit at a fixed distance below the clip's own level instead
+of at a fixed absolute level, and the level descriptors (RMS, log energy, loudness, the log mel
+bands) are then moved back by that scale, exactly. A clip played at another gain then gives the
+same values but for those (which move by exactly the gain) and float rounding.
 """
 
 from __future__ import annotations
@@ -64,6 +72,10 @@ N_FFT = 512
 N_MELS = 26
 N_MFCC = 14
 ENERGY_FLOOR = 1e-10
+#: RMS (full scale = 1) a clip is scaled to under ``relative_level``, and the smallest clip
+#: RMS scaled up to it (quieter clips, e.g. digital silence, get the largest gain).
+LEVEL_REF = 0.1
+LEVEL_MIN_RMS = 1e-6
 RASTA_POLE = 0.94
 RASTA_TAPS = 64
 ROLLOFFS = (0.25, 0.5, 0.75, 0.9)
@@ -129,9 +141,12 @@ class Descriptors(nn.Module):
     ``forward(wave[B, N], lengths[B]) -> (lld[B, T, F], frames[B] int64, voiced[B, T] bool)``.
     """
 
-    def __init__(self, rasta: bool = False, with_deltas: bool = True) -> None:
+    def __init__(
+        self, rasta: bool = False, with_deltas: bool = True, relative_level: bool = False
+    ) -> None:
         super().__init__()
         self.rasta = bool(rasta)
+        self.relative_level = bool(relative_level)
         self.with_deltas = bool(with_deltas)
         self.static_names = list(STATIC_NAMES)
         self.names = self.static_names + (
@@ -190,14 +205,24 @@ class Descriptors(nn.Module):
     def _frames(self, x: Tensor, n_frames: int) -> Tensor:
         return frame_signal(F.pad(x, (WIN // 2, 0)), n_frames, WIN, HOP)  # [B, T, WIN]
 
-    def _energy(self, fr: Tensor, mel_pow: Tensor) -> list[Tensor]:
+    def _energy(self, fr: Tensor, mel_pow: Tensor, log_gain: Tensor | None) -> list[Tensor]:
         ms = (fr * fr).mean(-1)
         rms = torch.sqrt(ms + 1e-20)
         log_e = torch.log(ms + ENERGY_FLOOR)
         loud = torch.pow(mel_pow + 1e-20, 0.3).sum(-1)
+        if log_gain is not None:  # the levels of the clip as given (relative_level)
+            lg = log_gain[:, None]
+            rms, log_e, loud = rms * torch.exp(-lg), log_e - 2.0 * lg, loud * torch.exp(-0.6 * lg)
         pos = fr >= 0
         zcr = (pos[..., 1:] != pos[..., :-1]).to(fr.dtype).mean(-1)
         return [rms, log_e, loud, zcr]
+
+    @staticmethod
+    def _level_gain(wave: Tensor, lengths: Tensor) -> Tensor:
+        """log of the gain [B] that brings each (masked) clip to an RMS of LEVEL_REF."""
+        ms = (wave * wave).sum(-1) / lengths.clamp_min(1).to(wave.dtype)
+        rms = torch.sqrt(ms).clamp_min(LEVEL_MIN_RMS)
+        return np.log(LEVEL_REF) - torch.log(rms)
 
     def _spectral(self, power: Tensor) -> list[Tensor]:
         kk = power.shape[-1]
@@ -244,7 +269,7 @@ class Descriptors(nn.Module):
         # Shape descriptors of an all-zero frame are defined as 0.
         return [torch.where(silent, zero, v) for v in out]
 
-    def _bands(self, power: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _bands(self, power: Tensor, log_gain: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         mel_pow = torch.matmul(power, self.mel_fb.T)  # [B, T, M]
         logmel = torch.log(mel_pow + ENERGY_FLOOR)
         if self.rasta:
@@ -253,6 +278,8 @@ class Descriptors(nn.Module):
             seq = F.conv1d(F.pad(seq, (RASTA_TAPS - 1, 0)), self.rasta_h.view(1, 1, -1))
             logmel = seq.reshape(b, m, t).transpose(1, 2)
         mfcc = torch.matmul(logmel, self.dct)
+        if log_gain is not None and not self.rasta:  # the bands of the clip as given
+            logmel = logmel - 2.0 * log_gain[:, None, None]  # (RASTA removes the level)
         return mel_pow, logmel, mfcc
 
     def _harmonic_differences(self, power: Tensor, f0_hz: Tensor, f3_khz: Tensor) -> Tensor:
@@ -277,12 +304,16 @@ class Descriptors(nn.Module):
         lengths = torch.clamp(lengths.to(torch.int64), min=0, max=n)
         idx = torch.arange(n, device=wave.device)
         wave = torch.where(idx[None, :] < lengths[:, None], wave, torch.zeros_like(wave))
+        log_gain = None
+        if self.relative_level:
+            log_gain = self._level_gain(wave, lengths)
+            wave = wave * torch.exp(log_gain)[:, None]
         n_frames = n // HOP + 1
         frames = frame_count(lengths)
         fr = self._frames(wave, n_frames)
         power = self._power(fr)
-        mel_pow, logmel, mfcc = self._bands(power)
-        energy = self._energy(fr, mel_pow)
+        mel_pow, logmel, mfcc = self._bands(power, log_gain)
+        energy = self._energy(fr, mel_pow, log_gain)
         spectral = self._spectral(power)
         v = voice_features(wave, lengths, n_frames, HOP // 2, self.taps, self._yin)
         voiced = v["voiced"]

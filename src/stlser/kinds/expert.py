@@ -133,8 +133,9 @@ class ExpertKind(functionals.FunctionalsKind):
 
         m = cfg.model
         sets = list(m.functionals)
+        rel = m.level == "drop"  # own sets relative to each clip's level
         log.info(f"{cfg.name}: functionals {'+'.join(sets)} of {len(df)} utterances")
-        X = functionals.load_matrix(df, sets, cfg.cache_dir, cfg.train.progress)
+        X = functionals.load_matrix(df, sets, cfg.cache_dir, cfg.train.progress, relative=rel)
         X = X.astype(np.float64)
         speakers = df["speaker"].astype(str).to_numpy()
         index = {lab: i for i, lab in enumerate(labels)}
@@ -144,7 +145,7 @@ class ExpertKind(functionals.FunctionalsKind):
         if m.speeds:
             log.info(f"speed-perturbed copies {m.speeds} of every clip join the training rows")
             copies = [
-                functionals.load_matrix(df, sets, cfg.cache_dir, cfg.train.progress, a)
+                functionals.load_matrix(df, sets, cfg.cache_dir, cfg.train.progress, a, rel)
                 for a in m.speeds
             ]
             X = np.concatenate([X, *copies]).astype(np.float64)

@@ -81,18 +81,25 @@ def set_dims(sets: list[str]) -> list[int]:
 
 
 def load_matrix(
-    df: Any, sets: list[str], cache_dir: str | None, progress: bool, speed: float = 1.0
+    df: Any,
+    sets: list[str],
+    cache_dir: str | None,
+    progress: bool,
+    speed: float = 1.0,
+    relative: bool = False,
 ) -> np.ndarray:
     """Functionals of every manifest row (sets concatenated) → float32[N, D], via the cache;
     with `speed` ≠ 1, of each clip speed-perturbed by that factor. Consecutive own sets are
-    computed in one pass (one cache entry). Non-finite values (openSMILE gives NaN for a few
+    computed in one pass (one cache entry); `relative`: relative to each clip's level
+    (`stlser.features.functionals.RELATIVE`). Non-finite values (openSMILE gives NaN for a few
     functionals of near-silent clips) become 0."""
     from stlser import featuresets
     from stlser.features import load_functionals
+    from stlser.features.functionals import pass_name
 
     parts = []
     for group in featuresets.own_groups(sets):
-        name = "+".join(group)
+        name = pass_name(group, relative and featuresets.is_own(group[0]))
         got = load_functionals(df, cache_dir, progress=progress, feature_set=name, speed=speed)
         parts.append(np.stack([np.asarray(got[str(u)], np.float32) for u in df["utt_id"]]))
     X = np.concatenate(parts, axis=1)
@@ -102,16 +109,19 @@ def load_matrix(
     return X
 
 
-def functionals_of(wave: np.ndarray, lengths: np.ndarray, sets: list[str]) -> np.ndarray:
+def functionals_of(
+    wave: np.ndarray, lengths: np.ndarray, sets: list[str], relative: bool = False
+) -> np.ndarray:
     """Functionals (sets concatenated) of each clip of a right-padded 16 kHz batch →
-    float32[B, D]: own sets batched in torch, openSMILE sets clip by clip."""
+    float32[B, D]: own sets batched in torch (`relative`: relative to each clip's level),
+    openSMILE sets clip by clip."""
     from stlser import featuresets, smile
-    from stlser.features.functionals import batch_functionals
+    from stlser.features.functionals import batch_functionals, pass_name
 
     parts = []
     for group in featuresets.own_groups(sets):
         if featuresets.is_own(group[0]):
-            parts.append(batch_functionals(wave, lengths, "+".join(group)))
+            parts.append(batch_functionals(wave, lengths, pass_name(group, relative)))
         else:
             featuresets.require_opensmile(f"functional set {group[0]!r}")
             parts.append(smile.batch(wave, lengths, group, SAMPLE_RATE))
@@ -152,10 +162,13 @@ class FunctionalsRecognizer(BaseRecognizer):
         sets: list[str],
         meta: dict[str, Any],
         speaker_probs: Any = None,
+        relative: bool = False,
     ) -> None:
         self.model = model.eval()
         self.labels = [str(x) for x in labels]
         self.sets = list(sets)
+        #: own sets computed relative to each clip's level (``model.level: drop``)
+        self.relative = bool(relative)
         self.sample_rate = SAMPLE_RATE
         self.meta = dict(meta)
         self._answer_with(self.meta)
@@ -171,7 +184,7 @@ class FunctionalsRecognizer(BaseRecognizer):
             )
 
     def functionals(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return functionals_of(wave, lengths, self.sets)
+        return functionals_of(wave, lengths, self.sets, self.relative)
 
     _functionals = functionals
 
@@ -198,7 +211,8 @@ def recognizer(
     speaker_probs: Any = None,
 ) -> FunctionalsRecognizer:
     meta = {**(art.get("meta") or {}), "source": str(source), "kind": kind}
-    return FunctionalsRecognizer(model, list(art["labels"]), sets, meta, speaker_probs)
+    relative = FunctionalsKind.relative(art)
+    return FunctionalsRecognizer(model, list(art["labels"]), sets, meta, speaker_probs, relative)
 
 
 #: Largest |probability difference| between torch and onnxruntime a functionals graph may show
@@ -219,12 +233,13 @@ class WaveModel(torch.nn.Module):
         model: torch.nn.Module,
         sets: list[str],
         with_functionals: bool = False,
+        relative: bool = False,
     ) -> None:
-        from stlser.features.functionals import FunctionalFrontEnd
+        from stlser.features.functionals import FunctionalFrontEnd, pass_name
 
         super().__init__()
         self.kind, self.model = kind, model.eval()
-        self.front = FunctionalFrontEnd("+".join(sets)).eval()
+        self.front = FunctionalFrontEnd(pass_name(sets, relative)).eval()
         #: also return the functionals (a second output, from which a runtime computes a
         #: speaker's statistics)
         self.with_functionals = bool(with_functionals)
@@ -281,7 +296,7 @@ def export(
         meta["global_stats"] = adapt.encode_prior(stats["stats_mean"], stats["stats_std"])
         meta["outputs"] = "probs[B,C] float32 over labels; functionals[B,D] float32"
         return wave_graph(
-            WaveModel(kind, model, sets, with_functionals=True),
+            WaveModel(kind, model, sets, with_functionals=True, relative=kind.relative(art)),
             meta,
             out,
             optional=stats,
@@ -335,6 +350,12 @@ class FunctionalsKind(Kind):
         """The functional sets an artefact reads, in input order."""
         return [str(s) for s in (art.get("model_config") or {}).get("functionals") or []]
 
+    @staticmethod
+    def relative(art: dict[str, Any]) -> bool:
+        """Whether the artefact's own sets are computed relative to each clip's level
+        (``model.level: drop``)."""
+        return (art.get("model_config") or {}).get("level") == "drop"
+
     def load(self, path: str | Path, art: dict[str, Any]) -> Any:
         return self.read_model(path, art)[0]
 
@@ -358,7 +379,8 @@ class FunctionalsKind(Kind):
 
         check_stats(stats)
         model, art = self.read_model(path, art)
-        X = load_matrix(df, self.sets(art), cache_dir, progress=False).astype(np.float64)
+        X = load_matrix(df, self.sets(art), cache_dir, False, relative=self.relative(art))
+        X = X.astype(np.float64)
         fc = FeatureConfig(**art["feature_config"])
         with torch.no_grad():
             if fc.normalize != "speaker" or stats == "global":  # the stored global statistics
