@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         args = " ".join(sys.argv[1:] if argv is None else argv)
         when = dt.datetime.now(dt.UTC)
         note = (
-            f"Re-run by `python -m benchmarks.run_all {args}` on {when:%Y-%m-%d %H:%M} UTC: "
-            f"{', '.join(t for t, _ in fresh)} (the other sections are from the run above)."
+            f"Re-run by `python -m benchmarks.run_all {args}` on {when:%Y-%m-%d %H:%M} UTC, "
+            f"{bl.cpu_model()} ({bl.cpu_flags()}): {', '.join(t for t, _ in fresh)} (the other "
+            "sections are from the run above)."
         )
         report = merge_sections(out.read_text(encoding="utf-8"), report, note)
         write_text(out, report)

@@ -14,6 +14,10 @@ DATA = Path(__file__).parent / "data" / "equivalence"
 LABELS = ["angry", "neutral", "sad"]
 SPEAKERS = ["s1", "s2", "s3", "s4", "s5"]
 
+#: Largest change of a committed score a test accepts: the float32 fits round differently on
+#: hosts with other SIMD units (an AVX-512 host moves the expert systems' probabilities by up
+#: to 8.4e-4 from those committed on an AVX2 host); an intended change moves them by far more.
+TOLERANCE = 2e-3
 #: kind → config overrides (the data section is added by :func:`overrides`)
 SYSTEMS: dict[str, list[str]] = {
     "expert_select": [
@@ -107,7 +111,8 @@ def run(system: str, work: Path) -> Path:
 
 
 def assert_committed(system: str, out: Path) -> None:
-    """The run folder `out` of `system` holds the committed predictions (scores to 1e-4)."""
+    """The run folder `out` of `system` holds the committed predictions (scores to
+    :data:`TOLERANCE`, the same predicted labels)."""
     import numpy as np
     import pandas as pd
 
@@ -117,7 +122,7 @@ def assert_committed(system: str, out: Path) -> None:
     assert got["fold"].tolist() == want["fold"].tolist()
     cols = columns(system)
     err = np.abs(got[cols].to_numpy(float) - want[cols].to_numpy(float)).max()
-    assert err < 1e-4, f"{system}: predictions moved by {err:.2e}"
+    assert err < TOLERANCE, f"{system}: predictions moved by {err:.2e}"
     assert got["pred"].tolist() == want["pred"].tolist()
 
 

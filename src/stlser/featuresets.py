@@ -24,6 +24,9 @@ from stlser.smile import FUNCTIONAL_SETS as OPENSMILE_SETS
 OWN_SETS: dict[str, int] = {"compact": 96, "medium": 1752, "large": 4282}
 #: Values per frame of the own descriptors (``features.kind: lld``): 69 and their deltas.
 N_LLD = 138
+#: Suffix of an own-set name computed relative to each clip's level (``model.level: drop``):
+#: ``"compact+large/relative"`` names a front-end pass, ``"large/relative"`` a set of it.
+RELATIVE = "/relative"
 #: Every set name a config may use: own sets first.
 NAMES: tuple[str, ...] = (*OWN_SETS, *OPENSMILE_SETS)
 OPENSMILE_EXTRA = (

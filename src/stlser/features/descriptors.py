@@ -219,10 +219,13 @@ class Descriptors(nn.Module):
 
     @staticmethod
     def _level_gain(wave: Tensor, lengths: Tensor) -> Tensor:
-        """log of the gain [B] that brings each (masked) clip to an RMS of LEVEL_REF."""
-        ms = (wave * wave).sum(-1) / lengths.clamp_min(1).to(wave.dtype)
+        """log of the gain [B] that brings each (masked) clip to an RMS of LEVEL_REF. Summed in
+        float64, so that how a runtime splits the sum (by batch size or padded length) does not
+        move the float32 gain, and with it every value of the clip, by a rounding step."""
+        w = wave.to(torch.float64)
+        ms = (w * w).sum(-1) / lengths.clamp_min(1).to(torch.float64)
         rms = torch.sqrt(ms).clamp_min(LEVEL_MIN_RMS)
-        return np.log(LEVEL_REF) - torch.log(rms)
+        return (np.log(LEVEL_REF) - torch.log(rms)).to(wave.dtype)
 
     def _spectral(self, power: Tensor) -> list[Tensor]:
         kk = power.shape[-1]

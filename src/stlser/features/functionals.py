@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stlser import featuresets
 from stlser.features.descriptors import (
     ENERGY_NAMES,
     HOP,
@@ -394,7 +395,7 @@ SETS: dict[str, list[tuple[list[str], str, list[str]]] | None] = {
 
 
 #: Suffix of a front-end name whose descriptors are computed relative to each clip's level.
-RELATIVE = "/relative"
+RELATIVE = featuresets.RELATIVE
 
 
 def pass_name(sets: Sequence[str], relative: bool) -> str:

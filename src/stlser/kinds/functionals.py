@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stlser import __version__, adapt
+from stlser import __version__, adapt, featuresets
 from stlser.kinds.base import Kind
 from stlser.recognizer import SAMPLE_RATE, BaseRecognizer
 
@@ -70,7 +70,6 @@ def read_artefact(
 
 def set_dims(sets: list[str]) -> list[int]:
     """Number of functionals of each named set (`stlser.featuresets`)."""
-    from stlser import featuresets
 
     try:
         return featuresets.dims(sets)
@@ -93,7 +92,6 @@ def load_matrix(
     computed in one pass (one cache entry); `relative`: relative to each clip's level
     (`stlser.features.functionals.RELATIVE`). Non-finite values (openSMILE gives NaN for a few
     functionals of near-silent clips) become 0."""
-    from stlser import featuresets
     from stlser.features import load_functionals
     from stlser.features.functionals import pass_name
 
@@ -115,7 +113,7 @@ def functionals_of(
     """Functionals (sets concatenated) of each clip of a right-padded 16 kHz batch →
     float32[B, D]: own sets batched in torch (`relative`: relative to each clip's level),
     openSMILE sets clip by clip."""
-    from stlser import featuresets, smile
+    from stlser import smile
     from stlser.features.functionals import batch_functionals, pass_name
 
     parts = []
@@ -175,8 +173,9 @@ class FunctionalsRecognizer(BaseRecognizer):
         #: normalised functionals → probabilities (the kind's `speaker_probs`); None: the
         #: model cannot be adapted to a speaker
         self._speaker_probs = speaker_probs
-        if speaker_probs is not None:
-            self.functional_sets = list(sets)
+        if speaker_probs is not None:  # statistics name the sets (and their level) they are of
+            suffix = featuresets.RELATIVE if self.relative else ""
+            self.functional_sets = [s + suffix for s in sets]
             self.functionals_dim = int(model.mean.shape[0])
             self.global_stats = (
                 model.mean.detach().numpy().astype(np.float32),
@@ -271,7 +270,6 @@ def export(
     inside, run by onnxruntime alone. With openSMILE sets: ``functionals[B, D] → probs[B, C]``,
     openSMILE computing the functionals before the graph (`stlser.onnx_runtime` does it; the
     metadata names the sets)."""
-    from stlser import featuresets
     from stlser.onnx_graph import vector_graph, wave_graph
 
     dim = int(sum(set_dims(sets)))
@@ -294,6 +292,8 @@ def export(
         )
         stats = {"stats_mean": model.mean.detach().clone(), "stats_std": model.std.detach().clone()}
         meta["global_stats"] = adapt.encode_prior(stats["stats_mean"], stats["stats_std"])
+        if kind.relative(art):  # the sets computed relative to each clip's level
+            meta["functionals_level"] = "relative"
         meta["outputs"] = "probs[B,C] float32 over labels; functionals[B,D] float32"
         return wave_graph(
             WaveModel(kind, model, sets, with_functionals=True, relative=kind.relative(art)),
