@@ -391,8 +391,8 @@ def test_normalize_all_with_a_trained_normaliser_and_no_train_ids():
 
 # ---------------------------------------------------------------------------- real corpus
 @pytest.mark.corpus
-def test_emodb_fill_cache_twice_second_run_all_hits(tmp_path):
-    files = sorted(EMODB.glob("*.wav"))
+def test_emodb_fill_cache_twice_second_run_all_hits(tmp_path, shared_corpora):
+    files = sorted(EMODB.glob("*.wav"))  # under shared_corpora (skipped where it is absent)
     assert len(files) == 535
     df = pd.DataFrame(
         {

@@ -339,7 +339,7 @@ import sys
 from stlser import corpora, raydata
 from stlser.config import FeatureConfig
 df = corpora.read_manifest(sys.argv[1])
-raydata.fill_cache(df, FeatureConfig(), sys.argv[2], shard_files=4, workers=1)
+raydata.fill_cache(df, FeatureConfig(), sys.argv[2], shard_files=1, workers=1)
 """
 
 
@@ -361,7 +361,7 @@ def test_features_resume_after_the_driver_is_killed(ray_cluster, corpus, tmp_pat
         while not list(cache.glob("*/shards/*.parquet")):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no shard written in 300 s"
-            time.sleep(0.2)
+            time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the cluster it started
         proc.wait()
@@ -374,10 +374,11 @@ def test_features_resume_after_the_driver_is_killed(ray_cluster, corpus, tmp_pat
             break
         before = now
         time.sleep(3.0)
-    assert 0 < len(before) < 12, before  # interrupted: some shards, not all
+    # one file per shard: 45 tasks, so that even a fast host is interrupted part of the way
+    assert 0 < len(before) < 45, len(before)  # interrupted: some shards, not all
     caplog.set_level("INFO", logger="stlser")
     df = _manifest(corpus)
-    stats = raydata.fill_cache(df, FeatureConfig(), cache, shard_files=4)
+    stats = raydata.fill_cache(df, FeatureConfig(), cache, shard_files=1)
     import pyarrow.parquet as pq
 
     finished = sum(pq.read_metadata(p).num_rows for p in before)
