@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from benchmarks import benchlib as bl
-from stlser import adapt, config
+from stlser import adapt, config, featuresets
 from stlser.adapt import SpeakerStats
 from stlser.kinds import expert, functionals
 from stlser.metrics import ua
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
               "`make pretrained` (stlser pretrain --loco) first", file=sys.stderr)  # fmt: skip
         return 2
     df = pool_manifest(cfg.data.root, list(cfg.data.pool))
-    rel = cfg.model.level == "drop"  # the functionals the models read
+    rel = featuresets.relative_level(cfg.model)  # the functionals the models read
     X = functionals.load_matrix(df, list(cfg.model.functionals), cfg.cache_dir, True, relative=rel)
     helds = {c: Held(c, df, X, pretrained, a.draws) for c in cfg.data.pool}
     rows, shares = [], []

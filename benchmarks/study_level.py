@@ -77,11 +77,8 @@ VARIANTS: dict[str, tuple[Callable[[np.ndarray, Sequence[str]], np.ndarray] | No
     RELATIVE: (relative_level, "keep", False),
     FIXED: (None, "drop", False),
     DROPPED: (None, "drop", True),
-    ONE_CLIP: (
-        None,
-        "keep",
-        False,
-    ),  # the level-kept heads, level columns zeroed one clip at a time
+    # the level-kept heads, level columns zeroed one clip at a time
+    ONE_CLIP: (None, "keep", False),
 }
 #: the variants whose answers the gain check compares
 GAIN_VARIANTS = (KEPT, FIXED, DROPPED)
@@ -166,7 +163,7 @@ def gain_check(df: pd.DataFrame, cfg: config.ExperimentConfig, fits: dict) -> di
         feats = {
             rel: {
                 g: F.clips_functionals(
-                    [g * w for w in waves], F.pass_name(cfg.model.functionals, rel)
+                    [g * w for w in waves], featuresets.pass_name(cfg.model.functionals, rel)
                 )
                 for g in (1.0, *GAINS)
             }

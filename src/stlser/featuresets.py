@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,25 @@ def require_opensmile(what: str) -> None:
         import opensmile  # noqa: F401
     except ImportError:
         raise MissingExtraError(f"{what} needs openSMILE: {OPENSMILE_EXTRA}") from None
+
+
+def relative_level(model: Any) -> bool:
+    """Whether a model (its config, or an artefact's ``model_config`` dict) reads its own sets
+    relative to each clip's level: ``model.level: drop``."""
+    level = model.get("level") if isinstance(model, dict) else getattr(model, "level", None)
+    return level == "drop"
+
+
+def pass_name(sets: Sequence[str], relative: bool) -> str:
+    """The name of one front-end pass over `sets` (the feature cache's ``what``):
+    ``"compact+large"``, with :data:`RELATIVE` when `relative` and the sets are own ones."""
+    return "+".join(sets) + (RELATIVE if relative and all(map(is_own, sets)) else "")
+
+
+def stats_names(sets: Sequence[str], relative: bool) -> list[str]:
+    """The set names a speaker's statistics carry (``"large/relative"`` when `relative`), so a
+    model refuses statistics of other sets or of the other level."""
+    return [s + RELATIVE if relative else s for s in sets]
 
 
 def own_groups(sets: list[str]) -> list[list[str]]:

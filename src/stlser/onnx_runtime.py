@@ -110,11 +110,11 @@ class OnnxRecognizer(BaseRecognizer):
         stats = {i.name: i.shape for i in self.session.get_overridable_initializers()}
         if "functionals" in outs and {"stats_mean", "stats_std"} <= set(stats):
             try:
-                from stlser.featuresets import RELATIVE
+                from stlser.featuresets import stats_names
 
-                suffix = RELATIVE if self.meta.get("functionals_level") == "relative" else ""
                 sets = [str(s) for s in json.loads(self.meta["functionals"])]
-                self.functional_sets = [s + suffix for s in sets]  # as the torch recognizer's
+                relative = self.meta.get("functionals_level") == "relative"
+                self.functional_sets = stats_names(sets, relative)  # as the torch recognizer's
                 self.functionals_dim = int(stats["stats_mean"][0])
             except (KeyError, ValueError, TypeError, IndexError):
                 self.functional_sets = None

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stlser import calibration, heads
+from stlser import calibration, featuresets, heads
 from stlser.config import ExperimentConfig
 from stlser.kinds import expert, functionals
 from stlser.metrics import ua
@@ -166,7 +166,7 @@ def fit_pool(
 
 
 def _features(df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
-    rel = cfg.model.level == "drop"  # own sets relative to each clip's level
+    rel = featuresets.relative_level(cfg.model)  # own sets relative to each clip's level
     return functionals.load_matrix(
         df, list(cfg.model.functionals), cfg.cache_dir, cfg.train.progress, relative=rel
     )
@@ -174,7 +174,8 @@ def _features(df: pd.DataFrame, cfg: ExperimentConfig) -> np.ndarray:
 
 def _copies(df: pd.DataFrame, cfg: ExperimentConfig) -> list[np.ndarray]:
     """Functionals of every row speed-perturbed by each factor of model.speeds (cached)."""
-    sets, cache, rel = list(cfg.model.functionals), cfg.cache_dir, cfg.model.level == "drop"
+    sets, cache = list(cfg.model.functionals), cfg.cache_dir
+    rel = featuresets.relative_level(cfg.model)
     return [
         functionals.load_matrix(df, sets, cache, cfg.train.progress, a, rel)
         for a in cfg.model.speeds

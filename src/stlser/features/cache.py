@@ -47,9 +47,7 @@ FUNCTIONAL_WHAT = {
 def _is_own(what: str) -> bool:
     """`what` names stlser's own sets (``"compact"``, ``"compact+large"``, ``"compact/relative"``):
     one cache entry holds the sets of one pass of the torch front end."""
-    from stlser.features.functionals import RELATIVE
-
-    return all(featuresets.is_own(s) for s in what.removesuffix(RELATIVE).split("+"))
+    return all(featuresets.is_own(s) for s in what.removesuffix(featuresets.RELATIVE).split("+"))
 
 
 def _sha1(text: str) -> str:
@@ -504,16 +502,14 @@ def recipe_targets(
     over functionals (a ``functionals`` list; ``speeds`` for speed-perturbed copies) reads its
     sets, consecutive own sets in one pass, at speed 1 and each speed; any other model reads
     the frames of `features`. `stlser features` fills exactly these."""
-    from stlser.features.functionals import pass_name
-
     sets = list(getattr(model, "functionals", None) or [])
     if not sets:
         return [("frames", features, "frames", 1.0)]
-    relative = getattr(model, "level", "keep") == "drop"  # own sets: relative to the clip's level
+    relative = featuresets.relative_level(model)
     out = []
     for speed in (1.0, *[float(a) for a in getattr(model, "speeds", None) or []]):
         for group in featuresets.own_groups(sets):
-            name = pass_name(group, relative and featuresets.is_own(group[0]))
+            name = featuresets.pass_name(group, relative)
             cfg, what = functional_target(name)
             out.append((name if speed == 1.0 else f"{name} @{speed:g}", cfg, what, speed))
     return out

@@ -17,7 +17,7 @@
   (31), plus the voiced-segment statistics.
 
 A name joined with ``+`` (``"compact+large"``) concatenates sets computed from one pass of the
-descriptors; the suffix :data:`RELATIVE` (``"compact+large/relative"``) computes them relative
+descriptors; the suffix ``featuresets.RELATIVE`` (``"compact+large/relative"``) computes them relative
 to each clip's level (``Descriptors(relative_level=True)``: only the level functionals depend on
 the gain; ``model.level: drop``). Functionals are taken over a clip's valid frames, or over its voiced frames for
 F0, jitter, shimmer, HNR, formants, H1-H2, H1-A3 and their deltas (:data:`descriptors.VOICED_ONLY`); a clip without any
@@ -394,20 +394,11 @@ SETS: dict[str, list[tuple[list[str], str, list[str]]] | None] = {
 }
 
 
-#: Suffix of a front-end name whose descriptors are computed relative to each clip's level.
-RELATIVE = featuresets.RELATIVE
-
-
-def pass_name(sets: Sequence[str], relative: bool) -> str:
-    """The name of one front-end pass over `sets`: ``"compact+large"`` (+ :data:`RELATIVE`)."""
-    return "+".join(sets) + (RELATIVE if relative else "")
-
-
 def set_names(set_name: str | Sequence[str]) -> list[str]:
-    """The set names of ``"a+b"`` (with or without :data:`RELATIVE`) or a sequence, checked
-    against :data:`SETS`."""
+    """The set names of ``"a+b"`` (with or without ``featuresets.RELATIVE``) or a sequence,
+    checked against :data:`SETS`."""
     if isinstance(set_name, str):
-        set_name = set_name.removesuffix(RELATIVE)
+        set_name = set_name.removesuffix(featuresets.RELATIVE)
     names = set_name.split("+") if isinstance(set_name, str) else list(set_name)
     bad = [s for s in names if s not in SETS]
     if bad or not names:
@@ -426,7 +417,7 @@ class FunctionalFrontEnd(nn.Module):
     def __init__(self, set_name: str | Sequence[str] = "compact", rasta: bool = False) -> None:
         super().__init__()
         self.set_names = set_names(set_name)
-        relative = isinstance(set_name, str) and set_name.endswith(RELATIVE)
+        relative = isinstance(set_name, str) and set_name.endswith(featuresets.RELATIVE)
         self.descriptors = Descriptors(rasta=rasta, relative_level=relative)
         self.sets = nn.ModuleList([_Set(self.descriptors.names, SETS[s]) for s in self.set_names])
         self.names = [

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stlser import featuresets
 from stlser.config import ExpertConfig
 from stlser.heads import LogisticHeads, Prior, fit_heads
 from stlser.kinds import functionals
@@ -107,12 +108,11 @@ def init_priors(
 # ------------------------------------------------------------------------------ the kind
 def dropped_columns(m: ExpertConfig) -> np.ndarray | None:
     """With ``model.level: drop``, the columns a recording gain moves (else None)."""
-    if m.level != "drop":
+    if not featuresets.relative_level(m):
         return None
     from stlser.features.functionals import front_end
-    from stlser.featuresets import level_columns
 
-    shifted, scaled = level_columns(front_end("+".join(m.functionals)).names)
+    shifted, scaled = featuresets.level_columns(front_end("+".join(m.functionals)).names)
     return shifted | scaled
 
 
@@ -133,7 +133,7 @@ class ExpertKind(functionals.FunctionalsKind):
 
         m = cfg.model
         sets = list(m.functionals)
-        rel = m.level == "drop"  # own sets relative to each clip's level
+        rel = featuresets.relative_level(m)  # own sets relative to each clip's level
         log.info(f"{cfg.name}: functionals {'+'.join(sets)} of {len(df)} utterances")
         X = functionals.load_matrix(df, sets, cfg.cache_dir, cfg.train.progress, relative=rel)
         X = X.astype(np.float64)

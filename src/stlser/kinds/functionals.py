@@ -90,14 +90,13 @@ def load_matrix(
     """Functionals of every manifest row (sets concatenated) → float32[N, D], via the cache;
     with `speed` ≠ 1, of each clip speed-perturbed by that factor. Consecutive own sets are
     computed in one pass (one cache entry); `relative`: relative to each clip's level
-    (`stlser.features.functionals.RELATIVE`). Non-finite values (openSMILE gives NaN for a few
+    (`stlser.featuresets.pass_name`). Non-finite values (openSMILE gives NaN for a few
     functionals of near-silent clips) become 0."""
     from stlser.features import load_functionals
-    from stlser.features.functionals import pass_name
 
     parts = []
     for group in featuresets.own_groups(sets):
-        name = pass_name(group, relative and featuresets.is_own(group[0]))
+        name = featuresets.pass_name(group, relative)
         got = load_functionals(df, cache_dir, progress=progress, feature_set=name, speed=speed)
         parts.append(np.stack([np.asarray(got[str(u)], np.float32) for u in df["utt_id"]]))
     X = np.concatenate(parts, axis=1)
@@ -114,12 +113,12 @@ def functionals_of(
     float32[B, D]: own sets batched in torch (`relative`: relative to each clip's level),
     openSMILE sets clip by clip."""
     from stlser import smile
-    from stlser.features.functionals import batch_functionals, pass_name
+    from stlser.features.functionals import batch_functionals
 
     parts = []
     for group in featuresets.own_groups(sets):
         if featuresets.is_own(group[0]):
-            parts.append(batch_functionals(wave, lengths, pass_name(group, relative)))
+            parts.append(batch_functionals(wave, lengths, featuresets.pass_name(group, relative)))
         else:
             featuresets.require_opensmile(f"functional set {group[0]!r}")
             parts.append(smile.batch(wave, lengths, group, SAMPLE_RATE))
@@ -174,8 +173,7 @@ class FunctionalsRecognizer(BaseRecognizer):
         #: model cannot be adapted to a speaker
         self._speaker_probs = speaker_probs
         if speaker_probs is not None:  # statistics name the sets (and their level) they are of
-            suffix = featuresets.RELATIVE if self.relative else ""
-            self.functional_sets = [s + suffix for s in sets]
+            self.functional_sets = featuresets.stats_names(sets, self.relative)
             self.functionals_dim = int(model.mean.shape[0])
             self.global_stats = (
                 model.mean.detach().numpy().astype(np.float32),
@@ -234,11 +232,11 @@ class WaveModel(torch.nn.Module):
         with_functionals: bool = False,
         relative: bool = False,
     ) -> None:
-        from stlser.features.functionals import FunctionalFrontEnd, pass_name
+        from stlser.features.functionals import FunctionalFrontEnd
 
         super().__init__()
         self.kind, self.model = kind, model.eval()
-        self.front = FunctionalFrontEnd(pass_name(sets, relative)).eval()
+        self.front = FunctionalFrontEnd(featuresets.pass_name(sets, relative)).eval()
         #: also return the functionals (a second output, from which a runtime computes a
         #: speaker's statistics)
         self.with_functionals = bool(with_functionals)
@@ -352,9 +350,8 @@ class FunctionalsKind(Kind):
 
     @staticmethod
     def relative(art: dict[str, Any]) -> bool:
-        """Whether the artefact's own sets are computed relative to each clip's level
-        (``model.level: drop``)."""
-        return (art.get("model_config") or {}).get("level") == "drop"
+        """Whether the artefact's own sets are computed relative to each clip's level."""
+        return featuresets.relative_level(art.get("model_config") or {})
 
     def load(self, path: str | Path, art: dict[str, Any]) -> Any:
         return self.read_model(path, art)[0]
